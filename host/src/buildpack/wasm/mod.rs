@@ -1,0 +1,434 @@
+//! Running buildpacks that are WebAssembly components.
+//!
+//! One [`WasmRuntime`] per agent holds the wasmtime `Engine`, a `Linker` with WASI p2 and the
+//! `dea:buildpack/host` imports, an epoch ticker thread, and one pre-instantiated component
+//! per buildpack digest. Compiled code is cached on disk, keyed by the component's SHA-256
+//! and the engine's compatibility hash, so a restart does not recompile.
+//!
+//! Every phase call gets a fresh `Store` and a deny-by-default WASI context (see
+//! [`sandbox`]): the directories the phase may see, the app's environment, a memory limit, a
+//! CPU-time budget counted in epoch ticks, an output budget, and a wall-clock timeout that
+//! also covers time blocked in host calls.
+
+mod output;
+mod sandbox;
+
+pub use output::{LogOutput, OutputBudget};
+pub use sandbox::{PhaseDirs, SandboxSpec};
+
+use crate::config::WasmConfig;
+use sandbox::SandboxState;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Engine, Store, UpdateDeadline};
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "dea:buildpack/buildpack",
+    imports: { default: async | trappable },
+    exports: { default: async },
+    with: { "wasi": wasmtime_wasi::p2::bindings },
+});
+
+pub use dea::buildpack::types::Error as GuestError;
+
+/// How often the epoch advances; the unit of the CPU budget.
+const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Interfaces a buildpack may import. Anything else (sockets, HTTP) is refused at load time.
+const ALLOWED_IMPORTS: &[&str] = &[
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:filesystem/",
+    "wasi:random/",
+    "dea:buildpack/",
+];
+
+/// The three phases of a buildpack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Detect,
+    Compile,
+    Release,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Detect => "detect",
+            Phase::Compile => "compile",
+            Phase::Release => "release",
+        }
+    }
+}
+
+/// What a phase returned.
+#[derive(Debug, Clone)]
+pub enum PhaseOutput {
+    Detect(Option<Detection>),
+    Compile,
+    Release(ReleaseInfo),
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading component {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid buildpack component: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("{path} imports {import}, which buildpacks may not use (no sockets, no HTTP: downloads go through the host's fetch)")]
+    ForbiddenImport { path: PathBuf, import: String },
+    #[error("component cache {path}: {source}")]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+/// Why a phase did not produce a result.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PhaseError {
+    #[error("{phase} did not finish within {limit:?}")]
+    Timeout { phase: &'static str, limit: Duration },
+    #[error("{phase} used more than its CPU-time limit of {limit:?}")]
+    CpuLimit { phase: &'static str, limit: Duration },
+    #[error("{phase} used more than its memory limit of {limit_mb} MiB")]
+    MemoryLimit { phase: &'static str, limit_mb: u64 },
+    #[error("{phase} wrote more than its output limit of {limit} bytes")]
+    OutputLimit { phase: &'static str, limit: u64 },
+    #[error("{phase} exited with status {status}")]
+    Exit { phase: &'static str, status: i32 },
+    #[error("{phase} crashed: {message}")]
+    Trap { phase: &'static str, message: String },
+    #[error("{phase} could not start: {message}")]
+    Instantiate { phase: &'static str, message: String },
+    #[error("{0}")]
+    Buildpack(GuestFailure),
+}
+
+/// A buildpack's own error, with the phase it came from.
+#[derive(Debug, Clone)]
+pub struct GuestFailure {
+    pub phase: &'static str,
+    pub error: GuestError,
+}
+
+impl std::fmt::Display for GuestFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, message) = match &self.error {
+            GuestError::Unsupported(m) => ("not supported", m),
+            GuestError::Failed(m) => ("build failed", m),
+            GuestError::Io(m) => ("i/o error", m),
+            GuestError::Denied(m) => ("denied", m),
+        };
+        write!(f, "{} {kind}: {message}", self.phase)
+    }
+}
+
+/// A loaded buildpack component, ready to instantiate.
+pub struct LoadedComponent {
+    pub digest: String,
+    pre: BuildpackPre<SandboxState>,
+}
+
+/// The engine, linker and caches shared by every wasm buildpack.
+pub struct WasmRuntime {
+    engine: Engine,
+    linker: Linker<SandboxState>,
+    limits: WasmConfig,
+    cache_dir: PathBuf,
+    loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+}
+
+impl WasmRuntime {
+    /// Builds the engine and linker and starts the epoch ticker.
+    pub fn new(limits: WasmConfig, cache_dir: PathBuf) -> Result<Arc<WasmRuntime>, LoadError> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let engine = Engine::new(&config).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        dea::buildpack::host::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        dea::buildpack::types::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        std::fs::create_dir_all(&cache_dir).map_err(|source| LoadError::Cache {
+            path: cache_dir.clone(),
+            source,
+        })?;
+
+        // The ticker holds only a weak reference, so it ends when the engine does.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("dea-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| LoadError::Engine(e.to_string()))?;
+
+        Ok(Arc::new(WasmRuntime {
+            engine,
+            linker,
+            limits,
+            cache_dir,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn limits(&self) -> &WasmConfig {
+        &self.limits
+    }
+
+    /// Loads the component at `path`: from memory if this digest was seen, else from the
+    /// on-disk compiled cache, else compiled now (and cached).
+    pub fn load(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(loaded) = self.lock_loaded().get(&digest) {
+            return Ok(loaded.clone());
+        }
+        let component = self.compile_cached(path, &bytes, &digest)?;
+        self.check_imports(path, &component)?;
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = BuildpackPre::new(instance_pre).map_err(invalid)?;
+        let loaded = Arc::new(LoadedComponent {
+            digest: digest.clone(),
+            pre,
+        });
+        self.lock_loaded().insert(digest, loaded.clone());
+        Ok(loaded)
+    }
+
+    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
+        match self.loaded.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn compile_cached(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component, LoadError> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cached = self
+            .cache_dir
+            .join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        if cached.exists() {
+            match deserialize_trusted(&self.engine, &cached) {
+                Ok(component) => return Ok(component),
+                Err(e) => tracing::warn!(path = %cached.display(), "discarding compiled cache entry: {e:#}"),
+            }
+        }
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: path.to_path_buf(),
+            message: format!("{e:#}"),
+        };
+        let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+        crate::fetch::write_atomic(&cached, &compiled).map_err(|source| LoadError::Cache {
+            path: cached.clone(),
+            source,
+        })?;
+        deserialize_trusted(&self.engine, &cached).map_err(invalid)
+    }
+
+    fn check_imports(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
+        let ty = component.component_type();
+        for (name, _) in ty.imports(&self.engine) {
+            if !ALLOWED_IMPORTS.iter().any(|prefix| name.starts_with(prefix)) {
+                return Err(LoadError::ForbiddenImport {
+                    path: path.to_path_buf(),
+                    import: name.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one phase of `component` in a fresh sandbox.
+    pub async fn run(
+        &self,
+        component: &LoadedComponent,
+        phase: Phase,
+        spec: SandboxSpec,
+    ) -> Result<PhaseOutput, PhaseError> {
+        let phase_name = phase.name();
+        let (cpu_limit, wall_limit) = match phase {
+            Phase::Detect => (
+                Duration::from_millis(self.limits.detect_cpu_ms),
+                self.limits.detect_timeout(),
+            ),
+            Phase::Compile | Phase::Release => (
+                Duration::from_secs(self.limits.compile_cpu_secs),
+                self.limits.compile_timeout(),
+            ),
+        };
+        let budget = OutputBudget::new(self.limits.output_limit_bytes);
+        let state = SandboxState::new(phase, spec, &self.limits, budget.clone(), cpu_limit)
+            .map_err(|message| PhaseError::Instantiate {
+                phase: phase_name,
+                message,
+            })?;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks > state.cpu_tick_limit {
+                state.cpu_exceeded = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Yield at every tick so a busy guest cannot starve other tasks, and so the
+            // wall-clock timeout below can cancel it.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+
+        let outcome =
+            tokio::time::timeout(wall_limit, call_phase(&component.pre, &mut store, phase)).await;
+        let state = store.data();
+        match outcome {
+            Err(_) => Err(PhaseError::Timeout {
+                phase: phase_name,
+                limit: wall_limit,
+            }),
+            Ok(Ok(Ok(output))) => Ok(output),
+            Ok(Ok(Err(error))) => Err(PhaseError::Buildpack(GuestFailure {
+                phase: phase_name,
+                error,
+            })),
+            Ok(Err(CallError::Instantiate(e))) => Err(PhaseError::Instantiate {
+                phase: phase_name,
+                message: format!("{e:#}"),
+            }),
+            Ok(Err(CallError::Trap(e))) => Err(classify_trap(
+                phase_name,
+                &e,
+                state,
+                &budget,
+                cpu_limit,
+                self.limits.memory_limit_mb,
+            )),
+        }
+    }
+}
+
+enum CallError {
+    Instantiate(wasmtime::Error),
+    Trap(wasmtime::Error),
+}
+
+async fn call_phase(
+    pre: &BuildpackPre<SandboxState>,
+    store: &mut Store<SandboxState>,
+    phase: Phase,
+) -> Result<Result<PhaseOutput, GuestError>, CallError> {
+    let bindings = pre
+        .instantiate_async(&mut *store)
+        .await
+        .map_err(CallError::Instantiate)?;
+    let result = match phase {
+        Phase::Detect => bindings
+            .call_detect(&mut *store)
+            .await
+            .map(|r| r.map(PhaseOutput::Detect)),
+        Phase::Compile => bindings
+            .call_compile(&mut *store)
+            .await
+            .map(|r| r.map(|()| PhaseOutput::Compile)),
+        Phase::Release => bindings
+            .call_release(&mut *store)
+            .await
+            .map(|r| r.map(PhaseOutput::Release)),
+    };
+    result.map_err(CallError::Trap)
+}
+
+/// Turns a trap into the limit or fault that caused it.
+fn classify_trap(
+    phase: &'static str,
+    error: &wasmtime::Error,
+    state: &SandboxState,
+    budget: &OutputBudget,
+    cpu_limit: Duration,
+    memory_limit_mb: u64,
+) -> PhaseError {
+    if state.cpu_exceeded {
+        return PhaseError::CpuLimit {
+            phase,
+            limit: cpu_limit,
+        };
+    }
+    if budget.exceeded() {
+        return PhaseError::OutputLimit {
+            phase,
+            limit: budget.limit(),
+        };
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return PhaseError::Exit {
+            phase,
+            status: exit.0,
+        };
+    }
+    let message = format!("{error:#}");
+    if message.contains("forcing trap when growing memory") {
+        return PhaseError::MemoryLimit {
+            phase,
+            limit_mb: memory_limit_mb,
+        };
+    }
+    // Keep the first line: the backtrace is for developers, not the staging log.
+    let first = message.lines().next().unwrap_or("unknown trap").to_string();
+    PhaseError::Trap {
+        phase,
+        message: first,
+    }
+}
+
+/// Loads compiled code this host wrote itself.
+#[allow(unsafe_code)]
+fn deserialize_trusted(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
+    // SAFETY: the file is one this runtime produced with `precompile_component` for an
+    // engine with the same compatibility hash (it is in the file name), written atomically
+    // into the host's own cache directory. Untrusted bytes are never deserialized.
+    unsafe { Component::deserialize_file(engine, path) }
+}

@@ -1,0 +1,282 @@
+//! One phase's sandbox: the store state behind a guest, and the host imports it may call.
+//!
+//! The WASI context starts from nothing and is given only: the phase's directories at fixed,
+//! disjoint guest paths (`/app`, `/cache`, `/buildpack`, `/tmp`), the app's environment, stdout
+//! and stderr into the staging log, clocks and random. No sockets, no name lookups, no
+//! inherited environment or stdin.
+
+use super::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
+use super::output::{LogOutput, OutputBudget};
+use super::Phase;
+use crate::config::WasmConfig;
+use crate::fetch::{FetchGrant, FetchService};
+use crate::staging::StagingLog;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+/// Host directories for a phase. Which are mounted, and how, depends on the phase.
+#[derive(Debug, Clone)]
+pub struct PhaseDirs {
+    pub app: PathBuf,
+    pub cache: PathBuf,
+    pub buildpack: PathBuf,
+    /// Scratch for compile; created empty by the caller and removed afterwards.
+    pub tmp: PathBuf,
+}
+
+/// Everything a phase is given.
+#[derive(Clone)]
+pub struct SandboxSpec {
+    pub dirs: PhaseDirs,
+    /// Environment variables, in order (later wins).
+    pub env: Vec<(String, String)>,
+    pub log: StagingLog,
+    /// The fetch service and what this buildpack may ask of it (compile only).
+    pub fetch: Option<(Arc<FetchService>, FetchGrant)>,
+}
+
+pub struct SandboxState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    phase: Phase,
+    log: StagingLog,
+    budget: Arc<OutputBudget>,
+    fetch: Option<(Arc<FetchService>, FetchGrant)>,
+    /// Guest path → host path of the directories the guest may write to.
+    writable: Vec<(&'static str, PathBuf)>,
+    pub(super) cpu_ticks: u64,
+    pub(super) cpu_tick_limit: u64,
+    pub(super) cpu_exceeded: bool,
+}
+
+impl SandboxState {
+    pub(super) fn new(
+        phase: Phase,
+        spec: SandboxSpec,
+        limits: &WasmConfig,
+        budget: Arc<OutputBudget>,
+        cpu_limit: Duration,
+    ) -> Result<SandboxState, String> {
+        let mut builder = WasiCtxBuilder::new();
+        let compile = phase == Phase::Compile;
+        // Small phases do their few file calls inline instead of hopping to the blocking
+        // pool (about 5x faster detect); compile may do heavy I/O, so it keeps the pool.
+        builder.allow_blocking_current_thread(!compile);
+        let app_perms = if compile {
+            FsPerms::ReadWrite
+        } else {
+            FsPerms::ReadOnly
+        };
+        let open = |dir: &Path| -> Result<PathBuf, String> {
+            dir.canonicalize()
+                .map_err(|e| format!("sandbox directory {}: {e}", dir.display()))
+        };
+        let app = open(&spec.dirs.app)?;
+        let buildpack = open(&spec.dirs.buildpack)?;
+        builder
+            .preopened_dir(&app, "/app", app_perms)
+            .map_err(|e| format!("mounting /app: {e:#}"))?;
+        builder
+            .preopened_dir(&buildpack, "/buildpack", FsPerms::ReadOnly)
+            .map_err(|e| format!("mounting /buildpack: {e:#}"))?;
+        let mut writable = Vec::new();
+        if compile {
+            let cache = open(&spec.dirs.cache)?;
+            let tmp = open(&spec.dirs.tmp)?;
+            builder
+                .preopened_dir(&cache, "/cache", FsPerms::ReadWrite)
+                .map_err(|e| format!("mounting /cache: {e:#}"))?;
+            builder
+                .preopened_dir(&tmp, "/tmp", FsPerms::ReadWrite)
+                .map_err(|e| format!("mounting /tmp: {e:#}"))?;
+            writable = vec![("/app", app), ("/cache", cache), ("/tmp", tmp)];
+        }
+        builder.envs(&spec.env);
+        builder.env("DEA_PHASE", phase.name());
+        builder.env("HOME", "/app");
+        if compile {
+            builder.env("TMPDIR", "/tmp");
+        }
+        let output = LogOutput::new(spec.log.clone(), budget.clone());
+        builder.stdout(output.clone());
+        builder.stderr(output);
+        let memory_limit = (limits.memory_limit_mb << 20) as usize;
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(memory_limit)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        let ticks = (cpu_limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
+        Ok(SandboxState {
+            wasi: builder.build(),
+            table: ResourceTable::new(),
+            limits: store_limits,
+            phase,
+            log: spec.log,
+            budget,
+            fetch: if compile { spec.fetch } else { None },
+            writable,
+            cpu_ticks: 0,
+            cpu_tick_limit: ticks,
+            cpu_exceeded: false,
+        })
+    }
+
+    /// Maps an absolute guest path under a writable directory to a host path, creating the
+    /// parents. Refuses `..`, unknown roots, and parents that are links.
+    fn host_destination(&self, guest: &str) -> Result<PathBuf, String> {
+        let path = Path::new(guest);
+        let (root_guest, root_host) = self
+            .writable
+            .iter()
+            .find(|(root, _)| path.starts_with(root))
+            .ok_or_else(|| format!("{guest} is not under /app, /cache or /tmp"))?;
+        let relative = path
+            .strip_prefix(root_guest)
+            .map_err(|_| format!("{guest} is not under {root_guest}"))?;
+        let mut host = root_host.clone();
+        let mut parts = relative.components().peekable();
+        if parts.peek().is_none() {
+            return Err(format!("{guest} names a directory, not a file"));
+        }
+        while let Some(part) = parts.next() {
+            let Component::Normal(name) = part else {
+                return Err(format!("{guest} must not contain '..' or '.'"));
+            };
+            host.push(name);
+            let is_last = parts.peek().is_none();
+            match std::fs::symlink_metadata(&host) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(format!("{guest} goes through a symbolic link"));
+                }
+                Ok(meta) if !is_last && !meta.is_dir() => {
+                    return Err(format!("{guest}: a parent is not a directory"));
+                }
+                Ok(meta) if is_last && meta.is_dir() => {
+                    return Err(format!("{guest} is a directory"));
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    if !is_last {
+                        std::fs::create_dir(&host).map_err(|e| format!("{guest}: {e}"))?;
+                    }
+                }
+                Err(e) => return Err(format!("{guest}: {e}")),
+            }
+        }
+        Ok(host)
+    }
+}
+
+impl WasiView for SandboxState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl super::dea::buildpack::types::Host for SandboxState {}
+
+impl host::Host for SandboxState {
+    async fn log(&mut self, kind: LogKind, message: String) -> wasmtime::Result<()> {
+        let mut text = String::with_capacity(message.len() + 16);
+        for line in message.lines() {
+            let prefix = match kind {
+                LogKind::Step => "-----> ",
+                LogKind::Detail => "       ",
+                LogKind::Warning => " !     ",
+            };
+            text.push_str(prefix);
+            text.push_str(line);
+            text.push('\n');
+        }
+        if !self.budget.charge(text.len()) {
+            return Err(wasmtime::format_err!(
+                "buildpack output exceeded the limit of {} bytes",
+                self.budget.limit()
+            ));
+        }
+        self.log.write_raw(text.as_bytes());
+        Ok(())
+    }
+
+    async fn fetch(
+        &mut self,
+        request: FetchRequest,
+    ) -> wasmtime::Result<Result<FetchResult, FetchError>> {
+        let Some((service, grant)) = self.fetch.clone() else {
+            return Ok(Err(FetchError::Denied(format!(
+                "fetch of {} refused: downloads are only allowed during compile, not {}",
+                request.url,
+                self.phase.name()
+            ))));
+        };
+        let destination = match self.host_destination(&request.destination) {
+            Ok(path) => path,
+            Err(message) => return Ok(Err(FetchError::InvalidDestination(message))),
+        };
+        let fetched = match service
+            .fetch(&request.url, request.sha256.as_deref(), &grant)
+            .await
+        {
+            Ok(fetched) => fetched,
+            Err(error) => {
+                self.log.warning(&format!("fetch failed: {error}"));
+                return Ok(Err(to_guest_error(error)));
+            }
+        };
+        self.log.detail(&format!(
+            "fetch {} -> {} ({}, {} bytes)",
+            request.url,
+            fetched.url_used,
+            if fetched.cached { "cache hit" } else { "cache miss" },
+            fetched.size
+        ));
+        if let Err(e) = copy_into_place(&fetched.blob, &destination) {
+            return Ok(Err(FetchError::InvalidDestination(format!(
+                "writing {}: {e}",
+                request.destination
+            ))));
+        }
+        Ok(Ok(FetchResult {
+            url_used: fetched.url_used,
+            sha256: fetched.sha256,
+            size: fetched.size,
+            cached: fetched.cached,
+        }))
+    }
+}
+
+fn to_guest_error(error: crate::fetch::FetchError) -> FetchError {
+    use crate::fetch::FetchError as E;
+    let message = error.to_string();
+    match error {
+        E::NotDeclared { .. } | E::Denied { .. } | E::Offline { .. } | E::BadUrl { .. } => {
+            FetchError::Denied(message)
+        }
+        E::ChecksumMismatch { .. } => FetchError::ChecksumMismatch(message),
+        E::Status { .. } => FetchError::NotFound(message),
+        E::TooLarge { .. } => FetchError::TooLarge(message),
+        E::Network { .. } | E::Cache(_) => FetchError::Network(message),
+    }
+}
+
+/// Copies a cached blob to `dest` via a temporary file in the same directory, so the guest
+/// never sees a partial file and a link planted at `dest` is replaced, not followed.
+fn copy_into_place(blob: &Path, dest: &Path) -> io::Result<()> {
+    let dir = dest.parent().unwrap_or(Path::new("."));
+    let temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::fs::copy(blob, temp.path())?;
+    temp.persist(dest).map_err(|e| e.error)?;
+    Ok(())
+}

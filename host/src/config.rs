@@ -1,0 +1,250 @@
+//! The agent's configuration: one typed struct, loaded from YAML, with defaults that work on a
+//! fresh machine (everything lives under `base_dir`, buildpacks come from `buildpacks/`).
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: serde_yaml::Error,
+    },
+}
+
+/// Everything `dea` can be told. Every field has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Root of the agent's state: staging workspaces, caches, droplets.
+    pub base_dir: PathBuf,
+    /// Directories holding installed buildpacks, one sub-directory per buildpack. Their
+    /// order, then the sub-directory names in order, is the detection order unless
+    /// `buildpack_order` says otherwise.
+    pub buildpack_dirs: Vec<PathBuf>,
+    /// Explicit detection order by buildpack id; buildpacks not named follow in directory order.
+    pub buildpack_order: Vec<String>,
+    /// Stacks this agent can stage for and run on; the first is the default.
+    pub stacks: Vec<String>,
+    pub staging: StagingConfig,
+    pub wasm: WasmConfig,
+    pub fetch: FetchConfig,
+}
+
+/// Limits for one staging and its buildpack phases.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StagingConfig {
+    /// Largest app (unpacked) accepted, in MiB.
+    pub max_app_size_mb: u64,
+    /// Most files an app archive may contain.
+    pub max_app_files: u64,
+    /// Wall-clock limit for a whole staging, in seconds (Cloud Foundry's default is 900).
+    pub max_staging_duration_secs: u64,
+    /// gzip level for droplets (1 = fastest, 9 = smallest).
+    pub droplet_compression_level: u32,
+}
+
+/// Limits and caches for wasm buildpacks.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WasmConfig {
+    /// Linear-memory limit per phase, in MiB.
+    pub memory_limit_mb: u64,
+    /// CPU time a detect call may use, in milliseconds.
+    pub detect_cpu_ms: u64,
+    /// CPU time a compile or release call may use, in seconds.
+    pub compile_cpu_secs: u64,
+    /// Wall-clock limit for detect, in milliseconds (covers blocking host calls too).
+    pub detect_timeout_ms: u64,
+    /// Wall-clock limit for compile and release, in seconds.
+    pub compile_timeout_secs: u64,
+    /// Most bytes of output (stdout, stderr, log lines) a phase may produce.
+    pub output_limit_bytes: u64,
+    /// Where compiled components are kept; default `<base_dir>/wasm-cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// The fetch service: the only way a buildpack reaches the network.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FetchConfig {
+    /// Rewrite rules: the longest matching `from` prefix wins.
+    pub mirrors: Vec<MirrorRule>,
+    /// URL prefixes a download may go to after rewriting, besides the mirrors themselves.
+    pub allow: Vec<String>,
+    /// Let a download go to an un-rewritten URL that its buildpack's manifest declares.
+    /// Turn off on air-gapped sites, where only mirrors may be reached.
+    pub allow_buildpack_declared: bool,
+    /// Serve from the cache only; never open a connection.
+    pub offline: bool,
+    /// Largest single download, in MiB.
+    pub max_download_mb: u64,
+    /// Per-attempt timeout, in seconds.
+    pub timeout_secs: u64,
+    /// Attempts per download for network errors.
+    pub attempts: u32,
+    /// Content-addressed download cache; default `<base_dir>/fetch-cache`.
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// One mirror rule: URLs starting with `from` are fetched from `to` plus the rest of the URL.
+/// `to` may contain `{originalHost}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorRule {
+    pub from: String,
+    pub to: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            base_dir: default_base_dir(),
+            buildpack_dirs: vec![PathBuf::from("target/buildpacks")],
+            // The built-in buildpacks, most specific first; Procfile is the generic fallback.
+            buildpack_order: vec!["staticfile".into(), "node".into(), "procfile".into()],
+            stacks: vec!["cflinuxfs4".to_string()],
+            staging: StagingConfig::default(),
+            wasm: WasmConfig::default(),
+            fetch: FetchConfig::default(),
+        }
+    }
+}
+
+impl Default for StagingConfig {
+    fn default() -> Self {
+        StagingConfig {
+            max_app_size_mb: 1024,
+            max_app_files: 200_000,
+            max_staging_duration_secs: 900,
+            droplet_compression_level: 6,
+        }
+    }
+}
+
+impl Default for WasmConfig {
+    fn default() -> Self {
+        WasmConfig {
+            memory_limit_mb: 512,
+            detect_cpu_ms: 2_000,
+            compile_cpu_secs: 600,
+            detect_timeout_ms: 5_000,
+            compile_timeout_secs: 900,
+            output_limit_bytes: 16 << 20,
+            cache_dir: None,
+        }
+    }
+}
+
+impl Default for FetchConfig {
+    fn default() -> Self {
+        FetchConfig {
+            mirrors: Vec::new(),
+            allow: Vec::new(),
+            allow_buildpack_declared: true,
+            offline: false,
+            max_download_mb: 2048,
+            timeout_secs: 300,
+            attempts: 3,
+            cache_dir: None,
+        }
+    }
+}
+
+/// `$XDG_STATE_HOME/dea`, else `~/.local/state/dea`, else `/var/lib/dea`.
+fn default_base_dir() -> PathBuf {
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(state).join("dea");
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => PathBuf::from(home).join(".local/state/dea"),
+        None => PathBuf::from("/var/lib/dea"),
+    }
+}
+
+impl Config {
+    /// Loads a YAML file; missing keys keep their defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+
+    /// Parses YAML text; an empty document gives the defaults.
+    pub fn from_yaml(text: &str) -> Result<Config, serde_yaml::Error> {
+        if text.trim().is_empty() {
+            return Ok(Config::default());
+        }
+        serde_yaml::from_str(text)
+    }
+
+    /// The default stack.
+    pub fn default_stack(&self) -> &str {
+        self.stacks.first().map(String::as_str).unwrap_or("cflinuxfs4")
+    }
+
+    pub fn wasm_cache_dir(&self) -> PathBuf {
+        self.wasm
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.base_dir.join("wasm-cache"))
+    }
+
+    pub fn fetch_cache_dir(&self) -> PathBuf {
+        self.fetch
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| self.base_dir.join("fetch-cache"))
+    }
+
+    pub fn staging_dir(&self) -> PathBuf {
+        self.base_dir.join("staging")
+    }
+}
+
+impl WasmConfig {
+    pub fn detect_timeout(&self) -> Duration {
+        Duration::from_millis(self.detect_timeout_ms)
+    }
+    pub fn compile_timeout(&self) -> Duration {
+        Duration::from_secs(self.compile_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_yaml_gives_defaults_and_keys_override() {
+        let config = Config::from_yaml("").expect("empty config");
+        assert_eq!(config.wasm.memory_limit_mb, 512);
+        let config = Config::from_yaml(
+            "base_dir: /tmp/x\nwasm:\n  memory_limit_mb: 64\nfetch:\n  mirrors:\n    - from: https://a/\n      to: http://m/\n",
+        )
+        .expect("config parses");
+        assert_eq!(config.base_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.wasm.memory_limit_mb, 64);
+        assert_eq!(config.wasm.detect_cpu_ms, 2_000);
+        assert_eq!(config.fetch.mirrors.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(Config::from_yaml("wasm:\n  memory_limt_mb: 64\n").is_err());
+    }
+}

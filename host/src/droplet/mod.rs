@@ -1,0 +1,11 @@
+//! Droplets: the staged app as a `.tgz` laid out like Cloud Foundry's (`app/`,
+//! `logs/staging_task.log`, `tmp/`, `staging_info.yml`), and the safe unpacking of the
+//! untrusted sources they are made from.
+
+pub mod pack;
+pub mod staging_info;
+pub mod unpack;
+
+pub use pack::{PackError, PackedDroplet, pack_tree};
+pub use staging_info::StagingInfo;
+pub use unpack::{UnpackError, UnpackLimits, UnpackStats, unpack_source};

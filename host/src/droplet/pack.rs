@@ -1,0 +1,341 @@
+//! Packing a staged tree into a droplet: a gzip'd tar with `./`-relative entries, written
+//! atomically, with its SHA-1 and SHA-256.
+//!
+//! Compression is the expensive part, so the tar stream is cut into blocks that worker
+//! threads compress in parallel, each as its own gzip member (RFC 1952 allows several; `gzip`,
+//! `tar xzf` and Cloud Foundry's DEA read them as one stream). The output is written to a
+//! temporary file beside the destination and renamed into place only when complete and
+//! synced, so no reader ever sees half a droplet.
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use sha1::Sha1;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+/// Size of the tar blocks compressed independently.
+const BLOCK_SIZE: usize = 1 << 20;
+
+/// Why a droplet could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing droplet {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error("{path} is a {kind}; droplets hold files, directories and links only")]
+    Special { path: PathBuf, kind: &'static str },
+}
+
+/// A droplet on disk and its digests.
+#[derive(Debug, Clone)]
+pub struct PackedDroplet {
+    pub path: PathBuf,
+    pub size: u64,
+    pub sha1: String,
+    pub sha256: String,
+}
+
+/// Packs the contents of `tree` into `dest` (entries named `./...`), compressing with `level`
+/// on `threads` workers.
+pub fn pack_tree(
+    tree: &Path,
+    dest: &Path,
+    level: u32,
+    threads: usize,
+) -> Result<PackedDroplet, PackError> {
+    let write_err = |source| PackError::Write {
+        path: dest.to_path_buf(),
+        source,
+    };
+    let parent = dest
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).map_err(write_err)?;
+    let temp = tempfile::Builder::new()
+        .prefix(".droplet-")
+        .suffix(".partial")
+        .tempfile_in(parent)
+        .map_err(write_err)?;
+    let output = temp.as_file().try_clone().map_err(write_err)?;
+
+    let mut gz = ParallelGz::new(output, level, threads.max(1));
+    let walk_result = {
+        let mut builder = tar::Builder::new(&mut gz);
+        builder.mode(tar::HeaderMode::Complete);
+        let result = append_root(&mut builder, tree).and_then(|()| append_tree(&mut builder, tree, "."));
+        result.and_then(|()| {
+            builder.finish().map_err(|source| PackError::Write {
+                path: dest.to_path_buf(),
+                source,
+            })
+        })
+    };
+    // Always join the workers, even when walking failed.
+    let finished = gz.finish();
+    walk_result?;
+    let (size, sha1, sha256) = finished.map_err(write_err)?;
+    temp.as_file().sync_all().map_err(write_err)?;
+    let mode = fs::Permissions::from_mode(0o644);
+    fs::set_permissions(temp.path(), mode).map_err(write_err)?;
+    temp.persist(dest).map_err(|e| write_err(e.error))?;
+    Ok(PackedDroplet {
+        path: dest.to_path_buf(),
+        size,
+        sha1,
+        sha256,
+    })
+}
+
+/// The `./` entry `tar czf droplet.tgz .` starts with.
+fn append_root<W: Write>(builder: &mut tar::Builder<W>, tree: &Path) -> Result<(), PackError> {
+    let read_err = |source| PackError::Read {
+        path: tree.to_path_buf(),
+        source,
+    };
+    let meta = fs::metadata(tree).map_err(read_err)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+    header.set_size(0);
+    append_named(builder, header, "./", None, io::empty()).map_err(read_err)
+}
+
+/// Appends `dir`'s children under the archive name `name`, in sorted order so that equal
+/// trees give equal droplets.
+fn append_tree<W: Write>(
+    builder: &mut tar::Builder<W>,
+    dir: &Path,
+    name: &str,
+) -> Result<(), PackError> {
+    let read_err = |path: &Path, source| PackError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(|e| read_err(dir, e))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| read_err(dir, e))?;
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let entry_name = format!("{name}/{}", file_name.to_string_lossy());
+        let meta = fs::symlink_metadata(&path).map_err(|e| read_err(&path, e))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
+        header.set_mtime(meta.mtime().max(0) as u64);
+        let file_type = meta.file_type();
+        if file_type.is_dir() {
+            header.set_size(0);
+            append_named(builder, header, &format!("{entry_name}/"), None, io::empty())
+                .map_err(|e| read_err(&path, e))?;
+            append_tree(builder, &path, &entry_name)?;
+        } else if file_type.is_file() {
+            let file = File::open(&path).map_err(|e| read_err(&path, e))?;
+            append_named(builder, header, &entry_name, None, file)
+                .map_err(|e| read_err(&path, e))?;
+        } else if file_type.is_symlink() {
+            let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
+            header.set_size(0);
+            let target = target.to_string_lossy().into_owned();
+            append_named(builder, header, &entry_name, Some(&target), io::empty())
+                .map_err(|e| read_err(&path, e))?;
+        } else {
+            return Err(PackError::Special {
+                path,
+                kind: "special file",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Appends an entry with its name exactly as given (the `tar` crate's path setters drop the
+/// leading `./` that Cloud Foundry droplets carry). Names or link targets that do not fit the
+/// 100-byte header fields go in GNU long-name records, as GNU tar writes them.
+fn append_named<W: Write>(
+    builder: &mut tar::Builder<W>,
+    mut header: tar::Header,
+    name: &str,
+    link: Option<&str>,
+    data: impl io::Read,
+) -> io::Result<()> {
+    const FIELD: usize = 100;
+    let long_record = |kind: tar::EntryType, value: &str| {
+        let mut record = tar::Header::new_gnu();
+        let marker = b"././@LongLink";
+        record.as_old_mut().name[..marker.len()].copy_from_slice(marker);
+        record.set_mode(0o644);
+        record.set_entry_type(kind);
+        record.set_size(value.len() as u64 + 1);
+        record.set_cksum();
+        record
+    };
+    if name.len() > FIELD {
+        let record = long_record(tar::EntryType::GNULongName, name);
+        builder.append(&record, [name.as_bytes(), b"\0"].concat().as_slice())?;
+    }
+    if let Some(link) = link {
+        header.set_entry_type(tar::EntryType::Symlink);
+        if link.len() > FIELD {
+            let record = long_record(tar::EntryType::GNULongLink, link);
+            builder.append(&record, [link.as_bytes(), b"\0"].concat().as_slice())?;
+        }
+        let field = &mut header.as_old_mut().linkname;
+        let n = link.len().min(FIELD);
+        field[..n].copy_from_slice(&link.as_bytes()[..n]);
+    }
+    let field = &mut header.as_old_mut().name;
+    let n = name.len().min(FIELD);
+    field.fill(0);
+    field[..n].copy_from_slice(&name.as_bytes()[..n]);
+    header.set_cksum();
+    builder.append(&header, data)
+}
+
+/// A `Write` that gzips in parallel: full blocks go to worker threads; a writer thread puts
+/// the compressed members back in order and hashes them on the way to the file.
+struct ParallelGz {
+    buffer: Vec<u8>,
+    next_seq: u64,
+    jobs: Option<crossbeam_like::Sender<(u64, Vec<u8>)>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    writer: Option<std::thread::JoinHandle<io::Result<(u64, String, String)>>>,
+}
+
+/// The tiny bit of a multi-consumer queue the workers need, built on std.
+mod crossbeam_like {
+    use std::sync::{Arc, Mutex, mpsc};
+
+    pub struct Sender<T>(pub mpsc::SyncSender<T>);
+    #[derive(Clone)]
+    pub struct Receiver<T>(pub Arc<Mutex<mpsc::Receiver<T>>>);
+
+    pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        (Sender(tx), Receiver(Arc::new(Mutex::new(rx))))
+    }
+
+    impl<T> Receiver<T> {
+        pub fn recv(&self) -> Option<T> {
+            self.0.lock().ok()?.recv().ok()
+        }
+    }
+}
+
+impl ParallelGz {
+    fn new(mut output: File, level: u32, threads: usize) -> ParallelGz {
+        let (job_tx, job_rx) = crossbeam_like::bounded::<(u64, Vec<u8>)>(threads * 2);
+        let (done_tx, done_rx) = mpsc::channel::<(u64, io::Result<Vec<u8>>)>();
+        let workers = (0..threads)
+            .map(|_| {
+                let job_rx = job_rx.clone();
+                let done_tx = done_tx.clone();
+                std::thread::spawn(move || {
+                    while let Some((seq, block)) = job_rx.recv() {
+                        let mut encoder = GzEncoder::new(
+                            Vec::with_capacity(block.len() / 2),
+                            Compression::new(level.min(9)),
+                        );
+                        let compressed = encoder.write_all(&block).and_then(|()| encoder.finish());
+                        if done_tx.send((seq, compressed)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .collect();
+        drop(done_tx);
+        let writer = std::thread::spawn(move || {
+            let mut pending = BTreeMap::new();
+            let mut next = 0u64;
+            let mut size = 0u64;
+            let mut sha1 = Sha1::new();
+            let mut sha256 = Sha256::new();
+            let mut out = io::BufWriter::with_capacity(1 << 20, &mut output);
+            for (seq, compressed) in done_rx {
+                pending.insert(seq, compressed?);
+                while let Some(block) = pending.remove(&next) {
+                    sha1.update(&block);
+                    sha256.update(&block);
+                    size += block.len() as u64;
+                    out.write_all(&block)?;
+                    next += 1;
+                }
+            }
+            if !pending.is_empty() {
+                return Err(io::Error::other("a compression worker stopped early"));
+            }
+            out.flush()?;
+            Ok((
+                size,
+                hex::encode(sha1.finalize()),
+                hex::encode(sha256.finalize()),
+            ))
+        });
+        ParallelGz {
+            buffer: Vec::with_capacity(BLOCK_SIZE),
+            next_seq: 0,
+            jobs: Some(job_tx),
+            workers,
+            writer: Some(writer),
+        }
+    }
+
+    fn dispatch(&mut self) -> io::Result<()> {
+        if self.buffer.is_empty() && self.next_seq > 0 {
+            return Ok(());
+        }
+        let block = std::mem::replace(&mut self.buffer, Vec::with_capacity(BLOCK_SIZE));
+        let jobs = self
+            .jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("droplet writer already finished"))?;
+        jobs.0
+            .send((self.next_seq, block))
+            .map_err(|_| io::Error::other("droplet compression stopped"))?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Flushes the last block and waits for everything to reach the file.
+    fn finish(mut self) -> io::Result<(u64, String, String)> {
+        let dispatched = self.dispatch();
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+        let written = match self.writer.take().map(|w| w.join()) {
+            Some(Ok(result)) => result,
+            _ => Err(io::Error::other("droplet writer thread failed")),
+        };
+        dispatched?;
+        written
+    }
+}
+
+impl Write for ParallelGz {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
+        let total = data.len();
+        while !data.is_empty() {
+            let room = BLOCK_SIZE - self.buffer.len();
+            let take = room.min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() == BLOCK_SIZE {
+                self.dispatch()?;
+            }
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The `dea` command line: stage apps into droplets, list buildpacks, explain fetches.
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use dea::buildpack::BuildpackSet;
+use dea::buildpack::wasm::WasmRuntime;
+use dea::config::Config;
+use dea::fetch::{FetchGrant, FetchService};
+use dea::staging::{Stager, StagingRequest};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "dea", version, about = "A droplet execution agent with WebAssembly buildpacks")]
+struct Cli {
+    /// Configuration file (YAML). Every key has a default.
+    #[arg(long, global = true, env = "DEA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory of installed buildpacks (repeatable); replaces `buildpack_dirs`.
+    #[arg(long = "buildpacks", global = true, value_name = "DIR")]
+    buildpack_dirs: Vec<PathBuf>,
+    /// Root of the agent's state; replaces `base_dir`.
+    #[arg(long, global = true, env = "DEA_BASE_DIR")]
+    base_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stage an app (a directory, .zip or .tgz) into a droplet.
+    Stage {
+        /// The app's source.
+        app: PathBuf,
+        /// Where to write the droplet.
+        #[arg(short, long, default_value = "droplet.tgz")]
+        output: PathBuf,
+        /// Use this buildpack (id or directory) instead of detecting; repeat for several.
+        #[arg(short, long = "buildpack", value_name = "NAME")]
+        buildpacks: Vec<String>,
+        /// An app environment variable, KEY=VALUE (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// The stack to stage for (default: the first configured).
+        #[arg(long)]
+        stack: Option<String>,
+        /// Buildpack cache kept between stagings of this app.
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        /// Start command, overriding the Procfile and the buildpack.
+        #[arg(short = 'c', long)]
+        start_command: Option<String>,
+    },
+    /// List the installed buildpacks in detection order.
+    Buildpacks,
+    /// Show how the fetch service resolves a URL: mirror rule, URL used, allowed or not.
+    Fetch {
+        url: String,
+        /// Resolve as this buildpack would (its manifest's declared downloads count).
+        #[arg(long)]
+        buildpack: Option<String>,
+    },
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<Config> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if !cli.buildpack_dirs.is_empty() {
+        config.buildpack_dirs = cli.buildpack_dirs.clone();
+    }
+    if let Some(base) = &cli.base_dir {
+        config.base_dir = base.clone();
+    }
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DEA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let config = load_config(&cli)?;
+    let buildpacks = BuildpackSet::discover(&config.buildpack_dirs, &config.buildpack_order)
+        .context("reading installed buildpacks")?;
+
+    match cli.command {
+        Command::Buildpacks => {
+            println!("{:<4} {:<16} {:<10} {:<6} PATH", "#", "ID", "VERSION", "KIND");
+            for (index, bp) in buildpacks.iter().enumerate() {
+                println!(
+                    "{:<4} {:<16} {:<10} {:<6} {}",
+                    index + 1,
+                    bp.id,
+                    bp.version,
+                    bp.kind_name(),
+                    bp.dir.display()
+                );
+            }
+            if buildpacks.is_empty() {
+                bail!(
+                    "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
+                    config.buildpack_dirs
+                );
+            }
+        }
+        Command::Fetch { url, buildpack } => {
+            let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
+            let grant = match buildpack {
+                Some(name) => {
+                    let bp = buildpacks.find(&name)?;
+                    FetchGrant {
+                        buildpack: bp.id,
+                        declared: bp.fetch_allow,
+                    }
+                }
+                None => FetchGrant::default(),
+            };
+            let resolution = service.resolve(&url, &grant);
+            println!("asked for: {}", resolution.url);
+            match &resolution.rule {
+                Some(rule) => println!("rule:      {} -> {}", rule.from, rule.to),
+                None => println!("rule:      (none)"),
+            }
+            println!("url used:  {}", resolution.url_used);
+            match resolution.verdict {
+                Ok(why) => println!("allowed:   yes ({why})"),
+                Err(why) => {
+                    println!("allowed:   no ({why})");
+                    std::process::exit(3);
+                }
+            }
+        }
+        Command::Stage {
+            app,
+            output,
+            buildpacks: named,
+            env,
+            stack,
+            cache,
+            start_command,
+        } => {
+            if buildpacks.is_empty() && named.is_empty() {
+                bail!(
+                    "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
+                    config.buildpack_dirs
+                );
+            }
+            let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
+            let fetch = Arc::new(FetchService::new(
+                config.fetch.clone(),
+                config.fetch_cache_dir(),
+            )?);
+            let stager = Stager::new(config, buildpacks, wasm, fetch);
+            let watcher: dea::staging::LogWatcher = Arc::new(|bytes: &[u8]| {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+            });
+            let request = StagingRequest {
+                source: app,
+                output,
+                buildpacks: named,
+                env,
+                stack,
+                cache_dir: cache,
+                start_command,
+                watcher: Some(watcher),
+            };
+            match stager.stage(request).await {
+                Ok(staged) => {
+                    println!("Droplet:   {}", staged.droplet.path.display());
+                    println!("Size:      {} bytes", staged.droplet.size);
+                    println!("SHA1:      {}", staged.droplet.sha1);
+                    println!("SHA256:    {}", staged.droplet.sha256);
+                    if let Some(command) = &staged.info.start_command {
+                        println!("Start:     {command}");
+                    }
+                }
+                Err(error) => {
+                    eprintln!("Staging failed ({}): {error}", error.cf_type());
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
+    Ok(())
+}

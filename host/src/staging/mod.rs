@@ -1,0 +1,435 @@
+//! A staging task: app source in, droplet out.
+//!
+//! The source is unpacked safely into a fresh workspace, every buildpack's detect runs at
+//! once (the first match in order wins, unless buildpacks are named), the chosen buildpacks
+//! compile in order, the last one releases, and the staged tree is packed into a droplet
+//! laid out like Cloud Foundry's. Everything the user should see goes to the staging log,
+//! which ships inside the droplet. The workspace is removed whatever happens.
+
+mod log;
+pub mod procfile;
+
+pub use log::{LogWatcher, StagingLog};
+
+use crate::buildpack::wasm::{
+    PhaseDirs, PhaseError, PhaseOutput, ReleaseInfo, SandboxSpec, WasmRuntime,
+};
+use crate::buildpack::{Buildpack, BuildpackError, BuildpackKind, BuildpackSet};
+use crate::config::Config;
+use crate::droplet::{self, PackError, PackedDroplet, StagingInfo, UnpackError, UnpackLimits};
+use crate::fetch::{FetchGrant, FetchService};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Why a staging failed. `cf_type` gives Cloud Foundry's error type for the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("An application could not be detected by any available buildpack")]
+    NoAppDetected,
+    #[error("detect of buildpack {buildpack} failed: {source}")]
+    DetectFailed {
+        buildpack: String,
+        source: PhaseError,
+    },
+    #[error("Buildpack compilation step failed: buildpack {buildpack}: {source}")]
+    CompileFailed {
+        buildpack: String,
+        source: PhaseError,
+    },
+    #[error("Release info failed:\nbuildpack {buildpack}: {source}")]
+    ReleaseFailed {
+        buildpack: String,
+        source: PhaseError,
+    },
+    #[error("Error staging: Stack {0} does not exist")]
+    UnknownStack(String),
+    #[error("invalid app source: {0}")]
+    Source(#[from] UnpackError),
+    #[error(transparent)]
+    Buildpack(#[from] BuildpackError),
+    #[error("loading buildpack {buildpack}: {message}")]
+    Load { buildpack: String, message: String },
+    #[error("writing droplet: {0}")]
+    Pack(#[from] PackError),
+    #[error("staging workspace: {0}")]
+    Workspace(#[from] std::io::Error),
+    #[error("Staging timed out after {0} seconds")]
+    Timeout(u64),
+}
+
+impl StagingError {
+    /// Cloud Foundry's `error_info.type` for this failure.
+    pub fn cf_type(&self) -> &'static str {
+        match self {
+            StagingError::NoAppDetected | StagingError::DetectFailed { .. } => "NoAppDetectedError",
+            StagingError::CompileFailed { .. } => "BuildpackCompileFailed",
+            StagingError::ReleaseFailed { .. } => "BuildpackReleaseFailed",
+            _ => "StagingError",
+        }
+    }
+}
+
+/// What to stage.
+pub struct StagingRequest {
+    /// A directory, `.zip` or `.tgz`.
+    pub source: PathBuf,
+    /// Where the droplet goes.
+    pub output: PathBuf,
+    /// Buildpacks to use, by id or directory, skipping detection. Several: all compile in
+    /// order and the last one releases.
+    pub buildpacks: Vec<String>,
+    /// The app's configuration, given to every phase.
+    pub env: Vec<(String, String)>,
+    pub stack: Option<String>,
+    /// Kept between stagings of one app; a fresh one is used when `None`.
+    pub cache_dir: Option<PathBuf>,
+    /// Overrides the start command (like `cf push -c`).
+    pub start_command: Option<String>,
+    /// Sees every log line as it is written.
+    pub watcher: Option<LogWatcher>,
+}
+
+/// A finished staging.
+#[derive(Debug)]
+pub struct Staged {
+    pub droplet: PackedDroplet,
+    pub info: StagingInfo,
+    pub detected_version: Option<String>,
+}
+
+/// Stages apps. One per agent; share it behind an `Arc`.
+pub struct Stager {
+    config: Config,
+    buildpacks: BuildpackSet,
+    wasm: Arc<WasmRuntime>,
+    fetch: Arc<FetchService>,
+}
+
+impl Stager {
+    pub fn new(
+        config: Config,
+        buildpacks: BuildpackSet,
+        wasm: Arc<WasmRuntime>,
+        fetch: Arc<FetchService>,
+    ) -> Stager {
+        Stager {
+            config,
+            buildpacks,
+            wasm,
+            fetch,
+        }
+    }
+
+    pub fn buildpacks(&self) -> &BuildpackSet {
+        &self.buildpacks
+    }
+
+    /// Stages `request` within the configured staging time limit.
+    pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
+        let limit = self.config.staging.max_staging_duration_secs;
+        std::fs::create_dir_all(self.config.staging_dir())?;
+        let workspace = tempfile::Builder::new()
+            .prefix("task-")
+            .tempdir_in(self.config.staging_dir())?;
+        let result = tokio::time::timeout(
+            std::time::Duration::from_secs(limit),
+            self.stage_in(workspace.path(), request),
+        )
+        .await
+        .unwrap_or(Err(StagingError::Timeout(limit)));
+        // The workspace (and its tempdir guard) goes away here, success or not.
+        drop(workspace);
+        result
+    }
+
+    async fn stage_in(
+        &self,
+        workspace: &Path,
+        request: StagingRequest,
+    ) -> Result<Staged, StagingError> {
+        let stack = request
+            .stack
+            .clone()
+            .unwrap_or_else(|| self.config.default_stack().to_string());
+        if !self.config.stacks.contains(&stack) {
+            return Err(StagingError::UnknownStack(stack));
+        }
+        let staged = workspace.join("staged");
+        let app = staged.join("app");
+        std::fs::create_dir_all(staged.join("tmp"))?;
+        let log = StagingLog::create(
+            &staged.join("logs").join("staging_task.log"),
+            request.watcher.clone(),
+        )?;
+        let result = self
+            .run_buildpacks(workspace, &staged, &app, &stack, &request, &log)
+            .await;
+        if let Err(error) = &result {
+            log.write_raw(format!("Staging failed: {error}\n").as_bytes());
+        }
+        result
+    }
+
+    async fn run_buildpacks(
+        &self,
+        workspace: &Path,
+        staged: &Path,
+        app: &Path,
+        stack: &str,
+        request: &StagingRequest,
+        log: &StagingLog,
+    ) -> Result<Staged, StagingError> {
+        let limits = UnpackLimits {
+            max_bytes: self.config.staging.max_app_size_mb << 20,
+            max_files: self.config.staging.max_app_files,
+        };
+        let source = request.source.clone();
+        let unpack_into = app.to_path_buf();
+        let stats = tokio::task::spawn_blocking(move || {
+            droplet::unpack_source(&source, &unpack_into, limits)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        log.step(&format!(
+            "Downloaded app package ({}, {} files)",
+            human_size(stats.bytes),
+            stats.files
+        ));
+
+        let cache = match &request.cache_dir {
+            Some(dir) => dir.clone(),
+            None => workspace.join("cache"),
+        };
+        std::fs::create_dir_all(&cache)?;
+        let mut env: Vec<(String, String)> = vec![
+            ("STACK".into(), stack.to_string()),
+            ("CF_STACK".into(), stack.to_string()),
+        ];
+        env.extend(request.env.iter().cloned());
+        let ctx = PhaseContext {
+            workspace,
+            app,
+            cache: &cache,
+            env: &env,
+            log,
+        };
+
+        // Choose: named buildpacks skip detection; otherwise the first match in order.
+        let (chosen, detection_name, detected_version) = if request.buildpacks.is_empty() {
+            let (buildpack, detection) = self.detect(&ctx).await?;
+            (vec![buildpack], detection.name, detection.version)
+        } else {
+            let chosen = request
+                .buildpacks
+                .iter()
+                .map(|name| self.buildpacks.find(name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let last = chosen.last().map(|bp| bp.id.clone()).unwrap_or_default();
+            (chosen, last, None)
+        };
+        let final_buildpack = chosen.last().cloned().ok_or(StagingError::NoAppDetected)?;
+        log.step(&format!(
+            "Detected {detection_name}{} (buildpack {} {})",
+            detected_version
+                .as_deref()
+                .map(|v| format!(" {v}"))
+                .unwrap_or_default(),
+            final_buildpack.id,
+            final_buildpack.version
+        ));
+
+        for buildpack in &chosen {
+            let started = Instant::now();
+            self.run_phase(buildpack, crate::buildpack::wasm::Phase::Compile, &ctx)
+                .await
+                .map_err(|source| StagingError::CompileFailed {
+                    buildpack: buildpack.id.clone(),
+                    source,
+                })?;
+            tracing::debug!(buildpack = %buildpack.id, elapsed = ?started.elapsed(), "compiled");
+        }
+
+        let release = match self
+            .run_phase(&final_buildpack, crate::buildpack::wasm::Phase::Release, &ctx)
+            .await
+        {
+            Ok(PhaseOutput::Release(release)) => release,
+            Ok(_) => ReleaseInfo {
+                process_types: Vec::new(),
+                config_vars: Vec::new(),
+                addons: Vec::new(),
+            },
+            Err(source) => {
+                return Err(StagingError::ReleaseFailed {
+                    buildpack: final_buildpack.id.clone(),
+                    source,
+                });
+            }
+        };
+
+        let info = staging_info(
+            app,
+            &final_buildpack,
+            &detection_name,
+            &release,
+            request.start_command.as_deref(),
+        )?;
+        let yaml = serde_yaml::to_string(&info).map_err(std::io::Error::other)?;
+        std::fs::write(staged.join("staging_info.yml"), yaml)?;
+        match &info.start_command {
+            Some(command) => log.step(&format!("Start command: {command}")),
+            None => log.warning("No start command: add a Procfile with a web: entry"),
+        }
+
+        let tree = staged.to_path_buf();
+        let output = request.output.clone();
+        let level = self.config.staging.droplet_compression_level;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let droplet = tokio::task::spawn_blocking(move || {
+            droplet::pack_tree(&tree, &output, level, threads)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        log.step(&format!("Uploading droplet ({})", human_size(droplet.size)));
+        Ok(Staged {
+            droplet,
+            info,
+            detected_version,
+        })
+    }
+
+    /// Runs every buildpack's detect at once and picks the first match in order. A detect
+    /// that fails (rather than saying no) ahead of the match fails the staging: the order
+    /// would otherwise depend on a broken buildpack.
+    async fn detect(
+        &self,
+        ctx: &PhaseContext<'_>,
+    ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
+        let runs = self.buildpacks.iter().map(|bp| async move {
+            let result = self
+                .run_phase(bp, crate::buildpack::wasm::Phase::Detect, ctx)
+                .await;
+            (bp, result)
+        });
+        let results = futures_util::future::join_all(runs).await;
+        let mut first_failure = None;
+        for (buildpack, result) in results {
+            match result {
+                Ok(PhaseOutput::Detect(Some(detection))) => {
+                    if let Some(error) = first_failure {
+                        return Err(error);
+                    }
+                    return Ok((buildpack.clone(), detection));
+                }
+                Ok(_) => {}
+                Err(source) => {
+                    ctx.log.warning(&format!("buildpack {}: {source}", buildpack.id));
+                    first_failure.get_or_insert(StagingError::DetectFailed {
+                        buildpack: buildpack.id.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Err(first_failure.unwrap_or(StagingError::NoAppDetected))
+    }
+
+    async fn run_phase(
+        &self,
+        buildpack: &Buildpack,
+        phase: crate::buildpack::wasm::Phase,
+        ctx: &PhaseContext<'_>,
+    ) -> Result<PhaseOutput, PhaseError> {
+        match &buildpack.kind {
+            BuildpackKind::Wasm { component } => {
+                let loaded = self.wasm.load(component).map_err(|e| PhaseError::Instantiate {
+                    phase: phase.name(),
+                    message: e.to_string(),
+                })?;
+                // Compile gets a private scratch directory, removed when it ends.
+                let tmp = tempfile::Builder::new()
+                    .prefix("phase-tmp-")
+                    .tempdir_in(ctx.workspace)
+                    .map_err(|e| PhaseError::Instantiate {
+                        phase: phase.name(),
+                        message: format!("scratch directory: {e}"),
+                    })?;
+                let mut env = ctx.env.to_vec();
+                env.extend(buildpack.env.iter().cloned());
+                let spec = SandboxSpec {
+                    dirs: PhaseDirs {
+                        app: ctx.app.to_path_buf(),
+                        cache: ctx.cache.to_path_buf(),
+                        buildpack: buildpack.dir.clone(),
+                        tmp: tmp.path().to_path_buf(),
+                    },
+                    env,
+                    log: ctx.log.clone(),
+                    fetch: Some((
+                        self.fetch.clone(),
+                        FetchGrant {
+                            buildpack: buildpack.id.clone(),
+                            declared: buildpack.fetch_allow.clone(),
+                        },
+                    )),
+                };
+                self.wasm.run(&loaded, phase, spec).await
+            }
+        }
+    }
+}
+
+/// What every phase of one staging shares.
+struct PhaseContext<'a> {
+    workspace: &'a Path,
+    app: &'a Path,
+    cache: &'a Path,
+    env: &'a [(String, String)],
+    log: &'a StagingLog,
+}
+
+/// Combines the release's process types with the app's Procfile (which wins) and picks the
+/// start command: an explicit one, else the `web` process.
+fn staging_info(
+    app: &Path,
+    buildpack: &Buildpack,
+    detected: &str,
+    release: &ReleaseInfo,
+    start_command: Option<&str>,
+) -> Result<StagingInfo, StagingError> {
+    let mut processes: BTreeMap<String, String> = release.process_types.iter().cloned().collect();
+    match std::fs::read_to_string(app.join("Procfile")) {
+        Ok(text) => processes.extend(procfile::parse(&text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let start_command = start_command
+        .map(str::to_string)
+        .or_else(|| processes.get("web").cloned());
+    Ok(StagingInfo {
+        detected_buildpack: detected.to_string(),
+        start_command,
+        buildpack_path: buildpack.dir.display().to_string(),
+        buildpack_key: buildpack.id.clone(),
+        effective_procfile: processes,
+        config_vars: release.config_vars.iter().cloned().collect(),
+    })
+}
+
+/// `1.2M`-style sizes, as `du -h` prints them in Cloud Foundry's log lines.
+pub fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
