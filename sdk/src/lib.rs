@@ -23,13 +23,16 @@
 //!
 //!     fn compile(ctx: &Context) -> Result<(), Error> {
 //!         log::step("Installing hello");
-//!         // Download a tool through the host; the platform may serve it from a mirror.
-//!         ctx.fetch(
+//!         // Download and unpack a tool through the host; the platform may serve it from a
+//!         // mirror or its cache, and checks the pinned sha256 first.
+//!         ctx.fetch_and_unpack(
 //!             "https://example.com/hello-1.0.tgz",
 //!             Some("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"),
-//!             "/tmp/hello.tgz",
+//!             "/app/.hello",
+//!             1,
 //!         )?;
-//!         dea_sdk::archive::unpack_tgz("/tmp/hello.tgz", "/app/.hello", 1)?;
+//!         std::fs::write("/app/hello.sh", "#!/bin/sh\nexec hello \"$@\"\n")?;
+//!         dea_sdk::make_executable("/app/hello.sh")?;
 //!         profile_d::write("hello", "export PATH=\"$HOME/.hello/bin:$PATH\"\n")?;
 //!         log::detail("done");
 //!         Ok(())
@@ -43,7 +46,6 @@
 //! dea_sdk::export_buildpack!(Hello);
 //! ```
 
-pub mod archive;
 pub mod log;
 pub mod manifest;
 pub mod procfile;
@@ -163,9 +165,36 @@ impl Context {
             url: url.to_string(),
             sha256: sha256.map(str::to_string),
             destination: destination.to_string(),
+            unpack: None,
         };
         bindings::dea::buildpack::host::fetch(&request).map_err(Error::from)
     }
+
+    /// Downloads the archive at `url` (`.tgz` or `.zip`) through the host and unpacks it into
+    /// the directory `destination`, dropping `strip_components` leading path components.
+    /// The host unpacks it, so executables stay executable.
+    pub fn fetch_and_unpack(
+        &self,
+        url: &str,
+        sha256: Option<&str>,
+        destination: &str,
+        strip_components: u32,
+    ) -> Result<FetchResult, Error> {
+        let request = bindings::dea::buildpack::host::FetchRequest {
+            url: url.to_string(),
+            sha256: sha256.map(str::to_string),
+            destination: destination.to_string(),
+            unpack: Some(strip_components),
+        };
+        bindings::dea::buildpack::host::fetch(&request).map_err(Error::from)
+    }
+}
+
+/// Marks a file under `/app`, `/cache` or `/tmp` executable (`chmod +x`); compile only.
+/// WASI itself cannot set file modes, so the host does it.
+pub fn make_executable(path: impl AsRef<Path>) -> Result<(), Error> {
+    let path = path.as_ref().to_string_lossy();
+    bindings::dea::buildpack::host::make_executable(&path).map_err(Error::Denied)
 }
 
 impl Detection {

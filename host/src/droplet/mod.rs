@@ -8,4 +8,4 @@ pub mod unpack;
 
 pub use pack::{PackError, PackedDroplet, pack_tree};
 pub use staging_info::StagingInfo;
-pub use unpack::{UnpackError, UnpackLimits, UnpackStats, unpack_source};
+pub use unpack::{UnpackError, UnpackLimits, UnpackStats, unpack_source, unpack_stripped};

@@ -60,8 +60,20 @@ pub fn unpack_source(
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<UnpackStats, UnpackError> {
+    unpack_stripped(source, dest, limits, 0)
+}
+
+/// Like [`unpack_source`], dropping `strip_components` leading components of each entry
+/// (entries left with no name are skipped), as `tar --strip-components` does.
+pub fn unpack_stripped(
+    source: &Path,
+    dest: &Path,
+    limits: UnpackLimits,
+    strip_components: usize,
+) -> Result<UnpackStats, UnpackError> {
     let meta = fs::metadata(source).map_err(|_| UnpackError::Missing(source.to_path_buf()))?;
     let mut writer = TreeWriter::new(dest, limits)?;
+    writer.strip = strip_components;
     if meta.is_dir() {
         copy_dir(source, Path::new(""), &mut writer)?;
     } else {
@@ -139,6 +151,7 @@ struct TreeWriter {
     root: PathBuf,
     limits: UnpackLimits,
     stats: UnpackStats,
+    strip: usize,
 }
 
 impl TreeWriter {
@@ -148,7 +161,15 @@ impl TreeWriter {
             root: root.to_path_buf(),
             limits,
             stats: UnpackStats::default(),
+            strip: 0,
         })
+    }
+
+    /// The validated entry path with the configured leading components removed.
+    fn entry_path(&self, name: &str) -> Result<Option<PathBuf>, UnpackError> {
+        Ok(clean_entry_path(name)?
+            .map(|p| p.components().skip(self.strip).collect::<PathBuf>())
+            .filter(|p| !p.as_os_str().is_empty()))
     }
 
     fn count_entry(&mut self) -> Result<(), UnpackError> {
@@ -301,7 +322,7 @@ fn untar(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
     for entry in entries {
         let mut entry = entry.map_err(|e| UnpackError::Corrupt(e.to_string()))?;
         let raw_name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        let Some(rel) = clean_entry_path(&raw_name)? else {
+        let Some(rel) = writer.entry_path(&raw_name)? else {
             continue;
         };
         let mode = entry.header().mode().ok();
@@ -324,7 +345,7 @@ fn untar(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
                     .link_name()
                     .map_err(|e| UnpackError::Corrupt(e.to_string()))?
                     .ok_or_else(|| UnpackError::Corrupt(format!("{raw_name}: link without target")))?;
-                let target_rel = clean_entry_path(&target.to_string_lossy()).map_err(|_| {
+                let target_rel = writer.entry_path(&target.to_string_lossy()).map_err(|_| {
                     UnpackError::LinkEscapes {
                         entry: raw_name.clone(),
                         target: target.display().to_string(),
@@ -374,7 +395,7 @@ fn unzip(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
             .by_index(index)
             .map_err(|e| UnpackError::Corrupt(e.to_string()))?;
         let raw_name = entry.name().to_string();
-        let Some(rel) = clean_entry_path(&raw_name)? else {
+        let Some(rel) = writer.entry_path(&raw_name)? else {
             continue;
         };
         let mode = entry.unix_mode();

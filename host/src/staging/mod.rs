@@ -122,6 +122,13 @@ impl Stager {
         }
     }
 
+    fn unpack_limits(&self) -> UnpackLimits {
+        UnpackLimits {
+            max_bytes: self.config.staging.max_app_size_mb << 20,
+            max_files: self.config.staging.max_app_files,
+        }
+    }
+
     pub fn buildpacks(&self) -> &BuildpackSet {
         &self.buildpacks
     }
@@ -181,10 +188,7 @@ impl Stager {
         request: &StagingRequest,
         log: &StagingLog,
     ) -> Result<Staged, StagingError> {
-        let limits = UnpackLimits {
-            max_bytes: self.config.staging.max_app_size_mb << 20,
-            max_files: self.config.staging.max_app_files,
-        };
+        let limits = self.unpack_limits();
         let source = request.source.clone();
         let unpack_into = app.to_path_buf();
         let stats = tokio::task::spawn_blocking(move || {
@@ -367,6 +371,7 @@ impl Stager {
                     },
                     env,
                     log: ctx.log.clone(),
+                    unpack_limits: self.unpack_limits(),
                     fetch: Some((
                         self.fetch.clone(),
                         FetchGrant {

@@ -2,10 +2,10 @@
 //!
 //! Detects `package.json`. Compile picks the highest runtime in `buildpack.toml` that matches
 //! `engines.node` (or `NODE_VERSION`), downloads it through the host's `fetch` with the pinned
-//! sha256, unpacks it into `/app/.node` and puts it on `PATH` with a `.profile.d` script. The
-//! download is kept in `/cache`, so a restage with the same version fetches nothing.
+//! sha256 into `/app/.node` and puts it on `PATH` with a `.profile.d` script. The
+//! host unpacks the runtime (keeping its modes) and caches the download for every staging.
 
-use dea_sdk::{Buildpack, Context, Detection, Error, Release, archive, log, profile_d};
+use dea_sdk::{Buildpack, Context, Detection, Error, Release, log, profile_d};
 
 struct Node;
 
@@ -48,18 +48,18 @@ impl Buildpack for Node {
         })?;
         log::step(&format!("Installing node {}", dependency.version));
 
-        let cached = format!("/cache/node-{}.tgz", dependency.sha256);
-        if std::path::Path::new(&cached).exists() {
-            log::detail("using the copy in the build cache");
-        } else {
-            let fetched = ctx.fetch(&dependency.uri, Some(&dependency.sha256), &cached)?;
-            log::detail(&format!(
-                "downloaded {} bytes from {}",
-                fetched.size, fetched.url_used
-            ));
-        }
-        let entries = archive::unpack_tgz(&cached, "/app/.node", dependency.strip_components)?;
-        log::detail(&format!("unpacked {entries} files into .node"));
+        let fetched = ctx.fetch_and_unpack(
+            &dependency.uri,
+            Some(&dependency.sha256),
+            "/app/.node",
+            dependency.strip_components as u32,
+        )?;
+        log::detail(&format!(
+            "installed {} bytes from {}{}",
+            fetched.size,
+            fetched.url_used,
+            if fetched.cached { " (cached)" } else { "" }
+        ));
 
         profile_d::write(
             "000_node",

@@ -35,7 +35,7 @@ wasmtime::component::bindgen!({
     with: { "wasi": wasmtime_wasi::p2::bindings },
 });
 
-pub use dea::buildpack::types::Error as GuestError;
+pub use self::dea::buildpack::types::Error as GuestError;
 
 /// How often the epoch advances; the unit of the CPU budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);

@@ -38,6 +38,8 @@ pub struct SandboxSpec {
     pub log: StagingLog,
     /// The fetch service and what this buildpack may ask of it (compile only).
     pub fetch: Option<(Arc<FetchService>, FetchGrant)>,
+    /// Caps for archives the host unpacks for the buildpack.
+    pub unpack_limits: crate::droplet::UnpackLimits,
 }
 
 pub struct SandboxState {
@@ -53,6 +55,8 @@ pub struct SandboxState {
     pub(super) cpu_ticks: u64,
     pub(super) cpu_tick_limit: u64,
     pub(super) cpu_exceeded: bool,
+    /// Caps for archives unpacked by `fetch`.
+    unpack_limits: crate::droplet::UnpackLimits,
 }
 
 impl SandboxState {
@@ -127,12 +131,14 @@ impl SandboxState {
             cpu_ticks: 0,
             cpu_tick_limit: ticks,
             cpu_exceeded: false,
+            unpack_limits: spec.unpack_limits,
         })
     }
 
     /// Maps an absolute guest path under a writable directory to a host path, creating the
-    /// parents. Refuses `..`, unknown roots, and parents that are links.
-    fn host_destination(&self, guest: &str) -> Result<PathBuf, String> {
+    /// parents. Refuses `..`, unknown roots, and parents that are links. The path itself must
+    /// be a file (or not exist) unless `directory` is set.
+    fn host_destination(&self, guest: &str, directory: bool) -> Result<PathBuf, String> {
         let path = Path::new(guest);
         let (root_guest, root_host) = self
             .writable
@@ -160,8 +166,12 @@ impl SandboxState {
                 Ok(meta) if !is_last && !meta.is_dir() => {
                     return Err(format!("{guest}: a parent is not a directory"));
                 }
-                Ok(meta) if is_last && meta.is_dir() => {
-                    return Err(format!("{guest} is a directory"));
+                Ok(meta) if is_last && meta.is_dir() != directory => {
+                    return Err(if directory {
+                        format!("{guest} is not a directory")
+                    } else {
+                        format!("{guest} is a directory")
+                    });
                 }
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -221,7 +231,7 @@ impl host::Host for SandboxState {
                 self.phase.name()
             ))));
         };
-        let destination = match self.host_destination(&request.destination) {
+        let destination = match self.host_destination(&request.destination, request.unpack.is_some()) {
             Ok(path) => path,
             Err(message) => return Ok(Err(FetchError::InvalidDestination(message))),
         };
@@ -242,10 +252,23 @@ impl host::Host for SandboxState {
             if fetched.cached { "cache hit" } else { "cache miss" },
             fetched.size
         ));
-        if let Err(e) = copy_into_place(&fetched.blob, &destination) {
+        let placed = match request.unpack {
+            None => copy_into_place(&fetched.blob, &destination).map_err(|e| e.to_string()),
+            Some(strip) => {
+                let blob = fetched.blob.clone();
+                let limits = self.unpack_limits;
+                tokio::task::spawn_blocking(move || {
+                    crate::droplet::unpack_stripped(&blob, &destination, limits, strip as usize)
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+            }
+        };
+        if let Err(e) = placed {
             return Ok(Err(FetchError::InvalidDestination(format!(
-                "writing {}: {e}",
-                request.destination
+                "placing {} at {}: {e}",
+                request.url, request.destination
             ))));
         }
         Ok(Ok(FetchResult {
@@ -254,6 +277,30 @@ impl host::Host for SandboxState {
             size: fetched.size,
             cached: fetched.cached,
         }))
+    }
+
+    async fn make_executable(&mut self, path: String) -> wasmtime::Result<Result<(), String>> {
+        Ok(self.make_executable_at(&path))
+    }
+}
+
+impl SandboxState {
+    fn make_executable_at(&self, guest: &str) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        if self.writable.is_empty() {
+            return Err(format!(
+                "make-executable {guest}: only allowed during compile, not {}",
+                self.phase.name()
+            ));
+        }
+        let host = self.host_destination(guest, false)?;
+        let meta = std::fs::symlink_metadata(&host).map_err(|e| format!("{guest}: {e}"))?;
+        if !meta.is_file() {
+            return Err(format!("{guest} is not a regular file"));
+        }
+        let mode = (meta.permissions().mode() & 0o777) | 0o755;
+        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
+            .map_err(|e| format!("{guest}: {e}"))
     }
 }
 

@@ -1,0 +1,232 @@
+//! Hostile app archives: each is refused with a clear error and nothing is written outside
+//! the staging workspace.
+
+use dea::droplet::{UnpackError, UnpackLimits, unpack_source};
+use dea_tests::*;
+use std::io::Write;
+use std::path::Path;
+
+const LIMITS: UnpackLimits = UnpackLimits {
+    max_bytes: 1 << 20,
+    max_files: 100,
+};
+
+/// A raw tar entry, built by hand so that names and types are exactly as hostile as wanted.
+struct Entry<'a> {
+    name: &'a str,
+    kind: tar::EntryType,
+    link: Option<&'a str>,
+    data: &'a [u8],
+}
+
+fn file<'a>(name: &'a str, data: &'a [u8]) -> Entry<'a> {
+    Entry {
+        name,
+        kind: tar::EntryType::Regular,
+        link: None,
+        data,
+    }
+}
+
+fn link<'a>(name: &'a str, target: &'a str) -> Entry<'a> {
+    Entry {
+        name,
+        kind: tar::EntryType::Symlink,
+        link: Some(target),
+        data: b"",
+    }
+}
+
+fn hostile_tgz(path: &Path, entries: &[Entry]) {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::best(),
+    ));
+    for entry in entries {
+        let mut header = tar::Header::new_gnu();
+        let name = entry.name.as_bytes();
+        header.as_old_mut().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(entry.kind);
+        header.set_mode(0o644);
+        header.set_size(entry.data.len() as u64);
+        if let Some(target) = entry.link {
+            let t = target.as_bytes();
+            header.as_old_mut().linkname[..t.len()].copy_from_slice(t);
+        }
+        header.set_cksum();
+        builder.append(&header, entry.data).expect("append");
+    }
+    let bytes = builder.into_inner().expect("tar").finish().expect("gz");
+    std::fs::write(path, bytes).expect("write tgz");
+}
+
+/// Unpacks into `<base>/ws/app` and checks nothing appeared outside `<base>/ws`.
+fn unpack_guarded(base: &Path, archive: &Path) -> Result<(), UnpackError> {
+    let before = snapshot(base);
+    let result = unpack_source(archive, &base.join("ws/app"), LIMITS).map(|_| ());
+    let after = snapshot(base);
+    let new_outside: Vec<_> = after
+        .difference(&before)
+        .filter(|p| !p.starts_with(base.join("ws")))
+        .collect();
+    assert!(new_outside.is_empty(), "written outside the workspace: {new_outside:?}");
+    let _ = std::fs::remove_dir_all(base.join("ws"));
+    result
+}
+
+fn snapshot(dir: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.filter_map(Result::ok) {
+                let p = e.path();
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(p.clone());
+                }
+                out.insert(p);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn tar_path_traversal_and_absolute_paths_are_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let archive = base.path().join("a.tgz");
+    hostile_tgz(&archive, &[file("ok.txt", b"x"), file("../escaped.txt", b"pwned")]);
+    let error = unpack_guarded(base.path(), &archive).expect_err("traversal refused");
+    assert!(matches!(error, UnpackError::PathTraversal(_)), "{error:?}");
+    assert!(error.to_string().contains("climbs out"), "{error}");
+
+    let escape_target = base.path().join("abs-escaped.txt");
+    let abs = escape_target.display().to_string();
+    hostile_tgz(&archive, &[file(&abs, b"pwned")]);
+    let error = unpack_guarded(base.path(), &archive).expect_err("absolute refused");
+    assert!(matches!(error, UnpackError::AbsolutePath(_)), "{error:?}");
+    assert!(!escape_target.exists());
+}
+
+#[test]
+fn links_that_escape_or_are_written_through_are_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let archive = base.path().join("l.tgz");
+    hostile_tgz(&archive, &[link("up", "../../..")]);
+    let error = unpack_guarded(base.path(), &archive).expect_err("escaping link refused");
+    assert!(matches!(error, UnpackError::LinkEscapes { .. }), "{error:?}");
+
+    hostile_tgz(&archive, &[link("etc", "/etc")]);
+    let error = unpack_guarded(base.path(), &archive).expect_err("absolute link refused");
+    assert!(matches!(error, UnpackError::LinkEscapes { .. }), "{error:?}");
+
+    // A link that stays inside, then an entry written through it: refused, nothing written.
+    hostile_tgz(
+        &archive,
+        &[
+            Entry {
+                name: "real/",
+                kind: tar::EntryType::Directory,
+                link: None,
+                data: b"",
+            },
+            link("alias", "real"),
+            file("alias/through.txt", b"x"),
+        ],
+    );
+    let error = unpack_guarded(base.path(), &archive).expect_err("write-through refused");
+    assert!(matches!(error, UnpackError::ThroughLink { .. }), "{error:?}");
+
+    // A link inside the tree is fine.
+    hostile_tgz(&archive, &[file("a/target.txt", b"x"), link("a/l", "target.txt")]);
+    unpack_guarded(base.path(), &archive).expect("inner link is fine");
+}
+
+#[test]
+fn device_files_and_fifos_are_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let archive = base.path().join("d.tgz");
+    for kind in [tar::EntryType::Char, tar::EntryType::Block, tar::EntryType::Fifo] {
+        hostile_tgz(
+            &archive,
+            &[Entry {
+                name: "dev",
+                kind,
+                link: None,
+                data: b"",
+            }],
+        );
+        let error = unpack_guarded(base.path(), &archive).expect_err("device refused");
+        assert!(matches!(error, UnpackError::SpecialFile { .. }), "{error:?}");
+    }
+}
+
+#[test]
+fn archives_that_expand_past_the_limit_are_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    // 8 MiB of zeros compresses to a few KiB: a small bomb against a 1 MiB limit.
+    let zeros = vec![0u8; 8 << 20];
+    let archive = base.path().join("bomb.tgz");
+    hostile_tgz(&archive, &[file("zeros", &zeros)]);
+    assert!(std::fs::metadata(&archive).expect("meta").len() < 64 * 1024);
+    let error = unpack_guarded(base.path(), &archive).expect_err("bomb refused");
+    assert!(matches!(error, UnpackError::TooLarge { limit_mb: 1 }), "{error:?}");
+
+    let zip_path = base.path().join("bomb.zip");
+    {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
+        zip.start_file("zeros", zip::write::SimpleFileOptions::default())
+            .expect("entry");
+        zip.write_all(&zeros).expect("write");
+        zip.finish().expect("finish");
+    }
+    let error = unpack_guarded(base.path(), &zip_path).expect_err("zip bomb refused");
+    assert!(matches!(error, UnpackError::TooLarge { .. }), "{error:?}");
+
+    let names: Vec<String> = (0..200).map(|i| format!("f{i}")).collect();
+    let entries: Vec<Entry> = names.iter().map(|n| file(n, b"x")).collect();
+    hostile_tgz(&archive, &entries);
+    let error = unpack_guarded(base.path(), &archive).expect_err("too many files");
+    assert!(matches!(error, UnpackError::TooManyFiles { limit: 100 }), "{error:?}");
+}
+
+#[test]
+fn zip_traversal_is_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let zip_path = base.path().join("t.zip");
+    {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
+        zip.start_file("../../zip-escaped.txt", zip::write::SimpleFileOptions::default())
+            .expect("entry");
+        zip.write_all(b"pwned").expect("write");
+        zip.finish().expect("finish");
+    }
+    let error = unpack_guarded(base.path(), &zip_path).expect_err("zip traversal refused");
+    assert!(matches!(error, UnpackError::PathTraversal(_)), "{error:?}");
+}
+
+#[test]
+fn unknown_formats_and_missing_sources_are_clear_errors() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let junk = base.path().join("junk.bin");
+    std::fs::write(&junk, b"not an archive").expect("write");
+    let error = unpack_guarded(base.path(), &junk).expect_err("junk refused");
+    assert!(matches!(error, UnpackError::UnknownFormat(_)), "{error:?}");
+    let error = unpack_guarded(base.path(), &base.path().join("nope")).expect_err("missing");
+    assert!(matches!(error, UnpackError::Missing(_)), "{error:?}");
+}
+
+#[tokio::test]
+async fn a_hostile_archive_fails_staging_and_leaves_no_workspace() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+    let archive = base.path().join("evil.tgz");
+    hostile_tgz(&archive, &[file("index.html", b"x"), file("../../x", b"pwned")]);
+    let (result, _) = stage(&stager, request(&archive, &base.path().join("d.tgz"))).await;
+    let error = result.expect_err("refused");
+    assert!(error.to_string().contains("invalid app source"), "{error}");
+    let leftovers: Vec<_> = std::fs::read_dir(base.path().join("staging"))
+        .expect("staging dir")
+        .collect();
+    assert!(leftovers.is_empty());
+}

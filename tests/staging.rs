@@ -1,0 +1,258 @@
+//! Staging apps with the real wasm buildpacks, end to end: source in, droplet out.
+
+use dea::staging::StagingError;
+use dea_tests::*;
+
+fn info(droplet: &std::path::Path) -> serde_yaml::Value {
+    let text = droplet_file(droplet, "./staging_info.yml").expect("staging_info.yml in droplet");
+    serde_yaml::from_str(&text).expect("staging_info.yml is YAML")
+}
+
+#[tokio::test]
+async fn static_example_stages_into_a_cf_shaped_droplet() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+    let out = base.path().join("out/droplet.tgz");
+    let example = repo_root().join("examples/static-site");
+    let (result, log) = stage(&stager, request(&example, &out)).await;
+    let staged = result.expect("static example stages");
+
+    let entries = droplet_entries(&out);
+    for wanted in [
+        "./app/index.html",
+        "./staging_info.yml",
+        "./logs/staging_task.log",
+        "./tmp/",
+    ] {
+        assert!(entries.iter().any(|e| e == wanted), "{wanted} missing from {entries:?}");
+    }
+    let info = info(&out);
+    assert_eq!(info["detected_buildpack"].as_str(), Some("staticfile"));
+    assert!(
+        info["start_command"]
+            .as_str()
+            .is_some_and(|c| c.contains("http.server")),
+        "start command: {:?}",
+        info["start_command"]
+    );
+    assert_eq!(info["buildpack_key"].as_str(), Some("staticfile"));
+    assert!(info["effective_procfile"]["web"].is_string());
+
+    // Digests are of the file as written.
+    let bytes = std::fs::read(&out).expect("droplet");
+    assert_eq!(staged.droplet.sha256, sha256_hex(&bytes));
+    assert_eq!(staged.droplet.size, bytes.len() as u64);
+    assert_eq!(staged.droplet.sha1.len(), 40);
+
+    // The log streamed live and shipped in the droplet.
+    assert!(log.contains("-----> Detected staticfile"), "{log}");
+    assert!(log.contains("-----> Uploading droplet"), "{log}");
+    let shipped = droplet_file(&out, "./logs/staging_task.log").expect("log in droplet");
+    assert!(shipped.contains("Setting up static file server"), "{shipped}");
+
+    // No workspace is left behind, and no partial droplet.
+    let leftovers: Vec<_> = std::fs::read_dir(base.path().join("staging"))
+        .expect("staging dir")
+        .collect();
+    assert!(leftovers.is_empty(), "workspace left: {leftovers:?}");
+    let partials: Vec<_> = std::fs::read_dir(base.path().join("out"))
+        .expect("out dir")
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(partials.is_empty());
+}
+
+#[tokio::test]
+async fn each_example_detects_its_buildpack() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (&[("index.html", "<h1>hi</h1>")], "staticfile"),
+        (&[("Staticfile", "root: public\n"), ("public/index.html", "x")], "staticfile"),
+        (&[("Procfile", "web: ./server --port $PORT\n"), ("server", "#!/bin/sh\n")], "procfile"),
+        // An app with both: the configured order puts staticfile first.
+        (&[("Procfile", "web: ./run\n"), ("index.html", "x")], "staticfile"),
+    ];
+    for (index, (files, expected)) in cases.iter().enumerate() {
+        let app = base.path().join(format!("app-{index}"));
+        write_app(&app, files);
+        let out = base.path().join(format!("droplet-{index}.tgz"));
+        let (result, log) = stage(&stager, request(&app, &out)).await;
+        let staged = result.unwrap_or_else(|e| panic!("case {index}: {e}\n{log}"));
+        assert_eq!(staged.info.buildpack_key, *expected, "case {index}");
+    }
+}
+
+#[tokio::test]
+async fn no_match_is_cf_no_app_detected_error() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+    let app = base.path().join("app");
+    write_app(&app, &[("README.txt", "nothing to see")]);
+    let out = base.path().join("droplet.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    let error = result.expect_err("nothing detects a README");
+    assert!(matches!(error, StagingError::NoAppDetected), "{error:?}");
+    assert_eq!(error.cf_type(), "NoAppDetectedError");
+    assert_eq!(
+        error.to_string(),
+        "An application could not be detected by any available buildpack"
+    );
+    assert!(log.contains("Staging failed"), "{log}");
+    assert!(!out.exists(), "no droplet on failure");
+}
+
+#[tokio::test]
+async fn procfile_web_overrides_and_named_buildpack_skips_detection() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+    let app = base.path().join("app");
+    write_app(
+        &app,
+        &[("index.html", "x"), ("Procfile", "web: ./custom-server\nworker: ./work\n")],
+    );
+    let out = base.path().join("a.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.buildpack_key, "staticfile");
+    assert_eq!(staged.info.start_command.as_deref(), Some("./custom-server"));
+    assert_eq!(
+        staged.info.effective_procfile.get("worker").map(String::as_str),
+        Some("./work")
+    );
+
+    // Naming procfile skips detection even though staticfile would match first.
+    let mut named = request(&app, &base.path().join("b.tgz"));
+    named.buildpacks = vec!["procfile".into()];
+    let (result, log) = stage(&stager, named).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.buildpack_key, "procfile");
+
+    // An explicit start command beats both.
+    let mut explicit = request(&app, &base.path().join("c.tgz"));
+    explicit.start_command = Some("./explicit".into());
+    let (result, _) = stage(&stager, explicit).await;
+    assert_eq!(
+        result.expect("stages").info.start_command.as_deref(),
+        Some("./explicit")
+    );
+
+    // A named buildpack that is not installed is a clear error.
+    let mut missing = request(&app, &base.path().join("d.tgz"));
+    missing.buildpacks = vec!["cobol".into()];
+    let (result, _) = stage(&stager, missing).await;
+    let error = result.expect_err("unknown buildpack");
+    assert!(error.to_string().contains("cobol"), "{error}");
+}
+
+#[tokio::test]
+async fn zip_and_tgz_sources_stage_like_directories() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+
+    let zip_path = base.path().join("app.zip");
+    {
+        let file = std::fs::File::create(&zip_path).expect("zip file");
+        let mut zip = zip::ZipWriter::new(file);
+        let options = zip::write::SimpleFileOptions::default().unix_permissions(0o644);
+        zip.start_file("index.html", options).expect("zip entry");
+        std::io::Write::write_all(&mut zip, b"<h1>zip</h1>").expect("zip write");
+        zip.add_directory("assets/", options).expect("zip dir");
+        zip.start_file("assets/app.css", options).expect("zip entry");
+        std::io::Write::write_all(&mut zip, b"body{}").expect("zip write");
+        zip.finish().expect("zip finish");
+    }
+    let out = base.path().join("zip.tgz");
+    let (result, log) = stage(&stager, request(&zip_path, &out)).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(droplet_file(&out, "./app/index.html").as_deref(), Some("<h1>zip</h1>"));
+    assert_eq!(droplet_file(&out, "./app/assets/app.css").as_deref(), Some("body{}"));
+
+    let tgz_path = base.path().join("app.tgz");
+    std::fs::write(
+        &tgz_path,
+        make_tgz(&[("Procfile", "web: ./go\n"), ("go", "#!/bin/sh\n")]),
+    )
+    .expect("tgz");
+    let out = base.path().join("tgz.tgz");
+    let (result, log) = stage(&stager, request(&tgz_path, &out)).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.buildpack_key, "procfile");
+    assert!(droplet_entries(&out).contains(&"./app/go".to_string()));
+}
+
+#[tokio::test]
+async fn node_buildpack_installs_a_pinned_runtime_through_fetch() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let runtime = make_tgz(&[
+        ("node-v20.11.1-linux-x64/bin/node", "#!/bin/sh\necho fake node \"$@\"\n"),
+        ("node-v20.11.1-linux-x64/LICENSE", "MIT\n"),
+    ]);
+    let server = FileServer::start(vec![("/mirror/node/node-20.11.1.tgz", runtime.clone())]).await;
+    let upstream = "https://buildpacks.cloudfoundry.org/dependencies/node/node-20.11.1.tgz";
+    let node = node_buildpack_pinned(&base.path().join("node-bp"), upstream, &sha256_hex(&runtime));
+
+    let mut config = test_config(base.path());
+    config.fetch.mirrors = vec![node_mirror(&server)];
+    let stager = stager(config, vec![buildpack("staticfile"), node]);
+
+    let app = base.path().join("app");
+    write_app(
+        &app,
+        &[("package.json", r#"{"name":"x","engines":{"node":"20.x"}}"#), ("server.js", "")],
+    );
+    let out = base.path().join("node.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.detected_buildpack, "node.js");
+    assert_eq!(staged.info.start_command.as_deref(), Some("node server.js"));
+    assert_eq!(
+        staged.info.config_vars.get("NODE_ENV").map(String::as_str),
+        Some("production")
+    );
+    let entries = droplet_entries(&out);
+    assert!(entries.contains(&"./app/.node/bin/node".to_string()), "{entries:?}");
+    // The host unpacked it, so the runtime is still executable.
+    assert_eq!(droplet_mode(&out, "./app/.node/bin/node").map(|m| m & 0o111), Some(0o111));
+    let profile = droplet_file(&out, "./app/.profile.d/000_node.sh").expect("profile.d script");
+    assert!(profile.contains(".node/bin"), "{profile}");
+    assert!(log.contains("cache miss"), "{log}");
+    assert!(log.contains(&server.url("/mirror/node/node-20.11.1.tgz")), "{log}");
+    assert_eq!(server.hits("/mirror/node/node-20.11.1.tgz"), 1);
+
+    // A second staging (fresh app cache) is served by the host's download cache.
+    let (result, log) = stage(&stager, request(&app, &base.path().join("again.tgz"))).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(log.contains("cache hit"), "{log}");
+    assert_eq!(server.hits("/mirror/node/node-20.11.1.tgz"), 1, "served from cache");
+}
+
+#[tokio::test]
+async fn node_download_with_wrong_checksum_or_outside_allowlist_fails() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let runtime = make_tgz(&[("n/bin/node", "#!/bin/sh\n")]);
+    let server = FileServer::start(vec![("/mirror/node/n.tgz", runtime)]).await;
+    let upstream = "https://buildpacks.cloudfoundry.org/dependencies/node/n.tgz";
+    let wrong = "0".repeat(64);
+    let node = node_buildpack_pinned(&base.path().join("node-bp"), upstream, &wrong);
+    let mut config = test_config(base.path());
+    config.fetch.mirrors = vec![node_mirror(&server)];
+    let stager = stager(config, vec![node.clone()]);
+    let app = base.path().join("app");
+    write_app(&app, &[("package.json", "{}")]);
+    let (result, log) = stage(&stager, request(&app, &base.path().join("x.tgz"))).await;
+    let error = result.expect_err("checksum mismatch fails");
+    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert!(error.to_string().contains("checksum mismatch"), "{error}");
+    assert!(log.contains(upstream), "log names the URL: {log}");
+
+    // Without a mirror and with declared downloads switched off, nothing may be fetched.
+    let mut config = test_config(base.path());
+    config.fetch.allow_buildpack_declared = false;
+    let stager = dea_tests::stager(config, vec![node]);
+    let (result, _) = stage(&stager, request(&app, &base.path().join("y.tgz"))).await;
+    let error = result.expect_err("denied download fails");
+    let message = error.to_string();
+    assert!(message.contains("denied") && message.contains(upstream), "{message}");
+}

@@ -1,0 +1,289 @@
+//! Shared pieces for the end-to-end tests: the compiled buildpacks, a stager with small
+//! limits, app fixtures, and a real HTTP file server on 127.0.0.1 that counts its hits.
+
+use dea::buildpack::wasm::WasmRuntime;
+use dea::buildpack::{Buildpack, BuildpackSet};
+use dea::config::{Config, MirrorRule};
+use dea::fetch::FetchService;
+use dea::staging::{Staged, Stager, StagingError, StagingLog, StagingRequest};
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The workspace root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// An installed buildpack built by `scripts/build-plugins` (`target/buildpacks/<id>`, or
+/// `target/test-buildpacks/<id>` for the test ones).
+pub fn buildpack(id: &str) -> Buildpack {
+    let root = repo_root().join("target");
+    for dir in ["buildpacks", "test-buildpacks"] {
+        let path = root.join(dir).join(id);
+        if path.join("buildpack.toml").is_file() {
+            return Buildpack::load(&path).expect("buildpack loads");
+        }
+    }
+    panic!("buildpack {id} is not built: run scripts/build-plugins first");
+}
+
+/// The three real buildpacks, in their default order.
+pub fn default_buildpacks() -> Vec<Buildpack> {
+    vec![buildpack("staticfile"), buildpack("node"), buildpack("procfile")]
+}
+
+/// A config with a private base dir and limits small enough for tests to hit quickly.
+pub fn test_config(base: &Path) -> Config {
+    let mut config = Config::default();
+    config.base_dir = base.to_path_buf();
+    config.wasm.memory_limit_mb = 64;
+    config.wasm.detect_cpu_ms = 500;
+    config.wasm.detect_timeout_ms = 3_000;
+    config.wasm.compile_cpu_secs = 2;
+    config.wasm.compile_timeout_secs = 4;
+    config.wasm.output_limit_bytes = 256 * 1024;
+    config.fetch.timeout_secs = 10;
+    config.fetch.attempts = 1;
+    config
+}
+
+/// A stager over `buildpacks` with `config`.
+pub fn stager(config: Config, buildpacks: Vec<Buildpack>) -> Stager {
+    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");
+    let fetch = Arc::new(
+        FetchService::new(config.fetch.clone(), config.fetch_cache_dir()).expect("fetch service"),
+    );
+    Stager::new(config, BuildpackSet::from_list(buildpacks), wasm, fetch)
+}
+
+/// Collects the staging log in memory as well, for assertions.
+#[derive(Clone, Default)]
+pub struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl CapturedLog {
+    pub fn watcher(&self) -> dea::staging::LogWatcher {
+        let sink = self.0.clone();
+        Arc::new(move |bytes: &[u8]| {
+            if let Ok(mut buf) = sink.lock() {
+                buf.extend_from_slice(bytes);
+            }
+        })
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log lock")).into_owned()
+    }
+}
+
+/// A staging request for `source` writing to `output`.
+pub fn request(source: &Path, output: &Path) -> StagingRequest {
+    StagingRequest {
+        source: source.to_path_buf(),
+        output: output.to_path_buf(),
+        buildpacks: Vec::new(),
+        env: Vec::new(),
+        stack: None,
+        cache_dir: None,
+        start_command: None,
+        watcher: None,
+    }
+}
+
+/// Stages and returns the result with the captured log.
+pub async fn stage(
+    stager: &Stager,
+    mut request: StagingRequest,
+) -> (Result<Staged, StagingError>, String) {
+    let log = CapturedLog::default();
+    request.watcher = Some(log.watcher());
+    let result = stager.stage(request).await;
+    (result, log.text())
+}
+
+/// Writes `files` (relative path → content) under `dir`.
+pub fn write_app(dir: &Path, files: &[(&str, &str)]) {
+    for (path, content) in files {
+        let path = dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, content).expect("write fixture");
+    }
+}
+
+/// Entry names of a droplet, as `tar tzf` lists them.
+pub fn droplet_entries(path: &Path) -> Vec<String> {
+    let file = std::fs::File::open(path).expect("droplet opens");
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    archive
+        .entries()
+        .expect("entries")
+        .map(|e| {
+            let e = e.expect("entry");
+            String::from_utf8_lossy(&e.path_bytes()).into_owned()
+        })
+        .collect()
+}
+
+/// One file's content from a droplet.
+pub fn droplet_file(path: &Path, name: &str) -> Option<String> {
+    let file = std::fs::File::open(path).expect("droplet opens");
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    for entry in archive.entries().expect("entries") {
+        let mut entry = entry.expect("entry");
+        if String::from_utf8_lossy(&entry.path_bytes()) == name {
+            let mut text = String::new();
+            entry.read_to_string(&mut text).expect("read entry");
+            return Some(text);
+        }
+    }
+    None
+}
+
+/// One entry's mode bits in a droplet.
+pub fn droplet_mode(path: &Path, name: &str) -> Option<u32> {
+    let file = std::fs::File::open(path).expect("droplet opens");
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    archive
+        .entries()
+        .expect("entries")
+        .filter_map(Result::ok)
+        .find(|e| String::from_utf8_lossy(&e.path_bytes()) == name)
+        .and_then(|e| e.header().mode().ok())
+}
+
+/// A file server on 127.0.0.1 that counts requests per path.
+pub struct FileServer {
+    pub addr: SocketAddr,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl FileServer {
+    /// Serves `files` (path → bytes), 404 for anything else.
+    pub async fn start(files: Vec<(&str, Vec<u8>)>) -> FileServer {
+        use axum::extract::State;
+        use axum::http::{StatusCode, Uri};
+        type Shared = (
+            Arc<HashMap<String, Vec<u8>>>,
+            Arc<Mutex<HashMap<String, usize>>>,
+            Arc<AtomicUsize>,
+        );
+        let files: Arc<HashMap<String, Vec<u8>>> = Arc::new(
+            files
+                .into_iter()
+                .map(|(path, bytes)| (path.to_string(), bytes))
+                .collect(),
+        );
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let total = Arc::new(AtomicUsize::new(0));
+        async fn serve(
+            State((files, hits, total)): State<Shared>,
+            uri: Uri,
+        ) -> Result<Vec<u8>, StatusCode> {
+            total.fetch_add(1, Ordering::SeqCst);
+            *hits
+                .lock()
+                .expect("hits")
+                .entry(uri.path().to_string())
+                .or_default() += 1;
+            files.get(uri.path()).cloned().ok_or(StatusCode::NOT_FOUND)
+        }
+        let app = axum::Router::new()
+            .fallback(serve)
+            .with_state((files, hits.clone(), total.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FileServer {
+            addr,
+            hits,
+            total,
+            _task: task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .expect("hits")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total_hits(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+/// A `.tgz` holding `files` (path → content, with mode 0755), for fake runtimes.
+pub fn make_tgz(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (path, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(0o755);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, path, content.as_bytes())
+            .expect("append");
+    }
+    builder
+        .into_inner()
+        .expect("tar")
+        .finish()
+        .expect("gzip")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// A copy of the node buildpack whose manifest pins `uri`/`sha256` instead of the real
+/// runtimes: the buildpack's code is untouched, only its data changes.
+pub fn node_buildpack_pinned(dir: &Path, uri: &str, sha256: &str) -> Buildpack {
+    let original = buildpack("node");
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::copy(original.dir.join("buildpack.wasm"), dir.join("buildpack.wasm"))
+        .expect("copy component");
+    let manifest = format!(
+        "[buildpack]\nid = \"node\"\nname = \"Node.js\"\nversion = \"0.1.0\"\n\n\
+         [fetch]\nallow = [\"https://buildpacks.cloudfoundry.org/dependencies/node/\"]\n\n\
+         [[dependencies]]\nname = \"node\"\nversion = \"20.11.1\"\nuri = \"{uri}\"\n\
+         sha256 = \"{sha256}\"\nstrip_components = 1\n"
+    );
+    std::fs::write(dir.join("buildpack.toml"), manifest).expect("manifest");
+    Buildpack::load(dir).expect("pinned node buildpack loads")
+}
+
+/// A mirror rule sending the node buildpack's upstream to `server`.
+pub fn node_mirror(server: &FileServer) -> MirrorRule {
+    MirrorRule {
+        from: "https://buildpacks.cloudfoundry.org/dependencies/".into(),
+        to: server.url("/mirror/"),
+    }
+}
+
+/// A log handle that goes nowhere (for direct runtime calls).
+pub fn quiet_log() -> StagingLog {
+    StagingLog::detached(None)
+}
