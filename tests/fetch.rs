@@ -92,7 +92,10 @@ async fn errors_name_the_url() {
         .fetch("https://upstream.example/missing.tgz", None, &grant())
         .await
         .expect_err("404");
-    assert!(matches!(error, FetchError::Status { status: 404, .. }), "{error:?}");
+    assert!(
+        matches!(error, FetchError::Status { status: 404, .. }),
+        "{error:?}"
+    );
     assert!(error.to_string().contains("/m/missing.tgz"), "{error}");
 
     let error = service
@@ -102,11 +105,20 @@ async fn errors_name_the_url() {
     assert!(matches!(error, FetchError::NotDeclared { .. }), "{error:?}");
 
     let error = service
-        .fetch("https://upstream.example/x.tgz", Some(&"ab".repeat(32)), &grant())
+        .fetch(
+            "https://upstream.example/x.tgz",
+            Some(&"ab".repeat(32)),
+            &grant(),
+        )
         .await
         .expect_err("mismatch");
-    assert!(matches!(error, FetchError::ChecksumMismatch { .. }), "{error:?}");
+    assert!(
+        matches!(error, FetchError::ChecksumMismatch { .. }),
+        "{error:?}"
+    );
     // Nothing unverified stays in the cache.
-    let blobs = std::fs::read_dir(dir.path().join("cache/blobs")).expect("blobs").count();
+    let blobs = std::fs::read_dir(dir.path().join("cache/blobs"))
+        .expect("blobs")
+        .count();
     assert_eq!(blobs, 0);
 }

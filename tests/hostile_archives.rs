@@ -69,7 +69,10 @@ fn unpack_guarded(base: &Path, archive: &Path) -> Result<(), UnpackError> {
         .difference(&before)
         .filter(|p| !p.starts_with(base.join("ws")))
         .collect();
-    assert!(new_outside.is_empty(), "written outside the workspace: {new_outside:?}");
+    assert!(
+        new_outside.is_empty(),
+        "written outside the workspace: {new_outside:?}"
+    );
     let _ = std::fs::remove_dir_all(base.join("ws"));
     result
 }
@@ -95,7 +98,10 @@ fn snapshot(dir: &Path) -> std::collections::BTreeSet<std::path::PathBuf> {
 fn tar_path_traversal_and_absolute_paths_are_refused() {
     let base = tempfile::tempdir().expect("tempdir");
     let archive = base.path().join("a.tgz");
-    hostile_tgz(&archive, &[file("ok.txt", b"x"), file("../escaped.txt", b"pwned")]);
+    hostile_tgz(
+        &archive,
+        &[file("ok.txt", b"x"), file("../escaped.txt", b"pwned")],
+    );
     let error = unpack_guarded(base.path(), &archive).expect_err("traversal refused");
     assert!(matches!(error, UnpackError::PathTraversal(_)), "{error:?}");
     assert!(error.to_string().contains("climbs out"), "{error}");
@@ -114,11 +120,17 @@ fn links_that_escape_or_are_written_through_are_refused() {
     let archive = base.path().join("l.tgz");
     hostile_tgz(&archive, &[link("up", "../../..")]);
     let error = unpack_guarded(base.path(), &archive).expect_err("escaping link refused");
-    assert!(matches!(error, UnpackError::LinkEscapes { .. }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::LinkEscapes { .. }),
+        "{error:?}"
+    );
 
     hostile_tgz(&archive, &[link("etc", "/etc")]);
     let error = unpack_guarded(base.path(), &archive).expect_err("absolute link refused");
-    assert!(matches!(error, UnpackError::LinkEscapes { .. }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::LinkEscapes { .. }),
+        "{error:?}"
+    );
 
     // A link that stays inside, then an entry written through it: refused, nothing written.
     hostile_tgz(
@@ -135,10 +147,16 @@ fn links_that_escape_or_are_written_through_are_refused() {
         ],
     );
     let error = unpack_guarded(base.path(), &archive).expect_err("write-through refused");
-    assert!(matches!(error, UnpackError::ThroughLink { .. }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::ThroughLink { .. }),
+        "{error:?}"
+    );
 
     // A link inside the tree is fine.
-    hostile_tgz(&archive, &[file("a/target.txt", b"x"), link("a/l", "target.txt")]);
+    hostile_tgz(
+        &archive,
+        &[file("a/target.txt", b"x"), link("a/l", "target.txt")],
+    );
     unpack_guarded(base.path(), &archive).expect("inner link is fine");
 }
 
@@ -146,7 +164,11 @@ fn links_that_escape_or_are_written_through_are_refused() {
 fn device_files_and_fifos_are_refused() {
     let base = tempfile::tempdir().expect("tempdir");
     let archive = base.path().join("d.tgz");
-    for kind in [tar::EntryType::Char, tar::EntryType::Block, tar::EntryType::Fifo] {
+    for kind in [
+        tar::EntryType::Char,
+        tar::EntryType::Block,
+        tar::EntryType::Fifo,
+    ] {
         hostile_tgz(
             &archive,
             &[Entry {
@@ -157,7 +179,10 @@ fn device_files_and_fifos_are_refused() {
             }],
         );
         let error = unpack_guarded(base.path(), &archive).expect_err("device refused");
-        assert!(matches!(error, UnpackError::SpecialFile { .. }), "{error:?}");
+        assert!(
+            matches!(error, UnpackError::SpecialFile { .. }),
+            "{error:?}"
+        );
     }
 }
 
@@ -170,7 +195,10 @@ fn archives_that_expand_past_the_limit_are_refused() {
     hostile_tgz(&archive, &[file("zeros", &zeros)]);
     assert!(std::fs::metadata(&archive).expect("meta").len() < 64 * 1024);
     let error = unpack_guarded(base.path(), &archive).expect_err("bomb refused");
-    assert!(matches!(error, UnpackError::TooLarge { limit_mb: 1 }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::TooLarge { limit_mb: 1 }),
+        "{error:?}"
+    );
 
     let zip_path = base.path().join("bomb.zip");
     {
@@ -187,7 +215,10 @@ fn archives_that_expand_past_the_limit_are_refused() {
     let entries: Vec<Entry> = names.iter().map(|n| file(n, b"x")).collect();
     hostile_tgz(&archive, &entries);
     let error = unpack_guarded(base.path(), &archive).expect_err("too many files");
-    assert!(matches!(error, UnpackError::TooManyFiles { limit: 100 }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::TooManyFiles { limit: 100 }),
+        "{error:?}"
+    );
 }
 
 #[test]
@@ -196,8 +227,11 @@ fn zip_traversal_is_refused() {
     let zip_path = base.path().join("t.zip");
     {
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
-        zip.start_file("../../zip-escaped.txt", zip::write::SimpleFileOptions::default())
-            .expect("entry");
+        zip.start_file(
+            "../../zip-escaped.txt",
+            zip::write::SimpleFileOptions::default(),
+        )
+        .expect("entry");
         zip.write_all(b"pwned").expect("write");
         zip.finish().expect("finish");
     }
@@ -221,7 +255,10 @@ async fn a_hostile_archive_fails_staging_and_leaves_no_workspace() {
     let base = tempfile::tempdir().expect("tempdir");
     let stager = stager(test_config(base.path()), default_buildpacks());
     let archive = base.path().join("evil.tgz");
-    hostile_tgz(&archive, &[file("index.html", b"x"), file("../../x", b"pwned")]);
+    hostile_tgz(
+        &archive,
+        &[file("index.html", b"x"), file("../../x", b"pwned")],
+    );
     let (result, _) = stage(&stager, request(&archive, &base.path().join("d.tgz"))).await;
     let error = result.expect_err("refused");
     assert!(error.to_string().contains("invalid app source"), "{error}");

@@ -25,8 +25,11 @@ async fn stage_hostile(
         ("HOSTILE".into(), mode.into()),
         ("HOSTILE_PHASE".into(), phase.into()),
     ];
-    req.env
-        .extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    req.env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     if phase != "detect" {
         req.buildpacks = vec!["hostile".into()];
     }
@@ -74,7 +77,10 @@ async fn memory_bomb_hits_the_memory_limit() {
     let (result, _) = stage_hostile(base.path(), "memory", "compile", &[]).await;
     let error = result.expect_err("memory bomb cannot succeed");
     assert!(
-        matches!(phase_error(&error), PhaseError::MemoryLimit { limit_mb: 64, .. }),
+        matches!(
+            phase_error(&error),
+            PhaseError::MemoryLimit { limit_mb: 64, .. }
+        ),
         "{error:?}"
     );
     assert_eq!(error.cf_type(), "BuildpackCompileFailed");
@@ -91,7 +97,11 @@ async fn endless_output_hits_the_output_limit() {
             "{mode}: {error:?}"
         );
         // The log holds about the limit, not an unbounded amount.
-        assert!(log.len() < 2 * 256 * 1024, "{mode}: log is {} bytes", log.len());
+        assert!(
+            log.len() < 2 * 256 * 1024,
+            "{mode}: log is {} bytes",
+            log.len()
+        );
     }
 }
 
@@ -100,7 +110,10 @@ async fn traps_and_exits_are_reported() {
     let base = tempfile::tempdir().expect("tempdir");
     let (result, _) = stage_hostile(base.path(), "trap", "release", &[]).await;
     let error = result.expect_err("a trap cannot succeed");
-    assert!(matches!(phase_error(&error), PhaseError::Trap { .. }), "{error:?}");
+    assert!(
+        matches!(phase_error(&error), PhaseError::Trap { .. }),
+        "{error:?}"
+    );
     assert_eq!(error.cf_type(), "BuildpackReleaseFailed");
 
     let (result, _) = stage_hostile(base.path(), "exit", "compile", &[]).await;
@@ -192,7 +205,9 @@ async fn compiled_components_are_cached_on_disk() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(
-        cached.iter().any(|name| name.starts_with(&loaded.digest) && name.ends_with(".cwasm")),
+        cached
+            .iter()
+            .any(|name| name.starts_with(&loaded.digest) && name.ends_with(".cwasm")),
         "{cached:?}"
     );
 

@@ -24,7 +24,10 @@ async fn static_example_stages_into_a_cf_shaped_droplet() {
         "./logs/staging_task.log",
         "./tmp/",
     ] {
-        assert!(entries.iter().any(|e| e == wanted), "{wanted} missing from {entries:?}");
+        assert!(
+            entries.iter().any(|e| e == wanted),
+            "{wanted} missing from {entries:?}"
+        );
     }
     let info = info(&out);
     assert_eq!(info["detected_buildpack"].as_str(), Some("staticfile"));
@@ -48,7 +51,10 @@ async fn static_example_stages_into_a_cf_shaped_droplet() {
     assert!(log.contains("-----> Detected staticfile"), "{log}");
     assert!(log.contains("-----> Uploading droplet"), "{log}");
     let shipped = droplet_file(&out, "./logs/staging_task.log").expect("log in droplet");
-    assert!(shipped.contains("Setting up static file server"), "{shipped}");
+    assert!(
+        shipped.contains("Setting up static file server"),
+        "{shipped}"
+    );
 
     // No workspace is left behind, and no partial droplet.
     let leftovers: Vec<_> = std::fs::read_dir(base.path().join("staging"))
@@ -69,10 +75,22 @@ async fn each_example_detects_its_buildpack() {
     let stager = stager(test_config(base.path()), default_buildpacks());
     let cases: [(&[(&str, &str)], &str); 4] = [
         (&[("index.html", "<h1>hi</h1>")], "staticfile"),
-        (&[("Staticfile", "root: public\n"), ("public/index.html", "x")], "staticfile"),
-        (&[("Procfile", "web: ./server --port $PORT\n"), ("server", "#!/bin/sh\n")], "procfile"),
+        (
+            &[("Staticfile", "root: public\n"), ("public/index.html", "x")],
+            "staticfile",
+        ),
+        (
+            &[
+                ("Procfile", "web: ./server --port $PORT\n"),
+                ("server", "#!/bin/sh\n"),
+            ],
+            "procfile",
+        ),
         // An app with both: the configured order puts staticfile first.
-        (&[("Procfile", "web: ./run\n"), ("index.html", "x")], "staticfile"),
+        (
+            &[("Procfile", "web: ./run\n"), ("index.html", "x")],
+            "staticfile",
+        ),
     ];
     for (index, (files, expected)) in cases.iter().enumerate() {
         let app = base.path().join(format!("app-{index}"));
@@ -110,15 +128,25 @@ async fn procfile_web_overrides_and_named_buildpack_skips_detection() {
     let app = base.path().join("app");
     write_app(
         &app,
-        &[("index.html", "x"), ("Procfile", "web: ./custom-server\nworker: ./work\n")],
+        &[
+            ("index.html", "x"),
+            ("Procfile", "web: ./custom-server\nworker: ./work\n"),
+        ],
     );
     let out = base.path().join("a.tgz");
     let (result, log) = stage(&stager, request(&app, &out)).await;
     let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert_eq!(staged.info.buildpack_key, "staticfile");
-    assert_eq!(staged.info.start_command.as_deref(), Some("./custom-server"));
     assert_eq!(
-        staged.info.effective_procfile.get("worker").map(String::as_str),
+        staged.info.start_command.as_deref(),
+        Some("./custom-server")
+    );
+    assert_eq!(
+        staged
+            .info
+            .effective_procfile
+            .get("worker")
+            .map(String::as_str),
         Some("./work")
     );
 
@@ -159,15 +187,22 @@ async fn zip_and_tgz_sources_stage_like_directories() {
         zip.start_file("index.html", options).expect("zip entry");
         std::io::Write::write_all(&mut zip, b"<h1>zip</h1>").expect("zip write");
         zip.add_directory("assets/", options).expect("zip dir");
-        zip.start_file("assets/app.css", options).expect("zip entry");
+        zip.start_file("assets/app.css", options)
+            .expect("zip entry");
         std::io::Write::write_all(&mut zip, b"body{}").expect("zip write");
         zip.finish().expect("zip finish");
     }
     let out = base.path().join("zip.tgz");
     let (result, log) = stage(&stager, request(&zip_path, &out)).await;
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    assert_eq!(droplet_file(&out, "./app/index.html").as_deref(), Some("<h1>zip</h1>"));
-    assert_eq!(droplet_file(&out, "./app/assets/app.css").as_deref(), Some("body{}"));
+    assert_eq!(
+        droplet_file(&out, "./app/index.html").as_deref(),
+        Some("<h1>zip</h1>")
+    );
+    assert_eq!(
+        droplet_file(&out, "./app/assets/app.css").as_deref(),
+        Some("body{}")
+    );
 
     let tgz_path = base.path().join("app.tgz");
     std::fs::write(
@@ -186,12 +221,19 @@ async fn zip_and_tgz_sources_stage_like_directories() {
 async fn node_buildpack_installs_a_pinned_runtime_through_fetch() {
     let base = tempfile::tempdir().expect("tempdir");
     let runtime = make_tgz(&[
-        ("node-v20.11.1-linux-x64/bin/node", "#!/bin/sh\necho fake node \"$@\"\n"),
+        (
+            "node-v20.11.1-linux-x64/bin/node",
+            "#!/bin/sh\necho fake node \"$@\"\n",
+        ),
         ("node-v20.11.1-linux-x64/LICENSE", "MIT\n"),
     ]);
     let server = FileServer::start(vec![("/mirror/node/node-20.11.1.tgz", runtime.clone())]).await;
     let upstream = "https://buildpacks.cloudfoundry.org/dependencies/node/node-20.11.1.tgz";
-    let node = node_buildpack_pinned(&base.path().join("node-bp"), upstream, &sha256_hex(&runtime));
+    let node = node_buildpack_pinned(
+        &base.path().join("node-bp"),
+        upstream,
+        &sha256_hex(&runtime),
+    );
 
     let mut config = test_config(base.path());
     config.fetch.mirrors = vec![node_mirror(&server)];
@@ -200,7 +242,10 @@ async fn node_buildpack_installs_a_pinned_runtime_through_fetch() {
     let app = base.path().join("app");
     write_app(
         &app,
-        &[("package.json", r#"{"name":"x","engines":{"node":"20.x"}}"#), ("server.js", "")],
+        &[
+            ("package.json", r#"{"name":"x","engines":{"node":"20.x"}}"#),
+            ("server.js", ""),
+        ],
     );
     let out = base.path().join("node.tgz");
     let (result, log) = stage(&stager, request(&app, &out)).await;
@@ -212,20 +257,33 @@ async fn node_buildpack_installs_a_pinned_runtime_through_fetch() {
         Some("production")
     );
     let entries = droplet_entries(&out);
-    assert!(entries.contains(&"./app/.node/bin/node".to_string()), "{entries:?}");
+    assert!(
+        entries.contains(&"./app/.node/bin/node".to_string()),
+        "{entries:?}"
+    );
     // The host unpacked it, so the runtime is still executable.
-    assert_eq!(droplet_mode(&out, "./app/.node/bin/node").map(|m| m & 0o111), Some(0o111));
+    assert_eq!(
+        droplet_mode(&out, "./app/.node/bin/node").map(|m| m & 0o111),
+        Some(0o111)
+    );
     let profile = droplet_file(&out, "./app/.profile.d/000_node.sh").expect("profile.d script");
     assert!(profile.contains(".node/bin"), "{profile}");
     assert!(log.contains("cache miss"), "{log}");
-    assert!(log.contains(&server.url("/mirror/node/node-20.11.1.tgz")), "{log}");
+    assert!(
+        log.contains(&server.url("/mirror/node/node-20.11.1.tgz")),
+        "{log}"
+    );
     assert_eq!(server.hits("/mirror/node/node-20.11.1.tgz"), 1);
 
     // A second staging (fresh app cache) is served by the host's download cache.
     let (result, log) = stage(&stager, request(&app, &base.path().join("again.tgz"))).await;
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert!(log.contains("cache hit"), "{log}");
-    assert_eq!(server.hits("/mirror/node/node-20.11.1.tgz"), 1, "served from cache");
+    assert_eq!(
+        server.hits("/mirror/node/node-20.11.1.tgz"),
+        1,
+        "served from cache"
+    );
 }
 
 #[tokio::test]
@@ -254,5 +312,8 @@ async fn node_download_with_wrong_checksum_or_outside_allowlist_fails() {
     let (result, _) = stage(&stager, request(&app, &base.path().join("y.tgz"))).await;
     let error = result.expect_err("denied download fails");
     let message = error.to_string();
-    assert!(message.contains("denied") && message.contains(upstream), "{message}");
+    assert!(
+        message.contains("denied") && message.contains(upstream),
+        "{message}"
+    );
 }

@@ -1,1 +1,269 @@
-fn main(){}
+//! Staging benchmarks, each against a baseline measured in the same run:
+//!
+//! (a) detect across 32 installed wasm buildpacks for one app, vs the same check as 32
+//!     classic `bin/detect` bash scripts run as processes (the way classic hosts run them);
+//! (b) packing a droplet from a generated ~100 MB app tree, vs `tar czf` on the same tree
+//!     (and the droplet is checked with `tar xzf`).
+//!
+//! Run with `cargo bench -p dea` after `scripts/build-plugins`. Prints ratios; exits non-zero
+//! only if a setup step fails. `DEA_BENCH_TREE_MB` changes the tree size.
+
+use dea::buildpack::BuildpackSet;
+use dea::buildpack::wasm::WasmRuntime;
+use dea::config::Config;
+use dea::fetch::FetchService;
+use dea::staging::Stager;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BUILDPACKS: usize = 32;
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("benchmark setup failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .ok_or("no workspace root")?
+        .to_path_buf();
+    let scratch = tempfile::tempdir()?;
+    detect_benchmark(&root, scratch.path())?;
+    pack_benchmark(scratch.path())?;
+    Ok(())
+}
+
+/// Median of `runs` timings of `f`, after one warm-up call.
+fn median<F: FnMut() -> Result<(), Box<dyn std::error::Error>>>(
+    runs: usize,
+    mut f: F,
+) -> Result<Duration, Box<dyn std::error::Error>> {
+    f()?;
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed());
+    }
+    times.sort();
+    Ok(times[times.len() / 2])
+}
+
+fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let marker = root.join("target/test-buildpacks/marker/buildpack.wasm");
+    if !marker.is_file() {
+        return Err("target/test-buildpacks/marker is missing: run scripts/build-plugins".into());
+    }
+    // 32 wasm buildpacks, each looking for its own marker file; only the last one matches,
+    // so every detect runs.
+    let installed = scratch.join("wasm-buildpacks");
+    let classic = scratch.join("classic-buildpacks");
+    for i in 0..BUILDPACKS {
+        let dir = installed.join(format!("bp{i:02}"));
+        std::fs::create_dir_all(&dir)?;
+        std::fs::copy(&marker, dir.join("buildpack.wasm"))?;
+        std::fs::write(
+            dir.join("buildpack.toml"),
+            format!(
+                "[buildpack]\nid = \"bp{i:02}\"\nname = \"bp{i:02}\"\nversion = \"1\"\n\
+                 [env]\nDEA_BUILDPACK_MARKER = \"marker-{i}\"\n"
+            ),
+        )?;
+        let bin = classic.join(format!("bp{i:02}/bin"));
+        std::fs::create_dir_all(&bin)?;
+        let script = bin.join("detect");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/bash\nif [ -f \"$1/marker-{i}\" ]; then echo \"marker:marker-{i}\"; exit 0; fi\nexit 1\n"
+            ),
+        )?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let app = scratch.join("app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join(format!("marker-{}", BUILDPACKS - 1)), "")?;
+
+    let config = Config {
+        base_dir: scratch.join("base"),
+        buildpack_order: Vec::new(),
+        ..Config::default()
+    };
+    let set = BuildpackSet::discover(std::slice::from_ref(&installed), &[])?;
+    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
+    let fetch = Arc::new(FetchService::new(
+        config.fetch.clone(),
+        config.fetch_cache_dir(),
+    )?);
+    let stager = Stager::new(config, set, wasm, fetch);
+    let runtime = tokio::runtime::Runtime::new()?;
+    let expected = format!("bp{:02}", BUILDPACKS - 1);
+
+    let wasm_time = median(50, || {
+        let (bp, _) = runtime.block_on(stager.detect_app(&app, &[]))?;
+        if bp.id != expected {
+            return Err(format!("wasm detect picked {}", bp.id).into());
+        }
+        Ok(())
+    })?;
+    // Classic hosts run detect scripts one by one until one matches.
+    let bash_time = median(10, || {
+        let mut winner = None;
+        for i in 0..BUILDPACKS {
+            let status = Command::new(classic.join(format!("bp{i:02}/bin/detect")))
+                .arg(&app)
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            if status.success() {
+                winner = Some(i);
+                break;
+            }
+        }
+        if winner != Some(BUILDPACKS - 1) {
+            return Err("bash detect picked the wrong buildpack".into());
+        }
+        Ok(())
+    })?;
+    println!("(a) detect, {BUILDPACKS} buildpacks, one app (median)");
+    println!(
+        "    wasm components (concurrent):  {:>10.3} ms",
+        ms(wasm_time)
+    );
+    println!(
+        "    bash bin/detect processes:     {:>10.3} ms",
+        ms(bash_time)
+    );
+    println!(
+        "    ratio: wasm is {:.1}x faster (target >= 20x)",
+        bash_time.as_secs_f64() / wasm_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A tree of source-like text (compressible, like real apps) with some binary assets.
+fn generate_tree(dir: &Path, total_mb: usize) -> Result<u64, Box<dyn std::error::Error>> {
+    let words = [
+        "function", "return", "const", "let", "import", "export", "class", "struct", "impl",
+        "self", "value", "result", "error", "config", "request", "response", "handler", "async",
+        "await", "string", "number", "true", "false", "null", "public", "private", "static",
+    ];
+    let mut seed: u64 = 0x9e3779b97f4a7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut written = 0u64;
+    let target = (total_mb as u64) << 20;
+    let mut index = 0;
+    while written < target {
+        let sub = dir.join(format!("pkg{:03}/src", index / 40));
+        std::fs::create_dir_all(&sub)?;
+        let binary = index % 10 == 9;
+        let size = 16 * 1024 + (next() % (96 * 1024)) as usize;
+        let mut content = Vec::with_capacity(size + 64);
+        if binary {
+            while content.len() < size {
+                content.extend_from_slice(&next().to_le_bytes());
+            }
+        } else {
+            while content.len() < size {
+                let word = words[(next() % words.len() as u64) as usize];
+                content.extend_from_slice(word.as_bytes());
+                content.push(if next() % 8 == 0 { b'\n' } else { b' ' });
+            }
+        }
+        let name = if binary { "asset.bin" } else { "module.js" };
+        let mut file = std::fs::File::create(sub.join(format!("{index}-{name}")))?;
+        file.write_all(&content)?;
+        written += content.len() as u64;
+        index += 1;
+    }
+    Ok(written)
+}
+
+fn pack_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let total_mb: usize = std::env::var("DEA_BENCH_TREE_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let tree = scratch.join("staged");
+    let bytes = generate_tree(&tree.join("app"), total_mb)?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let ours: PathBuf = scratch.join("droplet.tgz");
+    let theirs: PathBuf = scratch.join("tar.tgz");
+
+    let mut our_size = 0;
+    let ours_time = median(5, || {
+        let packed = dea::droplet::pack_tree(&tree, &ours, 6, threads)?;
+        our_size = packed.size;
+        Ok(())
+    })?;
+    let tar_time = median(5, || {
+        let status = Command::new("tar")
+            .arg("czf")
+            .arg(&theirs)
+            .arg("-C")
+            .arg(&tree)
+            .arg(".")
+            .status()?;
+        if !status.success() {
+            return Err("tar czf failed".into());
+        }
+        Ok(())
+    })?;
+    // The droplet must be readable by tar xzf and hold the same files.
+    let check = scratch.join("check");
+    std::fs::create_dir_all(&check)?;
+    let status = Command::new("tar")
+        .arg("xzf")
+        .arg(&ours)
+        .arg("-C")
+        .arg(&check)
+        .status()?;
+    if !status.success() {
+        return Err("tar xzf could not read the droplet".into());
+    }
+    let diff = Command::new("diff")
+        .arg("-r")
+        .arg(&tree)
+        .arg(&check)
+        .status()?;
+    if !diff.success() {
+        return Err("the unpacked droplet differs from the tree".into());
+    }
+    let tar_size = std::fs::metadata(&theirs)?.len();
+    println!(
+        "(b) pack {:.0} MB app tree into a droplet (median, gzip level 6)",
+        bytes as f64 / 1048576.0
+    );
+    println!(
+        "    dea pack_tree ({threads} threads): {:>8.0} ms  {:>6.1} MB/s  {:>6.1} MB out",
+        ms(ours_time),
+        bytes as f64 / 1048576.0 / ours_time.as_secs_f64(),
+        our_size as f64 / 1048576.0
+    );
+    println!(
+        "    tar czf:                 {:>8.0} ms  {:>6.1} MB/s  {:>6.1} MB out",
+        ms(tar_time),
+        bytes as f64 / 1048576.0 / tar_time.as_secs_f64(),
+        tar_size as f64 / 1048576.0
+    );
+    println!(
+        "    ratio: dea is {:.2}x faster than tar czf (target >= 1.5x); tar xzf reads it: yes",
+        tar_time.as_secs_f64() / ours_time.as_secs_f64()
+    );
+    Ok(())
+}

@@ -194,7 +194,10 @@ impl Config {
 
     /// The default stack.
     pub fn default_stack(&self) -> &str {
-        self.stacks.first().map(String::as_str).unwrap_or("cflinuxfs4")
+        self.stacks
+            .first()
+            .map(String::as_str)
+            .unwrap_or("cflinuxfs4")
     }
 
     pub fn wasm_cache_dir(&self) -> PathBuf {

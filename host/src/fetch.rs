@@ -34,7 +34,9 @@ pub enum FetchError {
     },
     #[error("{url} is not in the download cache and the fetch service is offline")]
     Offline { url: String },
-    #[error("checksum mismatch for {url} (from {url_used}): expected sha256 {expected}, got {actual}")]
+    #[error(
+        "checksum mismatch for {url} (from {url_used}): expected sha256 {expected}, got {actual}"
+    )]
     ChecksumMismatch {
         url: String,
         url_used: String,
@@ -161,7 +163,12 @@ impl FetchService {
         };
         let verdict = if rule.is_some() {
             Ok("rewritten to a configured mirror")
-        } else if self.config.allow.iter().any(|p| url_has_prefix(&url_used, p)) {
+        } else if self
+            .config
+            .allow
+            .iter()
+            .any(|p| url_has_prefix(&url_used, p))
+        {
             Ok("on the fetch allowlist")
         } else if self.config.allow_buildpack_declared
             && grant.declared.iter().any(|p| url_has_prefix(&url_used, p))
@@ -288,7 +295,9 @@ impl FetchService {
                 .ok()
                 .map(|s| s.trim().to_string()),
         };
-        let Some(digest) = digest.filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit())) else {
+        let Some(digest) =
+            digest.filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
             return Ok(None);
         };
         let blob = self.blob_path(&digest);
@@ -347,7 +356,8 @@ impl FetchService {
             })?;
             let mut buf = vec![0u8; 1 << 16];
             loop {
-                let n = std::io::Read::read(&mut file, &mut buf).map_err(|e| network(e.to_string()))?;
+                let n =
+                    std::io::Read::read(&mut file, &mut buf).map_err(|e| network(e.to_string()))?;
                 if n == 0 {
                     break;
                 }
@@ -463,12 +473,18 @@ mod tests {
             &[],
         );
         let grant = FetchGrant::default();
-        assert_eq!(s.resolve("https://a.example/x.tgz", &grant).url_used, "http://m1/x.tgz");
+        assert_eq!(
+            s.resolve("https://a.example/x.tgz", &grant).url_used,
+            "http://m1/x.tgz"
+        );
         assert_eq!(
             s.resolve("https://a.example/deep/x.tgz", &grant).url_used,
             "http://m2/a.example/x.tgz"
         );
-        assert_eq!(s.resolve("https://b.example/p/x?y=1", &grant).url_used, "http://m3/b/p/x?y=1");
+        assert_eq!(
+            s.resolve("https://b.example/p/x?y=1", &grant).url_used,
+            "http://m3/b/p/x?y=1"
+        );
         let miss = s.resolve("https://c.example/x", &grant);
         assert_eq!(miss.url_used, "https://c.example/x");
         assert!(miss.verdict.is_err());

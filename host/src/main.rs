@@ -12,7 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "dea", version, about = "A droplet execution agent with WebAssembly buildpacks")]
+#[command(
+    name = "dea",
+    version,
+    about = "A droplet execution agent with WebAssembly buildpacks"
+)]
 struct Cli {
     /// Configuration file (YAML). Every key has a default.
     #[arg(long, global = true, env = "DEA_CONFIG")]
@@ -54,6 +58,13 @@ enum Command {
     },
     /// List the installed buildpacks in detection order.
     Buildpacks,
+    /// Show which buildpack would build an app directory, without staging it.
+    Detect {
+        app: PathBuf,
+        /// An app environment variable, KEY=VALUE (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+    },
     /// Show how the fetch service resolves a URL: mirror rule, URL used, allowed or not.
     Fetch {
         url: String,
@@ -84,6 +95,15 @@ fn load_config(cli: &Cli) -> Result<Config> {
     Ok(config)
 }
 
+fn build_stager(config: Config, buildpacks: BuildpackSet) -> Result<Stager> {
+    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
+    let fetch = Arc::new(FetchService::new(
+        config.fetch.clone(),
+        config.fetch_cache_dir(),
+    )?);
+    Ok(Stager::new(config, buildpacks, wasm, fetch))
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -100,7 +120,10 @@ async fn main() -> Result<()> {
 
     match cli.command {
         Command::Buildpacks => {
-            println!("{:<4} {:<16} {:<10} {:<6} PATH", "#", "ID", "VERSION", "KIND");
+            println!(
+                "{:<4} {:<16} {:<10} {:<6} PATH",
+                "#", "ID", "VERSION", "KIND"
+            );
             for (index, bp) in buildpacks.iter().enumerate() {
                 println!(
                     "{:<4} {:<16} {:<10} {:<6} {}",
@@ -116,6 +139,25 @@ async fn main() -> Result<()> {
                     "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
                     config.buildpack_dirs
                 );
+            }
+        }
+        Command::Detect { app, env } => {
+            let stager = build_stager(config, buildpacks)?;
+            match stager.detect_app(&app, &env).await {
+                Ok((buildpack, detection)) => {
+                    let version = detection
+                        .version
+                        .map(|v| format!(" {v}"))
+                        .unwrap_or_default();
+                    println!(
+                        "{}{version} (buildpack {} {})",
+                        detection.name, buildpack.id, buildpack.version
+                    );
+                }
+                Err(error) => {
+                    eprintln!("{} ({})", error, error.cf_type());
+                    std::process::exit(1);
+                }
             }
         }
         Command::Fetch { url, buildpack } => {
@@ -160,12 +202,7 @@ async fn main() -> Result<()> {
                     config.buildpack_dirs
                 );
             }
-            let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
-            let fetch = Arc::new(FetchService::new(
-                config.fetch.clone(),
-                config.fetch_cache_dir(),
-            )?);
-            let stager = Stager::new(config, buildpacks, wasm, fetch);
+            let stager = build_stager(config, buildpacks)?;
             let watcher: dea::staging::LogWatcher = Arc::new(|bytes: &[u8]| {
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(bytes);

@@ -257,7 +257,6 @@ impl From<FetchError> for Error {
     }
 }
 
-
 /// Glue between the generated `Guest` trait and [`Buildpack`]; used by [`export_buildpack!`].
 #[doc(hidden)]
 pub mod __private {

@@ -49,8 +49,7 @@ impl Manifest {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Io(format!("reading {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| Error::Failed(format!("invalid {}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| Error::Failed(format!("invalid {}: {e}", path.display())))
     }
 
     /// The dependency called `name` whose version starts with `version_prefix` (so `"20"`

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 /// Writes `/app/.profile.d/<name>.sh` with `script` as its body and returns its path.
 pub fn write(name: &str, script: &str) -> Result<PathBuf, Error> {
     if name.is_empty() || name.contains('/') || name.starts_with('.') {
-        return Err(Error::Failed(format!("invalid .profile.d script name {name:?}")));
+        return Err(Error::Failed(format!(
+            "invalid .profile.d script name {name:?}"
+        )));
     }
     let dir = PathBuf::from(APP_DIR).join(".profile.d");
     std::fs::create_dir_all(&dir)?;

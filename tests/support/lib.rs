@@ -36,13 +36,19 @@ pub fn buildpack(id: &str) -> Buildpack {
 
 /// The three real buildpacks, in their default order.
 pub fn default_buildpacks() -> Vec<Buildpack> {
-    vec![buildpack("staticfile"), buildpack("node"), buildpack("procfile")]
+    vec![
+        buildpack("staticfile"),
+        buildpack("node"),
+        buildpack("procfile"),
+    ]
 }
 
 /// A config with a private base dir and limits small enough for tests to hit quickly.
 pub fn test_config(base: &Path) -> Config {
-    let mut config = Config::default();
-    config.base_dir = base.to_path_buf();
+    let mut config = Config {
+        base_dir: base.to_path_buf(),
+        ..Config::default()
+    };
     config.wasm.memory_limit_mb = 64;
     config.wasm.detect_cpu_ms = 500;
     config.wasm.detect_timeout_ms = 3_000;
@@ -195,9 +201,10 @@ impl FileServer {
                 .or_default() += 1;
             files.get(uri.path()).cloned().ok_or(StatusCode::NOT_FOUND)
         }
-        let app = axum::Router::new()
-            .fallback(serve)
-            .with_state((files, hits.clone(), total.clone()));
+        let app =
+            axum::Router::new()
+                .fallback(serve)
+                .with_state((files, hits.clone(), total.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1");
@@ -246,11 +253,7 @@ pub fn make_tgz(files: &[(&str, &str)]) -> Vec<u8> {
             .append_data(&mut header, path, content.as_bytes())
             .expect("append");
     }
-    builder
-        .into_inner()
-        .expect("tar")
-        .finish()
-        .expect("gzip")
+    builder.into_inner().expect("tar").finish().expect("gzip")
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -263,8 +266,11 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 pub fn node_buildpack_pinned(dir: &Path, uri: &str, sha256: &str) -> Buildpack {
     let original = buildpack("node");
     std::fs::create_dir_all(dir).expect("mkdir");
-    std::fs::copy(original.dir.join("buildpack.wasm"), dir.join("buildpack.wasm"))
-        .expect("copy component");
+    std::fs::copy(
+        original.dir.join("buildpack.wasm"),
+        dir.join("buildpack.wasm"),
+    )
+    .expect("copy component");
     let manifest = format!(
         "[buildpack]\nid = \"node\"\nname = \"Node.js\"\nversion = \"0.1.0\"\n\n\
          [fetch]\nallow = [\"https://buildpacks.cloudfoundry.org/dependencies/node/\"]\n\n\

@@ -96,11 +96,10 @@ impl Buildpack {
                 path: manifest_path.clone(),
                 source,
             })?;
-        let manifest: Manifest =
-            toml::from_str(&text).map_err(|e| BuildpackError::Manifest {
-                path: manifest_path.clone(),
-                message: e.to_string(),
-            })?;
+        let manifest: Manifest = toml::from_str(&text).map_err(|e| BuildpackError::Manifest {
+            path: manifest_path.clone(),
+            message: e.to_string(),
+        })?;
         let id = manifest.buildpack.id.trim().to_string();
         if id.is_empty() || id.contains(['/', '\\']) {
             return Err(BuildpackError::Manifest {

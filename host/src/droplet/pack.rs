@@ -69,7 +69,8 @@ pub fn pack_tree(
     let walk_result = {
         let mut builder = tar::Builder::new(&mut gz);
         builder.mode(tar::HeaderMode::Complete);
-        let result = append_root(&mut builder, tree).and_then(|()| append_tree(&mut builder, tree, "."));
+        let result =
+            append_root(&mut builder, tree).and_then(|()| append_tree(&mut builder, tree, "."));
         result.and_then(|()| {
             builder.finish().map_err(|source| PackError::Write {
                 path: dest.to_path_buf(),
@@ -133,8 +134,14 @@ fn append_tree<W: Write>(
         let file_type = meta.file_type();
         if file_type.is_dir() {
             header.set_size(0);
-            append_named(builder, header, &format!("{entry_name}/"), None, io::empty())
-                .map_err(|e| read_err(&path, e))?;
+            append_named(
+                builder,
+                header,
+                &format!("{entry_name}/"),
+                None,
+                io::empty(),
+            )
+            .map_err(|e| read_err(&path, e))?;
             append_tree(builder, &path, &entry_name)?;
         } else if file_type.is_file() {
             let file = File::open(&path).map_err(|e| read_err(&path, e))?;

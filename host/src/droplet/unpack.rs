@@ -335,7 +335,9 @@ fn untar(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
                 let target = entry
                     .link_name()
                     .map_err(|e| UnpackError::Corrupt(e.to_string()))?
-                    .ok_or_else(|| UnpackError::Corrupt(format!("{raw_name}: link without target")))?
+                    .ok_or_else(|| {
+                        UnpackError::Corrupt(format!("{raw_name}: link without target"))
+                    })?
                     .into_owned();
                 writer.symlink(&rel, &target)?;
             }
@@ -344,7 +346,9 @@ fn untar(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
                 let target = entry
                     .link_name()
                     .map_err(|e| UnpackError::Corrupt(e.to_string()))?
-                    .ok_or_else(|| UnpackError::Corrupt(format!("{raw_name}: link without target")))?;
+                    .ok_or_else(|| {
+                        UnpackError::Corrupt(format!("{raw_name}: link without target"))
+                    })?;
                 let target_rel = writer.entry_path(&target.to_string_lossy()).map_err(|_| {
                     UnpackError::LinkEscapes {
                         entry: raw_name.clone(),

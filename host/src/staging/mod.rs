@@ -256,7 +256,11 @@ impl Stager {
         }
 
         let release = match self
-            .run_phase(&final_buildpack, crate::buildpack::wasm::Phase::Release, &ctx)
+            .run_phase(
+                &final_buildpack,
+                crate::buildpack::wasm::Phase::Release,
+                &ctx,
+            )
             .await
         {
             Ok(PhaseOutput::Release(release)) => release,
@@ -291,17 +295,46 @@ impl Stager {
         let output = request.output.clone();
         let level = self.config.staging.droplet_compression_level;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let droplet = tokio::task::spawn_blocking(move || {
-            droplet::pack_tree(&tree, &output, level, threads)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let droplet =
+            tokio::task::spawn_blocking(move || droplet::pack_tree(&tree, &output, level, threads))
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))??;
         log.step(&format!("Uploading droplet ({})", human_size(droplet.size)));
         Ok(Staged {
             droplet,
             info,
             detected_version,
         })
+    }
+
+    /// Detects which installed buildpack would build the app in `app` (a directory), without
+    /// staging it: what `dea detect` shows.
+    pub async fn detect_app(
+        &self,
+        app: &Path,
+        env: &[(String, String)],
+    ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
+        let scratch = tempfile::Builder::new().prefix("detect-").tempdir_in({
+            std::fs::create_dir_all(self.config.staging_dir())?;
+            self.config.staging_dir()
+        })?;
+        let mut full_env = vec![
+            ("STACK".to_string(), self.config.default_stack().to_string()),
+            (
+                "CF_STACK".to_string(),
+                self.config.default_stack().to_string(),
+            ),
+        ];
+        full_env.extend(env.iter().cloned());
+        let log = StagingLog::detached(None);
+        let ctx = PhaseContext {
+            workspace: scratch.path(),
+            app,
+            cache: scratch.path(),
+            env: &full_env,
+            log: &log,
+        };
+        self.detect(&ctx).await
     }
 
     /// Runs every buildpack's detect at once and picks the first match in order. A detect
@@ -311,15 +344,28 @@ impl Stager {
         &self,
         ctx: &PhaseContext<'_>,
     ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
-        let runs = self.buildpacks.iter().map(|bp| async move {
-            let result = self
-                .run_phase(bp, crate::buildpack::wasm::Phase::Detect, ctx)
-                .await;
-            (bp, result)
-        });
-        let results = futures_util::future::join_all(runs).await;
+        // Each detect is its own task, so they spread over every core.
+        let mut tasks = tokio::task::JoinSet::new();
+        for (index, buildpack) in self.buildpacks.iter().enumerate() {
+            let run = self.phase_task(buildpack, crate::buildpack::wasm::Phase::Detect, ctx);
+            tasks.spawn(async move { (index, run.await) });
+        }
+        let mut results: Vec<Option<Result<PhaseOutput, PhaseError>>> =
+            (0..self.buildpacks.len()).map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((index, result)) => results[index] = Some(result),
+                Err(e) => tracing::error!("detect task failed: {e}"),
+            }
+        }
         let mut first_failure = None;
-        for (buildpack, result) in results {
+        for (buildpack, result) in self.buildpacks.iter().zip(results) {
+            let result = result.unwrap_or_else(|| {
+                Err(PhaseError::Instantiate {
+                    phase: "detect",
+                    message: "detect task panicked".into(),
+                })
+            });
             match result {
                 Ok(PhaseOutput::Detect(Some(detection))) => {
                     if let Some(error) = first_failure {
@@ -329,7 +375,8 @@ impl Stager {
                 }
                 Ok(_) => {}
                 Err(source) => {
-                    ctx.log.warning(&format!("buildpack {}: {source}", buildpack.id));
+                    ctx.log
+                        .warning(&format!("buildpack {}: {source}", buildpack.id));
                     first_failure.get_or_insert(StagingError::DetectFailed {
                         buildpack: buildpack.id.clone(),
                         source,
@@ -346,41 +393,68 @@ impl Stager {
         phase: crate::buildpack::wasm::Phase,
         ctx: &PhaseContext<'_>,
     ) -> Result<PhaseOutput, PhaseError> {
-        match &buildpack.kind {
-            BuildpackKind::Wasm { component } => {
-                let loaded = self.wasm.load(component).map_err(|e| PhaseError::Instantiate {
-                    phase: phase.name(),
-                    message: e.to_string(),
-                })?;
-                // Compile gets a private scratch directory, removed when it ends.
-                let tmp = tempfile::Builder::new()
-                    .prefix("phase-tmp-")
-                    .tempdir_in(ctx.workspace)
-                    .map_err(|e| PhaseError::Instantiate {
+        self.phase_task(buildpack, phase, ctx).await
+    }
+
+    /// A phase run as an owned future (so detect can spawn one task per buildpack).
+    fn phase_task(
+        &self,
+        buildpack: &Buildpack,
+        phase: crate::buildpack::wasm::Phase,
+        ctx: &PhaseContext<'_>,
+    ) -> impl std::future::Future<Output = Result<PhaseOutput, PhaseError>> + Send + 'static {
+        let wasm = self.wasm.clone();
+        let fetch = self.fetch.clone();
+        let unpack_limits = self.unpack_limits();
+        let buildpack = buildpack.clone();
+        let workspace = ctx.workspace.to_path_buf();
+        let app = ctx.app.to_path_buf();
+        let cache = ctx.cache.to_path_buf();
+        let mut env = ctx.env.to_vec();
+        let log = ctx.log.clone();
+        async move {
+            match &buildpack.kind {
+                BuildpackKind::Wasm { component } => {
+                    let loaded = wasm.load(component).map_err(|e| PhaseError::Instantiate {
                         phase: phase.name(),
-                        message: format!("scratch directory: {e}"),
+                        message: e.to_string(),
                     })?;
-                let mut env = ctx.env.to_vec();
-                env.extend(buildpack.env.iter().cloned());
-                let spec = SandboxSpec {
-                    dirs: PhaseDirs {
-                        app: ctx.app.to_path_buf(),
-                        cache: ctx.cache.to_path_buf(),
-                        buildpack: buildpack.dir.clone(),
-                        tmp: tmp.path().to_path_buf(),
-                    },
-                    env,
-                    log: ctx.log.clone(),
-                    unpack_limits: self.unpack_limits(),
-                    fetch: Some((
-                        self.fetch.clone(),
-                        FetchGrant {
-                            buildpack: buildpack.id.clone(),
-                            declared: buildpack.fetch_allow.clone(),
+                    // Compile gets a private scratch directory, removed when it ends.
+                    let tmp = match phase {
+                        crate::buildpack::wasm::Phase::Compile => Some(
+                            tempfile::Builder::new()
+                                .prefix("phase-tmp-")
+                                .tempdir_in(&workspace)
+                                .map_err(|e| PhaseError::Instantiate {
+                                    phase: phase.name(),
+                                    message: format!("scratch directory: {e}"),
+                                })?,
+                        ),
+                        _ => None,
+                    };
+                    env.extend(buildpack.env.iter().cloned());
+                    let spec = SandboxSpec {
+                        dirs: PhaseDirs {
+                            tmp: tmp
+                                .as_ref()
+                                .map_or_else(|| app.clone(), |t| t.path().to_path_buf()),
+                            app,
+                            cache,
+                            buildpack: buildpack.dir.clone(),
                         },
-                    )),
-                };
-                self.wasm.run(&loaded, phase, spec).await
+                        env,
+                        log,
+                        unpack_limits,
+                        fetch: Some((
+                            fetch,
+                            FetchGrant {
+                                buildpack: buildpack.id.clone(),
+                                declared: buildpack.fetch_allow.clone(),
+                            },
+                        )),
+                    };
+                    wasm.run(&loaded, phase, spec).await
+                }
             }
         }
     }

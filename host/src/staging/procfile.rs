@@ -38,6 +38,9 @@ mod tests {
         let map = parse("web: ./server\nworker: ./work --queue=a\n");
         assert_eq!(map.get("web").map(String::as_str), Some("./server"));
         let map = parse("web: bash -c 'echo a: b'\n# note\n");
-        assert_eq!(map.get("web").map(String::as_str), Some("bash -c 'echo a: b'"));
+        assert_eq!(
+            map.get("web").map(String::as_str),
+            Some("bash -c 'echo a: b'")
+        );
     }
 }

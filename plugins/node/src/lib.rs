@@ -24,12 +24,15 @@ fn requested_version(ctx: &Context) -> Result<String, Error> {
 
 fn package_json(ctx: &Context) -> Result<serde_json::Value, Error> {
     let text = ctx.read_app_file("package.json")?.unwrap_or_default();
-    serde_json::from_str(&text).map_err(|e| Error::Failed(format!("package.json is not valid JSON: {e}")))
+    serde_json::from_str(&text)
+        .map_err(|e| Error::Failed(format!("package.json is not valid JSON: {e}")))
 }
 
 impl Buildpack for Node {
     fn detect(ctx: &Context) -> Result<Option<Detection>, Error> {
-        Ok(ctx.app_has("package.json").then(|| Detection::named("node.js")))
+        Ok(ctx
+            .app_has("package.json")
+            .then(|| Detection::named("node.js")))
     }
 
     fn compile(ctx: &Context) -> Result<(), Error> {

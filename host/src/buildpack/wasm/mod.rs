@@ -86,7 +86,9 @@ pub enum LoadError {
     },
     #[error("{path} is not a valid buildpack component: {message}")]
     Invalid { path: PathBuf, message: String },
-    #[error("{path} imports {import}, which buildpacks may not use (no sockets, no HTTP: downloads go through the host's fetch)")]
+    #[error(
+        "{path} imports {import}, which buildpacks may not use (no sockets, no HTTP: downloads go through the host's fetch)"
+    )]
     ForbiddenImport { path: PathBuf, import: String },
     #[error("component cache {path}: {source}")]
     Cache {
@@ -101,9 +103,15 @@ pub enum LoadError {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PhaseError {
     #[error("{phase} did not finish within {limit:?}")]
-    Timeout { phase: &'static str, limit: Duration },
+    Timeout {
+        phase: &'static str,
+        limit: Duration,
+    },
     #[error("{phase} used more than its CPU-time limit of {limit:?}")]
-    CpuLimit { phase: &'static str, limit: Duration },
+    CpuLimit {
+        phase: &'static str,
+        limit: Duration,
+    },
     #[error("{phase} used more than its memory limit of {limit_mb} MiB")]
     MemoryLimit { phase: &'static str, limit_mb: u64 },
     #[error("{phase} wrote more than its output limit of {limit} bytes")]
@@ -111,9 +119,15 @@ pub enum PhaseError {
     #[error("{phase} exited with status {status}")]
     Exit { phase: &'static str, status: i32 },
     #[error("{phase} crashed: {message}")]
-    Trap { phase: &'static str, message: String },
+    Trap {
+        phase: &'static str,
+        message: String,
+    },
     #[error("{phase} could not start: {message}")]
-    Instantiate { phase: &'static str, message: String },
+    Instantiate {
+        phase: &'static str,
+        message: String,
+    },
     #[error("{0}")]
     Buildpack(GuestFailure),
 }
@@ -143,6 +157,9 @@ pub struct LoadedComponent {
     pre: BuildpackPre<SandboxState>,
 }
 
+/// A component file's size and mtime when it was loaded, and what it loaded to.
+type PathEntry = (u64, std::time::SystemTime, Arc<LoadedComponent>);
+
 /// The engine, linker and caches shared by every wasm buildpack.
 pub struct WasmRuntime {
     engine: Engine,
@@ -150,6 +167,8 @@ pub struct WasmRuntime {
     limits: WasmConfig,
     cache_dir: PathBuf,
     loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+    /// Path → (size, mtime, component): skips re-reading and re-hashing an unchanged file.
+    by_path: Mutex<HashMap<PathBuf, PathEntry>>,
 }
 
 impl WasmRuntime {
@@ -197,6 +216,7 @@ impl WasmRuntime {
             limits,
             cache_dir,
             loaded: Mutex::new(HashMap::new()),
+            by_path: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -207,6 +227,24 @@ impl WasmRuntime {
     /// Loads the component at `path`: from memory if this digest was seen, else from the
     /// on-disk compiled cache, else compiled now (and cached).
     pub fn load(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
+        let stamp = std::fs::metadata(path)
+            .and_then(|m| Ok((m.len(), m.modified()?)))
+            .map_err(|source| LoadError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if let Some((len, mtime, loaded)) = self.lock_by_path().get(path)
+            && (*len, *mtime) == stamp
+        {
+            return Ok(loaded.clone());
+        }
+        let loaded = self.load_uncached(path)?;
+        self.lock_by_path()
+            .insert(path.to_path_buf(), (stamp.0, stamp.1, loaded.clone()));
+        Ok(loaded)
+    }
+
+    fn load_uncached(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
             path: path.to_path_buf(),
             source,
@@ -238,6 +276,19 @@ impl WasmRuntime {
         }
     }
 
+    #[allow(clippy::type_complexity)]
+    fn lock_by_path(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<PathBuf, (u64, std::time::SystemTime, Arc<LoadedComponent>)>,
+    > {
+        match self.by_path.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     fn compile_cached(
         &self,
         path: &Path,
@@ -245,14 +296,18 @@ impl WasmRuntime {
         digest: &str,
     ) -> Result<Component, LoadError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         let cached = self
             .cache_dir
             .join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
         if cached.exists() {
             match deserialize_trusted(&self.engine, &cached) {
                 Ok(component) => return Ok(component),
-                Err(e) => tracing::warn!(path = %cached.display(), "discarding compiled cache entry: {e:#}"),
+                Err(e) => {
+                    tracing::warn!(path = %cached.display(), "discarding compiled cache entry: {e:#}")
+                }
             }
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
@@ -270,7 +325,10 @@ impl WasmRuntime {
     fn check_imports(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
         let ty = component.component_type();
         for (name, _) in ty.imports(&self.engine) {
-            if !ALLOWED_IMPORTS.iter().any(|prefix| name.starts_with(prefix)) {
+            if !ALLOWED_IMPORTS
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+            {
                 return Err(LoadError::ForbiddenImport {
                     path: path.to_path_buf(),
                     import: name.to_string(),

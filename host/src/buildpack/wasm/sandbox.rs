@@ -5,9 +5,9 @@
 //! and stderr into the staging log, clocks and random. No sockets, no name lookups, no
 //! inherited environment or stdin.
 
+use super::Phase;
 use super::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
 use super::output::{LogOutput, OutputBudget};
-use super::Phase;
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
 use crate::staging::StagingLog;
@@ -231,10 +231,11 @@ impl host::Host for SandboxState {
                 self.phase.name()
             ))));
         };
-        let destination = match self.host_destination(&request.destination, request.unpack.is_some()) {
-            Ok(path) => path,
-            Err(message) => return Ok(Err(FetchError::InvalidDestination(message))),
-        };
+        let destination =
+            match self.host_destination(&request.destination, request.unpack.is_some()) {
+                Ok(path) => path,
+                Err(message) => return Ok(Err(FetchError::InvalidDestination(message))),
+            };
         let fetched = match service
             .fetch(&request.url, request.sha256.as_deref(), &grant)
             .await
@@ -249,7 +250,11 @@ impl host::Host for SandboxState {
             "fetch {} -> {} ({}, {} bytes)",
             request.url,
             fetched.url_used,
-            if fetched.cached { "cache hit" } else { "cache miss" },
+            if fetched.cached {
+                "cache hit"
+            } else {
+                "cache miss"
+            },
             fetched.size
         ));
         let placed = match request.unpack {

@@ -36,7 +36,9 @@ fn misbehave(ctx: &Context, phase: &str) -> Result<(), Error> {
         }
         "escape" => {
             // Every way out we can think of; each must fail inside the sandbox.
-            let target = ctx.env("HOSTILE_TARGET").unwrap_or_else(|| "/etc/dea-escaped".into());
+            let target = ctx
+                .env("HOSTILE_TARGET")
+                .unwrap_or_else(|| "/etc/dea-escaped".into());
             let attempts = [
                 target.clone(),
                 format!("/app/../{}", target.trim_start_matches('/')),
@@ -51,7 +53,9 @@ fn misbehave(ctx: &Context, phase: &str) -> Result<(), Error> {
                 }
             }
             if wrote.is_empty() {
-                Err(Error::Denied("every write outside the sandbox was refused".into()))
+                Err(Error::Denied(
+                    "every write outside the sandbox was refused".into(),
+                ))
             } else {
                 Err(Error::Failed(format!("wrote outside: {wrote:?}")))
             }

@@ -7,7 +7,8 @@ use dea_sdk::{Buildpack, Context, Detection, Error, Release, log};
 struct Marker;
 
 fn marker(ctx: &Context) -> String {
-    ctx.env("DEA_BUILDPACK_MARKER").unwrap_or_else(|| "marker".to_string())
+    ctx.env("DEA_BUILDPACK_MARKER")
+        .unwrap_or_else(|| "marker".to_string())
 }
 
 impl Buildpack for Marker {
