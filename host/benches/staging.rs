@@ -91,17 +91,19 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
     std::fs::create_dir_all(&app)?;
     std::fs::write(app.join(format!("marker-{}", BUILDPACKS - 1)), "")?;
 
-    let config = Config {
+    let mut config = Config {
         base_dir: scratch.join("base"),
         buildpack_order: Vec::new(),
         ..Config::default()
     };
+    config.wasm.pooling = std::env::var("DEA_POOL").map_or(true, |v| v != "0");
     let set = BuildpackSet::discover(std::slice::from_ref(&installed), &[])?;
     let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
     let fetch = Arc::new(FetchService::new(
         config.fetch.clone(),
         config.fetch_cache_dir(),
     )?);
+    let config_wasm = config.wasm.clone();
     let stager = Stager::new(config, set, wasm, fetch);
     let runtime = tokio::runtime::Runtime::new()?;
     let expected = format!("bp{:02}", BUILDPACKS - 1);
@@ -131,7 +133,45 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
         }
         Ok(())
     })?;
+    // One detect call on its own, sequentially, to show the per-call cost.
+    let bp = stager
+        .buildpacks()
+        .iter()
+        .last()
+        .cloned()
+        .ok_or("no buildpacks")?;
+    let dea::buildpack::BuildpackKind::Wasm { component } = &bp.kind;
+    let runtime_wasm = WasmRuntime::new(config_wasm.clone(), scratch.join("wasm-cache-2"))?;
+    let loaded = runtime_wasm.load(component)?;
+    let spec = dea::buildpack::wasm::SandboxSpec {
+        dirs: dea::buildpack::wasm::PhaseDirs {
+            app: app.clone(),
+            cache: app.clone(),
+            buildpack: bp.dir.clone(),
+            tmp: app.clone(),
+        },
+        env: bp.env.clone(),
+        log: dea::staging::StagingLog::detached(None),
+        fetch: None,
+        unpack_limits: dea::droplet::UnpackLimits {
+            max_bytes: 1 << 20,
+            max_files: 10,
+        },
+    };
+    let calls = 200;
+    let single = median(5, || {
+        for _ in 0..calls {
+            runtime.block_on(runtime_wasm.run(
+                &loaded,
+                dea::buildpack::wasm::Phase::Detect,
+                spec.clone(),
+            ))?;
+        }
+        Ok(())
+    })? / calls;
+
     println!("(a) detect, {BUILDPACKS} buildpacks, one app (median)");
+    println!("    one wasm detect call:          {:>10.3} ms", ms(single));
     println!(
         "    wasm components (concurrent):  {:>10.3} ms",
         ms(wasm_time)

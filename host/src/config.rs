@@ -71,6 +71,11 @@ pub struct WasmConfig {
     pub output_limit_bytes: u64,
     /// Where compiled components are kept; default `<base_dir>/wasm-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Phases that may run at once; more wait. Also the size of the instance pool.
+    pub max_concurrent_phases: u32,
+    /// Pre-allocate instance slots (much faster instantiation; reserves virtual memory, not
+    /// RAM). Falls back to on-demand allocation if the machine refuses the reservation.
+    pub pooling: bool,
 }
 
 /// The fetch service: the only way a buildpack reaches the network.
@@ -141,6 +146,8 @@ impl Default for WasmConfig {
             compile_timeout_secs: 900,
             output_limit_bytes: 16 << 20,
             cache_dir: None,
+            max_concurrent_phases: 32,
+            pooling: true,
         }
     }
 }

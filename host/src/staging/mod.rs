@@ -327,10 +327,11 @@ impl Stager {
         ];
         full_env.extend(env.iter().cloned());
         let log = StagingLog::detached(None);
+        // Detect mounts only the app and the buildpack, so no workspace is needed.
         let ctx = PhaseContext {
-            workspace: scratch.path(),
+            workspace: app,
             app,
-            cache: scratch.path(),
+            cache: app,
             env: &full_env,
             log: &log,
         };
@@ -344,42 +345,77 @@ impl Stager {
         &self,
         ctx: &PhaseContext<'_>,
     ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
-        // Each detect is its own task, so they spread over every core.
+        let buildpacks: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
+        let results = Arc::new(std::sync::Mutex::new(
+            (0..buildpacks.len())
+                .map(|_| None)
+                .collect::<Vec<Option<DetectResult>>>(),
+        ));
+        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // One worker per core, taking buildpacks in order: more concurrency than cores only
+        // adds cold instance slots and stacks. A buildpack after a match is skipped, since
+        // the first match in order wins anyway.
+        let workers = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(buildpacks.len().max(1));
+        let runs: Vec<Option<_>> = buildpacks
+            .iter()
+            .map(|bp| Some(self.phase_task(bp, crate::buildpack::wasm::Phase::Detect, ctx)))
+            .collect();
+        let runs = Arc::new(std::sync::Mutex::new(runs));
         let mut tasks = tokio::task::JoinSet::new();
-        for (index, buildpack) in self.buildpacks.iter().enumerate() {
-            let run = self.phase_task(buildpack, crate::buildpack::wasm::Phase::Detect, ctx);
-            tasks.spawn(async move { (index, run.await) });
+        for _ in 0..workers {
+            let runs = runs.clone();
+            let results = results.clone();
+            let next = next.clone();
+            tasks.spawn(async move {
+                loop {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some(run) = lock(&runs).get_mut(index).and_then(Option::take) else {
+                        return;
+                    };
+                    let matched_before = lock(&results)[..index]
+                        .iter()
+                        .any(|r| matches!(r, Some(Ok(PhaseOutput::Detect(Some(_))))));
+                    if matched_before {
+                        continue;
+                    }
+                    let result = run.await;
+                    lock(&results)[index] = Some(result);
+                }
+            });
         }
-        let mut results: Vec<Option<Result<PhaseOutput, PhaseError>>> =
-            (0..self.buildpacks.len()).map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok((index, result)) => results[index] = Some(result),
-                Err(e) => tracing::error!("detect task failed: {e}"),
+            if let Err(e) = joined {
+                tracing::error!("detect worker failed: {e}");
             }
         }
+        let results = std::mem::take(&mut *lock(&results));
         let mut first_failure = None;
-        for (buildpack, result) in self.buildpacks.iter().zip(results) {
-            let result = result.unwrap_or_else(|| {
-                Err(PhaseError::Instantiate {
-                    phase: "detect",
-                    message: "detect task panicked".into(),
-                })
-            });
+        for (buildpack, result) in buildpacks.into_iter().zip(results) {
             match result {
-                Ok(PhaseOutput::Detect(Some(detection))) => {
+                Some(Ok(PhaseOutput::Detect(Some(detection)))) => {
                     if let Some(error) = first_failure {
                         return Err(error);
                     }
-                    return Ok((buildpack.clone(), detection));
+                    return Ok((buildpack, detection));
                 }
-                Ok(_) => {}
-                Err(source) => {
+                Some(Ok(_)) => {}
+                Some(Err(source)) => {
                     ctx.log
                         .warning(&format!("buildpack {}: {source}", buildpack.id));
                     first_failure.get_or_insert(StagingError::DetectFailed {
                         buildpack: buildpack.id.clone(),
                         source,
+                    });
+                }
+                None => {
+                    first_failure.get_or_insert(StagingError::DetectFailed {
+                        buildpack: buildpack.id.clone(),
+                        source: PhaseError::Instantiate {
+                            phase: "detect",
+                            message: "detect did not run".into(),
+                        },
                     });
                 }
             }
@@ -457,6 +493,15 @@ impl Stager {
                 }
             }
         }
+    }
+}
+
+type DetectResult = Result<PhaseOutput, PhaseError>;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 
