@@ -314,10 +314,6 @@ impl Stager {
         app: &Path,
         env: &[(String, String)],
     ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
-        let scratch = tempfile::Builder::new().prefix("detect-").tempdir_in({
-            std::fs::create_dir_all(self.config.staging_dir())?;
-            self.config.staging_dir()
-        })?;
         let mut full_env = vec![
             ("STACK".to_string(), self.config.default_stack().to_string()),
             (
