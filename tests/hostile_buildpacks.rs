@@ -186,7 +186,9 @@ async fn components_that_import_sockets_are_refused_at_load() {
     let config = test_config(base.path());
     let runtime = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");
     let sockets = buildpack("sockets");
-    let dea::buildpack::BuildpackKind::Wasm { component } = &sockets.kind;
+    let dea::buildpack::BuildpackKind::Wasm { component } = &sockets.kind else {
+        panic!("sockets is a wasm buildpack");
+    };
     let error = runtime.load(component).err().expect("sockets refused");
     assert!(error.to_string().contains("wasi:sockets"), "{error}");
 }
@@ -196,7 +198,9 @@ async fn compiled_components_are_cached_on_disk() {
     let base = tempfile::tempdir().expect("tempdir");
     let config = test_config(base.path());
     let marker = buildpack("marker");
-    let dea::buildpack::BuildpackKind::Wasm { component } = &marker.kind;
+    let dea::buildpack::BuildpackKind::Wasm { component } = &marker.kind else {
+        panic!("marker is a wasm buildpack");
+    };
     let first = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");
     let loaded = first.load(component).expect("loads");
     let cached: Vec<_> = std::fs::read_dir(config.wasm_cache_dir())

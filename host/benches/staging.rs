@@ -5,7 +5,10 @@
 //! (b) packing a droplet from a generated ~100 MB app tree, vs `tar czf` on the same tree
 //!     (and the droplet is checked with `tar xzf`).
 //!
-//! Run with `cargo bench -p dea` after `scripts/build-plugins`. Prints ratios; exits non-zero
+//! (c) a classic `bin/detect` in a runc container vs the same script as a bare process (the
+//!     container's cost), and end-to-end staging with a trivial classic buildpack.
+//!
+//! Run with `cargo bench -p dea` after `scripts/build-plugins` (as root, with runc, for (c)). Prints ratios; exits non-zero
 //! only if a setup step fails. `DEA_BENCH_TREE_MB` changes the tree size.
 
 use dea::buildpack::BuildpackSet;
@@ -36,6 +39,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let scratch = tempfile::tempdir()?;
     detect_benchmark(&root, scratch.path())?;
     pack_benchmark(scratch.path())?;
+    classic_benchmark(&root, scratch.path())?;
     Ok(())
 }
 
@@ -97,7 +101,11 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
         ..Config::default()
     };
     config.wasm.pooling = std::env::var("DEA_POOL").map_or(true, |v| v != "0");
-    let set = BuildpackSet::discover(std::slice::from_ref(&installed), &[])?;
+    let set = BuildpackSet::discover(
+        std::slice::from_ref(&installed),
+        &[],
+        &scratch.join("unpacked"),
+    )?;
     let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
     let fetch = Arc::new(FetchService::new(
         config.fetch.clone(),
@@ -140,7 +148,9 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
         .last()
         .cloned()
         .ok_or("no buildpacks")?;
-    let dea::buildpack::BuildpackKind::Wasm { component } = &bp.kind;
+    let dea::buildpack::BuildpackKind::Wasm { component } = &bp.kind else {
+        return Err("expected a wasm buildpack".into());
+    };
     let runtime_wasm = WasmRuntime::new(config_wasm.clone(), scratch.join("wasm-cache-2"))?;
     let loaded = runtime_wasm.load(component)?;
     let spec = dea::buildpack::wasm::SandboxSpec {
@@ -304,6 +314,74 @@ fn pack_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "    ratio: dea is {:.2}x faster than tar czf (target >= 1.5x); tar xzf reads it: yes",
         tar_time.as_secs_f64() / ours_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+fn classic_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let hello = root.join("tests/classic/hello");
+    let app = scratch.join("classic-app");
+    std::fs::create_dir_all(&app)?;
+    std::fs::write(app.join("hello.txt"), "hi")?;
+    let config = Config {
+        base_dir: scratch.join("classic-base"),
+        buildpack_order: Vec::new(),
+        ..Config::default()
+    };
+    let set = BuildpackSet::from_list(vec![dea::buildpack::Buildpack::load(&hello)?]);
+    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
+    let fetch = Arc::new(FetchService::new(
+        config.fetch.clone(),
+        config.fetch_cache_dir(),
+    )?);
+    let stager = Stager::new(config, set, wasm, fetch);
+    let runtime = tokio::runtime::Runtime::new()?;
+
+    let bare = median(20, || {
+        let status = Command::new(hello.join("bin/detect"))
+            .arg(&app)
+            .stdout(std::process::Stdio::null())
+            .status()?;
+        if !status.success() {
+            return Err("bare detect failed".into());
+        }
+        Ok(())
+    })?;
+    let contained = median(10, || {
+        let (bp, _) = runtime.block_on(stager.detect_app(&app, &[]))?;
+        if bp.id != "hello" {
+            return Err("container detect picked the wrong buildpack".into());
+        }
+        Ok(())
+    })?;
+    let out = scratch.join("classic.tgz");
+    let staged = median(5, || {
+        let request = dea::staging::StagingRequest {
+            source: app.clone(),
+            output: out.clone(),
+            buildpacks: Vec::new(),
+            env: Vec::new(),
+            stack: None,
+            cache_dir: None,
+            start_command: None,
+            watcher: None,
+        };
+        runtime.block_on(stager.stage(request))?;
+        Ok(())
+    })?;
+    println!("(c) classic buildpack in runc (median)");
+    println!("    bin/detect as a bare process:  {:>10.3} ms", ms(bare));
+    println!(
+        "    bin/detect in a container:     {:>10.3} ms",
+        ms(contained)
+    );
+    println!(
+        "    ratio: the container costs {:.1}x a bare process",
+        contained.as_secs_f64() / bare.as_secs_f64()
+    );
+    println!(
+        "    end-to-end stage (detect, compile, release, pack): {:.1} ms",
+        ms(staged)
     );
     Ok(())
 }

@@ -36,7 +36,47 @@ pub struct Config {
     pub stacks: Vec<String>,
     pub staging: StagingConfig,
     pub wasm: WasmConfig,
+    pub classic: ClassicConfig,
     pub fetch: FetchConfig,
+}
+
+/// Classic (`bin/detect`…) buildpacks, each script in a `runc` container.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClassicConfig {
+    /// The OCI runtime binary.
+    pub runc: PathBuf,
+    /// A root filesystem directory for the stack; default: the host's `/usr`, `/bin`, `/lib*`
+    /// and `/etc`, read-only.
+    pub rootfs: Option<PathBuf>,
+    /// The unprivileged user scripts run as.
+    pub uid: u32,
+    pub gid: u32,
+    pub memory_limit_mb: u64,
+    pub pids_limit: i64,
+    pub detect_timeout_secs: u64,
+    pub compile_timeout_secs: u64,
+    /// Size of the container's writable `/tmp`, in MiB.
+    pub tmp_size_mb: u64,
+    /// Buildpack ids run in Cloud Foundry mode even without `bin/supply`/`bin/finalize`.
+    pub cloud_foundry: Vec<String>,
+}
+
+impl Default for ClassicConfig {
+    fn default() -> Self {
+        ClassicConfig {
+            runc: PathBuf::from("runc"),
+            rootfs: None,
+            uid: 2000,
+            gid: 2000,
+            memory_limit_mb: 1024,
+            pids_limit: 512,
+            detect_timeout_secs: 60,
+            compile_timeout_secs: 900,
+            tmp_size_mb: 1024,
+            cloud_foundry: Vec::new(),
+        }
+    }
 }
 
 /// Limits for one staging and its buildpack phases.
@@ -120,6 +160,7 @@ impl Default for Config {
             stacks: vec!["cflinuxfs4".to_string()],
             staging: StagingConfig::default(),
             wasm: WasmConfig::default(),
+            classic: ClassicConfig::default(),
             fetch: FetchConfig::default(),
         }
     }
@@ -219,6 +260,11 @@ impl Config {
             .cache_dir
             .clone()
             .unwrap_or_else(|| self.base_dir.join("fetch-cache"))
+    }
+
+    /// Where classic buildpack archives are unpacked.
+    pub fn buildpack_unpack_dir(&self) -> PathBuf {
+        self.base_dir.join("buildpack-archives")
     }
 
     pub fn staging_dir(&self) -> PathBuf {

@@ -7,6 +7,7 @@
 
 pub mod buildpack;
 pub mod config;
+pub mod container;
 pub mod droplet;
 pub mod fetch;
 pub mod staging;

@@ -115,8 +115,12 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let config = load_config(&cli)?;
-    let buildpacks = BuildpackSet::discover(&config.buildpack_dirs, &config.buildpack_order)
-        .context("reading installed buildpacks")?;
+    let buildpacks = BuildpackSet::discover(
+        &config.buildpack_dirs,
+        &config.buildpack_order,
+        &config.buildpack_unpack_dir(),
+    )
+    .context("reading installed buildpacks")?;
 
     match cli.command {
         Command::Buildpacks => {
@@ -164,7 +168,7 @@ async fn main() -> Result<()> {
             let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
             let grant = match buildpack {
                 Some(name) => {
-                    let bp = buildpacks.find(&name)?;
+                    let bp = buildpacks.find(&name, &config.buildpack_unpack_dir())?;
                     FetchGrant {
                         buildpack: bp.id,
                         declared: bp.fetch_allow,

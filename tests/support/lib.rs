@@ -34,6 +34,11 @@ pub fn buildpack(id: &str) -> Buildpack {
     panic!("buildpack {id} is not built: run scripts/build-plugins first");
 }
 
+/// A classic test buildpack from `tests/classic/<name>`.
+pub fn classic_buildpack(name: &str) -> Buildpack {
+    Buildpack::load(&repo_root().join("tests/classic").join(name)).expect("classic buildpack loads")
+}
+
 /// The three real buildpacks, in their default order.
 pub fn default_buildpacks() -> Vec<Buildpack> {
     vec![
@@ -56,6 +61,11 @@ pub fn test_config(base: &Path) -> Config {
     config.wasm.compile_timeout_secs = 4;
     config.wasm.output_limit_bytes = 256 * 1024;
     config.fetch.timeout_secs = 10;
+    config.classic.memory_limit_mb = 256;
+    config.classic.pids_limit = 128;
+    config.classic.detect_timeout_secs = 20;
+    config.classic.compile_timeout_secs = 20;
+    config.classic.tmp_size_mb = 64;
     config.fetch.attempts = 1;
     config
 }

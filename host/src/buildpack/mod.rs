@@ -5,6 +5,7 @@
 //! configured directories are scanned in order; `buildpack_order` can put ids first. Detection
 //! runs in that order and the first match wins.
 
+pub mod classic;
 pub mod wasm;
 
 use serde::Deserialize;
@@ -23,6 +24,10 @@ pub enum BuildpackError {
     Manifest { path: PathBuf, message: String },
     #[error("buildpack {path} has no component {component}")]
     MissingComponent { path: PathBuf, component: String },
+    #[error("{path} is neither a wasm buildpack (buildpack.toml) nor a classic one (bin/detect)")]
+    NotABuildpack { path: PathBuf },
+    #[error("unpacking buildpack archive {path}: {message}")]
+    Archive { path: PathBuf, message: String },
     #[error("no buildpack named {name:?} is installed (installed: {installed})")]
     NotFound { name: String, installed: String },
 }
@@ -66,6 +71,8 @@ struct FetchSection {
 pub enum BuildpackKind {
     /// A WebAssembly component.
     Wasm { component: PathBuf },
+    /// Executables in `bin/`, run in containers.
+    Classic { mode: classic::ClassicMode },
 }
 
 /// One installed buildpack.
@@ -84,12 +91,16 @@ pub struct Buildpack {
 }
 
 impl Buildpack {
-    /// Reads the buildpack in `dir`.
+    /// Reads the buildpack in `dir`: a wasm buildpack if it has a `buildpack.toml`, else a
+    /// classic one if it has `bin/detect`.
     pub fn load(dir: &Path) -> Result<Buildpack, BuildpackError> {
         let dir = &dir.canonicalize().map_err(|source| BuildpackError::Read {
             path: dir.to_path_buf(),
             source,
         })?;
+        if !dir.join("buildpack.toml").is_file() {
+            return Self::load_classic(dir);
+        }
         let manifest_path = dir.join("buildpack.toml");
         let text =
             std::fs::read_to_string(&manifest_path).map_err(|source| BuildpackError::Read {
@@ -126,10 +137,103 @@ impl Buildpack {
         })
     }
 
+    fn load_classic(dir: &Path) -> Result<Buildpack, BuildpackError> {
+        if !dir.join("bin/detect").is_file() {
+            return Err(BuildpackError::NotABuildpack {
+                path: dir.to_path_buf(),
+            });
+        }
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "classic".into());
+        let version = std::fs::read_to_string(dir.join("VERSION"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        let mode = if dir.join("bin/supply").is_file() || dir.join("bin/finalize").is_file() {
+            classic::ClassicMode::CloudFoundry
+        } else {
+            classic::ClassicMode::Heroku
+        };
+        Ok(Buildpack {
+            name: id.clone(),
+            id,
+            version,
+            description: String::new(),
+            dir: dir.to_path_buf(),
+            kind: BuildpackKind::Classic { mode },
+            fetch_allow: Vec::new(),
+            env: Vec::new(),
+        })
+    }
+
+    /// Unpacks a classic buildpack archive (`.zip`, `.tgz`) into `unpack_root/<sha256>`
+    /// (once) and loads it; a single top-level folder is looked through.
+    pub fn load_archive(archive: &Path, unpack_root: &Path) -> Result<Buildpack, BuildpackError> {
+        use sha2::Digest;
+        let archive_err = |message: String| BuildpackError::Archive {
+            path: archive.to_path_buf(),
+            message,
+        };
+        let bytes = std::fs::read(archive).map_err(|e| archive_err(e.to_string()))?;
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        let target = unpack_root.join(&digest[..32]);
+        if !target.is_dir() {
+            std::fs::create_dir_all(unpack_root).map_err(|e| archive_err(e.to_string()))?;
+            let temp = tempfile::Builder::new()
+                .prefix(".unpack-")
+                .tempdir_in(unpack_root)
+                .map_err(|e| archive_err(e.to_string()))?;
+            let limits = crate::droplet::UnpackLimits {
+                max_bytes: 1 << 30,
+                max_files: 100_000,
+            };
+            crate::droplet::unpack_source(archive, &temp.path().join("bp"), limits)
+                .map_err(|e| archive_err(e.to_string()))?;
+            std::fs::rename(temp.path().join("bp"), &target)
+                .map_err(|e| archive_err(e.to_string()))?;
+        }
+        let mut root = target.clone();
+        let entries: Vec<_> = std::fs::read_dir(&target)
+            .map_err(|e| archive_err(e.to_string()))?
+            .filter_map(Result::ok)
+            .collect();
+        if entries.len() == 1 && entries[0].path().is_dir() && !target.join("bin").exists() {
+            root = entries[0].path();
+        }
+        let mut buildpack = Self::load(&root)?;
+        if matches!(buildpack.kind, BuildpackKind::Classic { .. }) {
+            let stem = archive
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let stem = stem
+                .trim_end_matches(".zip")
+                .trim_end_matches(".tgz")
+                .trim_end_matches(".tar.gz")
+                .to_string();
+            buildpack.id = stem.clone();
+            buildpack.name = stem;
+        }
+        Ok(buildpack)
+    }
+
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             BuildpackKind::Wasm { .. } => "wasm",
+            BuildpackKind::Classic {
+                mode: classic::ClassicMode::Heroku,
+            } => "classic",
+            BuildpackKind::Classic {
+                mode: classic::ClassicMode::CloudFoundry,
+            } => "cf",
         }
+    }
+
+    fn is_archive(path: &Path) -> bool {
+        let name = path.to_string_lossy();
+        path.is_file()
+            && (name.ends_with(".zip") || name.ends_with(".tgz") || name.ends_with(".tar.gz"))
     }
 }
 
@@ -142,10 +246,14 @@ pub struct BuildpackSet {
 impl BuildpackSet {
     /// Scans `dirs` (each holding one sub-directory per buildpack, in name order), then moves
     /// the ids in `order` to the front. A later buildpack with an id already seen is skipped.
-    pub fn discover(dirs: &[PathBuf], order: &[String]) -> Result<BuildpackSet, BuildpackError> {
+    pub fn discover(
+        dirs: &[PathBuf],
+        order: &[String],
+        unpack_root: &Path,
+    ) -> Result<BuildpackSet, BuildpackError> {
         let mut buildpacks: Vec<Buildpack> = Vec::new();
         for dir in dirs {
-            if dir.join("buildpack.toml").is_file() {
+            if dir.join("buildpack.toml").is_file() || dir.join("bin/detect").is_file() {
                 push_unique(&mut buildpacks, Buildpack::load(dir)?);
                 continue;
             }
@@ -156,11 +264,20 @@ impl BuildpackSet {
             let mut subdirs: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| p.join("buildpack.toml").is_file())
+                .filter(|p| {
+                    p.join("buildpack.toml").is_file()
+                        || p.join("bin/detect").is_file()
+                        || Buildpack::is_archive(p)
+                })
                 .collect();
             subdirs.sort();
             for subdir in subdirs {
-                push_unique(&mut buildpacks, Buildpack::load(&subdir)?);
+                let buildpack = if Buildpack::is_archive(&subdir) {
+                    Buildpack::load_archive(&subdir, unpack_root)?
+                } else {
+                    Buildpack::load(&subdir)?
+                };
+                push_unique(&mut buildpacks, buildpack);
             }
         }
         let rank = |bp: &Buildpack| {
@@ -190,14 +307,17 @@ impl BuildpackSet {
         self.buildpacks.is_empty()
     }
 
-    /// A buildpack by id, or by the path of its directory.
-    pub fn find(&self, name: &str) -> Result<Buildpack, BuildpackError> {
+    /// A buildpack by id, or by the path of its directory or archive.
+    pub fn find(&self, name: &str, unpack_root: &Path) -> Result<Buildpack, BuildpackError> {
         if let Some(bp) = self.buildpacks.iter().find(|bp| bp.id == name) {
             return Ok(bp.clone());
         }
         let path = Path::new(name);
-        if path.join("buildpack.toml").is_file() {
+        if path.join("buildpack.toml").is_file() || path.join("bin/detect").is_file() {
             return Buildpack::load(path);
+        }
+        if Buildpack::is_archive(path) {
+            return Buildpack::load_archive(path, unpack_root);
         }
         Err(BuildpackError::NotFound {
             name: name.to_string(),

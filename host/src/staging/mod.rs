@@ -11,11 +11,13 @@ pub mod procfile;
 
 pub use log::{LogWatcher, StagingLog};
 
+use crate::buildpack::classic::{self, ClassicDirs, ClassicLimits, ClassicMode, Script};
 use crate::buildpack::wasm::{
     PhaseDirs, PhaseError, PhaseOutput, ReleaseInfo, SandboxSpec, WasmRuntime,
 };
 use crate::buildpack::{Buildpack, BuildpackError, BuildpackKind, BuildpackSet};
 use crate::config::Config;
+use crate::container::Runc;
 use crate::droplet::{self, PackError, PackedDroplet, StagingInfo, UnpackError, UnpackLimits};
 use crate::fetch::{FetchGrant, FetchService};
 use std::collections::BTreeMap;
@@ -105,6 +107,8 @@ pub struct Stager {
     buildpacks: BuildpackSet,
     wasm: Arc<WasmRuntime>,
     fetch: Arc<FetchService>,
+    runc: Arc<Runc>,
+    classic_limits: Arc<ClassicLimits>,
 }
 
 impl Stager {
@@ -114,11 +118,28 @@ impl Stager {
         wasm: Arc<WasmRuntime>,
         fetch: Arc<FetchService>,
     ) -> Stager {
+        let runc = Arc::new(Runc {
+            binary: config.classic.runc.clone(),
+            state_dir: config.base_dir.join("runc"),
+            bundles_dir: config.base_dir.join("bundles"),
+            rootfs: config.classic.rootfs.clone(),
+        });
+        let classic_limits = Arc::new(ClassicLimits {
+            uid: config.classic.uid,
+            gid: config.classic.gid,
+            memory_limit_mb: config.classic.memory_limit_mb,
+            pids_limit: config.classic.pids_limit,
+            detect_timeout: std::time::Duration::from_secs(config.classic.detect_timeout_secs),
+            compile_timeout: std::time::Duration::from_secs(config.classic.compile_timeout_secs),
+            tmp_size_mb: config.classic.tmp_size_mb,
+        });
         Stager {
             config,
             buildpacks,
             wasm,
             fetch,
+            runc,
+            classic_limits,
         }
     }
 
@@ -218,7 +239,18 @@ impl Stager {
             cache: &cache,
             env: &env,
             log,
+            stack,
+            staged,
         };
+        let uses_classic = request.buildpacks.is_empty() && self.has_classic()
+            || request.buildpacks.iter().any(|name| {
+                self.buildpacks
+                    .find(name, &self.config.buildpack_unpack_dir())
+                    .is_ok_and(|bp| matches!(bp.kind, BuildpackKind::Classic { .. }))
+            });
+        if uses_classic {
+            self.prepare_classic(&ctx, true)?;
+        }
 
         // Choose: named buildpacks skip detection; otherwise the first match in order.
         let (chosen, detection_name, detected_version) = if request.buildpacks.is_empty() {
@@ -228,7 +260,10 @@ impl Stager {
             let chosen = request
                 .buildpacks
                 .iter()
-                .map(|name| self.buildpacks.find(name))
+                .map(|name| {
+                    self.buildpacks
+                        .find(name, &self.config.buildpack_unpack_dir())
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let last = chosen.last().map(|bp| bp.id.clone()).unwrap_or_default();
             (chosen, last, None)
@@ -244,22 +279,33 @@ impl Stager {
             final_buildpack.version
         ));
 
-        for buildpack in &chosen {
+        for (index, buildpack) in chosen.iter().enumerate() {
             let started = Instant::now();
-            self.run_phase(buildpack, crate::buildpack::wasm::Phase::Compile, &ctx)
-                .await
-                .map_err(|source| StagingError::CompileFailed {
-                    buildpack: buildpack.id.clone(),
-                    source,
-                })?;
+            let last = index + 1 == chosen.len();
+            let script = classic_build_script(buildpack, last);
+            self.phase_task(
+                buildpack,
+                crate::buildpack::wasm::Phase::Compile,
+                &ctx,
+                index,
+                script,
+            )
+            .await
+            .map_err(|source| StagingError::CompileFailed {
+                buildpack: buildpack.id.clone(),
+                source,
+            })?;
+            self.collect_export(&ctx, index, buildpack)?;
             tracing::debug!(buildpack = %buildpack.id, elapsed = ?started.elapsed(), "compiled");
         }
 
         let release = match self
-            .run_phase(
+            .phase_task(
                 &final_buildpack,
                 crate::buildpack::wasm::Phase::Release,
                 &ctx,
+                chosen.len() - 1,
+                Some(Script::Release),
             )
             .await
         {
@@ -323,14 +369,31 @@ impl Stager {
         ];
         full_env.extend(env.iter().cloned());
         let log = StagingLog::detached(None);
-        // Detect mounts only the app and the buildpack, so no workspace is needed.
+        // Wasm detect mounts only the app and the buildpack; classic detect needs a
+        // workspace for its buildpack copies.
+        let scratch = if self.has_classic() {
+            std::fs::create_dir_all(self.config.staging_dir())?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix("detect-")
+                    .tempdir_in(self.config.staging_dir())?,
+            )
+        } else {
+            None
+        };
+        let workspace = scratch.as_ref().map_or(app, |s| s.path());
         let ctx = PhaseContext {
-            workspace: app,
+            workspace,
             app,
-            cache: app,
+            cache: workspace,
             env: &full_env,
             log: &log,
+            stack: self.config.default_stack(),
+            staged: workspace,
         };
+        if scratch.is_some() {
+            self.prepare_classic(&ctx, false)?;
+        }
         self.detect(&ctx).await
     }
 
@@ -356,7 +419,16 @@ impl Stager {
             .min(buildpacks.len().max(1));
         let runs: Vec<Option<_>> = buildpacks
             .iter()
-            .map(|bp| Some(self.phase_task(bp, crate::buildpack::wasm::Phase::Detect, ctx)))
+            .enumerate()
+            .map(|(i, bp)| {
+                Some(self.phase_task(
+                    bp,
+                    crate::buildpack::wasm::Phase::Detect,
+                    ctx,
+                    i,
+                    Some(Script::Detect),
+                ))
+            })
             .collect();
         let runs = Arc::new(std::sync::Mutex::new(runs));
         let mut tasks = tokio::task::JoinSet::new();
@@ -419,22 +491,20 @@ impl Stager {
         Err(first_failure.unwrap_or(StagingError::NoAppDetected))
     }
 
-    async fn run_phase(
-        &self,
-        buildpack: &Buildpack,
-        phase: crate::buildpack::wasm::Phase,
-        ctx: &PhaseContext<'_>,
-    ) -> Result<PhaseOutput, PhaseError> {
-        self.phase_task(buildpack, phase, ctx).await
-    }
-
     /// A phase run as an owned future (so detect can spawn one task per buildpack).
     fn phase_task(
         &self,
         buildpack: &Buildpack,
         phase: crate::buildpack::wasm::Phase,
         ctx: &PhaseContext<'_>,
+        index: usize,
+        script: Option<Script>,
     ) -> impl std::future::Future<Output = Result<PhaseOutput, PhaseError>> + Send + 'static {
+        let runc = self.runc.clone();
+        let classic_limits = self.classic_limits.clone();
+        let classic_dirs = self.classic_dirs(ctx, index, buildpack);
+        let stack = ctx.stack.to_string();
+        let app_env: Vec<(String, String)> = ctx.env.to_vec();
         let wasm = self.wasm.clone();
         let fetch = self.fetch.clone();
         let unpack_limits = self.unpack_limits();
@@ -487,8 +557,146 @@ impl Stager {
                     };
                     wasm.run(&loaded, phase, spec).await
                 }
+                BuildpackKind::Classic { mode } => {
+                    let script = script.unwrap_or(match phase {
+                        crate::buildpack::wasm::Phase::Detect => Script::Detect,
+                        crate::buildpack::wasm::Phase::Compile => Script::Compile,
+                        crate::buildpack::wasm::Phase::Release => Script::Release,
+                    });
+                    let dirs = classic_dirs?;
+                    let run = classic::ScriptRun {
+                        runc: &runc,
+                        limits: &classic_limits,
+                        dirs: &dirs,
+                        script,
+                        mode: *mode,
+                        index,
+                        stack: &stack,
+                        app_env: &app_env,
+                        log: &log,
+                    };
+                    let mut output = run.run().await?;
+                    // Classic detect with empty stdout is named after the buildpack.
+                    if let PhaseOutput::Detect(Some(detection)) = &mut output
+                        && detection.name.is_empty()
+                    {
+                        detection.name = buildpack.id.clone();
+                    }
+                    Ok(output)
+                }
             }
         }
+    }
+
+    fn has_classic(&self) -> bool {
+        self.buildpacks
+            .iter()
+            .any(|bp| matches!(bp.kind, BuildpackKind::Classic { .. }))
+    }
+
+    /// Creates the directories classic scripts see and hands them to the build user.
+    fn prepare_classic(&self, ctx: &PhaseContext<'_>, own_app: bool) -> Result<(), StagingError> {
+        let user_env: Vec<(String, String)> = ctx
+            .env
+            .iter()
+            .filter(|(k, _)| k != "STACK" && k != "CF_STACK")
+            .cloned()
+            .collect();
+        classic::write_env_dir(&ctx.workspace.join("env"), &user_env)?;
+        for dir in ["exports", "buildpacks"] {
+            std::fs::create_dir_all(ctx.workspace.join(dir))?;
+        }
+        // Only a staging's own copy of the app is handed over; `dea detect` reads the
+        // user's directory in place (read-only) and must not change its owner.
+        if own_app {
+            let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
+            for dir in [ctx.app, ctx.cache] {
+                classic::chown_tree(dir, uid, gid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// This staging's directories for the classic buildpack at `index`, copying the
+    /// buildpack into the workspace the first time.
+    fn classic_dirs(
+        &self,
+        ctx: &PhaseContext<'_>,
+        index: usize,
+        buildpack: &Buildpack,
+    ) -> Result<ClassicDirs, PhaseError> {
+        let fail = |message: String| PhaseError::Instantiate {
+            phase: "prepare",
+            message,
+        };
+        let BuildpackKind::Classic { mode } = buildpack.kind else {
+            return Ok(ClassicDirs {
+                app: ctx.app.to_path_buf(),
+                cache: ctx.cache.to_path_buf(),
+                env_dir: ctx.workspace.join("env"),
+                deps: ctx.staged.join("deps"),
+                profile_d: ctx.staged.join("profile.d"),
+                exports: ctx.workspace.join("exports"),
+                buildpack_copy: buildpack.dir.clone(),
+            });
+        };
+        let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
+        let copy = ctx
+            .workspace
+            .join("buildpacks")
+            .join(format!("{index:02}-{}", buildpack.id));
+        if !copy.exists() {
+            classic::copy_tree(&buildpack.dir, &copy)
+                .and_then(|()| classic::chown_tree(&copy, uid, gid))
+                .map_err(|e| fail(format!("copying buildpack {}: {e}", buildpack.id)))?;
+        }
+        let dirs = ClassicDirs {
+            app: ctx.app.to_path_buf(),
+            cache: ctx.cache.to_path_buf(),
+            env_dir: ctx.workspace.join("env"),
+            deps: ctx.staged.join("deps"),
+            profile_d: ctx.staged.join("profile.d"),
+            exports: ctx.workspace.join("exports"),
+            buildpack_copy: copy,
+        };
+        if mode == ClassicMode::CloudFoundry
+            || self.config.classic.cloud_foundry.contains(&buildpack.id)
+        {
+            let index_dir = dirs.deps.join(index.to_string());
+            for dir in [&index_dir, &dirs.profile_d] {
+                std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
+            }
+            for dir in [&dirs.deps, &dirs.profile_d] {
+                classic::chown_tree(dir, uid, gid).map_err(|e| fail(e.to_string()))?;
+            }
+        }
+        Ok(dirs)
+    }
+
+    /// After a Heroku-style compile, keeps the buildpack's `export` file for later ones.
+    fn collect_export(
+        &self,
+        ctx: &PhaseContext<'_>,
+        index: usize,
+        buildpack: &Buildpack,
+    ) -> Result<(), StagingError> {
+        if !matches!(buildpack.kind, BuildpackKind::Classic { .. }) {
+            return Ok(());
+        }
+        let export = ctx
+            .workspace
+            .join("buildpacks")
+            .join(format!("{index:02}-{}", buildpack.id))
+            .join("export");
+        if export.is_file() {
+            std::fs::copy(
+                &export,
+                ctx.workspace
+                    .join("exports")
+                    .join(format!("{index:02}-{}", buildpack.id)),
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -508,6 +716,24 @@ struct PhaseContext<'a> {
     cache: &'a Path,
     env: &'a [(String, String)],
     log: &'a StagingLog,
+    stack: &'a str,
+    /// Where the droplet's tree is assembled (`deps/` and `profile.d/` for CF buildpacks).
+    staged: &'a Path,
+}
+
+/// The build script a classic buildpack runs at its place in the order: in Cloud Foundry
+/// mode earlier buildpacks `supply` and the last one `finalize`s (or `compile`s if it has no
+/// finalize); Heroku-mode buildpacks always `compile`.
+fn classic_build_script(buildpack: &Buildpack, last: bool) -> Option<Script> {
+    let BuildpackKind::Classic { mode } = buildpack.kind else {
+        return None;
+    };
+    let has = |script: &str| buildpack.dir.join("bin").join(script).is_file();
+    Some(match (mode, last) {
+        (ClassicMode::CloudFoundry, false) if has("supply") => Script::Supply,
+        (ClassicMode::CloudFoundry, true) if has("finalize") => Script::Finalize,
+        _ => Script::Compile,
+    })
 }
 
 /// Combines the release's process types with the app's Procfile (which wins) and picks the

@@ -118,6 +118,12 @@ pub enum PhaseError {
     OutputLimit { phase: &'static str, limit: u64 },
     #[error("{phase} exited with status {status}")]
     Exit { phase: &'static str, status: i32 },
+    #[error("{phase}: bin/{script} exited with status {status}")]
+    ScriptFailed {
+        phase: &'static str,
+        script: &'static str,
+        status: i32,
+    },
     #[error("{phase} crashed: {message}")]
     Trap {
         phase: &'static str,

@@ -1,0 +1,376 @@
+//! Containers: an OCI bundle written by the host and run with `runc`.
+//!
+//! Used for what must run as a real process: classic buildpack scripts (and, later, app
+//! instances). A container gets the stack's root filesystem read-only (by default the host's
+//! own `/usr`, `/bin`, `/lib*` and `/etc`, bind-mounted read-only), a small writable tmpfs at
+//! `/tmp` with the given directories bind-mounted into it, a non-root user, its own PID,
+//! mount, IPC, UTS, cgroup and network namespaces (the network one has no interfaces, so no
+//! route out), cgroup memory and pids limits, no capabilities, and a wall-clock timeout that
+//! kills the whole container.
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCapabilities, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
+    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Why a container could not be run to completion.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("runc is not installed or not runnable ({path}): {source}")]
+    Runtime {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the container bundle: {0}")]
+    Bundle(String),
+    #[error("container {id} did not finish within {limit:?} and was killed")]
+    Timeout { id: String, limit: Duration },
+    #[error("container {id} could not start: {message}")]
+    Start { id: String, message: String },
+}
+
+/// A directory from the host, visible inside the container.
+#[derive(Debug, Clone)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+/// One process to run in a fresh container.
+#[derive(Debug, Clone)]
+pub struct ContainerSpec {
+    /// Unique among running containers (letters, digits, `-`, `_`).
+    pub id: String,
+    /// The program and its arguments (inside the container).
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: String,
+    pub mounts: Vec<BindMount>,
+    pub uid: u32,
+    pub gid: u32,
+    pub memory_limit_bytes: i64,
+    pub pids_limit: i64,
+    pub timeout: Duration,
+    /// Size of the writable tmpfs at `/tmp`, in MiB.
+    pub tmp_size_mb: u64,
+}
+
+/// The outcome of a container that ran to completion.
+#[derive(Debug, Clone)]
+pub struct ContainerExit {
+    /// The process's exit code; `128 + signal` when killed by a signal.
+    pub code: i32,
+    /// True when the kernel's OOM killer ended it (exit by SIGKILL at the memory limit).
+    pub oom_killed: bool,
+    /// Everything written to stdout (capped; the live stream saw it all).
+    pub stdout: Vec<u8>,
+}
+
+/// What a container's output is passed to, chunk by chunk, as it is written.
+pub type OutputSink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// Runs containers with `runc`.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: PathBuf,
+    /// runc's state directory (`--root`).
+    pub state_dir: PathBuf,
+    /// Where bundles are written.
+    pub bundles_dir: PathBuf,
+    /// Stack root filesystem; `None` means the host's own directories, read-only.
+    pub rootfs: Option<PathBuf>,
+}
+
+/// Host directories that make the default stack.
+const HOST_STACK_DIRS: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
+];
+
+/// Most stdout kept in [`ContainerExit::stdout`].
+const STDOUT_KEEP: usize = 1 << 20;
+
+impl Runc {
+    /// Runs `spec` to completion (or its timeout), passing stdout to `on_stdout` and stderr to
+    /// `on_stderr` as they arrive. The container and its bundle are removed afterwards.
+    pub async fn run(
+        &self,
+        spec: &ContainerSpec,
+        on_stdout: Option<OutputSink>,
+        on_stderr: Option<OutputSink>,
+    ) -> Result<ContainerExit, ContainerError> {
+        let bundle = self.bundles_dir.join(&spec.id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let result = self
+            .run_in_bundle(&bundle, spec, on_stdout, on_stderr)
+            .await;
+        self.delete(&spec.id).await;
+        let _ = std::fs::remove_dir_all(&bundle);
+        result
+    }
+
+    async fn run_in_bundle(
+        &self,
+        bundle: &Path,
+        spec: &ContainerSpec,
+        on_stdout: Option<OutputSink>,
+        on_stderr: Option<OutputSink>,
+    ) -> Result<ContainerExit, ContainerError> {
+        let rootfs = match &self.rootfs {
+            Some(rootfs) => rootfs.clone(),
+            None => {
+                let rootfs = bundle.join("rootfs");
+                for dir in HOST_STACK_DIRS {
+                    if Path::new("/").join(dir).exists() {
+                        std::fs::create_dir_all(rootfs.join(dir))
+                            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+                    }
+                }
+                std::fs::create_dir_all(rootfs.join("tmp"))
+                    .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+                rootfs
+            }
+        };
+        let config = self.oci_spec(spec, &rootfs)?;
+        config
+            .save(bundle.join("config.json"))
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .arg("run")
+            .arg("--bundle")
+            .arg(bundle)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ContainerError::Runtime {
+                path: self.binary.clone(),
+                source,
+            })?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take();
+        let out_task = tokio::spawn(pump(stdout, on_stdout, STDOUT_KEEP));
+        let err_task = tokio::spawn(pump(stderr, on_stderr, 64 * 1024));
+        let status = match tokio::time::timeout(spec.timeout, child.wait()).await {
+            Ok(status) => status.map_err(|e| ContainerError::Start {
+                id: spec.id.clone(),
+                message: e.to_string(),
+            })?,
+            Err(_) => {
+                self.kill(&spec.id).await;
+                let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+                let _ = child.kill().await;
+                return Err(ContainerError::Timeout {
+                    id: spec.id.clone(),
+                    limit: spec.timeout,
+                });
+            }
+        };
+        let stdout = out_task.await.unwrap_or_default();
+        let stderr = err_task.await.unwrap_or_default();
+        let code = status.code().unwrap_or(137);
+        // runc itself failing (bad bundle, no cgroup) prints to stderr and exits 1 before
+        // the process starts; the container's own failures keep their exit codes.
+        let stderr_text = String::from_utf8_lossy(&stderr);
+        if code != 0 && stderr_text.contains("runc run failed") {
+            return Err(ContainerError::Start {
+                id: spec.id.clone(),
+                message: stderr_text.trim().to_string(),
+            });
+        }
+        Ok(ContainerExit {
+            code,
+            oom_killed: code == 137 && self.oom_killed(&spec.id),
+            stdout,
+        })
+    }
+
+    fn oci_spec(&self, spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, ContainerError> {
+        let bundle_err = |e: oci_spec::OciSpecError| ContainerError::Bundle(e.to_string());
+        let mut mounts = oci_spec::runtime::get_default_mounts();
+        if self.rootfs.is_none() {
+            for dir in HOST_STACK_DIRS {
+                let source = Path::new("/").join(dir);
+                if source.exists() {
+                    mounts.push(bind(&source, &format!("/{dir}"), true).map_err(bundle_err)?);
+                }
+            }
+        }
+        mounts.push(
+            MountBuilder::default()
+                .destination("/tmp")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec![
+                    "nosuid".to_string(),
+                    "nodev".to_string(),
+                    "mode=1777".to_string(),
+                    format!("size={}m", spec.tmp_size_mb.max(1)),
+                ])
+                .build()
+                .map_err(bundle_err)?,
+        );
+        for mount in &spec.mounts {
+            mounts.push(
+                bind(&mount.source, &mount.destination, mount.read_only).map_err(bundle_err)?,
+            );
+        }
+        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let no_caps: HashSet<oci_spec::runtime::Capability> = HashSet::new();
+        let caps = LinuxCapabilities::default()
+            .set_bounding(Some(no_caps.clone()))
+            .set_effective(Some(no_caps.clone()))
+            .set_inheritable(Some(no_caps.clone()))
+            .set_permitted(Some(no_caps.clone()))
+            .set_ambient(Some(no_caps))
+            .clone();
+        let process = ProcessBuilder::default()
+            .terminal(false)
+            .user(
+                UserBuilder::default()
+                    .uid(spec.uid)
+                    .gid(spec.gid)
+                    .build()
+                    .map_err(bundle_err)?,
+            )
+            .args(spec.args.clone())
+            .env(env)
+            .cwd(spec.cwd.clone())
+            .no_new_privileges(true)
+            .capabilities(caps)
+            .build()
+            .map_err(bundle_err)?;
+        let resources = LinuxResourcesBuilder::default()
+            .memory(
+                LinuxMemoryBuilder::default()
+                    .limit(spec.memory_limit_bytes)
+                    .swap(spec.memory_limit_bytes)
+                    .build()
+                    .map_err(bundle_err)?,
+            )
+            .pids(
+                LinuxPidsBuilder::default()
+                    .limit(spec.pids_limit)
+                    .build()
+                    .map_err(bundle_err)?,
+            )
+            .build()
+            .map_err(bundle_err)?;
+        let defaults = oci_spec::runtime::Linux::default();
+        let linux = LinuxBuilder::default()
+            .namespaces(oci_spec::runtime::get_default_namespaces())
+            .resources(resources)
+            .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
+            .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
+            .cgroups_path(PathBuf::from(format!("/dea/{}", spec.id)))
+            .build()
+            .map_err(bundle_err)?;
+        let mut config = Spec::default();
+        config
+            .set_root(Some(
+                RootBuilder::default()
+                    .path(rootfs.to_path_buf())
+                    .readonly(true)
+                    .build()
+                    .map_err(bundle_err)?,
+            ))
+            .set_hostname(Some("dea-staging".to_string()))
+            .set_mounts(Some(mounts))
+            .set_process(Some(process))
+            .set_linux(Some(linux));
+        Ok(config)
+    }
+
+    /// Was the container's cgroup hit by the OOM killer? (cgroup v1 and v2.)
+    fn oom_killed(&self, id: &str) -> bool {
+        let v1 = format!("/sys/fs/cgroup/memory/dea/{id}/memory.oom_control");
+        let v2 = format!("/sys/fs/cgroup/dea/{id}/memory.events");
+        [v1, v2].iter().any(|path| {
+            std::fs::read_to_string(path).is_ok_and(|text| {
+                text.lines().any(|line| {
+                    let mut parts = line.split_whitespace();
+                    matches!(parts.next(), Some("oom_kill") | Some("oom"))
+                        && parts.next().is_some_and(|n| n != "0")
+                })
+            })
+        })
+    }
+
+    async fn kill(&self, id: &str) {
+        let _ = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["kill", "--all", id, "KILL"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    async fn delete(&self, id: &str) {
+        let _ = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["delete", "--force", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+}
+
+fn bind(
+    source: &Path,
+    destination: &str,
+    read_only: bool,
+) -> Result<oci_spec::runtime::Mount, oci_spec::OciSpecError> {
+    let mut options = vec![
+        "rbind".to_string(),
+        "nosuid".to_string(),
+        "nodev".to_string(),
+    ];
+    options.push(if read_only { "ro" } else { "rw" }.to_string());
+    MountBuilder::default()
+        .destination(destination)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+}
+
+/// Copies a stream to `sink` as it arrives, keeping the first `keep` bytes.
+async fn pump<R: AsyncRead + Unpin>(
+    stream: Option<R>,
+    sink: Option<OutputSink>,
+    keep: usize,
+) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let Some(mut stream) = stream else {
+        return kept;
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return kept,
+            Ok(n) => {
+                if let Some(sink) = &sink {
+                    sink(&buf[..n]);
+                }
+                let room = keep.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+            }
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! Classic buildpacks run unchanged in real runc containers: the Heroku and Cloud Foundry
+//! contracts, mixed orders with wasm buildpacks, and containment.
+
+use dea::buildpack::wasm::PhaseError;
+use dea::staging::StagingError;
+use dea_tests::*;
+use std::path::Path;
+
+fn report(droplet: &Path, file: &str) -> String {
+    droplet_file(droplet, &format!("./app/{file}")).unwrap_or_else(|| {
+        panic!(
+            "{file} missing from droplet: {:?}",
+            droplet_entries(droplet)
+        )
+    })
+}
+
+#[tokio::test]
+async fn heroku_contract_detect_compile_release() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![classic_buildpack("norelease"), classic_buildpack("hello")],
+    );
+    let app = base.path().join("app");
+    write_app(&app, &[("hello.txt", "hi")]);
+    let out = base.path().join("hello.tgz");
+    let mut req = request(&app, &out);
+    req.env = vec![("GREETING".into(), "hello\nworld".into())];
+    let (result, log) = stage(&stager, req).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+
+    // Detect: first match in order, named by its stdout.
+    assert_eq!(staged.info.detected_buildpack, "Hello");
+    assert_eq!(staged.info.buildpack_key, "hello");
+    // Compile: three arguments, cwd = the buildpack, ENV_DIR files not exported, non-root.
+    let compile = report(&out, "compile-report.txt");
+    assert!(compile.contains("args=3"), "{compile}");
+    assert!(compile.contains("cwd=/tmp/buildpack"), "{compile}");
+    assert!(compile.contains("stack=cflinuxfs4"), "{compile}");
+    assert!(compile.contains("env_files=GREETING"), "{compile}");
+    assert!(compile.contains("greeting_file=hello\nworld"), "{compile}");
+    assert!(compile.contains("greeting_exported=unset"), "{compile}");
+    assert!(compile.contains("user=2000"), "{compile}");
+    // Release YAML: process types and config vars; .profile.d kept for run time.
+    assert_eq!(
+        staged.info.start_command.as_deref(),
+        Some("./hello-server --port $PORT")
+    );
+    assert_eq!(
+        staged
+            .info
+            .config_vars
+            .get("HELLO_MODE")
+            .map(String::as_str),
+        Some("production")
+    );
+    assert!(droplet_file(&out, "./app/.profile.d/hello.sh").is_some());
+    // Output streamed into the log.
+    assert!(log.contains("-----> Hello compile"), "{log}");
+    assert!(log.contains("report written"), "{log}");
+}
+
+#[tokio::test]
+async fn missing_release_is_fine_and_detect_stderr_is_shown() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![classic_buildpack("hello"), classic_buildpack("norelease")],
+    );
+    let app = base.path().join("app");
+    write_app(&app, &[("norelease.txt", ""), ("Procfile", "web: ./run\n")]);
+    let out = base.path().join("nr.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.detected_buildpack, "No Release");
+    assert_eq!(staged.info.start_command.as_deref(), Some("./run"));
+    assert!(report(&out, "norelease-compiled.txt").contains("compiled"));
+    // hello's detect said no on stderr, which reaches the user.
+    assert!(log.contains("no hello.txt here"), "{log}");
+
+    // Nothing detects: CF's error.
+    let empty = base.path().join("empty");
+    write_app(&empty, &[("README", "x")]);
+    let (result, _) = stage(&stager, request(&empty, &base.path().join("e.tgz"))).await;
+    let error = result.expect_err("nothing detects");
+    assert!(matches!(error, StagingError::NoAppDetected), "{error:?}");
+}
+
+#[tokio::test]
+async fn export_passes_env_to_later_buildpacks_in_mixed_orders() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![
+            classic_buildpack("hello"),
+            classic_buildpack("reads-export"),
+            buildpack("staticfile"),
+        ],
+    );
+    let app = base.path().join("app");
+    write_app(&app, &[("hello.txt", "hi"), ("index.html", "<p>x</p>")]);
+
+    // classic, classic, then wasm last (it releases).
+    let out = base.path().join("mixed.tgz");
+    let mut req = request(&app, &out);
+    req.buildpacks = vec!["hello".into(), "reads-export".into(), "staticfile".into()];
+    let (result, log) = stage(&stager, req).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(
+        report(&out, "export-seen.txt").trim(),
+        "HELLO_FROM_EXPORT=yes"
+    );
+    assert_eq!(staged.info.buildpack_key, "staticfile");
+    assert!(report(&out, "compile-report.txt").contains("args=3"));
+
+    // wasm first, then classic last (it releases).
+    let out = base.path().join("mixed2.tgz");
+    let mut req = request(&app, &out);
+    req.buildpacks = vec!["staticfile".into(), "hello".into()];
+    let (result, log) = stage(&stager, req).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.buildpack_key, "hello");
+    assert!(log.contains("Setting up static file server"), "{log}");
+    assert!(log.contains("Hello compile"), "{log}");
+}
+
+#[tokio::test]
+async fn cloud_foundry_supply_then_finalize() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![
+            classic_buildpack("cf-supply"),
+            classic_buildpack("cf-final"),
+        ],
+    );
+    let app = base.path().join("app");
+    write_app(&app, &[("cf.txt", "")]);
+    let out = base.path().join("cf.tgz");
+    let mut req = request(&app, &out);
+    req.buildpacks = vec!["cf-supply".into(), "cf-final".into()];
+    req.env = vec![("GREETING".into(), "hey".into())];
+    let (result, log) = stage(&stager, req).await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let finalize = report(&out, "finalize-report.txt");
+    assert!(finalize.contains("args=5"), "{finalize}");
+    assert!(finalize.contains("index=1"), "{finalize}");
+    assert!(finalize.contains("./0/supplied.txt"), "{finalize}");
+    // CF exports the app's environment.
+    assert!(finalize.contains("greeting_exported=hey"), "{finalize}");
+    let supplied = droplet_file(&out, "./deps/0/supplied.txt").expect("deps/0 in droplet");
+    assert!(
+        supplied.contains("index 0") && supplied.contains("args=4"),
+        "{supplied}"
+    );
+    assert!(droplet_file(&out, "./profile.d/finalize.sh").is_some());
+    assert_eq!(staged.info.start_command.as_deref(), Some("./cf-server"));
+}
+
+async fn stage_hostile_classic(
+    base: &Path,
+    mode: &str,
+    extra_env: &[(&str, String)],
+) -> (Result<dea::staging::Staged, StagingError>, String) {
+    let stager = stager(test_config(base), vec![classic_buildpack("hostile")]);
+    let app = base.join(format!("app-{mode}"));
+    write_app(&app, &[("hostile.txt", "")]);
+    let mut req = request(&app, &base.join(format!("{mode}.tgz")));
+    req.env = vec![("MODE".into(), mode.into())];
+    req.env
+        .extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    stage(&stager, req).await
+}
+
+#[tokio::test]
+async fn writes_outside_and_unmounted_host_files_are_refused() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let target = base.path().join("escaped-by-classic");
+    let (result, log) = stage_hostile_classic(
+        base.path(),
+        "write-outside",
+        &[("TARGET", target.display().to_string())],
+    )
+    .await;
+    let error = result.expect_err("writes outside fail");
+    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert!(log.contains("all writes outside were refused"), "{log}");
+    assert!(!log.contains("ESCAPED"), "{log}");
+    assert!(!target.exists());
+    assert!(!Path::new("/etc/dea-escape").exists());
+
+    let secret = base.path().join("host-secret.txt");
+    std::fs::write(&secret, "top secret").expect("secret");
+    let (result, log) = stage_hostile_classic(
+        base.path(),
+        "read-host",
+        &[("TARGET", secret.display().to_string())],
+    )
+    .await;
+    result.expect_err("host file not readable");
+    assert!(!log.contains("top secret"), "{log}");
+    assert!(log.contains("host file not visible"), "{log}");
+}
+
+#[tokio::test]
+async fn no_network_from_inside() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listener");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let (result, log) =
+        stage_hostile_classic(base.path(), "network", &[("PORT", port.to_string())]).await;
+    result.expect_err("no connection possible");
+    assert!(log.contains("no network"), "{log}");
+    assert!(listener.accept().is_err(), "a connection reached the host");
+}
+
+#[tokio::test]
+async fn fork_bomb_memory_and_timeout_are_contained() {
+    let base = tempfile::tempdir().expect("tempdir");
+    // A fork bomb runs into the pids limit while another staging goes on beside it.
+    let good_base = base.path().join("beside");
+    let good = dea_tests::stager(test_config(&good_base), vec![classic_buildpack("hello")]);
+    let beside_app = base.path().join("beside-app");
+    write_app(&beside_app, &[("hello.txt", "")]);
+    let ((bomb, bomb_log), (beside, beside_log)) = tokio::join!(
+        stage_hostile_classic(base.path(), "fork-bomb", &[]),
+        stage(&good, request(&beside_app, &base.path().join("beside.tgz")))
+    );
+    let error = bomb.expect_err("fork bomb fails");
+    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert!(
+        bomb_log.contains("Resource temporarily unavailable"),
+        "{bomb_log}"
+    );
+    beside.unwrap_or_else(|e| panic!("staging beside a fork bomb failed: {e}\n{beside_log}"));
+
+    let (result, _) = stage_hostile_classic(base.path(), "memory", &[]).await;
+    let error = result.expect_err("memory hog fails");
+    let StagingError::CompileFailed { source, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        matches!(source, PhaseError::MemoryLimit { limit_mb: 256, .. }),
+        "{source:?}"
+    );
+
+    let mut config = test_config(base.path());
+    config.classic.compile_timeout_secs = 2;
+    let stager = stager(config, vec![classic_buildpack("hostile")]);
+    let app = base.path().join("app-timeout");
+    write_app(&app, &[("hostile.txt", "")]);
+    let mut req = request(&app, &base.path().join("t.tgz"));
+    req.env = vec![("MODE".into(), "timeout".into())];
+    let started = std::time::Instant::now();
+    let (result, _) = stage(&stager, req).await;
+    let error = result.expect_err("timeout fails");
+    let StagingError::CompileFailed { source, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(matches!(source, PhaseError::Timeout { .. }), "{source:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
+
+    // And the host still stages.
+    let good = dea_tests::stager(test_config(base.path()), vec![classic_buildpack("hello")]);
+    let ok_app = base.path().join("ok");
+    write_app(&ok_app, &[("hello.txt", "")]);
+    let (result, log) = stage(&good, request(&ok_app, &base.path().join("ok.tgz"))).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
+
+#[tokio::test]
+async fn classic_buildpack_archives_are_unpacked_through_a_top_folder() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let source = repo_root().join("tests/classic/hello");
+    let read = |name: &str| std::fs::read_to_string(source.join(name)).expect("script");
+    let archive = base.path().join("hello-archive.tgz");
+    std::fs::write(
+        &archive,
+        make_tgz(&[
+            ("hello-buildpack-main/bin/detect", &read("bin/detect")),
+            ("hello-buildpack-main/bin/compile", &read("bin/compile")),
+            ("hello-buildpack-main/bin/release", &read("bin/release")),
+        ]),
+    )
+    .expect("archive");
+    let bp = dea::buildpack::Buildpack::load_archive(&archive, &base.path().join("unpacked"))
+        .expect("archive loads");
+    assert_eq!(bp.id, "hello-archive");
+    assert_eq!(bp.kind_name(), "classic");
+    let stager = stager(test_config(base.path()), vec![bp]);
+    let app = base.path().join("app");
+    write_app(&app, &[("hello.txt", "")]);
+    let (result, log) = stage(&stager, request(&app, &base.path().join("a.tgz"))).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+}
