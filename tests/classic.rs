@@ -295,3 +295,101 @@ async fn classic_buildpack_archives_are_unpacked_through_a_top_folder() {
     let (result, log) = stage(&stager, request(&app, &base.path().join("a.tgz"))).await;
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
 }
+
+/// A TCP listener that only counts connections: the "upstream" that must never be reached.
+struct CountingListener {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingListener {
+    async fn start() -> CountingListener {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((_stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        CountingListener { port, hits }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn curl_and_wget_download_https_upstream_urls_from_the_mirror() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let upstream = CountingListener::start().await;
+    let tool = make_tgz(&[("tool/bin/tool", "#!/bin/sh\necho tool\n")]);
+    let mirror = FileServer::start(vec![("/mirror/x.tgz", tool.clone())]).await;
+    let upstream_url = format!("https://127.0.0.1:{}/x.tgz", upstream.port);
+
+    let mut config = test_config(base.path());
+    config.fetch.mirrors = vec![dea::config::MirrorRule {
+        from: format!("https://127.0.0.1:{}/", upstream.port),
+        to: mirror.url("/mirror/"),
+    }];
+    let stager = stager(config.clone(), vec![classic_buildpack("downloader")]);
+    let app = base.path().join("app");
+    write_app(&app, &[("download.txt", "")]);
+    let out = base.path().join("dl.tgz");
+    let mut req = request(&app, &out);
+    req.env = vec![("URL".into(), upstream_url.clone())];
+    let (result, log) = stage(&stager, req).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    for from in ["from-curl", "from-wget"] {
+        assert!(
+            droplet_file(&out, &format!("./app/{from}/tool/bin/tool")).is_some(),
+            "{from}: {:?}",
+            droplet_entries(&out)
+        );
+    }
+    assert_eq!(upstream.hits(), 0, "the upstream was reached");
+    // curl and wget each asked once; the second was served from the cache.
+    assert_eq!(mirror.hits("/mirror/x.tgz"), 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "fetch {upstream_url} -> {}",
+            mirror.url("/mirror/x.tgz")
+        )),
+        "{log}"
+    );
+    assert!(log.contains("cache hit"), "{log}");
+
+    // A second staging is served from the cache: the mirror's counter does not move.
+    let mut req = request(&app, &base.path().join("dl2.tgz"));
+    req.env = vec![("URL".into(), upstream_url.clone())];
+    let (result, log) = stage(&stager, req).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(mirror.hits("/mirror/x.tgz"), 1);
+
+    // A URL no rule or allowlist covers is refused, naming the URL.
+    let elsewhere = format!("https://127.0.0.1:{}/other.tgz", mirror.addr.port());
+    let mut req = request(&app, &base.path().join("dl3.tgz"));
+    req.env = vec![("URL".into(), elsewhere.clone())];
+    let (result, log) = stage(&stager, req).await;
+    result.expect_err("a download outside the allowlist fails the build");
+    assert!(log.contains("denied") && log.contains(&elsewhere), "{log}");
+
+    // A pinned checksum that does not match fails too.
+    let mut pinned = config.clone();
+    pinned.base_dir = base.path().join("pinned");
+    pinned
+        .fetch
+        .pins
+        .insert(upstream_url.clone(), "0".repeat(64));
+    let stager = dea_tests::stager(pinned, vec![classic_buildpack("downloader")]);
+    let mut req = request(&app, &base.path().join("dl4.tgz"));
+    req.env = vec![("URL".into(), upstream_url)];
+    let (result, log) = stage(&stager, req).await;
+    result.expect_err("checksum mismatch fails the build");
+    assert!(log.contains("checksum mismatch"), "{log}");
+    assert_eq!(upstream.hits(), 0);
+}

@@ -9,6 +9,7 @@ fn grant() -> FetchGrant {
     FetchGrant {
         buildpack: "test".into(),
         declared: vec!["https://upstream.example/".into()],
+        any_request: false,
     }
 }
 

@@ -129,6 +129,9 @@ pub struct FetchConfig {
     /// Let a download go to an un-rewritten URL that its buildpack's manifest declares.
     /// Turn off on air-gapped sites, where only mirrors may be reached.
     pub allow_buildpack_declared: bool,
+    /// Expected SHA-256 per URL (as asked for, before rewriting), for downloads whose
+    /// buildpack pins nothing itself (classic buildpacks through the proxy).
+    pub pins: std::collections::BTreeMap<String, String>,
     /// Serve from the cache only; never open a connection.
     pub offline: bool,
     /// Largest single download, in MiB.
@@ -199,6 +202,7 @@ impl Default for FetchConfig {
             mirrors: Vec::new(),
             allow: Vec::new(),
             allow_buildpack_declared: true,
+            pins: Default::default(),
             offline: false,
             max_download_mb: 2048,
             timeout_secs: 300,

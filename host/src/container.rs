@@ -59,6 +59,10 @@ pub struct ContainerSpec {
     pub timeout: Duration,
     /// Size of the writable tmpfs at `/tmp`, in MiB.
     pub tmp_size_mb: u64,
+    /// A network namespace the host prepared (see [`crate::netns`]); default: a new, empty one.
+    pub network_namespace: Option<PathBuf>,
+    /// Single files to bind over files of the stack (e.g. the CA bundle), read-only.
+    pub file_mounts: Vec<BindMount>,
 }
 
 /// The outcome of a container that ran to completion.
@@ -133,7 +137,15 @@ impl Runc {
                             .map_err(|e| ContainerError::Bundle(e.to_string()))?;
                     }
                 }
+                // runc gives the /tmp tmpfs the mode of the directory it covers.
                 std::fs::create_dir_all(rootfs.join("tmp"))
+                    .and_then(|()| {
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(
+                            rootfs.join("tmp"),
+                            std::fs::Permissions::from_mode(0o1777),
+                        )
+                    })
                     .map_err(|e| ContainerError::Bundle(e.to_string()))?;
                 rootfs
             }
@@ -222,7 +234,7 @@ impl Runc {
                 .build()
                 .map_err(bundle_err)?,
         );
-        for mount in &spec.mounts {
+        for mount in spec.mounts.iter().chain(&spec.file_mounts) {
             mounts.push(
                 bind(&mount.source, &mount.destination, mount.read_only).map_err(bundle_err)?,
             );
@@ -270,7 +282,7 @@ impl Runc {
             .map_err(bundle_err)?;
         let defaults = oci_spec::runtime::Linux::default();
         let linux = LinuxBuilder::default()
-            .namespaces(oci_spec::runtime::get_default_namespaces())
+            .namespaces(namespaces(spec.network_namespace.as_deref()).map_err(bundle_err)?)
             .resources(resources)
             .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
             .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
@@ -329,6 +341,24 @@ impl Runc {
             .status()
             .await;
     }
+}
+
+/// PID, network, IPC, UTS, mount and cgroup namespaces; the network one joined from `netns`
+/// when the host prepared it.
+fn namespaces(
+    netns: Option<&Path>,
+) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, oci_spec::OciSpecError> {
+    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
+    oci_spec::runtime::get_default_namespaces()
+        .into_iter()
+        .map(|ns| match (ns.typ(), netns) {
+            (LinuxNamespaceType::Network, Some(path)) => LinuxNamespaceBuilder::default()
+                .typ(LinuxNamespaceType::Network)
+                .path(path.to_path_buf())
+                .build(),
+            _ => Ok(ns),
+        })
+        .collect()
 }
 
 fn bind(

@@ -69,6 +69,9 @@ pub struct Resolution {
 pub struct FetchGrant {
     pub buildpack: String,
     pub declared: Vec<String>,
+    /// Classic buildpacks declare nothing and may ask for any URL; what they get is still
+    /// decided by the mirror rules and the allowlist alone.
+    pub any_request: bool,
 }
 
 /// A completed fetch: the verified content in the cache.
@@ -201,7 +204,7 @@ impl FetchService {
                 url: url.to_string(),
             });
         }
-        if !grant.declared.iter().any(|p| url_has_prefix(url, p)) {
+        if !grant.any_request && !grant.declared.iter().any(|p| url_has_prefix(url, p)) {
             return Err(FetchError::NotDeclared {
                 buildpack: grant.buildpack.clone(),
                 url: url.to_string(),
@@ -221,7 +224,9 @@ impl FetchService {
                 reason,
             });
         }
-        let expected = expected_sha256.map(|s| s.trim().to_ascii_lowercase());
+        let expected = expected_sha256
+            .or_else(|| self.config.pins.get(url).map(String::as_str))
+            .map(|s| s.trim().to_ascii_lowercase());
 
         // One transfer per URL at a time; later callers find it in the cache.
         let gate = self.gate(&url_used);

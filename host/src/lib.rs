@@ -10,4 +10,6 @@ pub mod config;
 pub mod container;
 pub mod droplet;
 pub mod fetch;
+pub mod netns;
+pub mod proxy;
 pub mod staging;

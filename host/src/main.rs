@@ -172,6 +172,7 @@ async fn main() -> Result<()> {
                     FetchGrant {
                         buildpack: bp.id,
                         declared: bp.fetch_allow,
+                        any_request: false,
                     }
                 }
                 None => FetchGrant::default(),

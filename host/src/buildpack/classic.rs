@@ -18,6 +18,9 @@
 
 use super::wasm::{PhaseError, PhaseOutput, ReleaseInfo};
 use crate::container::{BindMount, ContainerError, ContainerExit, ContainerSpec, OutputSink, Runc};
+use crate::fetch::{FetchGrant, FetchService};
+use crate::netns::NetNamespace;
+use crate::proxy::{CertificateAuthority, ProxyContext};
 use crate::staging::StagingLog;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -91,8 +94,25 @@ pub struct ClassicDirs {
     pub buildpack_copy: PathBuf,
 }
 
+/// The road to the fetch service for build scripts: a proxy in the container's network
+/// namespace, and the CA it signs with (written to `ca_file` for the container to trust).
+#[derive(Clone)]
+pub struct ProxyAccess {
+    pub fetch: Arc<FetchService>,
+    pub ca: Arc<CertificateAuthority>,
+    pub ca_file: PathBuf,
+}
+
+/// Where the proxy listens inside the container.
+const PROXY_ADDR: &str = "127.0.0.1:3128";
+/// The stack's CA bundle, replaced by the proxy's CA inside the container.
+const STACK_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
 /// One script run.
 pub struct ScriptRun<'a> {
+    /// Downloads for build scripts; `None` leaves the container with no network at all.
+    pub proxy: Option<&'a ProxyAccess>,
+    pub buildpack_id: &'a str,
     pub runc: &'a Runc,
     pub limits: &'a ClassicLimits,
     pub dirs: &'a ClassicDirs,
@@ -142,7 +162,28 @@ impl ScriptRun<'_> {
                 }),
             };
         }
-        let spec = self.container_spec();
+        let mut spec = self.container_spec();
+        // Build scripts get the fetch proxy in their own network namespace; the namespace
+        // and the proxy task live exactly as long as this run.
+        let mut _namespace = None;
+        let mut proxy_task = None;
+        if let Some(proxy) = self.proxy.filter(|_| {
+            matches!(
+                self.script,
+                Script::Compile | Script::Supply | Script::Finalize
+            )
+        }) {
+            match self.start_proxy(proxy) {
+                Ok((namespace, task)) => {
+                    self.add_proxy_settings(&mut spec, proxy, &namespace);
+                    _namespace = Some(namespace);
+                    proxy_task = Some(task);
+                }
+                Err(e) => self.log.warning(&format!(
+                    "no download proxy for this buildpack (it has no network at all): {e}"
+                )),
+            }
+        }
         // Detect's stdout is the detected name, so only its stderr is shown; the other
         // scripts' output streams into the staging log as it is written.
         let log = self.log.clone();
@@ -155,8 +196,70 @@ impl ScriptRun<'_> {
             .runc
             .run(&spec, on_stdout, Some(to_log))
             .await
-            .map_err(|e| container_error(phase, e))?;
-        self.interpret(exit)
+            .map_err(|e| container_error(phase, e));
+        if let Some(task) = proxy_task {
+            task.abort();
+        }
+        self.interpret(exit?)
+    }
+
+    fn start_proxy(
+        &self,
+        proxy: &ProxyAccess,
+    ) -> Result<(NetNamespace, tokio::task::JoinHandle<()>), String> {
+        let namespace = NetNamespace::create().map_err(|e| e.to_string())?;
+        let listener = namespace.bind(PROXY_ADDR).map_err(|e| e.to_string())?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+        let ctx = ProxyContext {
+            fetch: proxy.fetch.clone(),
+            ca: proxy.ca.clone(),
+            grant: FetchGrant {
+                buildpack: self.buildpack_id.to_string(),
+                declared: Vec::new(),
+                any_request: true,
+            },
+            log: self.log.clone(),
+        };
+        Ok((namespace, tokio::spawn(crate::proxy::serve(listener, ctx))))
+    }
+
+    fn add_proxy_settings(
+        &self,
+        spec: &mut ContainerSpec,
+        proxy: &ProxyAccess,
+        namespace: &NetNamespace,
+    ) {
+        spec.network_namespace = Some(namespace.path());
+        let url = format!("http://{PROXY_ADDR}");
+        for name in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"] {
+            spec.env.push((name.into(), url.clone()));
+        }
+        // Nothing bypasses the proxy, not even loopback names.
+        for name in ["no_proxy", "NO_PROXY"] {
+            spec.env.push((name.into(), String::new()));
+        }
+        for name in [
+            "SSL_CERT_FILE",
+            "CURL_CA_BUNDLE",
+            "REQUESTS_CA_BUNDLE",
+            "PIP_CERT",
+            "NODE_EXTRA_CA_CERTS",
+            "GIT_SSL_CAINFO",
+        ] {
+            spec.env.push((name.into(), "/tmp/dea-proxy-ca.pem".into()));
+        }
+        spec.file_mounts.push(BindMount {
+            source: proxy.ca_file.clone(),
+            destination: "/tmp/dea-proxy-ca.pem".into(),
+            read_only: true,
+        });
+        if Path::new(STACK_CA_BUNDLE).is_file() {
+            spec.file_mounts.push(BindMount {
+                source: proxy.ca_file.clone(),
+                destination: STACK_CA_BUNDLE.into(),
+                read_only: true,
+            });
+        }
     }
 
     fn interpret(&self, exit: ContainerExit) -> Result<PhaseOutput, PhaseError> {
@@ -297,6 +400,8 @@ impl ScriptRun<'_> {
                 self.limits.compile_timeout
             },
             tmp_size_mb: self.limits.tmp_size_mb,
+            network_namespace: None,
+            file_mounts: Vec::new(),
         }
     }
 }

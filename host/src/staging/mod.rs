@@ -109,6 +109,8 @@ pub struct Stager {
     fetch: Arc<FetchService>,
     runc: Arc<Runc>,
     classic_limits: Arc<ClassicLimits>,
+    /// Signs the fetch proxy's per-host certificates; made once per agent.
+    proxy_ca: Option<Arc<crate::proxy::CertificateAuthority>>,
 }
 
 impl Stager {
@@ -133,6 +135,13 @@ impl Stager {
             compile_timeout: std::time::Duration::from_secs(config.classic.compile_timeout_secs),
             tmp_size_mb: config.classic.tmp_size_mb,
         });
+        let proxy_ca = match crate::proxy::CertificateAuthority::generate() {
+            Ok(ca) => Some(Arc::new(ca)),
+            Err(e) => {
+                tracing::warn!("classic buildpacks will have no download proxy: {e}");
+                None
+            }
+        };
         Stager {
             config,
             buildpacks,
@@ -140,6 +149,7 @@ impl Stager {
             fetch,
             runc,
             classic_limits,
+            proxy_ca,
         }
     }
 
@@ -505,6 +515,11 @@ impl Stager {
         let classic_dirs = self.classic_dirs(ctx, index, buildpack);
         let stack = ctx.stack.to_string();
         let app_env: Vec<(String, String)> = ctx.env.to_vec();
+        let proxy = self.proxy_ca.as_ref().map(|ca| classic::ProxyAccess {
+            fetch: self.fetch.clone(),
+            ca: ca.clone(),
+            ca_file: ctx.workspace.join("proxy-ca.pem"),
+        });
         let wasm = self.wasm.clone();
         let fetch = self.fetch.clone();
         let unpack_limits = self.unpack_limits();
@@ -552,6 +567,7 @@ impl Stager {
                             FetchGrant {
                                 buildpack: buildpack.id.clone(),
                                 declared: buildpack.fetch_allow.clone(),
+                                any_request: false,
                             },
                         )),
                     };
@@ -565,6 +581,8 @@ impl Stager {
                     });
                     let dirs = classic_dirs?;
                     let run = classic::ScriptRun {
+                        proxy: proxy.as_ref(),
+                        buildpack_id: &buildpack.id,
                         runc: &runc,
                         limits: &classic_limits,
                         dirs: &dirs,
@@ -605,6 +623,9 @@ impl Stager {
         classic::write_env_dir(&ctx.workspace.join("env"), &user_env)?;
         for dir in ["exports", "buildpacks"] {
             std::fs::create_dir_all(ctx.workspace.join(dir))?;
+        }
+        if let Some(ca) = &self.proxy_ca {
+            std::fs::write(ctx.workspace.join("proxy-ca.pem"), ca.pem())?;
         }
         // Only a staging's own copy of the app is handed over; `dea detect` reads the
         // user's directory in place (read-only) and must not change its owner.

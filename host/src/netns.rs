@@ -1,0 +1,99 @@
+//! Network namespaces the host prepares for containers.
+//!
+//! A classic buildpack's container must not reach the network, yet its downloads must reach
+//! the host's fetch service. The host creates the container's network namespace itself
+//! (loopback only), binds the fetch proxy's listening socket inside it, and hands the
+//! namespace to runc. Inside, `127.0.0.1:3128` is the proxy; nothing else exists.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a namespace could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("`{command}` failed: {message}")]
+    Command { command: String, message: String },
+    #[error("entering network namespace {name}: {message}")]
+    Enter { name: String, message: String },
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A named network namespace with only loopback up; deleted on drop.
+#[derive(Debug)]
+pub struct NetNamespace {
+    name: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| NetnsError::Command {
+            command: format!("ip {}", args.join(" ")),
+            message: e.to_string(),
+        })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(NetnsError::Command {
+            command: format!("ip {}", args.join(" ")),
+            message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+        })
+    }
+}
+
+impl NetNamespace {
+    /// Creates a fresh namespace with loopback up (needs root and iproute2).
+    pub fn create() -> Result<NetNamespace, NetnsError> {
+        let name = format!(
+            "dea-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name])?;
+        let namespace = NetNamespace { name };
+        ip(&["-n", &namespace.name, "link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+
+    /// The namespace file runc joins.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/var/run/netns").join(&self.name)
+    }
+
+    /// Binds a TCP listener on `addr` inside the namespace. The socket stays in the
+    /// namespace; the host serves it from its own runtime.
+    pub fn bind(&self, addr: &str) -> Result<TcpListener, NetnsError> {
+        let enter = |message: String| NetnsError::Enter {
+            name: self.name.clone(),
+            message,
+        };
+        let file = std::fs::File::open(self.path()).map_err(|e| enter(e.to_string()))?;
+        // setns changes only the calling thread, so do it on a thread that then ends.
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(|e| enter(e.to_string()))?;
+                    let listener = TcpListener::bind(addr).map_err(|e| enter(e.to_string()))?;
+                    listener
+                        .set_nonblocking(true)
+                        .map_err(|e| enter(e.to_string()))?;
+                    Ok(listener)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(enter("namespace thread panicked".into())))
+        })
+    }
+}
+
+impl Drop for NetNamespace {
+    fn drop(&mut self) {
+        if let Err(e) = ip(&["netns", "delete", &self.name]) {
+            tracing::warn!("removing network namespace: {e}");
+        }
+    }
+}
