@@ -8,6 +8,9 @@
 //! (c) a classic `bin/detect` in a runc container vs the same script as a bare process (the
 //!     container's cost), and end-to-end staging with a trivial classic buildpack.
 //!
+//! (d) a 50 MB download through the fetch service (cold, from a loopback mirror) vs `curl`
+//!     straight from that mirror, and a warm (cached) fetch vs the cold one.
+//!
 //! Run with `cargo bench -p dea` after `scripts/build-plugins` (as root, with runc, for (c)). Prints ratios; exits non-zero
 //! only if a setup step fails. `DEA_BENCH_TREE_MB` changes the tree size.
 
@@ -40,6 +43,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     detect_benchmark(&root, scratch.path())?;
     pack_benchmark(scratch.path())?;
     classic_benchmark(&root, scratch.path())?;
+    fetch_benchmark(scratch.path())?;
     Ok(())
 }
 
@@ -382,6 +386,97 @@ fn classic_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::err
     println!(
         "    end-to-end stage (detect, compile, release, pack): {:.1} ms",
         ms(staged)
+    );
+    Ok(())
+}
+
+fn fetch_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    use dea::config::{FetchConfig, MirrorRule};
+    use dea::fetch::FetchGrant;
+    let runtime = tokio::runtime::Runtime::new()?;
+    // 50 MB of incompressible bytes served from memory on 127.0.0.1.
+    let mut body = vec![0u8; 50 << 20];
+    let mut seed: u64 = 0x2545f4914f6cdd1d;
+    for chunk in body.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let bytes = seed.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+    let body = bytes::Bytes::from(body);
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let port = listener.local_addr()?.port();
+    let served = body.clone();
+    let app = axum::Router::new().route(
+        "/big.bin",
+        axum::routing::get(move || {
+            let served = served.clone();
+            async move { served }
+        }),
+    );
+    runtime.spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let mirror = format!("http://127.0.0.1:{port}/big.bin");
+    let grant = FetchGrant {
+        buildpack: "bench".into(),
+        declared: vec!["https://upstream.example/".into()],
+        any_request: false,
+    };
+    let config = FetchConfig {
+        mirrors: vec![MirrorRule {
+            from: "https://upstream.example/".into(),
+            to: format!("http://127.0.0.1:{port}/"),
+        }],
+        ..FetchConfig::default()
+    };
+    let curl_out = scratch.join("curl.bin");
+    let curl = median(5, || {
+        let status = Command::new("curl")
+            .args(["-s", "-f", "-o"])
+            .arg(&curl_out)
+            .arg(&mirror)
+            .status()?;
+        if !status.success() {
+            return Err("curl failed".into());
+        }
+        Ok(())
+    })?;
+    let mut round = 0;
+    let cold = median(5, || {
+        round += 1;
+        let service =
+            FetchService::new(config.clone(), scratch.join(format!("fetch-cold-{round}")))?;
+        let fetched =
+            runtime.block_on(service.fetch("https://upstream.example/big.bin", None, &grant))?;
+        if fetched.cached || fetched.size != body.len() as u64 {
+            return Err("cold fetch was not a full download".into());
+        }
+        std::fs::remove_dir_all(scratch.join(format!("fetch-cold-{round}")))?;
+        Ok(())
+    })?;
+    let warm_service = FetchService::new(config.clone(), scratch.join("fetch-warm"))?;
+    runtime.block_on(warm_service.fetch("https://upstream.example/big.bin", None, &grant))?;
+    let warm = median(20, || {
+        let fetched = runtime.block_on(warm_service.fetch(
+            "https://upstream.example/big.bin",
+            None,
+            &grant,
+        ))?;
+        if !fetched.cached {
+            return Err("warm fetch missed the cache".into());
+        }
+        Ok(())
+    })?;
+    println!("(d) 50 MB download from a loopback mirror (median)");
+    println!("    curl straight from the mirror: {:>10.1} ms", ms(curl));
+    println!("    fetch service, cold cache:     {:>10.1} ms", ms(cold));
+    println!("    fetch service, warm cache:     {:>10.3} ms", ms(warm));
+    println!(
+        "    ratio: fetch service runs at {:.2}x curl's speed (target >= 0.8); warm is {:.0}x faster than cold",
+        curl.as_secs_f64() / cold.as_secs_f64(),
+        cold.as_secs_f64() / warm.as_secs_f64()
     );
     Ok(())
 }

@@ -274,6 +274,21 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// A copy of the node buildpack whose manifest pins `uri`/`sha256` instead of the real
 /// runtimes: the buildpack's code is untouched, only its data changes.
 pub fn node_buildpack_pinned(dir: &Path, uri: &str, sha256: &str) -> Buildpack {
+    node_buildpack_pinned_allowing(
+        dir,
+        uri,
+        sha256,
+        "https://buildpacks.cloudfoundry.org/dependencies/node/",
+    )
+}
+
+/// Like [`node_buildpack_pinned`], with its own declared download prefix.
+pub fn node_buildpack_pinned_allowing(
+    dir: &Path,
+    uri: &str,
+    sha256: &str,
+    allow: &str,
+) -> Buildpack {
     let original = buildpack("node");
     std::fs::create_dir_all(dir).expect("mkdir");
     std::fs::copy(
@@ -283,7 +298,7 @@ pub fn node_buildpack_pinned(dir: &Path, uri: &str, sha256: &str) -> Buildpack {
     .expect("copy component");
     let manifest = format!(
         "[buildpack]\nid = \"node\"\nname = \"Node.js\"\nversion = \"0.1.0\"\n\n\
-         [fetch]\nallow = [\"https://buildpacks.cloudfoundry.org/dependencies/node/\"]\n\n\
+         [fetch]\nallow = [\"{allow}\"]\n\n\
          [[dependencies]]\nname = \"node\"\nversion = \"20.11.1\"\nuri = \"{uri}\"\n\
          sha256 = \"{sha256}\"\nstrip_components = 1\n"
     );
@@ -302,4 +317,31 @@ pub fn node_mirror(server: &FileServer) -> MirrorRule {
 /// A log handle that goes nowhere (for direct runtime calls).
 pub fn quiet_log() -> StagingLog {
     StagingLog::detached(None)
+}
+
+/// A TCP listener that only counts connections: the "upstream" that must never be reached.
+pub struct CountingListener {
+    pub port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingListener {
+    pub async fn start() -> CountingListener {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((_stream, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        CountingListener { port, hits }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
