@@ -6,7 +6,7 @@
 //! namespace to runc. Inside, `127.0.0.1:3128` is the proxy; nothing else exists.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -87,6 +87,30 @@ impl NetNamespace {
                 .join()
                 .unwrap_or_else(|_| Err(enter("namespace thread panicked".into())))
         })
+    }
+}
+
+/// Deletes namespaces left by agents that are gone (a crash skips `Drop`). Names carry the
+/// creating process id, so a namespace whose process no longer exists is stale.
+pub fn remove_stale() {
+    let Ok(entries) = std::fs::read_dir("/var/run/netns") else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("dea-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+            && let Err(e) = ip(&["netns", "delete", &name])
+        {
+            tracing::warn!("removing stale network namespace {name}: {e}");
+        }
     }
 }
 

@@ -36,8 +36,14 @@ pub struct ProxyContext {
 /// Serves proxy connections on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: tokio::net::TcpListener, ctx: ProxyContext) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!("fetch proxy accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {

@@ -135,6 +135,7 @@ impl Stager {
             compile_timeout: std::time::Duration::from_secs(config.classic.compile_timeout_secs),
             tmp_size_mb: config.classic.tmp_size_mb,
         });
+        crate::netns::remove_stale();
         let proxy_ca = match crate::proxy::CertificateAuthority::generate() {
             Ok(ca) => Some(Arc::new(ca)),
             Err(e) => {
