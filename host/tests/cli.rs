@@ -1,0 +1,236 @@
+//! The `dea` binary as an operator uses it: stage the built-in example, list buildpacks,
+//! stage with a classic buildpack, fail clearly, explain a fetch.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn dea(base: &Path, args: &[&str]) -> Output {
+    let buildpacks = root().join("target/buildpacks");
+    assert!(
+        buildpacks.join("staticfile/buildpack.wasm").is_file(),
+        "run scripts/build-plugins first"
+    );
+    Command::new(env!("CARGO_BIN_EXE_dea"))
+        .current_dir(root())
+        .arg("--base-dir")
+        .arg(base.join("state"))
+        .args(args)
+        .output()
+        .expect("dea runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn stage_the_built_in_example() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = base.path().join("droplet.tgz");
+    let droplet_arg = droplet.display().to_string();
+    let out = dea(
+        base.path(),
+        &[
+            "--buildpacks",
+            "target/buildpacks",
+            "stage",
+            "examples/static-site",
+            "-o",
+            &droplet_arg,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("-----> Detected staticfile"), "{stdout}");
+    assert!(stdout.contains("-----> Uploading droplet"), "{stdout}");
+    assert!(stdout.contains("SHA256:"), "{stdout}");
+
+    let listing = Command::new("tar")
+        .arg("tzf")
+        .arg(&droplet)
+        .output()
+        .expect("tar");
+    let listing = text(&listing.stdout);
+    for entry in [
+        "./app/index.html",
+        "./staging_info.yml",
+        "./logs/staging_task.log",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == entry),
+            "{entry} not in:\n{listing}"
+        );
+    }
+    let info = Command::new("tar")
+        .arg("xzOf")
+        .arg(&droplet)
+        .arg("./staging_info.yml")
+        .output()
+        .expect("tar");
+    let info = text(&info.stdout);
+    assert!(info.contains("detected_buildpack: staticfile"), "{info}");
+    assert!(
+        info.contains("start_command: python3 -m http.server"),
+        "{info}"
+    );
+}
+
+#[test]
+fn list_buildpacks_of_both_kinds_and_stage_with_a_classic_one() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let out = dea(
+        base.path(),
+        &[
+            "--buildpacks",
+            "target/buildpacks",
+            "--buildpacks",
+            "tests/classic",
+            "buildpacks",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("staticfile") && l.contains("wasm")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("hello") && l.contains("classic")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("cf-final") && l.contains(" cf ")),
+        "{stdout}"
+    );
+
+    let app = base.path().join("app");
+    std::fs::create_dir_all(&app).expect("app");
+    std::fs::write(app.join("hello.txt"), "hi").expect("fixture");
+    let droplet = base.path().join("classic.tgz");
+    let out = dea(
+        base.path(),
+        &[
+            "stage",
+            &app.display().to_string(),
+            "-o",
+            &droplet.display().to_string(),
+            "--buildpack",
+            "tests/classic/hello",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("-----> Hello compile"), "{stdout}");
+    assert!(
+        stdout.contains("Start:     ./hello-server --port $PORT"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn failures_are_clear() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let empty = base.path().join("empty");
+    std::fs::create_dir_all(&empty).expect("dir");
+    let out = dea(
+        base.path(),
+        &[
+            "--buildpacks",
+            "target/buildpacks",
+            "stage",
+            &empty.display().to_string(),
+            "-o",
+            &base.path().join("x.tgz").display().to_string(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("NoAppDetectedError")
+            && stderr.contains("An application could not be detected by any available buildpack"),
+        "{stderr}"
+    );
+    let out = dea(
+        base.path(),
+        &[
+            "--buildpacks",
+            "target/buildpacks",
+            "stage",
+            "/no/such/app",
+            "-o",
+            "/tmp/never.tgz",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("does not exist"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn fetch_explains_how_a_url_resolves() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let config = base.path().join("dea.yml");
+    std::fs::write(
+        &config,
+        "fetch:\n  mirrors:\n    - from: buildpacks.cloudfoundry.org\n      to: https://mirror.internal/{originalHost}\n",
+    )
+    .expect("config");
+    let config_arg = config.display().to_string();
+    let out = dea(
+        base.path(),
+        &[
+            "--config",
+            &config_arg,
+            "--buildpacks",
+            "target/buildpacks",
+            "fetch",
+            "https://buildpacks.cloudfoundry.org/dependencies/node/x.tgz",
+        ],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(
+            "url used:  https://mirror.internal/buildpacks.cloudfoundry.org/dependencies/node/x.tgz"
+        ),
+        "{stdout}"
+    );
+    let out = dea(
+        base.path(),
+        &[
+            "--config",
+            &config_arg,
+            "--buildpacks",
+            "target/buildpacks",
+            "fetch",
+            "https://evil.example/x",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stdout).contains("allowed:   no"),
+        "{}",
+        text(&out.stdout)
+    );
+}
