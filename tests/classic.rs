@@ -295,3 +295,22 @@ async fn classic_buildpack_archives_are_unpacked_through_a_top_folder() {
     let (result, log) = stage(&stager, request(&app, &base.path().join("a.tgz"))).await;
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
 }
+
+#[tokio::test]
+async fn cloud_foundry_mode_can_be_forced_per_buildpack() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(base.path());
+    config.classic.cloud_foundry = vec!["hello".into()];
+    let stager = stager(config, vec![classic_buildpack("hello")]);
+    let app = base.path().join("app");
+    write_app(&app, &[("hello.txt", "hi")]);
+    let out = base.path().join("cf-hello.tgz");
+    let mut req = request(&app, &out);
+    req.env = vec![("GREETING".into(), "hey".into())];
+    let (result, log) = stage(&stager, req).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    // CF's compile: two arguments, the app's variables exported.
+    let compile = report(&out, "compile-report.txt");
+    assert!(compile.contains("args=2"), "{compile}");
+    assert!(compile.contains("greeting_exported=hey"), "{compile}");
+}

@@ -84,6 +84,23 @@ pub struct Fetched {
     pub cached: bool,
 }
 
+impl Fetched {
+    /// The staging-log line for this fetch of `asked`: URL asked for, URL used, cache hit or
+    /// miss, bytes.
+    pub fn log_line(&self, asked: &str) -> String {
+        format!(
+            "fetch {asked} -> {} ({}, {} bytes)",
+            self.url_used,
+            if self.cached {
+                "cache hit"
+            } else {
+                "cache miss"
+            },
+            self.size
+        )
+    }
+}
+
 /// The fetch service. One per agent; cheap to share behind an `Arc`.
 pub struct FetchService {
     config: FetchConfig,

@@ -102,16 +102,7 @@ async fn handle(
     let head_only = req.method() == Method::HEAD;
     match ctx.fetch.fetch(&url, None, &ctx.grant).await {
         Ok(fetched) => {
-            ctx.log.detail(&format!(
-                "fetch {url} -> {} ({}, {} bytes)",
-                fetched.url_used,
-                if fetched.cached {
-                    "cache hit"
-                } else {
-                    "cache miss"
-                },
-                fetched.size
-            ));
+            ctx.log.detail(&fetched.log_line(&url));
             let body: Body = if head_only {
                 Empty::new().map_err(|never| match never {}).boxed()
             } else {

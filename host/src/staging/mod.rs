@@ -293,7 +293,9 @@ impl Stager {
         for (index, buildpack) in chosen.iter().enumerate() {
             let started = Instant::now();
             let last = index + 1 == chosen.len();
-            let script = classic_build_script(buildpack, last);
+            let script = self
+                .classic_mode(buildpack)
+                .map(|mode| classic_build_script(buildpack, mode, last));
             self.phase_task(
                 buildpack,
                 crate::buildpack::wasm::Phase::Compile,
@@ -513,7 +515,8 @@ impl Stager {
     ) -> impl std::future::Future<Output = Result<PhaseOutput, PhaseError>> + Send + 'static {
         let runc = self.runc.clone();
         let classic_limits = self.classic_limits.clone();
-        let classic_dirs = self.classic_dirs(ctx, index, buildpack);
+        let classic_mode = self.classic_mode(buildpack);
+        let classic_dirs = classic_mode.map(|_| self.classic_dirs(ctx, index, buildpack));
         let stack = ctx.stack.to_string();
         let app_env: Vec<(String, String)> = ctx.env.to_vec();
         let proxy = self.proxy_ca.as_ref().map(|ca| classic::ProxyAccess {
@@ -574,13 +577,17 @@ impl Stager {
                     };
                     wasm.run(&loaded, phase, spec).await
                 }
-                BuildpackKind::Classic { mode } => {
+                BuildpackKind::Classic { .. } => {
                     let script = script.unwrap_or(match phase {
                         crate::buildpack::wasm::Phase::Detect => Script::Detect,
                         crate::buildpack::wasm::Phase::Compile => Script::Compile,
                         crate::buildpack::wasm::Phase::Release => Script::Release,
                     });
-                    let dirs = classic_dirs?;
+                    let mode = classic_mode.unwrap_or(ClassicMode::Heroku);
+                    let dirs = classic_dirs.ok_or_else(|| PhaseError::Instantiate {
+                        phase: phase.name(),
+                        message: "classic directories missing".into(),
+                    })??;
                     let run = classic::ScriptRun {
                         proxy: proxy.as_ref(),
                         buildpack_id: &buildpack.id,
@@ -588,7 +595,7 @@ impl Stager {
                         limits: &classic_limits,
                         dirs: &dirs,
                         script,
-                        mode: *mode,
+                        mode,
                         index,
                         stack: &stack,
                         app_env: &app_env,
@@ -604,6 +611,19 @@ impl Stager {
                     Ok(output)
                 }
             }
+        }
+    }
+
+    /// A classic buildpack's protocol: its own, unless `classic.cloud_foundry` names it.
+    fn classic_mode(&self, buildpack: &Buildpack) -> Option<ClassicMode> {
+        match buildpack.kind {
+            BuildpackKind::Classic { .. }
+                if self.config.classic.cloud_foundry.contains(&buildpack.id) =>
+            {
+                Some(ClassicMode::CloudFoundry)
+            }
+            BuildpackKind::Classic { mode } => Some(mode),
+            BuildpackKind::Wasm { .. } => None,
         }
     }
 
@@ -651,17 +671,6 @@ impl Stager {
             phase: "prepare",
             message,
         };
-        let BuildpackKind::Classic { mode } = buildpack.kind else {
-            return Ok(ClassicDirs {
-                app: ctx.app.to_path_buf(),
-                cache: ctx.cache.to_path_buf(),
-                env_dir: ctx.workspace.join("env"),
-                deps: ctx.staged.join("deps"),
-                profile_d: ctx.staged.join("profile.d"),
-                exports: ctx.workspace.join("exports"),
-                buildpack_copy: buildpack.dir.clone(),
-            });
-        };
         let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
         let copy = ctx
             .workspace
@@ -681,9 +690,7 @@ impl Stager {
             exports: ctx.workspace.join("exports"),
             buildpack_copy: copy,
         };
-        if mode == ClassicMode::CloudFoundry
-            || self.config.classic.cloud_foundry.contains(&buildpack.id)
-        {
+        if self.classic_mode(buildpack) == Some(ClassicMode::CloudFoundry) {
             let index_dir = dirs.deps.join(index.to_string());
             for dir in [&index_dir, &dirs.profile_d] {
                 std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
@@ -746,16 +753,13 @@ struct PhaseContext<'a> {
 /// The build script a classic buildpack runs at its place in the order: in Cloud Foundry
 /// mode earlier buildpacks `supply` and the last one `finalize`s (or `compile`s if it has no
 /// finalize); Heroku-mode buildpacks always `compile`.
-fn classic_build_script(buildpack: &Buildpack, last: bool) -> Option<Script> {
-    let BuildpackKind::Classic { mode } = buildpack.kind else {
-        return None;
-    };
+fn classic_build_script(buildpack: &Buildpack, mode: ClassicMode, last: bool) -> Script {
     let has = |script: &str| buildpack.dir.join("bin").join(script).is_file();
-    Some(match (mode, last) {
+    match (mode, last) {
         (ClassicMode::CloudFoundry, false) if has("supply") => Script::Supply,
         (ClassicMode::CloudFoundry, true) if has("finalize") => Script::Finalize,
         _ => Script::Compile,
-    })
+    }
 }
 
 /// Combines the release's process types with the app's Procfile (which wins) and picks the

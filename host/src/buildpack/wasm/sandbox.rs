@@ -246,17 +246,7 @@ impl host::Host for SandboxState {
                 return Ok(Err(to_guest_error(error)));
             }
         };
-        self.log.detail(&format!(
-            "fetch {} -> {} ({}, {} bytes)",
-            request.url,
-            fetched.url_used,
-            if fetched.cached {
-                "cache hit"
-            } else {
-                "cache miss"
-            },
-            fetched.size
-        ));
+        self.log.detail(&fetched.log_line(&request.url));
         let placed = match request.unpack {
             None => copy_into_place(&fetched.blob, &destination).map_err(|e| e.to_string()),
             Some(strip) => {
