@@ -38,6 +38,39 @@ pub struct Config {
     pub wasm: WasmConfig,
     pub classic: ClassicConfig,
     pub fetch: FetchConfig,
+    pub instances: InstanceConfig,
+}
+
+/// Running droplets.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InstanceConfig {
+    /// The unprivileged user apps run as (Cloud Foundry's vcap).
+    pub uid: u32,
+    pub gid: u32,
+    pub pids_limit: i64,
+    /// Memory for an instance when the request names none, in MiB.
+    pub default_memory_mb: u64,
+    /// Seconds between TERM and KILL when stopping.
+    pub stop_grace_secs: u64,
+    /// How long a starting app may take to accept connections.
+    pub health_check_timeout_secs: u64,
+    /// Largest droplet accepted, unpacked, in MiB.
+    pub max_droplet_mb: u64,
+}
+
+impl Default for InstanceConfig {
+    fn default() -> Self {
+        InstanceConfig {
+            uid: 2000,
+            gid: 2000,
+            pids_limit: 1024,
+            default_memory_mb: 256,
+            stop_grace_secs: 10,
+            health_check_timeout_secs: 60,
+            max_droplet_mb: 4096,
+        }
+    }
 }
 
 /// Classic (`bin/detect`…) buildpacks, each script in a `runc` container.
@@ -165,6 +198,7 @@ impl Default for Config {
             wasm: WasmConfig::default(),
             classic: ClassicConfig::default(),
             fetch: FetchConfig::default(),
+            instances: InstanceConfig::default(),
         }
     }
 }

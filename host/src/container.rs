@@ -63,6 +63,7 @@ pub struct ContainerSpec {
     pub network_namespace: Option<PathBuf>,
     /// Single files to bind over files of the stack (e.g. the CA bundle), read-only.
     pub file_mounts: Vec<BindMount>,
+    pub hostname: String,
 }
 
 /// The outcome of a container that ran to completion.
@@ -99,7 +100,133 @@ const HOST_STACK_DIRS: &[&str] = &[
 /// Most stdout kept in [`ContainerExit::stdout`].
 const STDOUT_KEEP: usize = 1 << 20;
 
+/// A container started with [`Runc::spawn`]: its `runc run` process, which exits with the
+/// container's main process.
+pub struct RunningContainer {
+    pub id: String,
+    child: tokio::process::Child,
+    runc: Runc,
+    bundle: PathBuf,
+}
+
+impl RunningContainer {
+    /// Waits for the main process to exit; its exit code (`128 + signal` when killed).
+    pub async fn wait(&mut self) -> i32 {
+        match self.child.wait().await {
+            Ok(status) => status.code().unwrap_or(137),
+            Err(_) => 137,
+        }
+    }
+
+    /// Sends `signal` (e.g. `TERM`, `KILL`) to every process in the container.
+    pub async fn signal(&self, signal: &str) {
+        self.runc.signal(&self.id, signal).await;
+    }
+
+    /// The host pid of the container's main process, while it runs.
+    pub async fn pid(&self) -> Option<u32> {
+        self.runc.pid(&self.id).await
+    }
+
+    /// Removes the container and its bundle (after it exited).
+    pub async fn remove(self) {
+        self.runc.delete(&self.id).await;
+        let _ = std::fs::remove_dir_all(&self.bundle);
+    }
+}
+
 impl Runc {
+    /// Starts `spec` and returns at once; stdout and stderr go to the given files.
+    pub async fn spawn(
+        &self,
+        spec: &ContainerSpec,
+        stdout: std::fs::File,
+        stderr: std::fs::File,
+    ) -> Result<RunningContainer, ContainerError> {
+        let bundle = self.bundles_dir.join(&spec.id);
+        let _ = std::fs::remove_dir_all(&bundle);
+        std::fs::create_dir_all(bundle.join("rootfs"))
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let rootfs = self.prepare_rootfs(&bundle)?;
+        let config = self.oci_spec(spec, &rootfs)?;
+        config
+            .save(bundle.join("config.json"))
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let child = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .arg("run")
+            .arg("--bundle")
+            .arg(&bundle)
+            .arg(&spec.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .map_err(|source| ContainerError::Runtime {
+                path: self.binary.clone(),
+                source,
+            })?;
+        Ok(RunningContainer {
+            id: spec.id.clone(),
+            child,
+            runc: self.clone(),
+            bundle,
+        })
+    }
+
+    async fn signal(&self, id: &str, signal: &str) {
+        let _ = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["kill", "--all", id, signal])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+    }
+
+    /// The host pid of container `id`'s main process, while it runs.
+    pub async fn pid_of(&self, id: &str) -> Option<u32> {
+        self.pid(id).await
+    }
+
+    async fn pid(&self, id: &str) -> Option<u32> {
+        let output = tokio::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.state_dir)
+            .args(["state", id])
+            .output()
+            .await
+            .ok()?;
+        let state: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+        state["pid"].as_u64().map(|p| p as u32).filter(|p| *p > 0)
+    }
+
+    fn prepare_rootfs(&self, bundle: &Path) -> Result<PathBuf, ContainerError> {
+        if let Some(rootfs) = &self.rootfs {
+            return Ok(rootfs.clone());
+        }
+        let rootfs = bundle.join("rootfs");
+        for dir in HOST_STACK_DIRS {
+            if Path::new("/").join(dir).exists() {
+                std::fs::create_dir_all(rootfs.join(dir))
+                    .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+            }
+        }
+        // runc gives the /tmp tmpfs the mode of the directory it covers.
+        std::fs::create_dir_all(rootfs.join("tmp"))
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(
+                    rootfs.join("tmp"),
+                    std::fs::Permissions::from_mode(0o1777),
+                )
+            })
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        Ok(rootfs)
+    }
+
     /// Runs `spec` to completion (or its timeout), passing stdout to `on_stdout` and stderr to
     /// `on_stderr` as they arrive. The container and its bundle are removed afterwards.
     pub async fn run(
@@ -127,29 +254,7 @@ impl Runc {
         on_stdout: Option<OutputSink>,
         on_stderr: Option<OutputSink>,
     ) -> Result<ContainerExit, ContainerError> {
-        let rootfs = match &self.rootfs {
-            Some(rootfs) => rootfs.clone(),
-            None => {
-                let rootfs = bundle.join("rootfs");
-                for dir in HOST_STACK_DIRS {
-                    if Path::new("/").join(dir).exists() {
-                        std::fs::create_dir_all(rootfs.join(dir))
-                            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
-                    }
-                }
-                // runc gives the /tmp tmpfs the mode of the directory it covers.
-                std::fs::create_dir_all(rootfs.join("tmp"))
-                    .and_then(|()| {
-                        use std::os::unix::fs::PermissionsExt;
-                        std::fs::set_permissions(
-                            rootfs.join("tmp"),
-                            std::fs::Permissions::from_mode(0o1777),
-                        )
-                    })
-                    .map_err(|e| ContainerError::Bundle(e.to_string()))?;
-                rootfs
-            }
-        };
+        let rootfs = self.prepare_rootfs(bundle)?;
         let config = self.oci_spec(spec, &rootfs)?;
         config
             .save(bundle.join("config.json"))
@@ -298,7 +403,7 @@ impl Runc {
                     .build()
                     .map_err(bundle_err)?,
             ))
-            .set_hostname(Some("dea-staging".to_string()))
+            .set_hostname(Some(spec.hostname.clone()))
             .set_mounts(Some(mounts))
             .set_process(Some(process))
             .set_linux(Some(linux));
@@ -321,14 +426,7 @@ impl Runc {
     }
 
     async fn kill(&self, id: &str) {
-        let _ = tokio::process::Command::new(&self.binary)
-            .arg("--root")
-            .arg(&self.state_dir)
-            .args(["kill", "--all", id, "KILL"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .await;
+        self.signal(id, "KILL").await;
     }
 
     async fn delete(&self, id: &str) {

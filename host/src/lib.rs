@@ -10,6 +10,7 @@ pub mod config;
 pub mod container;
 pub mod droplet;
 pub mod fetch;
+pub mod instance;
 pub mod netns;
 pub mod proxy;
 pub mod staging;

@@ -56,6 +56,25 @@ enum Command {
         #[arg(short = 'c', long)]
         start_command: Option<String>,
     },
+    /// Run a droplet (a path or an http(s) URL) as one instance in the foreground; Ctrl-C stops it.
+    Run {
+        droplet: String,
+        /// Host port to publish the app on (default: any free port).
+        #[arg(short, long, default_value_t = 0)]
+        port: u16,
+        /// An app environment variable, KEY=VALUE (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+        env: Vec<(String, String)>,
+        /// Memory limit in MiB.
+        #[arg(short, long)]
+        memory: Option<u64>,
+        /// Start command, overriding the droplet's.
+        #[arg(short = 'c', long)]
+        start_command: Option<String>,
+        /// Expected SHA-1 of the droplet.
+        #[arg(long)]
+        sha1: Option<String>,
+    },
     /// List the installed buildpacks in detection order.
     Buildpacks,
     /// Show which buildpack would build an app directory, without staging it.
@@ -143,6 +162,76 @@ async fn main() -> Result<()> {
                     "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
                     config.buildpack_dirs
                 );
+            }
+        }
+        Command::Run {
+            droplet,
+            port,
+            env,
+            memory,
+            start_command,
+            sha1,
+        } => {
+            let manager = dea::instance::InstanceManager::new(
+                dea::instance::InstanceSettings {
+                    base_dir: config.base_dir.clone(),
+                    uid: config.instances.uid,
+                    gid: config.instances.gid,
+                    pids_limit: config.instances.pids_limit,
+                    stop_grace: std::time::Duration::from_secs(config.instances.stop_grace_secs),
+                    max_droplet_mb: config.instances.max_droplet_mb,
+                },
+                dea::container::Runc {
+                    binary: config.classic.runc.clone(),
+                    state_dir: config.base_dir.join("runc"),
+                    bundles_dir: config.base_dir.join("bundles"),
+                    rootfs: config.classic.rootfs.clone(),
+                },
+            );
+            let info = manager
+                .start(dea::instance::StartRequest {
+                    droplet,
+                    sha1,
+                    application_id: "local".into(),
+                    name: "local".into(),
+                    index: 0,
+                    env,
+                    host_port: port,
+                    memory_mb: memory.unwrap_or(config.instances.default_memory_mb),
+                    start_command,
+                    health_check: true,
+                    health_check_timeout: std::time::Duration::from_secs(
+                        config.instances.health_check_timeout_secs,
+                    ),
+                })
+                .await?;
+            if info.state != dea::instance::InstanceState::Running {
+                eprintln!(
+                    "Instance {} crashed: {} (logs: {})",
+                    info.instance_id,
+                    info.exit_description.unwrap_or_default(),
+                    info.dir.join("logs").display()
+                );
+                std::process::exit(1);
+            }
+            println!("Instance {} is RUNNING", info.instance_id);
+            println!("URL:  http://127.0.0.1:{}/", info.host_port);
+            println!("Logs: {}", info.dir.join("logs").display());
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {
+                    let stopped = manager.stop(&info.instance_id).await?;
+                    println!("Instance {} is {:?}", stopped.instance_id, stopped.state);
+                }
+                finished = manager.wait_until_finished(&info.instance_id, std::time::Duration::MAX) => {
+                    let info = finished.unwrap_or(info);
+                    eprintln!(
+                        "Instance {} crashed: {} (exit status {:?})",
+                        info.instance_id,
+                        info.exit_description.unwrap_or_default(),
+                        info.exit_status
+                    );
+                    std::process::exit(1);
+                }
             }
         }
         Command::Detect { app, env } => {

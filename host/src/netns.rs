@@ -59,6 +59,12 @@ impl NetNamespace {
         Ok(namespace)
     }
 
+    /// Connects to `addr` from inside the namespace (how the host reaches a container's
+    /// port without any virtual network devices).
+    pub fn connect(&self, addr: &str) -> Result<std::net::TcpStream, NetnsError> {
+        connect_in(&self.path(), addr)
+    }
+
     /// The namespace file runc joins.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/var/run/netns").join(&self.name)
@@ -88,6 +94,26 @@ impl NetNamespace {
                 .unwrap_or_else(|_| Err(enter("namespace thread panicked".into())))
         })
     }
+}
+
+/// Connects to `addr` from inside the namespace at `path`.
+pub fn connect_in(path: &Path, addr: &str) -> Result<std::net::TcpStream, NetnsError> {
+    let enter = |message: String| NetnsError::Enter {
+        name: path.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(path).map_err(|e| enter(e.to_string()))?;
+    // setns changes only the calling thread, so do it on a thread that then ends.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| enter(e.to_string()))?;
+                std::net::TcpStream::connect(addr).map_err(|e| enter(e.to_string()))
+            })
+            .join()
+            .unwrap_or_else(|_| Err(enter("namespace thread panicked".into())))
+    })
 }
 
 /// Deletes namespaces left by agents that are gone (a crash skips `Drop`). Names carry the

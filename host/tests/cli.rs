@@ -234,3 +234,70 @@ fn fetch_explains_how_a_url_resolves() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
+    use std::io::{BufRead, Read, Write};
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = base.path().join("droplet.tgz");
+    let droplet_arg = droplet.display().to_string();
+    let out = dea(
+        base.path(),
+        &[
+            "--buildpacks",
+            "target/buildpacks",
+            "stage",
+            "examples/static-site",
+            "-o",
+            &droplet_arg,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dea"))
+        .current_dir(root())
+        .arg("--base-dir")
+        .arg(base.path().join("state"))
+        .args(["run", &droplet_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("dea run starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if let Some(rest) = line.strip_prefix("URL:  ") {
+            url = Some(rest.to_string());
+            break;
+        }
+    }
+    let url = url.unwrap_or_else(|| {
+        let _ = child.kill();
+        let mut err = String::new();
+        let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
+        panic!("no URL printed: {err}");
+    });
+    let port: u16 = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches('/')
+        .parse()
+        .expect("port in URL");
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
+        .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.contains("Hello from a dea droplet"), "{response}");
+
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait().expect("dea run exits");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{rest:?}");
+    assert!(rest.iter().any(|l| l.contains("Stopped")), "{rest:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+}

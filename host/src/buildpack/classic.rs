@@ -402,6 +402,7 @@ impl ScriptRun<'_> {
             tmp_size_mb: self.limits.tmp_size_mb,
             network_namespace: None,
             file_mounts: Vec::new(),
+            hostname: "dea-staging".into(),
         }
     }
 }
