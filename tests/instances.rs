@@ -7,23 +7,33 @@ use dea_tests::*;
 use std::path::Path;
 use std::time::Duration;
 
+fn settings(base: &Path) -> InstanceSettings {
+    InstanceSettings {
+        base_dir: base.to_path_buf(),
+        uid: 2000,
+        gid: 2000,
+        pids_limit: 256,
+        stop_grace: Duration::from_secs(3),
+        max_droplet_mb: 512,
+        memory_capacity_mb: 1024,
+        memory_overcommit_factor: 1.0,
+        disk_capacity_mb: 8192,
+        disk_overcommit_factor: 1.0,
+        crash_lifetime: Duration::from_secs(3600),
+    }
+}
+
+fn runc(base: &Path) -> Runc {
+    Runc {
+        binary: "runc".into(),
+        state_dir: base.join("runc"),
+        bundles_dir: base.join("bundles"),
+        rootfs: None,
+    }
+}
+
 fn manager(base: &Path) -> std::sync::Arc<InstanceManager> {
-    InstanceManager::new(
-        InstanceSettings {
-            base_dir: base.to_path_buf(),
-            uid: 2000,
-            gid: 2000,
-            pids_limit: 256,
-            stop_grace: Duration::from_secs(3),
-            max_droplet_mb: 512,
-        },
-        Runc {
-            binary: "runc".into(),
-            state_dir: base.join("runc"),
-            bundles_dir: base.join("bundles"),
-            rootfs: None,
-        },
-    )
+    InstanceManager::new(settings(base), runc(base))
 }
 
 fn start_request(droplet: &Path) -> StartRequest {
@@ -36,6 +46,7 @@ fn start_request(droplet: &Path) -> StartRequest {
         env: vec![("GREETING".into(), "hi".into())],
         host_port: 0,
         memory_mb: 256,
+        disk_mb: 1024,
         start_command: None,
         health_check: true,
         health_check_timeout: Duration::from_secs(20),
@@ -79,6 +90,9 @@ async fn stage_run_get_crash_and_stop() {
 
     let info = manager.start(start_request(&droplet)).await.expect("start");
     assert_eq!(info.state, InstanceState::Running, "{info:?}");
+    for step in ["droplet", "extract", "container", "health_check"] {
+        assert!(info.start_timings_ms.contains_key(step), "{info:?}");
+    }
     assert!(info.state_timestamps.contains_key("BORN"));
     assert!(info.state_timestamps.contains_key("STARTING"));
     let response = http_get(info.host_port, "/").await;
@@ -156,4 +170,180 @@ async fn a_start_command_that_never_listens_fails_the_health_check() {
             .is_some_and(|d| d.contains("failed to start accepting connections")),
         "{info:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_reattaches_without_restarting_the_app() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = staged_example(base.path()).await;
+    let state = base.path().join("dea");
+    let first = manager(&state);
+    let info = first.start(start_request(&droplet)).await.expect("start");
+    assert_eq!(info.state, InstanceState::Running, "{info:?}");
+    let pid = first.pid(&info.instance_id).await.expect("pid");
+    let snapshot = std::fs::read_to_string(state.join("db/instances.json")).expect("snapshot");
+    assert!(
+        snapshot.contains(&info.instance_id) && snapshot.contains("RUNNING"),
+        "{snapshot}"
+    );
+
+    // The agent goes away without stopping anything; a new one recovers from the snapshot.
+    first.abandon().await;
+    drop(first);
+    let second = InstanceManager::recover(settings(&state), runc(&state)).await;
+    let resumed = second.get(&info.instance_id).expect("recovered");
+    assert_eq!(resumed.state, InstanceState::Running, "{resumed:?}");
+    assert!(resumed.state_timestamps.contains_key("RESUMING"));
+    assert_eq!(
+        second.pid(&info.instance_id).await,
+        Some(pid),
+        "the app was restarted"
+    );
+    let response = http_get(resumed.host_port, "/").await;
+    assert!(response.contains("Hello from a dea droplet"), "{response}");
+
+    // An instance whose container died while no agent watched is marked CRASHED.
+    second.abandon().await;
+    drop(second);
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .arg(pid.to_string())
+        .status();
+    for _ in 0..50 {
+        if runc(&state).pid_of(&resumed.container_id).await.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third = InstanceManager::recover(settings(&state), runc(&state)).await;
+    let gone = third.get(&info.instance_id).expect("still in the registry");
+    assert_eq!(gone.state, InstanceState::Crashed, "{gone:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_that_do_not_fit_are_refused_with_cfs_message() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = staged_example(base.path()).await;
+    let manager = manager(&base.path().join("dea"));
+    let mut request = start_request(&droplet);
+    request.memory_mb = 2048; // capacity is 1024
+    let info = manager.start(request).await.expect("registered");
+    assert_eq!(info.state, InstanceState::Crashed);
+    assert_eq!(
+        info.exit_description.as_deref(),
+        Some("Not enough memory resource available.")
+    );
+    let mut request = start_request(&droplet);
+    request.disk_mb = 10_000; // capacity is 8192
+    let info = manager.start(request).await.expect("registered");
+    assert_eq!(
+        info.exit_description.as_deref(),
+        Some("Not enough disk resource available.")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_are_isolated_and_memory_hogs_are_killed() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = staged_example(base.path()).await;
+    let manager = manager(&base.path().join("dea"));
+    let a = manager
+        .start(start_request(&droplet))
+        .await
+        .expect("start a");
+    assert_eq!(a.state, InstanceState::Running, "{a:?}");
+    std::fs::write(a.dir.join("home/app/secret-of-a.txt"), "secret").expect("secret");
+
+    // B looks for A's files and processes, writes what it found into its own app dir, then
+    // serves as usual.
+    let a_home = a.dir.join("home").display().to_string();
+    let mut request = start_request(&droplet);
+    request.start_command = Some(format!(
+        "(ls /proc | grep -c '^[0-9]'; cat {a_home}/app/secret-of-a.txt 2>&1; \
+          ls /home/vcap/app; cat /proc/1/cmdline | tr '\\0' ' ') > report.txt; \
+         exec python3 -m http.server $PORT --bind 0.0.0.0"
+    ));
+    let b = manager.start(request).await.expect("start b");
+    assert_eq!(b.state, InstanceState::Running, "{b:?}");
+    let report = std::fs::read_to_string(b.dir.join("home/app/report.txt")).expect("report");
+    assert!(
+        report.contains("No such file"),
+        "A's files were visible: {report}"
+    );
+    let processes: usize = report
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(99);
+    assert!(processes <= 6, "B sees {processes} processes: {report}");
+    // PID 1 in B's namespace is B's own start script, not anything of A's.
+    assert!(report.contains("dea-start"), "{report}");
+
+    // An app that allocates past its memory limit is killed and reported.
+    let mut request = start_request(&droplet);
+    request.memory_mb = 64;
+    request.start_command =
+        Some("python3 -c 'import time; x = bytearray(512 << 20); time.sleep(60)'".into());
+    request.health_check = false;
+    let hog = manager.start(request).await.expect("start hog");
+    let hog = manager
+        .wait_until_finished(&hog.instance_id, Duration::from_secs(20))
+        .await
+        .expect("known");
+    assert_eq!(hog.state, InstanceState::Crashed, "{hog:?}");
+    assert_eq!(hog.exit_status, Some(137), "{hog:?}");
+    assert!(
+        hog.exit_description
+            .as_deref()
+            .is_some_and(|d| d.contains("out of memory")),
+        "{hog:?}"
+    );
+    manager.stop(&a.instance_id).await.expect("stop a");
+    manager.stop(&b.instance_id).await.expect("stop b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn droplets_come_over_http_verified_and_stored_once() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = staged_example(base.path()).await;
+    let bytes = std::fs::read(&droplet).expect("droplet");
+    let sha1 = {
+        use sha1::Digest;
+        hex::encode(sha1::Sha1::digest(&bytes))
+    };
+    let server = FileServer::start(vec![("/droplets/app.tgz", bytes)]).await;
+    let manager = manager(&base.path().join("dea"));
+    let mut request = start_request(&droplet);
+    request.droplet = server.url("/droplets/app.tgz");
+    request.sha1 = Some(sha1.clone());
+    // Two concurrent starts of one droplet share one download.
+    let (a, b) = tokio::join!(
+        manager.start(request.clone()),
+        manager.start(request.clone())
+    );
+    let (a, b) = (a.expect("a"), b.expect("b"));
+    assert_eq!(a.state, InstanceState::Running, "{a:?}");
+    assert_eq!(b.state, InstanceState::Running, "{b:?}");
+    assert_eq!(a.droplet_sha1, sha1);
+    assert_eq!(server.hits("/droplets/app.tgz"), 1);
+    assert!(
+        base.path()
+            .join("dea/droplets")
+            .join(&sha1)
+            .join("droplet.tgz")
+            .is_file()
+    );
+
+    let mut wrong = request.clone();
+    wrong.sha1 = Some("0".repeat(40));
+    let bad = manager.start(wrong).await.expect("registered");
+    assert_eq!(bad.state, InstanceState::Crashed);
+    assert!(
+        bad.exit_description
+            .as_deref()
+            .is_some_and(|d| d.contains("SHA1 mismatch")),
+        "{bad:?}"
+    );
+    manager.stop(&a.instance_id).await.expect("stop");
+    manager.stop(&b.instance_id).await.expect("stop");
 }

@@ -57,6 +57,16 @@ pub struct InstanceConfig {
     pub health_check_timeout_secs: u64,
     /// Largest droplet accepted, unpacked, in MiB.
     pub max_droplet_mb: u64,
+    /// Disk for an instance when the request names none, in MiB.
+    pub default_disk_mb: u64,
+    /// Memory offered to instances, in MiB (default: the machine's RAM).
+    pub memory_capacity_mb: Option<u64>,
+    pub memory_overcommit_factor: f64,
+    /// Disk offered to instances, in MiB.
+    pub disk_capacity_mb: u64,
+    pub disk_overcommit_factor: f64,
+    /// How long a crashed instance's logs are kept, in seconds.
+    pub crash_lifetime_secs: u64,
 }
 
 impl Default for InstanceConfig {
@@ -69,6 +79,12 @@ impl Default for InstanceConfig {
             stop_grace_secs: 10,
             health_check_timeout_secs: 60,
             max_droplet_mb: 4096,
+            default_disk_mb: 1024,
+            memory_capacity_mb: None,
+            memory_overcommit_factor: 1.0,
+            disk_capacity_mb: 100 * 1024,
+            disk_overcommit_factor: 1.0,
+            crash_lifetime_secs: 3600,
         }
     }
 }

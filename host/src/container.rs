@@ -186,6 +186,17 @@ impl Runc {
             .await;
     }
 
+    /// Sends `signal` to every process of container `id`.
+    pub async fn signal_container(&self, id: &str, signal: &str) {
+        self.signal(id, signal).await;
+    }
+
+    /// Deletes container `id` and its bundle.
+    pub async fn remove_container(&self, id: &str) {
+        self.delete(id).await;
+        let _ = std::fs::remove_dir_all(self.bundles_dir.join(id));
+    }
+
     /// The host pid of container `id`'s main process, while it runs.
     pub async fn pid_of(&self, id: &str) -> Option<u32> {
         self.pid(id).await

@@ -173,14 +173,7 @@ async fn main() -> Result<()> {
             sha1,
         } => {
             let manager = dea::instance::InstanceManager::new(
-                dea::instance::InstanceSettings {
-                    base_dir: config.base_dir.clone(),
-                    uid: config.instances.uid,
-                    gid: config.instances.gid,
-                    pids_limit: config.instances.pids_limit,
-                    stop_grace: std::time::Duration::from_secs(config.instances.stop_grace_secs),
-                    max_droplet_mb: config.instances.max_droplet_mb,
-                },
+                dea::instance::InstanceSettings::from_config(&config),
                 dea::container::Runc {
                     binary: config.classic.runc.clone(),
                     state_dir: config.base_dir.join("runc"),
@@ -198,6 +191,7 @@ async fn main() -> Result<()> {
                     env,
                     host_port: port,
                     memory_mb: memory.unwrap_or(config.instances.default_memory_mb),
+                    disk_mb: config.instances.default_disk_mb,
                     start_command,
                     health_check: true,
                     health_check_timeout: std::time::Duration::from_secs(

@@ -70,6 +70,31 @@ impl NetNamespace {
         PathBuf::from("/var/run/netns").join(&self.name)
     }
 
+    /// Creates a namespace with a chosen name (for instances, which outlive an agent restart).
+    pub fn create_named(name: &str) -> Result<NetNamespace, NetnsError> {
+        ip(&["netns", "add", name])?;
+        let namespace = NetNamespace {
+            name: name.to_string(),
+        };
+        ip(&["-n", name, "link", "set", "lo", "up"])?;
+        Ok(namespace)
+    }
+
+    /// Takes charge of a namespace that already exists (after an agent restart).
+    pub fn existing(name: &str) -> Option<NetNamespace> {
+        Path::new("/var/run/netns")
+            .join(name)
+            .exists()
+            .then(|| NetNamespace {
+                name: name.to_string(),
+            })
+    }
+
+    /// Lets go of the namespace without deleting it: its container outlives this agent.
+    pub fn leak(self) {
+        std::mem::forget(self);
+    }
+
     /// Binds a TCP listener on `addr` inside the namespace. The socket stays in the
     /// namespace; the host serves it from its own runtime.
     pub fn bind(&self, addr: &str) -> Result<TcpListener, NetnsError> {

@@ -35,6 +35,7 @@ pub enum InstanceState {
     Stopping,
     Stopped,
     Crashed,
+    Resuming,
 }
 
 /// Why an instance could not be started or stopped.
@@ -65,6 +66,7 @@ pub struct StartRequest {
     /// Host port to publish on (0: any free port).
     pub host_port: u16,
     pub memory_mb: u64,
+    pub disk_mb: u64,
     pub start_command: Option<String>,
     /// Wait for the port to accept connections (CF does when the app has routes).
     pub health_check: bool,
@@ -87,9 +89,28 @@ pub struct InstanceInfo {
     pub exit_description: Option<String>,
     pub start_command: Option<String>,
     pub dir: PathBuf,
+    /// The runc container and the network namespace, for re-attaching after a restart.
+    pub container_id: String,
+    pub netns: String,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    /// Milliseconds spent in each start step: droplet, extract, container, health_check.
+    #[serde(default)]
+    pub start_timings_ms: BTreeMap<String, f64>,
 }
 
 impl InstanceInfo {
+    fn holds_resources(&self) -> bool {
+        matches!(
+            self.state,
+            InstanceState::Born
+                | InstanceState::Starting
+                | InstanceState::Running
+                | InstanceState::Resuming
+                | InstanceState::Stopping
+        )
+    }
+
     fn set_state(&mut self, state: InstanceState) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -106,8 +127,61 @@ impl InstanceInfo {
 
 struct Handle {
     info: Mutex<InstanceInfo>,
-    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    control: Mutex<Option<tokio::sync::oneshot::Sender<Control>>>,
     done: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What the monitor of an instance is told.
+enum Control {
+    /// TERM, grace period, KILL, STOPPED.
+    Stop,
+    /// Let go without touching the container (an agent going away; tests use it to
+    /// simulate a crash of the agent).
+    Abandon,
+}
+
+/// The container's main process, as this agent knows it.
+enum Process {
+    /// Started by this agent: its `runc run` child.
+    Child(RunningContainer),
+    /// Found running after a restart: watched through `runc state`.
+    Adopted {
+        runc: Runc,
+        id: String,
+        home: PathBuf,
+    },
+}
+
+impl Process {
+    async fn wait(&mut self) -> i32 {
+        match self {
+            Process::Child(container) => container.wait().await,
+            Process::Adopted { runc, id, home } => loop {
+                if runc.pid_of(id).await.is_none() {
+                    // The start script records the app's status on its way out.
+                    return std::fs::read_to_string(home.join("exit_status"))
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(255);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            },
+        }
+    }
+
+    async fn signal(&self, signal: &str) {
+        match self {
+            Process::Child(container) => container.signal(signal).await,
+            Process::Adopted { runc, id, .. } => runc.signal_container(id, signal).await,
+        }
+    }
+
+    async fn remove(self) {
+        match self {
+            Process::Child(container) => container.remove().await,
+            Process::Adopted { runc, id, .. } => runc.remove_container(&id).await,
+        }
+    }
 }
 
 /// Limits and places for instances.
@@ -119,6 +193,43 @@ pub struct InstanceSettings {
     pub pids_limit: i64,
     pub stop_grace: Duration,
     pub max_droplet_mb: u64,
+    /// Memory this host offers to instances, in MiB, and how far it may be overcommitted.
+    pub memory_capacity_mb: u64,
+    pub memory_overcommit_factor: f64,
+    /// Disk this host offers to instances, in MiB, and how far it may be overcommitted.
+    pub disk_capacity_mb: u64,
+    pub disk_overcommit_factor: f64,
+    /// How long a crashed instance's logs are kept under `crashes/`.
+    pub crash_lifetime: Duration,
+}
+
+impl InstanceSettings {
+    /// The settings `config` describes (memory capacity defaults to the machine's RAM).
+    pub fn from_config(config: &crate::config::Config) -> InstanceSettings {
+        let instances = &config.instances;
+        let machine_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+            .map_or(4096, |kb| kb / 1024);
+        InstanceSettings {
+            base_dir: config.base_dir.clone(),
+            uid: instances.uid,
+            gid: instances.gid,
+            pids_limit: instances.pids_limit,
+            stop_grace: Duration::from_secs(instances.stop_grace_secs),
+            max_droplet_mb: instances.max_droplet_mb,
+            memory_capacity_mb: instances.memory_capacity_mb.unwrap_or(machine_mb),
+            memory_overcommit_factor: instances.memory_overcommit_factor,
+            disk_capacity_mb: instances.disk_capacity_mb,
+            disk_overcommit_factor: instances.disk_overcommit_factor,
+            crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
+        }
+    }
 }
 
 /// The registry of instances on this host.
@@ -178,30 +289,53 @@ impl InstanceManager {
             exit_description: None,
             start_command: None,
             dir: dir.clone(),
+            container_id: format!("dea-app-{id}"),
+            netns: format!("dea-i-{}", &id[..16.min(id.len())]),
+            memory_mb: request.memory_mb,
+            disk_mb: request.disk_mb,
+            start_timings_ms: BTreeMap::new(),
         };
         info.set_state(InstanceState::Born);
-        info.set_state(InstanceState::Starting);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (control_tx, control_rx) = tokio::sync::oneshot::channel();
         let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let handle = Arc::new(Handle {
             info: Mutex::new(info),
-            stop: Mutex::new(Some(stop_tx)),
+            control: Mutex::new(Some(control_tx)),
             done: done_rx,
         });
-        lock(&self.instances).insert(id.clone(), handle.clone());
+        // Reserve under the registry lock, so concurrent starts cannot both fit.
+        let refused = {
+            let mut instances = lock(&self.instances);
+            let refused = self.refuse_for_resources(&instances, &request);
+            instances.insert(id.clone(), handle.clone());
+            refused
+        };
+        if let Some(message) = refused {
+            let mut info = lock(&handle.info);
+            info.exit_description = Some(message);
+            info.set_state(InstanceState::Crashed);
+            let _ = done_tx.send(true);
+            drop(info);
+            self.save_snapshot();
+            return Ok(self.get(&id).unwrap_or_else(|| lock(&handle.info).clone()));
+        }
+        lock(&handle.info).set_state(InstanceState::Starting);
+        self.save_snapshot();
 
         let prepared = self.prepare(&handle, &request).await;
         let (container, namespace, forwarder) = match prepared {
             Ok(parts) => parts,
             Err(error) => {
-                let mut info = lock(&handle.info);
-                info.exit_description = Some(error.to_string());
-                info.set_state(InstanceState::Crashed);
+                {
+                    let mut info = lock(&handle.info);
+                    info.exit_description = Some(error.to_string());
+                    info.set_state(InstanceState::Crashed);
+                }
                 let _ = done_tx.send(true);
-                return Ok(info.clone());
+                self.save_snapshot();
+                return Ok(lock(&handle.info).clone());
             }
         };
-        let namespace = Arc::new(namespace);
         let manager = self.clone();
         let monitor_handle = handle.clone();
         let health = request.health_check.then_some(request.health_check_timeout);
@@ -210,10 +344,10 @@ impl InstanceManager {
             manager
                 .monitor(
                     monitor_handle,
-                    container,
+                    Process::Child(container),
                     namespace,
                     forwarder,
-                    stop_rx,
+                    control_rx,
                     health,
                     ready_tx,
                 )
@@ -231,10 +365,18 @@ impl InstanceManager {
         request: &StartRequest,
     ) -> Result<(RunningContainer, NetNamespace, tokio::task::JoinHandle<()>), InstanceError> {
         let setup = |e: &dyn std::fmt::Display| InstanceError::Setup(e.to_string());
+        let timer = std::time::Instant::now();
+        let record = |step: &str, since: std::time::Instant| {
+            lock(&handle.info)
+                .start_timings_ms
+                .insert(step.to_string(), since.elapsed().as_secs_f64() * 1000.0);
+        };
         let (droplet_path, sha1) = self
             .droplets
             .get(&request.droplet, request.sha1.as_deref())
             .await?;
+        record("droplet", timer);
+        let timer = std::time::Instant::now();
         let dir = lock(&handle.info).dir.clone();
         let home = dir.join("home");
         let logs = dir.join("logs");
@@ -260,8 +402,12 @@ impl InstanceManager {
             .ok_or(InstanceError::MissingStartCommand)?;
         crate::buildpack::classic::chown_tree(&home, self.settings.uid, self.settings.gid)
             .map_err(|e| setup(&e))?;
+        record("extract", timer);
+        let timer = std::time::Instant::now();
 
-        let namespace = NetNamespace::create().map_err(|e| setup(&e))?;
+        let netns_name = lock(&handle.info).netns.clone();
+        let _ = NetNamespace::existing(&netns_name); // a stale one from an earlier agent goes
+        let namespace = NetNamespace::create_named(&netns_name).map_err(|e| setup(&e))?;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", request.host_port))
             .await
             .map_err(|e| setup(&format!("publishing port {}: {e}", request.host_port)))?;
@@ -274,6 +420,7 @@ impl InstanceManager {
         }
         let info = lock(&handle.info).clone();
         let spec = self.container_spec(&info, request, &home, &namespace, &command);
+        let _ = std::fs::remove_file(home.join("exit_status"));
         let stdout = std::fs::File::create(logs.join("stdout.log")).map_err(|e| setup(&e))?;
         let stderr = std::fs::File::create(logs.join("stderr.log")).map_err(|e| setup(&e))?;
         let container = self
@@ -282,6 +429,7 @@ impl InstanceManager {
             .await
             .map_err(|e| setup(&e))?;
         let forwarder = tokio::spawn(publish(listener, namespace.path()));
+        record("container", timer);
         Ok((container, namespace, forwarder))
     }
 
@@ -344,9 +492,9 @@ impl InstanceManager {
             trap 'kill -TERM $child 2>/dev/null' TERM INT; \
             wait $child; status=$?; \
             while kill -0 $child 2>/dev/null; do wait $child; status=$?; done; \
-            exit $status";
+            echo $status > \"$DROPLET_BASE_DIR/exit_status\"; exit $status";
         ContainerSpec {
-            id: format!("dea-app-{}", info.instance_id),
+            id: info.container_id.clone(),
             args: vec![
                 "/bin/bash".into(),
                 "-c".into(),
@@ -386,14 +534,16 @@ impl InstanceManager {
     async fn monitor(
         &self,
         handle: Arc<Handle>,
-        mut container: RunningContainer,
-        namespace: Arc<NetNamespace>,
+        mut container: Process,
+        namespace: NetNamespace,
         forwarder: tokio::task::JoinHandle<()>,
-        mut stop_rx: tokio::sync::oneshot::Receiver<()>,
+        mut control: tokio::sync::oneshot::Receiver<Control>,
         health: Option<Duration>,
         ready: tokio::sync::oneshot::Sender<()>,
     ) {
+        let namespace = Arc::new(namespace);
         let mut ready = Some(ready);
+        let health_started = std::time::Instant::now();
         let healthy = match health {
             None => Health::Healthy,
             Some(limit) => {
@@ -402,19 +552,27 @@ impl InstanceManager {
                         if ok { Health::Healthy } else { Health::Unhealthy }
                     }
                     code = container.wait() => Health::Exited(code),
-                    _ = &mut stop_rx => Health::StopRequested,
+                    order = &mut control => Health::Ordered(order.unwrap_or(Control::Abandon)),
                 }
             }
         };
         let exit = match healthy {
             Health::Healthy => {
-                lock(&handle.info).set_state(InstanceState::Running);
+                {
+                    let mut info = lock(&handle.info);
+                    info.start_timings_ms.insert(
+                        "health_check".into(),
+                        health_started.elapsed().as_secs_f64() * 1000.0,
+                    );
+                    info.set_state(InstanceState::Running);
+                }
+                self.save_snapshot();
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
                 tokio::select! {
-                    code = container.wait() => Some(code),
-                    _ = &mut stop_rx => None,
+                    code = container.wait() => Ending::Exited(code),
+                    order = &mut control => Ending::Ordered(order.unwrap_or(Control::Abandon)),
                 }
             }
             Health::Unhealthy => {
@@ -423,20 +581,39 @@ impl InstanceManager {
                     "Instance {index} failed to start accepting connections"
                 ));
                 container.signal("KILL").await;
-                Some(container.wait().await)
+                Ending::Exited(container.wait().await)
             }
-            Health::Exited(code) => Some(code),
-            Health::StopRequested => None,
+            Health::Exited(code) => Ending::Exited(code),
+            Health::Ordered(order) => Ending::Ordered(order),
         };
         match exit {
-            Some(code) => {
+            Ending::Ordered(Control::Abandon) => {
+                // The agent goes; the container, its namespace and its logs stay.
+                forwarder.abort();
+                if let Ok(namespace) = Arc::try_unwrap(namespace) {
+                    namespace.leak();
+                }
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                if let Process::Child(child) = container {
+                    std::mem::forget(child);
+                }
+                return;
+            }
+            Ending::Exited(code) => {
                 {
                     let mut info = lock(&handle.info);
                     if info.exit_description.is_none() {
                         info.exit_description = Some(if code == 137 {
-                            "app instance was killed (SIGKILL): out of memory or killed".into()
+                            // The cgroup (and its OOM counter) is gone by now; inside the
+                            // container nothing else sends SIGKILL.
+                            format!(
+                                "app instance was killed (SIGKILL), most likely out of memory (limit {} MiB)",
+                                info.memory_mb
+                            )
                         } else {
-                            "app instance exited".into()
+                            format!("app instance exited with status {code}")
                         });
                     }
                     info.exit_status = Some(code);
@@ -444,8 +621,9 @@ impl InstanceManager {
                 }
                 self.keep_crash_logs(&handle);
             }
-            None => {
+            Ending::Ordered(Control::Stop) => {
                 lock(&handle.info).set_state(InstanceState::Stopping);
+                self.save_snapshot();
                 container.signal("TERM").await;
                 let exited = tokio::time::timeout(self.settings.stop_grace, container.wait()).await;
                 if exited.is_err() {
@@ -455,6 +633,7 @@ impl InstanceManager {
                 lock(&handle.info).set_state(InstanceState::Stopped);
             }
         }
+        self.save_snapshot();
         forwarder.abort();
         container.remove().await;
         drop(namespace);
@@ -463,7 +642,26 @@ impl InstanceManager {
         }
     }
 
+    /// Removes kept crash logs older than `crash_lifetime`.
+    pub fn reap_crashes(&self) {
+        let Ok(entries) = std::fs::read_dir(self.settings.base_dir.join("crashes")) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > self.settings.crash_lifetime);
+            if old {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
     fn keep_crash_logs(&self, handle: &Handle) {
+        self.reap_crashes();
         let info = lock(&handle.info).clone();
         let target = self
             .settings
@@ -483,14 +681,155 @@ impl InstanceManager {
         self.runc.pid_of(&format!("dea-app-{id}")).await
     }
 
+    /// CF's refusal when a start does not fit the host's (overcommitted) capacity.
+    fn refuse_for_resources(
+        &self,
+        instances: &HashMap<String, Arc<Handle>>,
+        request: &StartRequest,
+    ) -> Option<String> {
+        let (mut memory, mut disk) = (0u64, 0u64);
+        for handle in instances.values() {
+            let info = lock(&handle.info);
+            if info.holds_resources() {
+                memory += info.memory_mb;
+                disk += info.disk_mb;
+            }
+        }
+        let settings = &self.settings;
+        let memory_cap = settings.memory_capacity_mb as f64 * settings.memory_overcommit_factor;
+        let disk_cap = settings.disk_capacity_mb as f64 * settings.disk_overcommit_factor;
+        if (memory + request.memory_mb) as f64 > memory_cap {
+            Some("Not enough memory resource available.".into())
+        } else if (disk + request.disk_mb) as f64 > disk_cap {
+            Some("Not enough disk resource available.".into())
+        } else {
+            None
+        }
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.settings.base_dir.join("db").join("instances.json")
+    }
+
+    /// Writes the registry to `db/instances.json` (atomically) so a restarted agent can
+    /// find its instances. STOPPED ones are gone from the registry, as in the DEA.
+    fn save_snapshot(&self) {
+        let instances: Vec<InstanceInfo> = self
+            .list()
+            .into_iter()
+            .filter(|info| info.state != InstanceState::Stopped)
+            .collect();
+        let snapshot = serde_json::json!({ "instances": instances });
+        let path = self.snapshot_path();
+        let written = std::fs::create_dir_all(path.parent().unwrap_or(&self.settings.base_dir))
+            .and_then(|()| {
+                let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
+                crate::fetch::write_atomic(&path, &bytes)
+            });
+        if let Err(e) = written {
+            tracing::warn!("saving instance snapshot {}: {e}", path.display());
+        }
+    }
+
+    /// A manager for a restarted agent: re-attaches to the containers of its snapshot that
+    /// still run (RESUMING → RUNNING, the app untouched) and marks the rest CRASHED.
+    pub async fn recover(settings: InstanceSettings, runc: Runc) -> Arc<InstanceManager> {
+        let manager = InstanceManager::new(settings, runc);
+        let text = std::fs::read_to_string(manager.snapshot_path()).unwrap_or_default();
+        let saved: Vec<InstanceInfo> = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| serde_json::from_value(v["instances"].clone()).ok())
+            .unwrap_or_default();
+        for mut info in saved {
+            let alive = manager.runc.pid_of(&info.container_id).await.is_some();
+            let namespace = NetNamespace::existing(&info.netns);
+            let (control_tx, control_rx) = tokio::sync::oneshot::channel();
+            let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+            let resumable =
+                alive && matches!(info.state, InstanceState::Running | InstanceState::Resuming);
+            let listener = if resumable {
+                tokio::net::TcpListener::bind(("127.0.0.1", info.host_port))
+                    .await
+                    .ok()
+            } else {
+                None
+            };
+            match (namespace, listener) {
+                (Some(namespace), Some(listener)) if resumable => {
+                    info.set_state(InstanceState::Resuming);
+                    let handle = Arc::new(Handle {
+                        info: Mutex::new(info.clone()),
+                        control: Mutex::new(Some(control_tx)),
+                        done: done_rx,
+                    });
+                    lock(&manager.instances).insert(info.instance_id.clone(), handle.clone());
+                    let forwarder = tokio::spawn(publish(listener, namespace.path()));
+                    let process = Process::Adopted {
+                        runc: manager.runc.clone(),
+                        id: info.container_id.clone(),
+                        home: info.dir.join("home"),
+                    };
+                    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+                    let monitor = manager.clone();
+                    tokio::spawn(async move {
+                        monitor
+                            .monitor(
+                                handle, process, namespace, forwarder, control_rx, None, ready_tx,
+                            )
+                            .await;
+                        let _ = done_tx.send(true);
+                    });
+                    let _ = ready_rx.await;
+                }
+                (namespace, _) => {
+                    if info.holds_resources() {
+                        info.exit_description =
+                            Some("instance was gone when the agent restarted".into());
+                        info.set_state(InstanceState::Crashed);
+                    }
+                    if alive {
+                        manager
+                            .runc
+                            .signal_container(&info.container_id, "KILL")
+                            .await;
+                        manager.runc.remove_container(&info.container_id).await;
+                    }
+                    drop(namespace);
+                    let _ = done_tx.send(true);
+                    let handle = Arc::new(Handle {
+                        info: Mutex::new(info.clone()),
+                        control: Mutex::new(None),
+                        done: done_rx,
+                    });
+                    lock(&manager.instances).insert(info.instance_id.clone(), handle);
+                }
+            }
+        }
+        manager.save_snapshot();
+        manager
+    }
+
+    /// Lets go of every instance without stopping it, as an agent that exits (or dies)
+    /// does; a later [`InstanceManager::recover`] picks them up.
+    pub async fn abandon(&self) {
+        let handles: Vec<Arc<Handle>> = lock(&self.instances).values().cloned().collect();
+        for handle in handles {
+            if let Some(control) = lock(&handle.control).take() {
+                let _ = control.send(Control::Abandon);
+            }
+        }
+        // Give the monitors a moment to release their listeners.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     /// Stops an instance: TERM, then KILL after the grace period. Returns its final info.
     pub async fn stop(&self, id: &str) -> Result<InstanceInfo, InstanceError> {
         let handle = lock(&self.instances)
             .get(id)
             .cloned()
             .ok_or_else(|| InstanceError::Unknown(id.to_string()))?;
-        if let Some(stop) = lock(&handle.stop).take() {
-            let _ = stop.send(());
+        if let Some(control) = lock(&handle.control).take() {
+            let _ = control.send(Control::Stop);
         }
         let mut done = handle.done.clone();
         while !*done.borrow() {
@@ -518,19 +857,17 @@ impl InstanceManager {
 }
 
 fn new_id() -> String {
-    let mut bytes = [0u8; 16];
-    let seed = SystemTime::now()
+    let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let mixed = seed ^ (u128::from(std::process::id()) << 64) ^ u128::from(rand_u64());
-    bytes.copy_from_slice(&mixed.to_le_bytes());
-    hex::encode(bytes)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{:016x}{:016x}", rand_u64(), rand_u64() ^ nanos)
 }
 
+/// 64 random bits from the standard library's per-instance SipHash keys.
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(0);
+    hasher.write_u64(u64::from(std::process::id()));
     hasher.finish()
 }
 
@@ -539,7 +876,13 @@ enum Health {
     Healthy,
     Unhealthy,
     Exited(i32),
-    StopRequested,
+    Ordered(Control),
+}
+
+/// How an instance's life ended, as far as this agent is concerned.
+enum Ending {
+    Exited(i32),
+    Ordered(Control),
 }
 
 /// Polls the app's port inside its namespace until it accepts a connection; false when
