@@ -20,6 +20,7 @@ fn settings(base: &Path) -> InstanceSettings {
         disk_capacity_mb: 8192,
         disk_overcommit_factor: 1.0,
         crash_lifetime: Duration::from_secs(3600),
+        disk_check_interval: Duration::from_millis(200),
     }
 }
 
@@ -346,4 +347,27 @@ async fn droplets_come_over_http_verified_and_stored_once() {
     );
     manager.stop(&a.instance_id).await.expect("stop");
     manager.stop(&b.instance_id).await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_fills_its_disk_is_stopped() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = staged_example(base.path()).await;
+    let manager = manager(&base.path().join("dea"));
+    let mut request = start_request(&droplet);
+    request.disk_mb = 16;
+    request.health_check = false;
+    request.start_command = Some("head -c 40000000 /dev/zero > big.bin; sleep 60".into());
+    let info = manager.start(request).await.expect("start");
+    let info = manager
+        .wait_until_finished(&info.instance_id, Duration::from_secs(20))
+        .await
+        .expect("known");
+    assert_eq!(info.state, InstanceState::Crashed, "{info:?}");
+    assert!(
+        info.exit_description
+            .as_deref()
+            .is_some_and(|d| d.contains("disk limit of 16 MiB")),
+        "{info:?}"
+    );
 }

@@ -201,6 +201,8 @@ pub struct InstanceSettings {
     pub disk_overcommit_factor: f64,
     /// How long a crashed instance's logs are kept under `crashes/`.
     pub crash_lifetime: Duration,
+    /// How often a running instance's disk use is measured against its limit.
+    pub disk_check_interval: Duration,
 }
 
 impl InstanceSettings {
@@ -228,6 +230,7 @@ impl InstanceSettings {
             disk_capacity_mb: instances.disk_capacity_mb,
             disk_overcommit_factor: instances.disk_overcommit_factor,
             crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
+            disk_check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -570,9 +573,31 @@ impl InstanceManager {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
-                tokio::select! {
-                    code = container.wait() => Ending::Exited(code),
-                    order = &mut control => Ending::Ordered(order.unwrap_or(Control::Abandon)),
+                let (home, limit_mb) = {
+                    let info = lock(&handle.info);
+                    (info.dir.join("home"), info.disk_mb)
+                };
+                let mut disk_check = tokio::time::interval(self.settings.disk_check_interval);
+                loop {
+                    tokio::select! {
+                        code = container.wait() => break Ending::Exited(code),
+                        order = &mut control => {
+                            break Ending::Ordered(order.unwrap_or(Control::Abandon));
+                        }
+                        _ = disk_check.tick() => {
+                            let dir = home.clone();
+                            let used = tokio::task::spawn_blocking(move || tree_size(&dir))
+                                .await
+                                .unwrap_or(0);
+                            if used > limit_mb << 20 {
+                                lock(&handle.info).exit_description = Some(format!(
+                                    "app instance exceeded its disk limit of {limit_mb} MiB"
+                                ));
+                                container.signal("KILL").await;
+                                break Ending::Exited(container.wait().await);
+                            }
+                        }
+                    }
                 }
             }
             Health::Unhealthy => {
@@ -871,6 +896,25 @@ fn rand_u64() -> u64 {
     hasher.finish()
 }
 
+/// Bytes used by the files under `dir` (links not followed).
+fn tree_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            match entry.metadata() {
+                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
+                Ok(meta) if meta.is_file() => total += meta.len(),
+                _ => {}
+            }
+        }
+    }
+    total
+}
+
 /// How the start's health check ended.
 enum Health {
     Healthy,
@@ -902,7 +946,7 @@ async fn wait_for_port(namespace: Arc<NetNamespace>, limit: Duration) -> bool {
         if tokio::time::Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
