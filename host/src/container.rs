@@ -143,7 +143,8 @@ impl Runc {
         stdout: std::fs::File,
         stderr: std::fs::File,
     ) -> Result<RunningContainer, ContainerError> {
-        let bundle = self.bundles_dir.join(&spec.id);
+        let bundle = std::path::absolute(self.bundles_dir.join(&spec.id))
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(bundle.join("rootfs"))
             .map_err(|e| ContainerError::Bundle(e.to_string()))?;
@@ -246,7 +247,8 @@ impl Runc {
         on_stdout: Option<OutputSink>,
         on_stderr: Option<OutputSink>,
     ) -> Result<ContainerExit, ContainerError> {
-        let bundle = self.bundles_dir.join(&spec.id);
+        let bundle = std::path::absolute(self.bundles_dir.join(&spec.id))
+            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(bundle.join("rootfs"))
             .map_err(|e| ContainerError::Bundle(e.to_string()))?;

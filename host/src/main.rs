@@ -111,6 +111,9 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(base) = &cli.base_dir {
         config.base_dir = base.clone();
     }
+    // runc resolves paths relative to the bundle, so everything the agent hands it is absolute.
+    config.base_dir = std::path::absolute(&config.base_dir)
+        .with_context(|| format!("resolving base_dir {}", config.base_dir.display()))?;
     Ok(config)
 }
 

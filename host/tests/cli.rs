@@ -254,10 +254,15 @@ fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
 
+    // A relative --base-dir (runc needs absolute paths; the agent must make them so).
+    let depth = root().components().count() - 1;
+    let relative_state = PathBuf::from("../".repeat(depth))
+        .join(base.path().strip_prefix("/").expect("absolute tempdir"))
+        .join("run-state");
     let mut child = Command::new(env!("CARGO_BIN_EXE_dea"))
         .current_dir(root())
         .arg("--base-dir")
-        .arg(base.path().join("state"))
+        .arg(&relative_state)
         .args(["run", &droplet_arg])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

@@ -251,7 +251,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl InstanceManager {
-    pub fn new(settings: InstanceSettings, runc: Runc) -> Arc<InstanceManager> {
+    pub fn new(mut settings: InstanceSettings, runc: Runc) -> Arc<InstanceManager> {
+        // Bind-mount sources must be absolute for runc.
+        if let Ok(absolute) = std::path::absolute(&settings.base_dir) {
+            settings.base_dir = absolute;
+        }
         let droplets = DropletStore::new(settings.base_dir.join("droplets"));
         Arc::new(InstanceManager {
             settings,

@@ -120,6 +120,11 @@ impl Stager {
         wasm: Arc<WasmRuntime>,
         fetch: Arc<FetchService>,
     ) -> Stager {
+        let mut config = config;
+        // Workspace paths become bind-mount sources, which runc needs absolute.
+        if let Ok(absolute) = std::path::absolute(&config.base_dir) {
+            config.base_dir = absolute;
+        }
         let runc = Arc::new(Runc {
             binary: config.classic.runc.clone(),
             state_dir: config.base_dir.join("runc"),
