@@ -37,6 +37,56 @@ fn manager(base: &Path) -> std::sync::Arc<InstanceManager> {
     InstanceManager::new(settings(base), runc(base))
 }
 
+/// Kills every container under a test's runc state directory when the test ends, passed or
+/// failed, so a failing test leaves no app running on the machine.
+struct Cleanup(std::path::PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let root = self.0.join("runc");
+        let Ok(list) = std::process::Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output()
+        else {
+            return;
+        };
+        for id in String::from_utf8_lossy(&list.stdout).lines() {
+            for args in [
+                vec!["kill", "--all", id, "KILL"],
+                vec!["delete", "--force", id],
+            ] {
+                let _ = std::process::Command::new("runc")
+                    .arg("--root")
+                    .arg(&root)
+                    .args(&args)
+                    .output();
+            }
+        }
+        if let Ok(namespaces) = std::fs::read_dir("/var/run/netns") {
+            for ns in namespaces.filter_map(Result::ok) {
+                let name = ns.file_name().to_string_lossy().into_owned();
+                let ours = self.0.join("instances").exists()
+                    && std::fs::read_dir(self.0.join("instances"))
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Result::ok)
+                        .any(|i| {
+                            let id = i.file_name().to_string_lossy().into_owned();
+                            id.get(..16)
+                                .is_some_and(|prefix| name == format!("dea-i-{prefix}"))
+                        });
+                if ours {
+                    let _ = std::process::Command::new("ip")
+                        .args(["netns", "delete", &name])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
 fn start_request(droplet: &Path) -> StartRequest {
     StartRequest {
         droplet: droplet.display().to_string(),
@@ -86,6 +136,7 @@ async fn staged_example(base: &Path) -> std::path::PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_run_get_crash_and_stop() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
 
@@ -154,6 +205,7 @@ async fn stage_run_get_crash_and_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_command_that_never_listens_fails_the_health_check() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
     let mut request = start_request(&droplet);
@@ -176,6 +228,7 @@ async fn a_start_command_that_never_listens_fails_the_health_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_restart_reattaches_without_restarting_the_app() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let state = base.path().join("dea");
     let first = manager(&state);
@@ -224,6 +277,7 @@ async fn an_agent_restart_reattaches_without_restarting_the_app() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_that_do_not_fit_are_refused_with_cfs_message() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
     let mut request = start_request(&droplet);
@@ -246,6 +300,7 @@ async fn starts_that_do_not_fit_are_refused_with_cfs_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_are_isolated_and_memory_hogs_are_killed() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
     let a = manager
@@ -306,6 +361,7 @@ async fn instances_are_isolated_and_memory_hogs_are_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn droplets_come_over_http_verified_and_stored_once() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let bytes = std::fs::read(&droplet).expect("droplet");
     let sha1 = {
@@ -352,6 +408,7 @@ async fn droplets_come_over_http_verified_and_stored_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_fills_its_disk_is_stopped() {
     let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
     let mut request = start_request(&droplet);
