@@ -268,6 +268,16 @@ fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("dea run starts");
+    // If an assertion fails, still stop the instance (SIGINT makes dea stop it cleanly).
+    struct StopOnDrop(u32);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.to_string()])
+                .status();
+        }
+    }
+    let _stop = StopOnDrop(child.id());
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = std::io::BufReader::new(stdout).lines();
     let mut url = None;
