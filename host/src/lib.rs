@@ -11,6 +11,7 @@ pub mod container;
 pub mod droplet;
 pub mod fetch;
 pub mod instance;
+pub mod nats;
 pub mod netns;
 pub mod proxy;
 pub mod staging;
