@@ -205,6 +205,19 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
     Ok(())
 }
 
+/// `len` incompressible bytes (xorshift), the same every run.
+fn noise(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut seed: u64 = 0x2545f4914f6cdd1d;
+    for chunk in out.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -364,16 +377,7 @@ fn classic_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::err
     })?;
     let out = scratch.join("classic.tgz");
     let staged = median(5, || {
-        let request = dea::staging::StagingRequest {
-            source: app.clone(),
-            output: out.clone(),
-            buildpacks: Vec::new(),
-            env: Vec::new(),
-            stack: None,
-            cache_dir: None,
-            start_command: None,
-            watcher: None,
-        };
+        let request = dea::staging::StagingRequest::new(&app, &out);
         runtime.block_on(stager.stage(request))?;
         Ok(())
     })?;
@@ -399,16 +403,7 @@ fn fetch_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use dea::fetch::FetchGrant;
     let runtime = tokio::runtime::Runtime::new()?;
     // 50 MB of incompressible bytes served from memory on 127.0.0.1.
-    let mut body = vec![0u8; 50 << 20];
-    let mut seed: u64 = 0x2545f4914f6cdd1d;
-    for chunk in body.chunks_mut(8) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let bytes = seed.to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
-    let body = bytes::Bytes::from(body);
+    let body = bytes::Bytes::from(noise(50 << 20));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let port = listener.local_addr()?.port();
     let served = body.clone();
@@ -507,15 +502,7 @@ fn instance_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::er
         root.join("examples/static-site/index.html"),
         staged.join("app/index.html"),
     )?;
-    let mut ballast = vec![0u8; 10 << 20];
-    let mut seed: u64 = 0x9e3779b97f4a7c15;
-    for chunk in ballast.chunks_mut(8) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
-    }
-    std::fs::write(staged.join("app/ballast.bin"), &ballast)?;
+    std::fs::write(staged.join("app/ballast.bin"), noise(10 << 20))?;
     std::fs::write(
         staged.join("staging_info.yml"),
         "detected_buildpack: staticfile\nstart_command: python3 -m http.server $PORT --bind 0.0.0.0\n",

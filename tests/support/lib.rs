@@ -100,16 +100,7 @@ impl CapturedLog {
 
 /// A staging request for `source` writing to `output`.
 pub fn request(source: &Path, output: &Path) -> StagingRequest {
-    StagingRequest {
-        source: source.to_path_buf(),
-        output: output.to_path_buf(),
-        buildpacks: Vec::new(),
-        env: Vec::new(),
-        stack: None,
-        cache_dir: None,
-        start_command: None,
-        watcher: None,
-    }
+    StagingRequest::new(source, output)
 }
 
 /// Stages and returns the result with the captured log.

@@ -93,6 +93,22 @@ pub struct StagingRequest {
     pub watcher: Option<LogWatcher>,
 }
 
+impl StagingRequest {
+    /// Stage `source` into `output`, detecting the buildpack, with no app variables.
+    pub fn new(source: impl Into<PathBuf>, output: impl Into<PathBuf>) -> StagingRequest {
+        StagingRequest {
+            source: source.into(),
+            output: output.into(),
+            buildpacks: Vec::new(),
+            env: Vec::new(),
+            stack: None,
+            cache_dir: None,
+            start_command: None,
+            watcher: None,
+        }
+    }
+}
+
 /// A finished staging.
 #[derive(Debug)]
 pub struct Staged {
