@@ -3,6 +3,7 @@
 
 use dea::container::Runc;
 use dea::instance::{InstanceManager, InstanceSettings, InstanceState, StartRequest};
+use dea_tests::controller::ContainerCleanup as Cleanup;
 use dea_tests::*;
 use std::path::Path;
 use std::time::Duration;
@@ -21,6 +22,7 @@ fn settings(base: &Path) -> InstanceSettings {
         disk_overcommit_factor: 1.0,
         crash_lifetime: Duration::from_secs(3600),
         disk_check_interval: Duration::from_millis(200),
+        publish_address: "127.0.0.1".into(),
     }
 }
 
@@ -37,56 +39,6 @@ fn manager(base: &Path) -> std::sync::Arc<InstanceManager> {
     InstanceManager::new(settings(base), runc(base))
 }
 
-/// Kills every container under a test's runc state directory when the test ends, passed or
-/// failed, so a failing test leaves no app running on the machine.
-struct Cleanup(std::path::PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let root = self.0.join("runc");
-        let Ok(list) = std::process::Command::new("runc")
-            .arg("--root")
-            .arg(&root)
-            .args(["list", "-q"])
-            .output()
-        else {
-            return;
-        };
-        for id in String::from_utf8_lossy(&list.stdout).lines() {
-            for args in [
-                vec!["kill", "--all", id, "KILL"],
-                vec!["delete", "--force", id],
-            ] {
-                let _ = std::process::Command::new("runc")
-                    .arg("--root")
-                    .arg(&root)
-                    .args(&args)
-                    .output();
-            }
-        }
-        if let Ok(namespaces) = std::fs::read_dir("/var/run/netns") {
-            for ns in namespaces.filter_map(Result::ok) {
-                let name = ns.file_name().to_string_lossy().into_owned();
-                let ours = self.0.join("instances").exists()
-                    && std::fs::read_dir(self.0.join("instances"))
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Result::ok)
-                        .any(|i| {
-                            let id = i.file_name().to_string_lossy().into_owned();
-                            id.get(..16)
-                                .is_some_and(|prefix| name == format!("dea-i-{prefix}"))
-                        });
-                if ours {
-                    let _ = std::process::Command::new("ip")
-                        .args(["netns", "delete", &name])
-                        .output();
-                }
-            }
-        }
-    }
-}
-
 fn start_request(droplet: &Path) -> StartRequest {
     StartRequest {
         droplet: droplet.display().to_string(),
@@ -101,6 +53,7 @@ fn start_request(droplet: &Path) -> StartRequest {
         start_command: None,
         health_check: true,
         health_check_timeout: Duration::from_secs(20),
+        ..Default::default()
     }
 }
 

@@ -535,6 +535,7 @@ fn instance_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::er
         start_command: None,
         health_check: true,
         health_check_timeout: Duration::from_secs(60),
+        ..Default::default()
     };
     // Warm the droplet store, then measure single starts.
     let mut steps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();

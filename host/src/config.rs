@@ -39,6 +39,7 @@ pub struct Config {
     pub classic: ClassicConfig,
     pub fetch: FetchConfig,
     pub instances: InstanceConfig,
+    pub agent: AgentConfig,
 }
 
 /// Running droplets.
@@ -67,6 +68,8 @@ pub struct InstanceConfig {
     pub disk_overcommit_factor: f64,
     /// How long a crashed instance's logs are kept, in seconds.
     pub crash_lifetime_secs: u64,
+    /// Host address instance ports are published on (what the router connects to).
+    pub publish_address: String,
 }
 
 impl Default for InstanceConfig {
@@ -85,6 +88,60 @@ impl Default for InstanceConfig {
             disk_capacity_mb: 100 * 1024,
             disk_overcommit_factor: 1.0,
             crash_lifetime_secs: 3600,
+            publish_address: "127.0.0.1".into(),
+        }
+    }
+}
+
+/// Being a DEA on a NATS bus (`dea serve`): the controller, router and health manager of a
+/// Cloud Foundry drive this agent in the DEA's message formats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `nats://[user:pass@]host:port`, tried in turn; the agent reconnects forever.
+    pub nats_servers: Vec<String>,
+    /// This DEA's index: tags `dea-<index>`, `directory-server-<index>`.
+    pub index: u32,
+    /// The address routers and controllers reach this host at (default: the instances'
+    /// `publish_address`).
+    pub local_ip: Option<String>,
+    /// Placement zone advertised to the controller.
+    pub zone: String,
+    /// Seconds between `dea.advertise` (and `staging.advertise`).
+    pub advertise_interval_secs: u64,
+    /// Seconds between `dea.heartbeat`.
+    pub heartbeat_interval_secs: u64,
+    /// Seconds between route re-registrations.
+    pub router_register_interval_secs: u64,
+    /// Accept staging requests.
+    pub staging_enabled: bool,
+    /// Least memory and disk a staging task reserves, in MiB (the request may ask for more).
+    pub staging_memory_mb: u64,
+    pub staging_disk_mb: u64,
+    /// Evacuation (SIGUSR2) gives up waiting for instances after this many seconds.
+    pub evacuation_bail_out_secs: u64,
+    /// Seconds between checks whether an evacuation is complete.
+    pub evacuation_check_interval_secs: u64,
+    /// Largest app package or buildpack cache downloaded for a staging, in MiB.
+    pub max_download_mb: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            nats_servers: vec!["nats://127.0.0.1:4222".into()],
+            index: 0,
+            local_ip: None,
+            zone: "default".into(),
+            advertise_interval_secs: 5,
+            heartbeat_interval_secs: 10,
+            router_register_interval_secs: 20,
+            staging_enabled: true,
+            staging_memory_mb: 1024,
+            staging_disk_mb: 2048,
+            evacuation_bail_out_secs: 600,
+            evacuation_check_interval_secs: 5,
+            max_download_mb: 2048,
         }
     }
 }
@@ -215,6 +272,7 @@ impl Default for Config {
             classic: ClassicConfig::default(),
             fetch: FetchConfig::default(),
             instances: InstanceConfig::default(),
+            agent: AgentConfig::default(),
         }
     }
 }

@@ -15,3 +15,4 @@ pub mod nats;
 pub mod netns;
 pub mod proxy;
 pub mod staging;
+pub mod transfer;

@@ -75,6 +75,13 @@ enum Command {
         #[arg(long)]
         sha1: Option<String>,
     },
+    /// Be a DEA: take staging and start/stop requests from a Cloud Foundry controller over
+    /// NATS (`agent.nats_servers`) until SIGTERM (stop everything) or SIGUSR2 (evacuate).
+    Serve {
+        /// NATS server URL (repeatable); replaces `agent.nats_servers`.
+        #[arg(long = "nats", value_name = "URL")]
+        nats_servers: Vec<String>,
+    },
     /// List the installed buildpacks in detection order.
     Buildpacks,
     /// Show which buildpack would build an app directory, without staging it.
@@ -126,6 +133,50 @@ fn build_stager(config: Config, buildpacks: BuildpackSet) -> Result<Stager> {
     Ok(Stager::new(config, buildpacks, wasm, fetch))
 }
 
+/// The runc settings for app instances.
+fn instance_runc(config: &Config) -> dea::container::Runc {
+    dea::container::Runc {
+        binary: config.classic.runc.clone(),
+        state_dir: config.base_dir.join("runc"),
+        bundles_dir: config.base_dir.join("bundles"),
+        rootfs: config.classic.rootfs.clone(),
+    }
+}
+
+/// `dea serve`: re-attach to the instances a previous run left, start the NATS agent, and
+/// follow the DEA's signals: TERM/INT/QUIT shut down, USR1 says goodbye, USR2 evacuates.
+async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let instances = dea::instance::InstanceManager::recover(
+        dea::instance::InstanceSettings::from_config(&config),
+        instance_runc(&config),
+    )
+    .await;
+    let stager = Arc::new(build_stager(config.clone(), buildpacks)?);
+    let agent = dea::nats::Agent::start(config, instances, stager, None).await?;
+    println!("DEA {} serving", agent.id());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = quit.recv() => break,
+            _ = usr1.recv() => agent.quiesce().await,
+            _ = usr2.recv() => {
+                let evacuating = agent.clone();
+                tokio::spawn(async move { evacuating.evacuate().await });
+            }
+            _ = agent.wait() => return Ok(()),
+        }
+    }
+    agent.shutdown().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -145,6 +196,13 @@ async fn main() -> Result<()> {
     .context("reading installed buildpacks")?;
 
     match cli.command {
+        Command::Serve { nats_servers } => {
+            let mut config = config;
+            if !nats_servers.is_empty() {
+                config.agent.nats_servers = nats_servers;
+            }
+            serve(config, buildpacks).await?;
+        }
         Command::Buildpacks => {
             println!(
                 "{:<4} {:<16} {:<10} {:<6} PATH",
@@ -200,6 +258,7 @@ async fn main() -> Result<()> {
                     health_check_timeout: std::time::Duration::from_secs(
                         config.instances.health_check_timeout_secs,
                     ),
+                    ..Default::default()
                 })
                 .await?;
             if info.state != dea::instance::InstanceState::Running {
@@ -308,6 +367,7 @@ async fn main() -> Result<()> {
                 cache_dir: cache,
                 start_command,
                 watcher: Some(watcher),
+                candidates: None,
             };
             match stager.stage(request).await {
                 Ok(staged) => {

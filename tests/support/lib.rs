@@ -1,6 +1,8 @@
 //! Shared pieces for the end-to-end tests: the compiled buildpacks, a stager with small
 //! limits, app fixtures, and a real HTTP file server on 127.0.0.1 that counts its hits.
 
+pub mod controller;
+
 use dea::buildpack::wasm::WasmRuntime;
 use dea::buildpack::{Buildpack, BuildpackSet};
 use dea::config::{Config, MirrorRule};

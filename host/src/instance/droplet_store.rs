@@ -39,7 +39,8 @@ impl DropletStore {
         }
     }
 
-    fn path_for(&self, sha1: &str) -> PathBuf {
+    /// Where the droplet with this SHA-1 is (or would be) stored.
+    pub fn path_for(&self, sha1: &str) -> PathBuf {
         self.dir.join(sha1).join("droplet.tgz")
     }
 

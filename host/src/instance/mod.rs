@@ -36,6 +36,40 @@ pub enum InstanceState {
     Stopped,
     Crashed,
     Resuming,
+    /// The agent is draining (SIGUSR2): still serving, to be stopped at shutdown.
+    Evacuating,
+}
+
+impl InstanceState {
+    /// The wire name (`RUNNING`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Born => "BORN",
+            InstanceState::Starting => "STARTING",
+            InstanceState::Running => "RUNNING",
+            InstanceState::Stopping => "STOPPING",
+            InstanceState::Stopped => "STOPPED",
+            InstanceState::Crashed => "CRASHED",
+            InstanceState::Resuming => "RESUMING",
+            InstanceState::Evacuating => "EVACUATING",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything else.
+    pub fn from_name(name: &str) -> Option<InstanceState> {
+        [
+            InstanceState::Born,
+            InstanceState::Starting,
+            InstanceState::Running,
+            InstanceState::Stopping,
+            InstanceState::Stopped,
+            InstanceState::Crashed,
+            InstanceState::Resuming,
+            InstanceState::Evacuating,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
 }
 
 /// Why an instance could not be started or stopped.
@@ -54,7 +88,7 @@ pub enum InstanceError {
 }
 
 /// What to run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct StartRequest {
     /// A droplet path or an http(s) URL.
     pub droplet: String,
@@ -71,6 +105,19 @@ pub struct StartRequest {
     /// Wait for the port to accept connections (CF does when the app has routes).
     pub health_check: bool,
     pub health_check_timeout: Duration,
+    /// The controller's bookkeeping, reported back in heartbeats and `droplet.exited`.
+    pub version: String,
+    pub uris: Vec<String>,
+    pub cc_partition: String,
+    /// The controller's `vcap_application`, merged into the instance's `VCAP_APPLICATION`.
+    pub vcap_application: serde_json::Value,
+    /// `VCAP_SERVICES`, as JSON.
+    pub services: serde_json::Value,
+    /// Open-file limit (the start message's `limits.fds`; 0: the default).
+    pub fds: u64,
+    /// A reason already known to fail this start (say, an unknown stack): the instance is
+    /// registered and CRASHED at once, as the DEA does, so the controller hears of it.
+    pub refusal: Option<String>,
 }
 
 /// An instance as the registry reports it.
@@ -97,6 +144,19 @@ pub struct InstanceInfo {
     /// Milliseconds spent in each start step: droplet, extract, container, health_check.
     #[serde(default)]
     pub start_timings_ms: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub application_name: String,
+    #[serde(default)]
+    pub application_version: String,
+    #[serde(default)]
+    pub application_uris: Vec<String>,
+    #[serde(default)]
+    pub instance_index: u32,
+    #[serde(default)]
+    pub cc_partition: String,
+    /// Sent to routers for sticky sessions (two random ids, as the DEA).
+    #[serde(default)]
+    pub private_instance_id: String,
 }
 
 impl InstanceInfo {
@@ -108,21 +168,49 @@ impl InstanceInfo {
                 | InstanceState::Running
                 | InstanceState::Resuming
                 | InstanceState::Stopping
+                | InstanceState::Evacuating
         )
     }
 
+    /// Seconds since the instance entered STARTING.
+    pub fn uptime_secs(&self) -> u64 {
+        let started = self
+            .state_timestamps
+            .get("STARTING")
+            .copied()
+            .unwrap_or(self.state_timestamp);
+        (now_secs() - started).max(0.0) as u64
+    }
+
     fn set_state(&mut self, state: InstanceState) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
+        let now = now_secs();
         self.state = state;
         self.state_timestamp = now;
-        let name = serde_json::to_value(state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        self.state_timestamps.insert(name, now);
+        self.state_timestamps.insert(state.name().to_string(), now);
     }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Memory and disk held by a staging task (the DEA reserves both from the same pool as
+/// instances).
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    memory_mb: u64,
+    disk_mb: u64,
+}
+
+/// Resource use of a running instance, for `dea.find.droplet` stats.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Usage {
+    pub mem_bytes: u64,
+    pub disk_bytes: u64,
+    /// Fraction of one core used since the previous sample.
+    pub cpu: f64,
 }
 
 struct Handle {
@@ -203,6 +291,8 @@ pub struct InstanceSettings {
     pub crash_lifetime: Duration,
     /// How often a running instance's disk use is measured against its limit.
     pub disk_check_interval: Duration,
+    /// The host address instance ports are published on.
+    pub publish_address: String,
 }
 
 impl InstanceSettings {
@@ -231,6 +321,7 @@ impl InstanceSettings {
             disk_overcommit_factor: instances.disk_overcommit_factor,
             crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
             disk_check_interval: Duration::from_secs(5),
+            publish_address: instances.publish_address.clone(),
         }
     }
 }
@@ -241,6 +332,10 @@ pub struct InstanceManager {
     runc: Runc,
     droplets: DropletStore,
     instances: Mutex<HashMap<String, Arc<Handle>>>,
+    /// Staging tasks' reservations, by task id.
+    staging: Mutex<HashMap<String, Reservation>>,
+    /// Every state change, for the NATS agent (routes, heartbeats, `droplet.exited`).
+    events: tokio::sync::broadcast::Sender<InstanceInfo>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -262,7 +357,33 @@ impl InstanceManager {
             runc,
             droplets,
             instances: Mutex::new(HashMap::new()),
+            staging: Mutex::new(HashMap::new()),
+            events: tokio::sync::broadcast::channel(4096).0,
         })
+    }
+
+    /// State changes from now on: the instance's info just after each change.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<InstanceInfo> {
+        self.events.subscribe()
+    }
+
+    pub fn settings(&self) -> &InstanceSettings {
+        &self.settings
+    }
+
+    pub fn droplets(&self) -> &DropletStore {
+        &self.droplets
+    }
+
+    /// Moves an instance to `state`, saves the snapshot and tells subscribers.
+    fn enter(&self, handle: &Handle, state: InstanceState) {
+        let info = {
+            let mut info = lock(&handle.info);
+            info.set_state(state);
+            info.clone()
+        };
+        self.save_snapshot();
+        let _ = self.events.send(info);
     }
 
     pub fn get(&self, id: &str) -> Option<InstanceInfo> {
@@ -301,6 +422,12 @@ impl InstanceManager {
             memory_mb: request.memory_mb,
             disk_mb: request.disk_mb,
             start_timings_ms: BTreeMap::new(),
+            application_name: request.name.clone(),
+            application_version: request.version.clone(),
+            application_uris: request.uris.clone(),
+            instance_index: request.index,
+            cc_partition: request.cc_partition.clone(),
+            private_instance_id: format!("{}{}", new_id(), new_id()),
         };
         info.set_state(InstanceState::Born);
         let (control_tx, control_rx) = tokio::sync::oneshot::channel();
@@ -313,33 +440,28 @@ impl InstanceManager {
         // Reserve under the registry lock, so concurrent starts cannot both fit.
         let refused = {
             let mut instances = lock(&self.instances);
-            let refused = self.refuse_for_resources(&instances, &request);
+            let refused = request
+                .refusal
+                .clone()
+                .or_else(|| self.refuse_for_resources(&instances, &request));
             instances.insert(id.clone(), handle.clone());
             refused
         };
         if let Some(message) = refused {
-            let mut info = lock(&handle.info);
-            info.exit_description = Some(message);
-            info.set_state(InstanceState::Crashed);
+            lock(&handle.info).exit_description = Some(message);
+            self.enter(&handle, InstanceState::Crashed);
             let _ = done_tx.send(true);
-            drop(info);
-            self.save_snapshot();
-            return Ok(self.get(&id).unwrap_or_else(|| lock(&handle.info).clone()));
+            return Ok(lock(&handle.info).clone());
         }
-        lock(&handle.info).set_state(InstanceState::Starting);
-        self.save_snapshot();
+        self.enter(&handle, InstanceState::Starting);
 
         let prepared = self.prepare(&handle, &request).await;
         let (container, namespace, forwarder) = match prepared {
             Ok(parts) => parts,
             Err(error) => {
-                {
-                    let mut info = lock(&handle.info);
-                    info.exit_description = Some(error.to_string());
-                    info.set_state(InstanceState::Crashed);
-                }
+                lock(&handle.info).exit_description = Some(error.to_string());
+                self.enter(&handle, InstanceState::Crashed);
                 let _ = done_tx.send(true);
-                self.save_snapshot();
                 return Ok(lock(&handle.info).clone());
             }
         };
@@ -415,9 +537,12 @@ impl InstanceManager {
         let netns_name = lock(&handle.info).netns.clone();
         let _ = NetNamespace::existing(&netns_name); // a stale one from an earlier agent goes
         let namespace = NetNamespace::create_named(&netns_name).map_err(|e| setup(&e))?;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", request.host_port))
-            .await
-            .map_err(|e| setup(&format!("publishing port {}: {e}", request.host_port)))?;
+        let listener = tokio::net::TcpListener::bind((
+            self.settings.publish_address.as_str(),
+            request.host_port,
+        ))
+        .await
+        .map_err(|e| setup(&format!("publishing port {}: {e}", request.host_port)))?;
         let host_port = listener.local_addr().map_err(|e| setup(&e))?.port();
         {
             let mut info = lock(&handle.info);
@@ -449,21 +574,38 @@ impl InstanceManager {
         command: &str,
     ) -> ContainerSpec {
         let started = info.state_timestamp as u64;
-        let vcap_application = serde_json::json!({
+        // The controller's part first, then what only the agent knows (§4.3).
+        let mut vcap_application = match &request.vcap_application {
+            serde_json::Value::Object(map) => map.clone(),
+            _ => serde_json::Map::new(),
+        };
+        let ours = serde_json::json!({
             "application_id": request.application_id,
             "application_name": request.name,
+            "application_version": request.version,
+            "application_uris": request.uris,
             "instance_id": info.instance_id,
             "instance_index": request.index,
             "host": "0.0.0.0",
             "port": CONTAINER_PORT,
             "started_at_timestamp": started,
             "state_timestamp": started,
-            "limits": {"mem": request.memory_mb},
+            "limits": {"mem": request.memory_mb, "disk": request.disk_mb, "fds": request.fds},
         });
+        if let serde_json::Value::Object(ours) = ours {
+            for (key, value) in ours {
+                vcap_application.entry(key).or_insert(value);
+            }
+        }
+        let vcap_application = serde_json::Value::Object(vcap_application);
+        let vcap_services = match &request.services {
+            serde_json::Value::Null => "{}".to_string(),
+            services => services.to_string(),
+        };
         let mut env: Vec<(String, String)> = vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("VCAP_APPLICATION".into(), vcap_application.to_string()),
-            ("VCAP_SERVICES".into(), "{}".into()),
+            ("VCAP_SERVICES".into(), vcap_services),
             ("MEMORY_LIMIT".into(), format!("{}m", request.memory_mb)),
             ("HOME".into(), "/home/vcap/app".into()),
             ("TMPDIR".into(), "/home/vcap/tmp".into()),
@@ -565,15 +707,20 @@ impl InstanceManager {
         };
         let exit = match healthy {
             Health::Healthy => {
-                {
+                let resumed_state = {
                     let mut info = lock(&handle.info);
                     info.start_timings_ms.insert(
                         "health_check".into(),
                         health_started.elapsed().as_secs_f64() * 1000.0,
                     );
-                    info.set_state(InstanceState::Running);
-                }
-                self.save_snapshot();
+                    // An instance adopted while the agent was evacuating stays EVACUATING.
+                    if info.state == InstanceState::Evacuating {
+                        InstanceState::Evacuating
+                    } else {
+                        InstanceState::Running
+                    }
+                };
+                self.enter(&handle, resumed_state);
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
@@ -646,23 +793,24 @@ impl InstanceManager {
                         });
                     }
                     info.exit_status = Some(code);
-                    info.set_state(InstanceState::Crashed);
                 }
                 self.keep_crash_logs(&handle);
+                self.enter(&handle, InstanceState::Crashed);
             }
             Ending::Ordered(Control::Stop) => {
-                lock(&handle.info).set_state(InstanceState::Stopping);
-                self.save_snapshot();
+                self.enter(&handle, InstanceState::Stopping);
                 container.signal("TERM").await;
                 let exited = tokio::time::timeout(self.settings.stop_grace, container.wait()).await;
                 if exited.is_err() {
                     container.signal("KILL").await;
                     container.wait().await;
                 }
-                lock(&handle.info).set_state(InstanceState::Stopped);
+                self.enter(&handle, InstanceState::Stopped);
+                // Stopped instances leave the registry, as in the DEA.
+                let id = lock(&handle.info).instance_id.clone();
+                lock(&self.instances).remove(&id);
             }
         }
-        self.save_snapshot();
         forwarder.abort();
         container.remove().await;
         drop(namespace);
@@ -716,24 +864,165 @@ impl InstanceManager {
         instances: &HashMap<String, Arc<Handle>>,
         request: &StartRequest,
     ) -> Option<String> {
+        let (memory, disk) = self.remaining_in(instances);
+        if request.memory_mb > memory {
+            Some("Not enough memory resource available.".into())
+        } else if request.disk_mb > disk {
+            Some("Not enough disk resource available.".into())
+        } else {
+            None
+        }
+    }
+
+    /// Memory and disk (MiB) not yet reserved by instances or staging tasks.
+    fn remaining_in(&self, instances: &HashMap<String, Arc<Handle>>) -> (u64, u64) {
         let (mut memory, mut disk) = (0u64, 0u64);
         for handle in instances.values() {
             let info = lock(&handle.info);
             if info.holds_resources() {
                 memory += info.memory_mb;
+            }
+            // A crashed instance's files are still on disk (the DEA counts them too).
+            if info.holds_resources() || info.state == InstanceState::Crashed {
                 disk += info.disk_mb;
             }
+        }
+        for reservation in lock(&self.staging).values() {
+            memory += reservation.memory_mb;
+            disk += reservation.disk_mb;
         }
         let settings = &self.settings;
         let memory_cap = settings.memory_capacity_mb as f64 * settings.memory_overcommit_factor;
         let disk_cap = settings.disk_capacity_mb as f64 * settings.disk_overcommit_factor;
-        if (memory + request.memory_mb) as f64 > memory_cap {
-            Some("Not enough memory resource available.".into())
-        } else if (disk + request.disk_mb) as f64 > disk_cap {
-            Some("Not enough disk resource available.".into())
-        } else {
-            None
+        (
+            (memory_cap as u64).saturating_sub(memory),
+            (disk_cap as u64).saturating_sub(disk),
+        )
+    }
+
+    /// Memory and disk (MiB) still free for new instances and stagings.
+    pub fn remaining(&self) -> (u64, u64) {
+        let instances = lock(&self.instances);
+        self.remaining_in(&instances)
+    }
+
+    /// Reserves memory and disk for a staging task; CF's refusal message when they do not fit.
+    pub fn reserve_staging(
+        &self,
+        task_id: &str,
+        memory_mb: u64,
+        disk_mb: u64,
+    ) -> Result<(), String> {
+        let instances = lock(&self.instances);
+        let (memory, disk) = self.remaining_in(&instances);
+        if memory_mb > memory {
+            return Err("Not enough memory resources available".into());
         }
+        if disk_mb > disk {
+            return Err("Not enough disk resources available".into());
+        }
+        lock(&self.staging).insert(task_id.to_string(), Reservation { memory_mb, disk_mb });
+        Ok(())
+    }
+
+    pub fn release_staging(&self, task_id: &str) {
+        lock(&self.staging).remove(task_id);
+    }
+
+    /// Registered instances per app, any state (`app_id_to_count` of `dea.advertise`).
+    pub fn app_id_to_count(&self) -> BTreeMap<String, u64> {
+        let mut counts = BTreeMap::new();
+        for info in self.list() {
+            *counts.entry(info.application_id).or_insert(0) += 1;
+        }
+        counts
+    }
+
+    /// Marks every live instance EVACUATING (they keep running and keep their routes).
+    pub fn evacuate(&self) {
+        let handles: Vec<Arc<Handle>> = lock(&self.instances).values().cloned().collect();
+        for handle in handles {
+            let live = matches!(
+                lock(&handle.info).state,
+                InstanceState::Born
+                    | InstanceState::Starting
+                    | InstanceState::Resuming
+                    | InstanceState::Running
+            );
+            if live {
+                self.enter(&handle, InstanceState::Evacuating);
+            }
+        }
+    }
+
+    /// Applies `dea.update` to one instance: new routes, and a new version, which (as in the
+    /// DEA) gives the instance a new id. Returns the updated info.
+    pub fn update(&self, id: &str, uris: &[String], version: Option<&str>) -> Option<InstanceInfo> {
+        let mut instances = lock(&self.instances);
+        let handle = instances.get(id).cloned()?;
+        let info = {
+            let mut info = lock(&handle.info);
+            info.application_uris = uris.to_vec();
+            if let Some(version) = version
+                && version != info.application_version
+            {
+                info.application_version = version.to_string();
+                info.instance_id = new_id();
+                instances.remove(id);
+                instances.insert(info.instance_id.clone(), handle.clone());
+            }
+            info.clone()
+        };
+        drop(instances);
+        self.save_snapshot();
+        Some(info)
+    }
+
+    /// Memory, disk and CPU use of a running instance.
+    pub async fn usage(&self, id: &str) -> Option<Usage> {
+        let info = self.get(id)?;
+        let cgroup = |file: &str| {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/memory/dea/{}/{file}",
+                info.container_id
+            ))
+            .or_else(|_| {
+                std::fs::read_to_string(format!("/sys/fs/cgroup/dea/{}/{file}", info.container_id))
+            })
+            .ok()
+        };
+        let mem_bytes = cgroup("memory.usage_in_bytes")
+            .or_else(|| cgroup("memory.current"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        let cpu = self.cpu_fraction(&info.container_id).await;
+        let home = info.dir.join("home");
+        let disk_bytes = tokio::task::spawn_blocking(move || tree_size(&home))
+            .await
+            .unwrap_or(0);
+        Some(Usage {
+            mem_bytes,
+            disk_bytes,
+            cpu,
+        })
+    }
+
+    /// CPU used over a short sample, as a fraction of one core (cgroup cpuacct).
+    async fn cpu_fraction(&self, container_id: &str) -> f64 {
+        let read = || {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/cpuacct/dea/{container_id}/cpuacct.usage"
+            ))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let Some(before) = read() else {
+            return 0.0;
+        };
+        let window = Duration::from_millis(100);
+        tokio::time::sleep(window).await;
+        let after = read().unwrap_or(before);
+        after.saturating_sub(before) as f64 / window.as_nanos() as f64
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -774,10 +1063,14 @@ impl InstanceManager {
             let namespace = NetNamespace::existing(&info.netns);
             let (control_tx, control_rx) = tokio::sync::oneshot::channel();
             let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-            let resumable =
-                alive && matches!(info.state, InstanceState::Running | InstanceState::Resuming);
+            let resumable = alive
+                && matches!(
+                    info.state,
+                    InstanceState::Running | InstanceState::Resuming | InstanceState::Evacuating
+                );
             let listener = if resumable {
-                tokio::net::TcpListener::bind(("127.0.0.1", info.host_port))
+                let address = manager.settings.publish_address.as_str();
+                tokio::net::TcpListener::bind((address, info.host_port))
                     .await
                     .ok()
             } else {
@@ -785,7 +1078,12 @@ impl InstanceManager {
             };
             match (namespace, listener) {
                 (Some(namespace), Some(listener)) if resumable => {
+                    // RESUMING until the monitor has re-attached, then back to what it was.
+                    let was = info.state;
                     info.set_state(InstanceState::Resuming);
+                    if was == InstanceState::Evacuating {
+                        info.state = InstanceState::Evacuating;
+                    }
                     let handle = Arc::new(Handle {
                         info: Mutex::new(info.clone()),
                         control: Mutex::new(Some(control_tx)),

@@ -324,6 +324,44 @@ pub struct Goodbye {
     pub app_id_to_count: BTreeMap<String, u64>,
 }
 
+/// `staging.advertise` (classic, §2.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StagingAdvertise {
+    pub id: String,
+    pub stacks: Vec<String>,
+    pub available_memory: u64,
+    pub available_disk: u64,
+}
+
+/// Classic `dea.start` ("hello") at startup (§2.8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub id: String,
+    pub ip: String,
+    pub version: String,
+}
+
+/// The reply to classic `dea.status` (§2.8).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeaStatus {
+    pub id: String,
+    pub ip: String,
+    pub version: String,
+    pub max_memory: u64,
+    pub reserved_memory: u64,
+    pub used_memory: u64,
+    pub num_clients: Option<u64>,
+}
+
+/// The directory server's route (§2.3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryRegistration {
+    pub host: String,
+    pub port: u16,
+    pub uris: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,14 @@
-//! Cloud Foundry's DEA protocol over NATS.
+//! Cloud Foundry's DEA protocol over NATS (reference dea_ng.md §2–§4): `dea serve` makes this
+//! host a DEA that a controller, router and health manager drive.
 //!
-//! So far: the message types ([`messages`]), one serde struct per message, in the wire
-//! format of dea_ng (reference dea_ng.md §2–§4). The agent loop that subscribes and answers
-//! comes with the NATS issue.
+//! [`messages`] has one serde struct per message in dea_ng's wire format; [`Agent`] holds
+//! the connection, subscriptions, periodic messages and lifecycle; instance commands are in
+//! `handlers`, staging requests in `staging_task`.
 
+mod agent;
+mod handlers;
 pub mod messages;
+mod staging_task;
+
+pub use agent::{Agent, AgentError, FileLinks};
+pub use staging_task::{STAGING_LOG_PATH, task_dir};

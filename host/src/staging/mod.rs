@@ -91,6 +91,9 @@ pub struct StagingRequest {
     pub start_command: Option<String>,
     /// Sees every log line as it is written.
     pub watcher: Option<LogWatcher>,
+    /// Detect among these (in order) instead of the installed buildpacks: a controller's
+    /// admin buildpacks. Named `buildpacks` are looked up here first, too.
+    pub candidates: Option<Vec<Buildpack>>,
 }
 
 impl StagingRequest {
@@ -105,6 +108,7 @@ impl StagingRequest {
             cache_dir: None,
             start_command: None,
             watcher: None,
+            candidates: None,
         }
     }
 }
@@ -265,6 +269,14 @@ impl Stager {
             ("CF_STACK".into(), stack.to_string()),
         ];
         env.extend(request.env.iter().cloned());
+        let installed: Vec<Buildpack>;
+        let candidates: &[Buildpack] = match &request.candidates {
+            Some(list) => list,
+            None => {
+                installed = self.buildpacks.iter().cloned().collect();
+                &installed
+            }
+        };
         let ctx = PhaseContext {
             workspace,
             app,
@@ -273,13 +285,20 @@ impl Stager {
             log,
             stack,
             staged,
+            candidates,
         };
-        let uses_classic = request.buildpacks.is_empty() && self.has_classic()
-            || request.buildpacks.iter().any(|name| {
-                self.buildpacks
-                    .find(name, &self.config.buildpack_unpack_dir())
-                    .is_ok_and(|bp| matches!(bp.kind, BuildpackKind::Classic { .. }))
-            });
+        let named = |name: &str| match candidates.iter().find(|bp| bp.id == name) {
+            Some(bp) => Ok(bp.clone()),
+            None => self
+                .buildpacks
+                .find(name, &self.config.buildpack_unpack_dir()),
+        };
+        let is_classic = |bp: &Buildpack| matches!(bp.kind, BuildpackKind::Classic { .. });
+        let uses_classic = request.buildpacks.is_empty() && candidates.iter().any(is_classic)
+            || request
+                .buildpacks
+                .iter()
+                .any(|name| named(name).is_ok_and(|bp| is_classic(&bp)));
         if uses_classic {
             self.prepare_classic(&ctx, true)?;
         }
@@ -292,10 +311,7 @@ impl Stager {
             let chosen = request
                 .buildpacks
                 .iter()
-                .map(|name| {
-                    self.buildpacks
-                        .find(name, &self.config.buildpack_unpack_dir())
-                })
+                .map(|name| named(name))
                 .collect::<Result<Vec<_>, _>>()?;
             let last = chosen.last().map(|bp| bp.id.clone()).unwrap_or_default();
             (chosen, last, None)
@@ -403,6 +419,7 @@ impl Stager {
         ];
         full_env.extend(env.iter().cloned());
         let log = StagingLog::detached(None);
+        let installed: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
         // Wasm detect mounts only the app and the buildpack; classic detect needs a
         // workspace for its buildpack copies.
         let scratch = if self.has_classic() {
@@ -424,6 +441,7 @@ impl Stager {
             log: &log,
             stack: self.config.default_stack(),
             staged: workspace,
+            candidates: &installed,
         };
         if scratch.is_some() {
             self.prepare_classic(&ctx, false)?;
@@ -438,7 +456,7 @@ impl Stager {
         &self,
         ctx: &PhaseContext<'_>,
     ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
-        let buildpacks: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
+        let buildpacks: Vec<Buildpack> = ctx.candidates.to_vec();
         let results = Arc::new(std::sync::Mutex::new(
             (0..buildpacks.len())
                 .map(|_| None)
@@ -769,6 +787,8 @@ struct PhaseContext<'a> {
     stack: &'a str,
     /// Where the droplet's tree is assembled (`deps/` and `profile.d/` for CF buildpacks).
     staged: &'a Path,
+    /// The buildpacks detection runs over, in order.
+    candidates: &'a [Buildpack],
 }
 
 /// The build script a classic buildpack runs at its place in the order: in Cloud Foundry

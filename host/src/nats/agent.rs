@@ -1,0 +1,745 @@
+//! The agent: one NATS connection, the DEA's subscriptions, its periodic messages and its
+//! lifecycle (shutdown, evacuation). Handlers live in `handlers` (instances) and
+//! `staging_task` (staging); this file decides what runs when.
+
+use super::messages::{self, Advertise, DirectoryRegistration, Goodbye, Heartbeat, Hello};
+use crate::config::Config;
+use crate::instance::{InstanceInfo, InstanceManager, InstanceState};
+use crate::staging::Stager;
+use crate::transfer::Transfers;
+use async_nats::Subject;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("connecting to NATS {servers:?}: {message}")]
+    Connect {
+        servers: Vec<String>,
+        message: String,
+    },
+    #[error("subscribing to {subject}: {message}")]
+    Subscribe { subject: String, message: String },
+}
+
+/// Signed links into the directory server (issue 7 builds them); the agent puts them in
+/// `file_uri_v2` and `task_streaming_log_url`, and registers the server's route.
+pub trait FileLinks: Send + Sync {
+    fn instance_file(&self, instance_id: &str, path: &str) -> String;
+    fn staging_file(&self, task_id: &str, path: &str) -> String;
+    /// The directory server's route: its host name (`<uuid>.<domain>`) and port.
+    fn route(&self) -> Option<(String, u16)>;
+}
+
+/// Where the agent is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mode {
+    Serving,
+    Evacuating,
+    ShuttingDown,
+}
+
+/// A staging task in flight.
+pub(super) struct StagingHandle {
+    pub app_id: String,
+    pub cancel: CancellationToken,
+    /// Stands for the staging container's `/` (the log is `tmp/staged/logs/staging_task.log`).
+    pub dir: PathBuf,
+}
+
+/// What each subscription is for.
+#[derive(Debug, Clone, Copy)]
+enum Inbox {
+    Start,
+    Stop,
+    Update,
+    FindDroplet,
+    Status,
+    Locate,
+    StagingLocate,
+    HealthManagerStart,
+    RouterStart,
+    Staging,
+    StagingStop,
+}
+
+/// A DEA on a NATS bus.
+pub struct Agent {
+    pub(super) id: String,
+    pub(super) config: Config,
+    pub(super) local_ip: String,
+    pub(super) client: async_nats::Client,
+    pub(super) instances: Arc<InstanceManager>,
+    pub(super) stager: Arc<Stager>,
+    pub(super) transfers: Transfers,
+    pub(super) links: Option<Arc<dyn FileLinks>>,
+    pub(super) stagings: Mutex<HashMap<String, StagingHandle>>,
+    /// One admin buildpack download at a time (the DEA's global mutex).
+    pub(super) admin_buildpacks: tokio::sync::Mutex<()>,
+    mode: Mutex<Mode>,
+    advertising: AtomicBool,
+    heartbeating: AtomicBool,
+    /// Ends the subscriptions and the periodic loops.
+    stopping: CancellationToken,
+    /// Messages dropped because they did not parse or validate.
+    rejected: AtomicU64,
+    /// Set once shutdown has finished.
+    finished: tokio::sync::watch::Sender<bool>,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Agent {
+    /// Connects (retrying forever in the background), subscribes, announces itself and
+    /// starts the periodic messages.
+    pub async fn start(
+        config: Config,
+        instances: Arc<InstanceManager>,
+        stager: Arc<Stager>,
+        links: Option<Arc<dyn FileLinks>>,
+    ) -> Result<Arc<Agent>, AgentError> {
+        let (connected_tx, mut connected_rx) = tokio::sync::mpsc::unbounded_channel();
+        let servers = config.agent.nats_servers.clone();
+        let addresses: Vec<async_nats::ServerAddr> = servers
+            .iter()
+            .map(|s| s.parse::<async_nats::ServerAddr>())
+            .collect::<Result<_, _>>()
+            .map_err(|e| AgentError::Connect {
+                servers: servers.clone(),
+                message: e.to_string(),
+            })?;
+        let client = async_nats::ConnectOptions::new()
+            .name("dea")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .ping_interval(Duration::from_secs(30))
+            // Reconnect quickly: the controller drops DEAs that stop advertising.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * attempts as u64).min(1000))
+            })
+            .event_callback(move |event| {
+                let connected_tx = connected_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            let _ = connected_tx.send(());
+                        }
+                        other => tracing::info!("NATS: {other}"),
+                    }
+                }
+            })
+            .connect(addresses)
+            .await
+            .map_err(|e| AgentError::Connect {
+                servers: servers.clone(),
+                message: e.to_string(),
+            })?;
+        let local_ip = local_ip(&config);
+        let agent = Arc::new(Agent {
+            id: uuid::Uuid::new_v4().to_string(),
+            config,
+            local_ip,
+            client,
+            instances,
+            stager,
+            transfers: Transfers::new(),
+            links,
+            stagings: Mutex::new(HashMap::new()),
+            admin_buildpacks: tokio::sync::Mutex::new(()),
+            mode: Mutex::new(Mode::Serving),
+            advertising: AtomicBool::new(true),
+            heartbeating: AtomicBool::new(true),
+            stopping: CancellationToken::new(),
+            rejected: AtomicU64::new(0),
+            finished: tokio::sync::watch::channel(false).0,
+        });
+        agent.subscribe_all().await?;
+        agent.clone().follow_instances();
+        agent.clone().periodic();
+        // Every (re)connection: tell the bus again who we are and where our routes go.
+        let on_connect = agent.clone();
+        tokio::spawn(async move {
+            while connected_rx.recv().await.is_some() {
+                tracing::info!(id = %on_connect.id, "connected to NATS");
+                on_connect.advertise().await;
+                on_connect.register_routes().await;
+                on_connect.heartbeat().await;
+            }
+        });
+        agent
+            .publish(
+                "dea.start",
+                &Hello {
+                    id: agent.id.clone(),
+                    ip: agent.local_ip.clone(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
+            )
+            .await;
+        tracing::info!(id = %agent.id, "DEA agent started");
+        Ok(agent)
+    }
+
+    /// This DEA's uuid.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn instances(&self) -> &Arc<InstanceManager> {
+        &self.instances
+    }
+
+    /// How many inbound messages were dropped as malformed so far.
+    pub fn rejected_messages(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// The host directory standing for a staging task's container root, while it runs.
+    pub fn staging_task_dir(&self, task_id: &str) -> Option<PathBuf> {
+        lock(&self.stagings).get(task_id).map(|t| t.dir.clone())
+    }
+
+    pub(super) fn mode(&self) -> Mode {
+        *lock(&self.mode)
+    }
+
+    async fn subscribe_all(self: &Arc<Self>) -> Result<(), AgentError> {
+        let mut subjects = vec![
+            (format!("dea.{}.start", self.id), Inbox::Start, None),
+            ("dea.stop".to_string(), Inbox::Stop, None),
+            ("dea.update".to_string(), Inbox::Update, None),
+            ("dea.find.droplet".to_string(), Inbox::FindDroplet, None),
+            ("dea.status".to_string(), Inbox::Status, None),
+            ("dea.locate".to_string(), Inbox::Locate, None),
+            (
+                "healthmanager.start".to_string(),
+                Inbox::HealthManagerStart,
+                None,
+            ),
+            ("router.start".to_string(), Inbox::RouterStart, None),
+        ];
+        if self.config.agent.staging_enabled {
+            subjects.extend([
+                (format!("staging.{}.start", self.id), Inbox::Staging, None),
+                ("staging".to_string(), Inbox::Staging, Some("staging")),
+                ("staging.stop".to_string(), Inbox::StagingStop, None),
+                ("staging.locate".to_string(), Inbox::StagingLocate, None),
+            ]);
+        }
+        for (subject, inbox, queue) in subjects {
+            let failed = |e: &dyn std::fmt::Display| AgentError::Subscribe {
+                subject: subject.clone(),
+                message: e.to_string(),
+            };
+            let mut subscriber = match queue {
+                Some(group) => self
+                    .client
+                    .queue_subscribe(subject.clone(), group.to_string())
+                    .await
+                    .map_err(|e| failed(&e))?,
+                None => self
+                    .client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| failed(&e))?,
+            };
+            let agent = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        message = subscriber.next() => match message {
+                            Some(message) => agent.dispatch(inbox, message),
+                            None => break,
+                        },
+                        // Dropping the subscriber unsubscribes.
+                        _ = agent.stopping.cancelled() => break,
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands a message to its handler. Handlers that take time run on their own task, so a
+    /// slow start never holds up the subscription.
+    fn dispatch(self: &Arc<Self>, inbox: Inbox, message: async_nats::Message) {
+        let subject = message.subject.to_string();
+        let reply = message.reply.clone();
+        let payload = message.payload;
+        let agent = self.clone();
+        let result = match inbox {
+            Inbox::Start => self.parse(&subject, &payload).map(|start| {
+                tokio::spawn(async move { agent.handle_start(start).await });
+            }),
+            Inbox::Stop => self.parse(&subject, &payload).and_then(|filter| {
+                let only_droplet = only_key(&payload, "droplet");
+                let matcher = self.matcher(&subject, filter)?;
+                tokio::spawn(async move { agent.handle_stop(matcher, only_droplet).await });
+                Some(())
+            }),
+            Inbox::Update => self.parse(&subject, &payload).map(|update| {
+                tokio::spawn(async move { agent.handle_update(update).await });
+            }),
+            Inbox::FindDroplet => self.parse(&subject, &payload).and_then(|filter| {
+                let matcher = self.matcher(&subject, filter)?;
+                let reply = self.reply_to(&subject, reply)?;
+                tokio::spawn(async move { agent.handle_find(matcher, reply).await });
+                Some(())
+            }),
+            Inbox::Status => self.reply_to(&subject, reply).map(|reply| {
+                tokio::spawn(async move { agent.handle_status(reply).await });
+            }),
+            Inbox::Locate => {
+                tokio::spawn(async move { agent.advertise_dea().await });
+                Some(())
+            }
+            Inbox::StagingLocate => {
+                tokio::spawn(async move { agent.advertise_staging().await });
+                Some(())
+            }
+            Inbox::HealthManagerStart => {
+                tokio::spawn(async move { agent.heartbeat().await });
+                Some(())
+            }
+            Inbox::RouterStart => {
+                tokio::spawn(async move { agent.register_routes().await });
+                Some(())
+            }
+            Inbox::Staging => self.parse(&subject, &payload).and_then(|request| {
+                let reply = self.reply_to(&subject, reply)?;
+                tokio::spawn(async move { agent.handle_staging(request, reply).await });
+                Some(())
+            }),
+            Inbox::StagingStop => {
+                self.parse::<messages::StagingStop>(&subject, &payload)
+                    .map(|stop| {
+                        agent.stop_stagings(&stop.app_id);
+                    })
+            }
+        };
+        if result.is_none() {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Parses a payload; a malformed one is logged with its subject and dropped.
+    fn parse<T: serde::de::DeserializeOwned>(&self, subject: &str, payload: &[u8]) -> Option<T> {
+        match messages::parse::<T>(subject_kind(subject), payload) {
+            Ok(message) => Some(message),
+            Err(error) => {
+                tracing::warn!(%subject, bytes = payload.len(), "dropped: {error}");
+                None
+            }
+        }
+    }
+
+    /// A request's reply inbox; a request without one is dropped (nothing could be told).
+    fn reply_to(&self, subject: &str, reply: Option<Subject>) -> Option<Subject> {
+        if reply.is_none() {
+            tracing::warn!(%subject, "dropped: a request without a reply subject");
+        }
+        reply
+    }
+
+    /// Rejects a message in `subject` for `reason` (already parsed, but not acceptable).
+    pub(super) fn reject(&self, subject: &str, reason: &str) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%subject, "dropped: {reason}");
+    }
+
+    /// Publishes `message` as JSON on `subject`. A failure is logged: the bus is best-effort.
+    pub(super) async fn publish<T: Serialize>(&self, subject: impl Into<String>, message: &T) {
+        let subject = subject.into();
+        let payload = match serde_json::to_vec(message) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => {
+                tracing::error!(%subject, "encoding message: {e}");
+                return;
+            }
+        };
+        if let Err(e) = self.client.publish(subject.clone(), payload).await {
+            tracing::warn!(%subject, "publishing: {e}");
+        }
+    }
+
+    /// `dea.advertise` and `staging.advertise`, unless the agent stopped advertising.
+    pub(super) async fn advertise(&self) {
+        self.advertise_dea().await;
+        self.advertise_staging().await;
+    }
+
+    async fn advertise_dea(&self) {
+        if !self.advertising.load(Ordering::Relaxed) {
+            return;
+        }
+        let (available_memory, available_disk) = self.instances.remaining();
+        let message = Advertise {
+            id: self.id.clone(),
+            stacks: self.config.stacks.clone(),
+            url: None,
+            available_memory,
+            available_disk,
+            app_id_to_count: self.instances.app_id_to_count(),
+            placement_properties: BTreeMap::from([(
+                "zone".to_string(),
+                self.config.agent.zone.clone(),
+            )]),
+        };
+        self.publish("dea.advertise", &message).await;
+    }
+
+    async fn advertise_staging(&self) {
+        if !self.advertising.load(Ordering::Relaxed) || !self.config.agent.staging_enabled {
+            return;
+        }
+        let (available_memory, available_disk) = self.instances.remaining();
+        let message = messages::StagingAdvertise {
+            id: self.id.clone(),
+            stacks: self.config.stacks.clone(),
+            available_memory,
+            available_disk,
+        };
+        self.publish("staging.advertise", &message).await;
+    }
+
+    /// `dea.heartbeat`: every instance in STARTING, RUNNING, CRASHED or EVACUATING.
+    pub(super) async fn heartbeat(&self) {
+        let droplets = self
+            .instances
+            .list()
+            .into_iter()
+            .filter(|i| {
+                matches!(
+                    i.state,
+                    InstanceState::Starting
+                        | InstanceState::Running
+                        | InstanceState::Crashed
+                        | InstanceState::Evacuating
+                )
+            })
+            .map(|i| messages::HeartbeatInstance {
+                cc_partition: i.cc_partition.clone(),
+                droplet: i.application_id.clone(),
+                version: i.application_version.clone(),
+                instance: i.instance_id.clone(),
+                index: i.instance_index,
+                state: i.state.name().to_string(),
+                state_timestamp: i.state_timestamp,
+            })
+            .collect();
+        let message = Heartbeat {
+            dea: self.id.clone(),
+            droplets,
+        };
+        self.publish("dea.heartbeat", &message).await;
+    }
+
+    /// The router message for an instance's `uris`.
+    pub(super) fn registration(
+        &self,
+        info: &InstanceInfo,
+        uris: Vec<String>,
+    ) -> messages::RouterRegistration {
+        messages::RouterRegistration {
+            dea: Some(self.id.clone()),
+            app: Some(info.application_id.clone()),
+            uris,
+            host: self.local_ip.clone(),
+            port: info.host_port,
+            tags: BTreeMap::from([(
+                "component".to_string(),
+                format!("dea-{}", self.config.agent.index),
+            )]),
+            private_instance_id: Some(info.private_instance_id.clone()),
+        }
+    }
+
+    fn directory_registration(&self) -> Option<DirectoryRegistration> {
+        let (host, port) = self.links.as_ref()?.route()?;
+        Some(DirectoryRegistration {
+            host: self.local_ip.clone(),
+            port,
+            uris: vec![host],
+            tags: BTreeMap::from([(
+                "component".to_string(),
+                format!("directory-server-{}", self.config.agent.index),
+            )]),
+        })
+    }
+
+    /// Registers every RUNNING or EVACUATING instance with routes, and the directory server.
+    pub(super) async fn register_routes(&self) {
+        if self.mode() == Mode::ShuttingDown {
+            return;
+        }
+        for info in self.instances.list() {
+            let routed = matches!(
+                info.state,
+                InstanceState::Running | InstanceState::Evacuating
+            );
+            if routed && !info.application_uris.is_empty() {
+                let message = self.registration(&info, info.application_uris.clone());
+                self.publish("router.register", &message).await;
+            }
+        }
+        if let Some(message) = self.directory_registration() {
+            self.publish("router.register", &message).await;
+        }
+    }
+
+    /// Routes, heartbeats and `droplet.exited` follow the instances' state changes.
+    fn follow_instances(self: Arc<Self>) {
+        let mut events = self.instances.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let info = match events.recv().await {
+                    Ok(info) => info,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("missed {n} instance events; re-registering routes");
+                        self.register_routes().await;
+                        continue;
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                };
+                self.on_instance_change(info).await;
+            }
+        });
+    }
+
+    async fn on_instance_change(&self, info: InstanceInfo) {
+        match info.state {
+            InstanceState::Running => {
+                if !info.application_uris.is_empty() {
+                    let message = self.registration(&info, info.application_uris.clone());
+                    self.publish("router.register", &message).await;
+                }
+                self.heartbeat().await;
+            }
+            InstanceState::Stopping | InstanceState::Crashed => {
+                if !info.application_uris.is_empty() {
+                    let message = self.registration(&info, info.application_uris.clone());
+                    self.publish("router.unregister", &message).await;
+                }
+                if info.state == InstanceState::Crashed {
+                    let message = messages::DropletExited {
+                        cc_partition: info.cc_partition.clone(),
+                        droplet: info.application_id.clone(),
+                        version: info.application_version.clone(),
+                        instance: info.instance_id.clone(),
+                        index: info.instance_index,
+                        reason: "CRASHED".into(),
+                        exit_status: info.exit_status.map_or(-1, i64::from),
+                        exit_description: info.exit_description.clone().unwrap_or_default(),
+                        crash_timestamp: Some(info.state_timestamp as i64),
+                    };
+                    self.publish("droplet.exited", &message).await;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Advertising, heartbeats and route registration on their intervals.
+    fn periodic(self: Arc<Self>) {
+        let every = |secs: u64| {
+            let mut interval = tokio::time::interval(Duration::from_secs(secs.max(1)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            interval
+        };
+        let agent = self.clone();
+        let mut advertise = every(self.config.agent.advertise_interval_secs);
+        let mut heartbeat = every(self.config.agent.heartbeat_interval_secs);
+        let mut register = every(self.config.agent.router_register_interval_secs);
+        let mut reap = every(10);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = advertise.tick() => agent.advertise().await,
+                    _ = heartbeat.tick() => {
+                        if agent.heartbeating.load(Ordering::Relaxed) {
+                            agent.heartbeat().await;
+                        }
+                    }
+                    _ = register.tick() => agent.register_routes().await,
+                    _ = reap.tick() => agent.instances.reap_crashes(),
+                    _ = agent.stopping.cancelled() => break,
+                }
+            }
+        });
+    }
+
+    fn goodbye(&self) -> Goodbye {
+        Goodbye {
+            id: self.id.clone(),
+            ip: self.local_ip.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            app_id_to_count: self.instances.app_id_to_count(),
+        }
+    }
+
+    /// SIGUSR1: say goodbye and stop advertising, but keep running.
+    pub async fn quiesce(&self) {
+        self.advertising.store(false, Ordering::Relaxed);
+        self.publish("dea.shutdown", &self.goodbye()).await;
+        let _ = self.client.flush().await;
+    }
+
+    /// SIGUSR2: drain. Stops advertising, marks instances EVACUATING (their routes stay, so
+    /// traffic goes on until the controller has replacements and stops them), then shuts
+    /// down once nothing is left running or the bail-out time passes.
+    pub async fn evacuate(self: &Arc<Self>) {
+        let serving = {
+            let mut mode = lock(&self.mode);
+            let serving = *mode == Mode::Serving;
+            if serving {
+                *mode = Mode::Evacuating;
+            }
+            serving
+        };
+        if !serving {
+            return;
+        }
+        tracing::info!("evacuating");
+        self.quiesce().await;
+        self.instances.evacuate();
+        // The classic health manager learns of evacuation from droplet.exited.
+        for info in self.instances.list() {
+            if info.state == InstanceState::Evacuating {
+                let message = messages::DropletExited {
+                    cc_partition: info.cc_partition.clone(),
+                    droplet: info.application_id.clone(),
+                    version: info.application_version.clone(),
+                    instance: info.instance_id.clone(),
+                    index: info.instance_index,
+                    reason: "DEA_EVACUATION".into(),
+                    exit_status: -1,
+                    exit_description: String::new(),
+                    crash_timestamp: None,
+                };
+                self.publish("droplet.exited", &message).await;
+            }
+        }
+        self.heartbeat().await;
+        self.heartbeating.store(false, Ordering::Relaxed);
+        let bail_out = tokio::time::Instant::now()
+            + Duration::from_secs(self.config.agent.evacuation_bail_out_secs);
+        let check = Duration::from_secs(self.config.agent.evacuation_check_interval_secs.max(1));
+        loop {
+            let drained = self.instances.list().iter().all(|i| {
+                matches!(
+                    i.state,
+                    InstanceState::Stopping | InstanceState::Stopped | InstanceState::Crashed
+                )
+            }) && lock(&self.stagings).is_empty();
+            if drained || tokio::time::Instant::now() >= bail_out {
+                break;
+            }
+            tokio::time::sleep(check).await;
+        }
+        self.shutdown().await;
+    }
+
+    /// SIGTERM: goodbye, stop advertising, unsubscribe, unregister the directory server, stop
+    /// every instance and staging, flush.
+    pub async fn shutdown(self: &Arc<Self>) {
+        let already = {
+            let mut mode = lock(&self.mode);
+            std::mem::replace(&mut *mode, Mode::ShuttingDown) == Mode::ShuttingDown
+        };
+        if already {
+            return self.wait().await;
+        }
+        tracing::info!("shutting down");
+        self.publish("dea.shutdown", &self.goodbye()).await;
+        self.advertising.store(false, Ordering::Relaxed);
+        self.stopping.cancel();
+        if let Some(message) = self.directory_registration() {
+            self.publish("router.unregister", &message).await;
+        }
+        let stagings: Vec<String> = lock(&self.stagings)
+            .values()
+            .map(|t| t.app_id.clone())
+            .collect();
+        for app_id in stagings {
+            self.stop_stagings(&app_id);
+        }
+        let mut stops = tokio::task::JoinSet::new();
+        for info in self.instances.list() {
+            let instances = self.instances.clone();
+            stops.spawn(async move { instances.stop(&info.instance_id).await });
+        }
+        while stops.join_next().await.is_some() {}
+        // Staging tasks answer their controller before they go.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !lock(&self.stagings).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Let the instance events (unregistrations) go out before the final flush.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let _ = self.client.flush().await;
+        let _ = self.finished.send(true);
+        tracing::info!("shut down");
+    }
+
+    /// Waits until a shutdown has finished.
+    pub async fn wait(&self) {
+        let mut finished = self.finished.subscribe();
+        while !*finished.borrow() {
+            if finished.changed().await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// True when the JSON object has exactly one key, `key` (a `dea.stop` for a whole app also
+/// stops its stagings).
+fn only_key(payload: &[u8], key: &str) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
+        .is_ok_and(|map| map.len() == 1 && map.contains_key(key))
+}
+
+/// The message kind for error messages: the subject without this DEA's uuid.
+fn subject_kind(subject: &str) -> &'static str {
+    match subject {
+        "dea.stop" => "dea.stop",
+        "dea.update" => "dea.update",
+        "dea.find.droplet" => "dea.find.droplet",
+        "staging.stop" => "staging.stop",
+        "staging" => "staging",
+        s if s.starts_with("staging.") => "staging.start",
+        s if s.starts_with("dea.") => "dea.start",
+        _ => "NATS",
+    }
+}
+
+/// The address routers reach this host at: configured, else the instances' publish address,
+/// else (when that is a wildcard) the source address of a route to the outside.
+fn local_ip(config: &Config) -> String {
+    if let Some(ip) = &config.agent.local_ip {
+        return ip.clone();
+    }
+    let publish = &config.instances.publish_address;
+    if publish != "0.0.0.0" && publish != "::" {
+        return publish.clone();
+    }
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|socket| {
+            socket.connect("198.41.0.4:1")?;
+            socket.local_addr()
+        })
+        .map_or_else(|_| "127.0.0.1".to_string(), |addr| addr.ip().to_string())
+}

@@ -1,0 +1,518 @@
+//! The DEA protocol end to end: a real nats-server, a test controller speaking plain NATS
+//! JSON, an HTTP blob store for packages and droplets, and the agent staging and running the
+//! example in real runc containers.
+
+use dea::instance::{InstanceManager, InstanceSettings};
+use dea::nats::Agent;
+use dea_tests::controller::{BlobStore, ContainerCleanup, Controller, NatsServer, zip_dir};
+use dea_tests::*;
+use serde_json::{Value, json};
+use sha1::Digest;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// An agent on `nats` with short intervals and room for a few small instances.
+async fn start_agent(base: &Path, nats: &NatsServer) -> Arc<Agent> {
+    let mut config = test_config(base);
+    config.agent.nats_servers = vec![nats.url()];
+    config.agent.advertise_interval_secs = 1;
+    config.agent.heartbeat_interval_secs = 1;
+    config.agent.router_register_interval_secs = 1;
+    config.agent.staging_memory_mb = 128;
+    config.agent.staging_disk_mb = 256;
+    config.agent.evacuation_check_interval_secs = 1;
+    config.instances.memory_capacity_mb = Some(1024);
+    config.instances.disk_capacity_mb = 8192;
+    config.instances.stop_grace_secs = 3;
+    let mut settings = InstanceSettings::from_config(&config);
+    settings.disk_check_interval = Duration::from_secs(1);
+    let instances = InstanceManager::new(
+        settings,
+        dea::container::Runc {
+            binary: "runc".into(),
+            state_dir: base.join("runc"),
+            bundles_dir: base.join("bundles"),
+            rootfs: None,
+        },
+    );
+    let stager = Arc::new(stager(config.clone(), default_buildpacks()));
+    Agent::start(config, instances, stager, None)
+        .await
+        .expect("agent starts")
+}
+
+fn start_message(app: &str, index: u32, droplet_url: &str, sha1: &str) -> Value {
+    json!({
+        "droplet": app, "name": "example", "uris": ["example.test.local"], "version": "v1",
+        "index": index, "sha1": sha1, "executableUri": droplet_url,
+        "env": ["GREETING=hello"], "limits": {"mem": 64, "disk": 256, "fds": 1024},
+        "services": [], "cc_partition": "default", "stack": "cflinuxfs4",
+        "vcap_application": {"space_id": "space"}, "health_check_timeout": 20,
+    })
+}
+
+async fn http_get(host: &str, port: u64) -> String {
+    reqwest::get(format!("http://{host}:{port}/"))
+        .await
+        .expect("GET the instance")
+        .text()
+        .await
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn controller_stages_runs_finds_stops_and_sees_crashes() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let mut nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let registers = controller.listen("router.register").await;
+    let unregisters = controller.listen("router.unregister").await;
+    let exits = controller.listen("droplet.exited").await;
+    let heartbeats = controller.listen("dea.heartbeat").await;
+    let package = zip_dir(&repo_root().join("examples/static-site"));
+    let blobs = BlobStore::start(vec![("/packages/app.zip", package)]).await;
+
+    let agent = start_agent(base.path(), &nats).await;
+    let ad = advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+    assert_eq!(ad["stacks"], json!(["cflinuxfs4"]));
+    assert_eq!(ad["placement_properties"]["zone"], "default");
+    assert!(
+        ad["available_memory"].as_u64().is_some_and(|m| m > 0),
+        "{ad}"
+    );
+
+    // Staging: two replies to one inbox, and the droplet arrives at the upload URL.
+    let staging = json!({
+        "app_id": "app-1", "task_id": "task-1", "stack": "cflinuxfs4",
+        "download_uri": blobs.url("/packages/app.zip"),
+        "upload_uri": blobs.url("/upload/droplet-app-1"),
+        "admin_buildpacks": [],
+        "properties": {"environment": ["FOO=bar"], "meta": {}},
+        "memory_limit": 128, "disk_limit": 256,
+    });
+    let replies = controller
+        .request_many(
+            &format!("staging.{}.start", agent.id()),
+            &staging,
+            2,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    let (setup, done) = (&replies[0], &replies[1]);
+    assert_eq!(setup["task_id"], "task-1");
+    assert!(setup["error"].is_null(), "{setup}");
+    assert!(
+        setup
+            .as_object()
+            .is_some_and(|o| o.contains_key("task_streaming_log_url"))
+    );
+    assert!(done["error"].is_null(), "{done}");
+    assert_eq!(done["detected_buildpack"], "staticfile", "{done}");
+    assert!(
+        done["detected_start_command"]
+            .as_str()
+            .is_some_and(|c| !c.is_empty())
+    );
+    assert!(done["procfile"]["web"].is_string(), "{done}");
+    let sha1 = done["droplet_sha1"]
+        .as_str()
+        .expect("droplet_sha1")
+        .to_string();
+    let uploaded = blobs.blob("/droplet-app-1").expect("droplet uploaded");
+    assert_eq!(hex::encode(sha1::Sha1::digest(&uploaded)), sha1);
+    let listing = tar_listing(&uploaded);
+    assert!(
+        listing.iter().any(|e| e == "./staging_info.yml"),
+        "{listing:?}"
+    );
+    assert!(
+        listing.iter().any(|e| e.starts_with("./app/")),
+        "{listing:?}"
+    );
+
+    // Two instances from the controller's URL.
+    for index in 0..2 {
+        let start = start_message("app-1", index, &blobs.url("/droplet-app-1"), &sha1);
+        controller
+            .publish(&format!("dea.{}.start", agent.id()), &start)
+            .await;
+    }
+    let mut routes = Vec::new();
+    for index in 0..2 {
+        let _ = index;
+        let registration = registers
+            .wait_for(Duration::from_secs(60), |m| {
+                m["app"] == "app-1" && !routes.contains(&m["port"])
+            })
+            .await
+            .expect("both instances register a route");
+        assert_eq!(registration["uris"], json!(["example.test.local"]));
+        assert_eq!(registration["dea"], agent.id());
+        assert_eq!(registration["tags"]["component"], "dea-0");
+        assert_eq!(
+            registration["private_instance_id"].as_str().map(str::len),
+            Some(64)
+        );
+        let host = registration["host"].as_str().expect("host").to_string();
+        let port = registration["port"].as_u64().expect("port");
+        let body = http_get(&host, port).await;
+        assert!(body.contains("Hello from a dea droplet"), "{body}");
+        routes.push(registration["port"].clone());
+    }
+
+    // find.droplet: one reply per instance, with states and (when asked) stats.
+    let found = controller
+        .request_many(
+            "dea.find.droplet",
+            &json!({"droplet": "app-1", "states": ["RUNNING"], "include_stats": true}),
+            2,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    let mut indices: Vec<u64> = found.iter().filter_map(|r| r["index"].as_u64()).collect();
+    indices.sort();
+    assert_eq!(indices, vec![0, 1]);
+    for reply in &found {
+        assert_eq!(reply["state"], "RUNNING");
+        assert_eq!(reply["dea"], agent.id());
+        assert_eq!(reply["version"], "v1");
+        assert_eq!(reply["stats"]["mem_quota"], 64 << 20, "{reply}");
+        assert!(reply["stats"]["usage"]["mem"].as_u64().is_some(), "{reply}");
+        assert_eq!(
+            reply["staged"],
+            format!("/{}", reply["instance"].as_str().unwrap_or(""))
+        );
+    }
+    let heartbeat = heartbeats
+        .wait_for(Duration::from_secs(5), |m| {
+            m["dea"] == agent.id() && m["droplets"].as_array().is_some_and(|d| d.len() == 2)
+        })
+        .await
+        .expect("heartbeats list both instances");
+    assert_eq!(heartbeat["droplets"][0]["cc_partition"], "default");
+
+    // Stop index 0: its route goes, find returns only index 1.
+    controller
+        .publish(
+            "dea.stop",
+            &json!({"droplet": "app-1", "version": "v1", "indices": [0]}),
+        )
+        .await;
+    let unregistered = unregisters
+        .wait_for(Duration::from_secs(20), |m| m["app"] == "app-1")
+        .await
+        .expect("the stopped instance unregisters");
+    let stopped_port = unregistered["port"].clone();
+    let remaining = wait_until_found(&controller, 1).await;
+    assert_eq!(remaining[0]["index"], 1, "{remaining:?}");
+    let survivor = remaining[0]["instance"]
+        .as_str()
+        .expect("instance")
+        .to_string();
+
+    // Crash index 1: droplet.exited with CRASHED.
+    let pid = agent
+        .instances()
+        .pid(&survivor)
+        .await
+        .expect("pid of index 1");
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    let exited = exits
+        .wait_for(Duration::from_secs(20), |m| {
+            m["instance"] == survivor.as_str()
+        })
+        .await
+        .expect("droplet.exited for the crash");
+    assert_eq!(exited["reason"], "CRASHED");
+    assert_eq!(exited["droplet"], "app-1");
+    assert_eq!(exited["index"], 1);
+    assert_eq!(exited["cc_partition"], "default");
+    assert!(exited["crash_timestamp"].as_i64().is_some(), "{exited}");
+    assert!(
+        exited["exit_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty())
+    );
+    let crashed = unregisters
+        .wait_for(Duration::from_secs(5), |m| m["port"] != stopped_port)
+        .await;
+    assert!(
+        crashed.is_some(),
+        "the crashed instance's route is unregistered"
+    );
+
+    // NATS restarts: the agent keeps its state and advertises again within 5 s.
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.restart().await;
+    let restarted = tokio::time::Instant::now();
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    advertise
+        .wait_for(Duration::from_secs(5), |m| m["id"] == agent.id())
+        .await
+        .expect("advertising resumes within 5 s of the restart");
+    assert!(restarted.elapsed() < Duration::from_secs(5));
+    let after = controller
+        .request_many(
+            "dea.find.droplet",
+            &json!({"droplet": "app-1", "states": ["CRASHED"]}),
+            1,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(after.len(), 1, "state survives the NATS restart: {after:?}");
+
+    agent.shutdown().await;
+}
+
+/// Polls `dea.find.droplet` for app-1's running instances until there are `count`.
+async fn wait_until_found(controller: &Controller, count: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let found = controller
+            .request_many(
+                "dea.find.droplet",
+                &json!({"droplet": "app-1", "states": ["RUNNING", "STARTING"]}),
+                count + 1,
+                Duration::from_millis(300),
+            )
+            .await;
+        if found.len() == count {
+            return found;
+        }
+    }
+    panic!("never found {count} instances");
+}
+
+fn tar_listing(tgz: &[u8]) -> Vec<String> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(tgz));
+    archive
+        .entries()
+        .expect("entries")
+        .filter_map(Result::ok)
+        .map(|e| String::from_utf8_lossy(&e.path_bytes()).into_owned())
+        .collect()
+}
+
+/// Thousands of malformed and hostile messages on every subject the agent listens to, while
+/// a controller keeps asking for status: every valid request is answered, nothing crashes,
+/// and nothing is half-applied (no instance or staging task appears).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_messages_are_dropped_and_valid_ones_still_answered() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let agent = start_agent(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+    let id = agent.id().to_string();
+    let subjects = [
+        format!("dea.{id}.start"),
+        "dea.stop".into(),
+        "dea.update".into(),
+        "dea.find.droplet".into(),
+        "dea.status".into(),
+        "dea.locate".into(),
+        "healthmanager.start".into(),
+        "router.start".into(),
+        format!("staging.{id}.start"),
+        "staging".into(),
+        "staging.stop".into(),
+        "staging.locate".into(),
+    ];
+    let long = "x".repeat(100_000);
+    let payloads: Vec<Vec<u8>> = vec![
+        b"".to_vec(),
+        b"not json".to_vec(),
+        b"{".to_vec(),
+        b"null".to_vec(),
+        b"[]".to_vec(),
+        b"42".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0x01],
+        br#"{"droplet": 5}"#.to_vec(),
+        br#"{"droplet": "a", "states": ["NOT_A_STATE"]}"#.to_vec(),
+        br#"{"droplet": "a", "indices": [-1]}"#.to_vec(),
+        br#"{"droplet": "a", "limits": {"mem": "lots", "disk": 1, "fds": 1}, "cc_partition": "x"}"#.to_vec(),
+        br#"{"droplet": "a", "limits": {"mem": 0, "disk": 1, "fds": 1}, "cc_partition": "x", "executableUri": "http://127.0.0.1:1/d"}"#.to_vec(),
+        br#"{"droplet": "a", "limits": {"mem": 64, "disk": 1, "fds": 1}, "cc_partition": "x", "sha1": "../../etc/passwd", "executableUri": "http://127.0.0.1:1/d"}"#.to_vec(),
+        br#"{"droplet": "a", "limits": {"mem": 64, "disk": 1, "fds": 1}, "cc_partition": "x", "executableUri": "file:///etc/passwd"}"#.to_vec(),
+        br#"{"app_id": "a", "task_id": "../../escape", "download_uri": "http://127.0.0.1:1/a", "upload_uri": "http://127.0.0.1:1/b"}"#.to_vec(),
+        br#"{"app_id": "a", "task_id": "t", "download_uri": "file:///etc/passwd", "upload_uri": "http://127.0.0.1:1/b"}"#.to_vec(),
+        br#"{"app_id": "a", "task_id": "t2", "download_uri": "http://127.0.0.1:1/a", "upload_uri": "http://127.0.0.1:1/b", "admin_buildpacks": [{"url": "http://127.0.0.1:1/x", "key": "../up"}]}"#.to_vec(),
+        br#"{"app_id": 1}"#.to_vec(),
+        format!(r#"{{"droplet": "{long}", "uris": 7}}"#).into_bytes(),
+        "{\"droplet\": \"\u{0}\u{202e}\"}".as_bytes().to_vec(),
+        br#"{"droplet": "a", "version": {"nested": [1, 2, {"deep": null}]}}"#.to_vec(),
+    ];
+    let flood = {
+        let client = Controller::connect(&nats).await;
+        let subjects = subjects.clone();
+        tokio::spawn(async move {
+            let mut sent = 0usize;
+            for round in 0..40 {
+                for subject in &subjects {
+                    for payload in &payloads {
+                        // Some with a reply subject, so handlers that answer would answer.
+                        let reply = (round % 2 == 0).then_some("_INBOX.flood");
+                        client.publish_raw(subject, payload.clone(), reply).await;
+                        sent += 1;
+                    }
+                }
+            }
+            client.client.flush().await.expect("flush");
+            sent
+        })
+    };
+    // Valid requests keep being answered while the flood runs.
+    let mut answered = 0;
+    for _ in 0..20 {
+        let status = controller
+            .request_many("dea.status", &json!({}), 1, Duration::from_secs(5))
+            .await;
+        assert_eq!(status.len(), 1, "dea.status answered during the flood");
+        assert_eq!(status[0]["id"], id.as_str());
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = flood.await.expect("flood");
+    assert!(sent >= 10_000, "sent {sent}");
+    assert_eq!(answered, 20);
+    // After the flood: still answering, still advertising, nothing was created.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = controller
+        .request_many("dea.status", &json!({}), 1, Duration::from_secs(5))
+        .await;
+    assert_eq!(status.len(), 1);
+    advertise.clear();
+    advertise
+        .wait_for(Duration::from_secs(5), |m| m["id"] == id.as_str())
+        .await
+        .expect("still advertising after the flood");
+    assert!(
+        agent.rejected_messages() > 1000,
+        "rejected {}",
+        agent.rejected_messages()
+    );
+    // Nothing half-applied: the start messages that parsed but failed validation created no
+    // instance, and no staging task directory appeared (let alone one outside base_dir).
+    assert!(
+        agent.instances().list().is_empty(),
+        "{:?}",
+        agent.instances().list()
+    );
+    let tasks = base.path().join("tasks");
+    let leftover: Vec<_> = std::fs::read_dir(&tasks)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(leftover.is_empty(), "{leftover:?}");
+    assert!(!base.path().join("../escape").exists());
+    agent.shutdown().await;
+}
+
+/// A staging that does not fit is refused at once, with the DEA's message; `staging.stop`
+/// ends a running staging with "task stopped".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_admission_and_stop() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    // A package server that never finishes sending: the staging waits in its download.
+    let slow = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let slow_addr = slow.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = slow.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nPK")
+                    .await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let agent = start_agent(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+    let subject = format!("staging.{}.start", agent.id());
+
+    let too_big = json!({
+        "app_id": "big", "task_id": "task-big",
+        "download_uri": format!("http://{slow_addr}/app.zip"),
+        "upload_uri": format!("http://{slow_addr}/upload"),
+        "memory_limit": 1_000_000, "disk_limit": 256,
+    });
+    let refused = controller
+        .request_many(&subject, &too_big, 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0]["task_id"], "task-big");
+    assert_eq!(refused[0]["error"], "Not enough memory resources available");
+
+    let stoppable = json!({
+        "app_id": "slow-app", "task_id": "task-slow",
+        "download_uri": format!("http://{slow_addr}/app.zip"),
+        "upload_uri": format!("http://{slow_addr}/upload"),
+    });
+    let waiting = {
+        let client = Controller::connect(&nats).await;
+        let subject = subject.clone();
+        tokio::spawn(async move {
+            client
+                .request_many(&subject, &stoppable, 1, Duration::from_secs(20))
+                .await
+        })
+    };
+    // Once the task is registered, its reservation shows in the advertisement.
+    let before = advertise.all().last().cloned().expect("an advertisement");
+    let mut reserved = false;
+    for _ in 0..100 {
+        if agent.staging_task_dir("task-slow").is_some() {
+            reserved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(reserved, "the staging task is registered");
+    advertise.clear();
+    let during = advertise
+        .wait_for(Duration::from_secs(5), |m| m["id"] == agent.id())
+        .await
+        .expect("advertise");
+    assert!(
+        during["available_memory"].as_u64() < before["available_memory"].as_u64(),
+        "{before} vs {during}"
+    );
+    controller
+        .publish("staging.stop", &json!({"app_id": "slow-app"}))
+        .await;
+    let replies = waiting.await.expect("replies");
+    let last = replies.last().expect("a reply");
+    assert_eq!(last["task_id"], "task-slow");
+    assert_eq!(last["error"], "Error staging: task stopped", "{replies:?}");
+    assert!(agent.staging_task_dir("task-slow").is_none());
+    agent.shutdown().await;
+}
