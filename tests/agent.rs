@@ -167,6 +167,22 @@ async fn controller_stages_runs_finds_stops_and_sees_crashes() {
         routes.push(registration["port"].clone());
     }
 
+    // dea.update: the added route is registered for both instances.
+    controller
+        .publish(
+            "dea.update",
+            &json!({"droplet": "app-1", "uris": ["example.test.local", "new.test.local"], "version": "v1"}),
+        )
+        .await;
+    for port in &routes {
+        registers
+            .wait_for(Duration::from_secs(10), |m| {
+                m["port"] == *port && m["uris"] == json!(["new.test.local"])
+            })
+            .await
+            .expect("dea.update registers the new route");
+    }
+
     // find.droplet: one reply per instance, with states and (when asked) stats.
     let found = controller
         .request_many(
@@ -515,4 +531,104 @@ async fn staging_admission_and_stop() {
     assert_eq!(last["error"], "Error staging: task stopped", "{replies:?}");
     assert!(agent.staging_task_dir("task-slow").is_none());
     agent.shutdown().await;
+}
+
+/// A staging request carrying a start message starts the app from the droplet it just
+/// made (no download); SIGUSR2's evacuation says goodbye, stops advertising, marks the
+/// instance EVACUATING (route kept), and shuts down once the controller has stopped it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staging_then_start_then_evacuation() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let registers = controller.listen("router.register").await;
+    let goodbyes = controller.listen("dea.shutdown").await;
+    let heartbeats = controller.listen("dea.heartbeat").await;
+    let exits = controller.listen("droplet.exited").await;
+    let package = zip_dir(&repo_root().join("examples/static-site"));
+    let blobs = BlobStore::start(vec![("/packages/app.zip", package)]).await;
+    let agent = start_agent(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+
+    // The droplet URL in the start message does not exist: the local copy must be used.
+    let mut start = start_message("app-e", 0, &blobs.url("/missing"), &"0".repeat(40));
+    start["sha1"] = Value::Null;
+    let staging = json!({
+        "app_id": "app-e", "task_id": "task-e",
+        "download_uri": blobs.url("/packages/app.zip"),
+        "upload_uri": blobs.url("/upload/droplet-app-e"),
+        "start_message": start,
+    });
+    let replies = controller
+        .request_many(
+            &format!("staging.{}.start", agent.id()),
+            &staging,
+            2,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        replies.get(1).is_some_and(|r| r["error"].is_null()),
+        "{replies:?}"
+    );
+    let registration = registers
+        .wait_for(Duration::from_secs(30), |m| m["app"] == "app-e")
+        .await
+        .expect("the staged app starts without downloading its droplet");
+    let body = http_get(
+        registration["host"].as_str().unwrap_or("127.0.0.1"),
+        registration["port"].as_u64().unwrap_or(0),
+    )
+    .await;
+    assert!(body.contains("Hello from a dea droplet"), "{body}");
+
+    let evacuating = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.evacuate().await })
+    };
+    let goodbye = goodbyes
+        .wait_for(Duration::from_secs(5), |m| m["id"] == agent.id())
+        .await
+        .expect("dea.shutdown on evacuation");
+    assert_eq!(goodbye["app_id_to_count"]["app-e"], 1, "{goodbye}");
+    heartbeats
+        .wait_for(Duration::from_secs(5), |m| {
+            m["droplets"][0]["state"] == "EVACUATING"
+        })
+        .await
+        .expect("a heartbeat shows the instance EVACUATING");
+    exits
+        .wait_for(Duration::from_secs(5), |m| m["reason"] == "DEA_EVACUATION")
+        .await
+        .expect("droplet.exited DEA_EVACUATION for the classic health manager");
+    advertise.clear();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        advertise.all().iter().all(|m| m["id"] != agent.id()),
+        "an evacuating DEA stops advertising"
+    );
+    // Routes of an evacuating instance are still re-registered (traffic goes on).
+    registers.clear();
+    registers
+        .wait_for(Duration::from_secs(3), |m| m["app"] == "app-e")
+        .await
+        .expect("routes kept while evacuating");
+    assert!(
+        !evacuating.is_finished(),
+        "waits for the instance to be stopped"
+    );
+    // The controller has a replacement elsewhere and stops this one: evacuation completes.
+    controller
+        .publish("dea.stop", &json!({"droplet": "app-e"}))
+        .await;
+    tokio::time::timeout(Duration::from_secs(20), evacuating)
+        .await
+        .expect("evacuation finishes once nothing runs")
+        .expect("evacuation task");
+    assert!(agent.instances().list().is_empty());
 }

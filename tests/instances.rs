@@ -106,7 +106,7 @@ async fn stage_run_get_crash_and_stop() {
     // The app's output goes to files under the instance's logs/.
     let mut stderr = String::new();
     for _ in 0..50 {
-        stderr = std::fs::read_to_string(info.dir.join("logs/stderr.log")).unwrap_or_default();
+        stderr = std::fs::read_to_string(info.dir.join("home/logs/stderr.log")).unwrap_or_default();
         if stderr.contains("GET / HTTP") {
             break;
         }

@@ -252,9 +252,18 @@ impl Runc {
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(bundle.join("rootfs"))
             .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        // If this future is dropped (a staging stopped or timed out), killing `runc run`
+        // would leave the container running: the guard force-deletes it.
+        let mut guard = DeleteOnDrop {
+            runc: self.clone(),
+            id: spec.id.clone(),
+            bundle: bundle.clone(),
+            armed: true,
+        };
         let result = self
             .run_in_bundle(&bundle, spec, on_stdout, on_stderr)
             .await;
+        guard.armed = false;
         self.delete(&spec.id).await;
         let _ = std::fs::remove_dir_all(&bundle);
         result
@@ -451,6 +460,34 @@ impl Runc {
             .stderr(Stdio::null())
             .status()
             .await;
+    }
+}
+
+/// Force-deletes a container whose `run` was abandoned midway.
+struct DeleteOnDrop {
+    runc: Runc,
+    id: String,
+    bundle: PathBuf,
+    armed: bool,
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // Drop cannot await: a plain thread runs runc to completion.
+        let (runc, id, bundle) = (self.runc.clone(), self.id.clone(), self.bundle.clone());
+        std::thread::spawn(move || {
+            let _ = std::process::Command::new(&runc.binary)
+                .arg("--root")
+                .arg(&runc.state_dir)
+                .args(["delete", "--force", &id])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = std::fs::remove_dir_all(&bundle);
+        });
     }
 }
 

@@ -266,13 +266,13 @@ async fn main() -> Result<()> {
                     "Instance {} crashed: {} (logs: {})",
                     info.instance_id,
                     info.exit_description.unwrap_or_default(),
-                    info.dir.join("logs").display()
+                    info.dir.join("home/logs").display()
                 );
                 std::process::exit(1);
             }
             println!("Instance {} is RUNNING", info.instance_id);
             println!("URL:  http://127.0.0.1:{}/", info.host_port);
-            println!("Logs: {}", info.dir.join("logs").display());
+            println!("Logs: {}", info.dir.join("home/logs").display());
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {
                     let stopped = manager.stop(&info.instance_id).await?;

@@ -316,3 +316,67 @@ fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
     assert!(rest.iter().any(|l| l.contains("Stopped")), "{rest:?}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
 }
+
+#[test]
+fn serve_advertises_on_nats_and_says_goodbye_on_sigterm() {
+    use futures_util::StreamExt;
+    let base = tempfile::tempdir().expect("tempdir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut nats = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server (apt-get install nats-server)");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let client = async_nats::ConnectOptions::new()
+            .retry_on_initial_connect()
+            .connect(url.clone())
+            .await
+            .expect("connect");
+        let mut advertise = client.subscribe("dea.advertise").await.expect("sub");
+        let mut goodbye = client.subscribe("dea.shutdown").await.expect("sub");
+        client.flush().await.expect("flush");
+        let serve = Command::new(env!("CARGO_BIN_EXE_dea"))
+            .current_dir(root())
+            .arg("--base-dir")
+            .arg(base.path().join("state"))
+            .args(["--buildpacks", "target/buildpacks", "serve", "--nats", &url])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dea serve starts");
+        let mut serve = Kill(serve);
+        let first = tokio::time::timeout(std::time::Duration::from_secs(30), advertise.next())
+            .await
+            .expect("dea serve advertises")
+            .expect("message");
+        let ad: serde_json::Value = serde_json::from_slice(&first.payload).expect("json");
+        let id = ad["id"].as_str().expect("id").to_string();
+        let _ = Command::new("kill")
+            .args(["-TERM", &serve.0.id().to_string()])
+            .status();
+        let bye = tokio::time::timeout(std::time::Duration::from_secs(30), goodbye.next())
+            .await
+            .expect("dea.shutdown on SIGTERM")
+            .expect("message");
+        let bye: serde_json::Value = serde_json::from_slice(&bye.payload).expect("json");
+        assert_eq!(bye["id"], id.as_str());
+        let status = serve.0.wait().expect("dea serve exits");
+        assert!(status.success(), "{status:?}");
+    });
+    let _ = nats.kill();
+    let _ = nats.wait();
+}

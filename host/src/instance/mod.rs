@@ -7,7 +7,7 @@
 //! namespace), run the start script (environment, `.profile.d`, exec of the start command),
 //! publish the app's port on a host port, and health-check it. States go BORN → STARTING →
 //! RUNNING → STOPPING → STOPPED, or CRASHED, each change timestamped. The app's stdout and
-//! stderr are files under the instance's `logs/`; a crashed instance's logs are kept under
+//! stderr are files under the instance's `home/logs/` (`/home/vcap/logs`); a crashed instance's logs are kept under
 //! `crashes/`.
 
 pub mod droplet_store;
@@ -508,8 +508,9 @@ impl InstanceManager {
         let timer = std::time::Instant::now();
         let dir = lock(&handle.info).dir.clone();
         let home = dir.join("home");
-        let logs = dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| setup(&e))?;
+        // The app's output goes next to the staging log, in `/home/vcap/logs`, where the
+        // directory server (and `cf files`) looks.
+        let logs = home.join("logs");
         let limits = UnpackLimits {
             max_bytes: self.settings.max_droplet_mb << 20,
             max_files: 1_000_000,
@@ -520,6 +521,7 @@ impl InstanceManager {
             .map_err(|e| setup(&e))??;
         std::fs::create_dir_all(home.join("app")).map_err(|e| setup(&e))?;
         std::fs::create_dir_all(home.join("tmp")).map_err(|e| setup(&e))?;
+        std::fs::create_dir_all(&logs).map_err(|e| setup(&e))?;
         let staged_command = std::fs::read_to_string(home.join("staging_info.yml"))
             .ok()
             .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
@@ -846,9 +848,17 @@ impl InstanceManager {
             .join("crashes")
             .join(&info.instance_id)
             .join("logs");
-        if std::fs::create_dir_all(&target).is_ok() {
-            for name in ["stdout.log", "stderr.log"] {
-                let _ = std::fs::copy(info.dir.join("logs").join(name), target.join(name));
+        let Ok(entries) = std::fs::read_dir(info.dir.join("home/logs")) else {
+            return;
+        };
+        if std::fs::create_dir_all(&target).is_err() {
+            return;
+        }
+        for entry in entries.filter_map(Result::ok) {
+            // Regular files only: the app may have planted a link to something of the host's.
+            let regular = entry.path().symlink_metadata().is_ok_and(|m| m.is_file());
+            if regular {
+                let _ = std::fs::copy(entry.path(), target.join(entry.file_name()));
             }
         }
     }
