@@ -549,7 +549,12 @@ async fn staging_then_start_then_evacuation() {
     let heartbeats = controller.listen("dea.heartbeat").await;
     let exits = controller.listen("droplet.exited").await;
     let package = zip_dir(&repo_root().join("examples/static-site"));
-    let blobs = BlobStore::start(vec![("/packages/app.zip", package)]).await;
+    let cache = make_tgz(&[("./remembered.txt", "from the last staging")]);
+    let blobs = BlobStore::start(vec![
+        ("/packages/app.zip", package),
+        ("/caches/app-e.tgz", cache),
+    ])
+    .await;
     let agent = start_agent(base.path(), &nats).await;
     advertise
         .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
@@ -563,6 +568,8 @@ async fn staging_then_start_then_evacuation() {
         "app_id": "app-e", "task_id": "task-e",
         "download_uri": blobs.url("/packages/app.zip"),
         "upload_uri": blobs.url("/upload/droplet-app-e"),
+        "buildpack_cache_download_uri": blobs.url("/caches/app-e.tgz"),
+        "buildpack_cache_upload_uri": blobs.url("/upload/cache-app-e"),
         "start_message": start,
     });
     let replies = controller
@@ -576,6 +583,13 @@ async fn staging_then_start_then_evacuation() {
     assert!(
         replies.get(1).is_some_and(|r| r["error"].is_null()),
         "{replies:?}"
+    );
+    // The buildpack cache went in and came back out (same multipart protocol as droplets).
+    let cache_back = blobs.blob("/cache-app-e").expect("the cache is uploaded");
+    let entries = tar_listing(&cache_back);
+    assert!(
+        entries.iter().any(|e| e.ends_with("remembered.txt")),
+        "{entries:?}"
     );
     let registration = registers
         .wait_for(Duration::from_secs(30), |m| m["app"] == "app-e")
