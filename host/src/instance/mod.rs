@@ -822,7 +822,41 @@ impl InstanceManager {
     }
 
     /// Removes kept crash logs older than `crash_lifetime`.
+    /// Also drops CRASHED instances from the registry as the DEA's reaper does: past
+    /// `crash_lifetime`, and all but the most recent crash of each app.
     pub fn reap_crashes(&self) {
+        let lifetime = self.settings.crash_lifetime.as_secs_f64();
+        let now = now_secs();
+        let pruned = {
+            let mut instances = lock(&self.instances);
+            let mut latest: HashMap<String, (f64, String)> = HashMap::new();
+            let mut expired = Vec::new();
+            for (id, handle) in instances.iter() {
+                let info = lock(&handle.info);
+                if info.state != InstanceState::Crashed {
+                    continue;
+                }
+                if now - info.state_timestamp > lifetime {
+                    expired.push(id.clone());
+                    continue;
+                }
+                let newer = (info.state_timestamp, id.clone());
+                match latest.get_mut(&info.application_id) {
+                    Some(kept) if kept.0 >= newer.0 => expired.push(id.clone()),
+                    Some(kept) => expired.push(std::mem::replace(kept, newer).1),
+                    None => {
+                        latest.insert(info.application_id.clone(), newer);
+                    }
+                }
+            }
+            for id in &expired {
+                instances.remove(id);
+            }
+            !expired.is_empty()
+        };
+        if pruned {
+            self.save_snapshot();
+        }
         let Ok(entries) = std::fs::read_dir(self.settings.base_dir.join("crashes")) else {
             return;
         };
