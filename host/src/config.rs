@@ -39,6 +39,7 @@ pub struct Config {
     pub classic: ClassicConfig,
     pub fetch: FetchConfig,
     pub instances: InstanceConfig,
+    pub directory_server: crate::files::DirectoryServerConfig,
 }
 
 /// Running droplets.
@@ -215,6 +216,7 @@ impl Default for Config {
             classic: ClassicConfig::default(),
             fetch: FetchConfig::default(),
             instances: InstanceConfig::default(),
+            directory_server: Default::default(),
         }
     }
 }
