@@ -147,10 +147,12 @@ fn open_flags() -> OFlags {
     OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY
 }
 
+/// The root as a starting point for `openat2`: `O_PATH` is enough and skips opening it for
+/// reading.
 fn open_root(root: &Path) -> Result<rustix::fd::OwnedFd, ResolveError> {
     rustix::fs::open(
         root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(map_errno)

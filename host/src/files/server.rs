@@ -181,7 +181,12 @@ impl Params {
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = form_decode(value);
-            match form_decode(key).as_slice() {
+            let key = if key.contains(['%', '+']) {
+                std::borrow::Cow::Owned(form_decode(key))
+            } else {
+                std::borrow::Cow::Borrowed(key.as_bytes())
+            };
+            match key.as_ref() {
                 b"hmac" => params.hmac = Some(value),
                 b"path" => params.path = Some(value),
                 b"timestamp" => params.timestamp = Some(value),
@@ -258,80 +263,77 @@ async fn handle(
         }
     };
 
-    let tail = params.tail;
-    let requested = path.clone();
-    let opened = tokio::task::spawn_blocking(move || {
-        let opened = open_under(&root, &requested, scope)?;
-        Ok::<_, ResolveError>(prepare(opened, tail)?)
-    })
-    .await;
-    let prepared = match opened {
-        Ok(Ok(prepared)) => prepared,
-        Ok(Err(ResolveError::NotAccessible)) => {
-            tracing::info!(%url_path, path = %String::from_utf8_lossy(path), "file request refused: not accessible");
+    // Opening, fstat and reading a small file run right here on the async worker: they hit the
+    // page cache in practice, and a hop to the blocking pool costs more than the work itself
+    // (it halved throughput in bench/files.sh). What can take long — listing a directory,
+    // streaming a large file — goes to the blocking pool.
+    let opened = match open_under(&root, path, scope) {
+        Ok(opened) => opened,
+        Err(ResolveError::NotAccessible) => {
+            tracing::info!(
+                %url_path,
+                path = %String::from_utf8_lossy(path),
+                "file request refused: not accessible"
+            );
             return json_error(StatusCode::FORBIDDEN, "Not accessible");
         }
         // The Go server's answer; the Ruby file API alone said 404 `{"error":"Entity not
         // found"}`, but clients only ever saw the Go server's 400.
-        Ok(Err(ResolveError::NotFound)) => return entity_not_found(),
-        Ok(Err(ResolveError::Io(e))) => return server_error(&e.to_string()),
-        Err(e) => return server_error(&e.to_string()),
+        Err(ResolveError::NotFound) => return entity_not_found(),
+        Err(ResolveError::Io(e)) => return server_error(&e.to_string()),
     };
-
-    match prepared {
-        Prepared::Listing(text) => (
-            [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
-            text,
-        )
-            .into_response(),
-        Prepared::Content(content, host_path) => content.respond(&host_path, request).await,
-        Prepared::Tail(opened) => {
-            let start = match &params.tail_offset {
-                None => opened.metadata.len(),
-                Some(offset) if offset.is_empty() => opened.metadata.len(),
-                Some(offset) => match parse_offset(offset) {
-                    Some(offset) => offset,
-                    None => return server_error("Tail offset must be a positive integer."),
-                },
-            };
-            let tail = Tail::new(
-                opened.file,
-                opened.host_path,
-                start,
-                opened.metadata.len(),
-                shared.settings.streaming_timeout,
-                shared.settings.tail_poll_interval,
-            );
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                )],
-                tail.into_body(),
-            )
-                .into_response()
-        }
-    }
-}
-
-/// What the blocking part found and did.
-enum Prepared {
-    Listing(String),
-    Content(FileContent, std::path::PathBuf),
-    Tail(Opened),
-}
-
-/// Listing, small-file read, or the open file for streaming, in the same blocking call as the
-/// open.
-fn prepare(opened: Opened, tail: bool) -> std::io::Result<Prepared> {
     if opened.metadata.is_dir() {
-        return super::listing::list(&opened.file).map(Prepared::Listing);
+        let listing = tokio::task::spawn_blocking(move || super::listing::list(&opened.file)).await;
+        return match listing {
+            Ok(Ok(text)) => (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+                text,
+            )
+                .into_response(),
+            Ok(Err(e)) => server_error(&e.to_string()),
+            Err(e) => server_error(&e.to_string()),
+        };
     }
-    if tail {
-        return Ok(Prepared::Tail(opened));
+    if params.tail {
+        return tail_response(shared, opened, params.tail_offset.as_deref());
     }
-    let content = FileContent::load(opened.file, &opened.metadata)?;
-    Ok(Prepared::Content(content, opened.host_path))
+    let Opened {
+        file,
+        metadata,
+        host_path,
+    } = opened;
+    match FileContent::load(file, &metadata) {
+        Ok(content) => content.respond(&host_path, request).await,
+        Err(e) => server_error(&e.to_string()),
+    }
+}
+
+/// `tail`: a chunked stream from `tail_offset` (default: the end) as the file grows.
+fn tail_response(shared: &Shared, opened: Opened, offset: Option<&[u8]>) -> Response {
+    let size = opened.metadata.len();
+    let start = match offset {
+        None | Some(b"") => size,
+        Some(offset) => match parse_offset(offset) {
+            Some(offset) => offset,
+            None => return server_error("Tail offset must be a positive integer."),
+        },
+    };
+    let tail = Tail::new(
+        opened.file,
+        opened.host_path,
+        start,
+        size,
+        shared.settings.streaming_timeout,
+        shared.settings.tail_poll_interval,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        tail.into_body(),
+    )
+        .into_response()
 }
 
 /// A non-negative integer, digits only.

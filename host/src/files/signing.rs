@@ -9,7 +9,6 @@ use sha2::Sha512;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
-use subtle::ConstantTimeEq;
 
 type HmacSha512 = Hmac<Sha512>;
 
@@ -17,6 +16,8 @@ type HmacSha512 = Hmac<Sha512>;
 #[derive(Clone)]
 pub struct UrlSigner {
     key: Vec<u8>,
+    /// HMAC state with the key already absorbed, cloned for each signature.
+    keyed: HmacSha512,
 }
 
 // The key is a secret: keep it out of logs and debug output.
@@ -28,7 +29,9 @@ impl std::fmt::Debug for UrlSigner {
 
 impl UrlSigner {
     pub fn new(key: impl Into<Vec<u8>>) -> UrlSigner {
-        UrlSigner { key: key.into() }
+        let key = key.into();
+        let keyed = keyed_hmac(&key);
+        UrlSigner { key, keyed }
     }
 
     /// A fresh key in the DEA's `secure_uuid` shape: 32 lowercase hex characters, used as
@@ -93,30 +96,66 @@ impl UrlSigner {
         timestamp: &[u8],
         hmac: &[u8],
     ) -> bool {
-        let expected = self.sign_bytes(url_path, path, timestamp);
-        expected.as_bytes().ct_eq(hmac).into()
+        // The DEA compared lowercase hex strings, so anything that is not 128 lowercase hex
+        // digits is a mismatch; the shape of the input says nothing about the key.
+        let mut given = [0u8; 64];
+        if hmac.len() != 128 || !decode_lowercase_hex(hmac, &mut given) {
+            return false;
+        }
+        // `verify_slice` compares in constant time.
+        self.mac(url_path, path, timestamp)
+            .verify_slice(&given)
+            .is_ok()
     }
 
     fn sign_bytes(&self, url_path: &str, path: &[u8], timestamp: &[u8]) -> String {
-        let canonical = canonical_string(url_path, path, timestamp);
-        hex::encode(hmac_sha512(&self.key, canonical.as_bytes()))
+        hex::encode(self.mac(url_path, path, timestamp).finalize().into_bytes())
+    }
+
+    /// The MAC over the canonical string, fed piece by piece instead of building the string.
+    fn mac(&self, url_path: &str, path: &[u8], timestamp: &[u8]) -> HmacSha512 {
+        let mut mac = self.keyed.clone();
+        mac.update(url_path.as_bytes());
+        mac.update(b"?path=");
+        form_encode_with(path, |piece| mac.update(piece));
+        mac.update(b"&timestamp=");
+        form_encode_with(timestamp, |piece| mac.update(piece));
+        mac
     }
 }
 
-/// HMAC-SHA512 of `message` under `key`.
-fn hmac_sha512(key: &[u8], message: &[u8]) -> Vec<u8> {
-    // HMAC accepts keys of any length (long ones are hashed), so this cannot fail.
-    let mut mac = match HmacSha512::new_from_slice(key) {
+/// Decodes exactly `out.len() * 2` lowercase hex digits; false on any other character.
+fn decode_lowercase_hex(hex: &[u8], out: &mut [u8]) -> bool {
+    if hex.len() != out.len() * 2 {
+        return false;
+    }
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let digit = |d: u8| match d {
+            b'0'..=b'9' => Some(d - b'0'),
+            b'a'..=b'f' => Some(d - b'a' + 10),
+            _ => None,
+        };
+        match (digit(pair[0]), digit(pair[1])) {
+            (Some(high), Some(low)) => *byte = high << 4 | low,
+            _ => return false,
+        }
+    }
+    true
+}
+
+fn keyed_hmac(key: &[u8]) -> HmacSha512 {
+    // HMAC accepts keys of any length (long ones are hashed first), so this cannot fail.
+    match HmacSha512::new_from_slice(key) {
         Ok(mac) => mac,
         Err(hmac::digest::InvalidLength) => unreachable!("HMAC takes keys of any length"),
-    };
-    mac.update(message);
-    mac.finalize().into_bytes().to_vec()
+    }
 }
 
 /// The string the DEA signs: Rack's `build_query` of the sorted pairs `path`, `timestamp`,
-/// appended to the URL path with `?`.
-pub(crate) fn canonical_string(url_path: &str, path: &[u8], timestamp: &[u8]) -> String {
+/// appended to the URL path with `?`. ([`UrlSigner`] feeds the same pieces to the MAC
+/// without building it.)
+#[cfg(test)]
+fn canonical_string(url_path: &str, path: &[u8], timestamp: &[u8]) -> String {
     format!(
         "{url_path}?path={}&timestamp={}",
         form_encode(path),
@@ -135,22 +174,37 @@ pub(crate) fn staging_url_path(task_id: &str) -> String {
 /// Ruby's `URI.encode_www_form_component`: `*-._0-9A-Za-z` kept, space → `+`, every other
 /// byte `%XX` with uppercase hex.
 pub fn form_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len() * 3);
-    for &byte in bytes {
-        match byte {
-            b'*' | b'-' | b'.' | b'_' | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' => {
-                out.push(char::from(byte))
-            }
-            b' ' => out.push('+'),
-            _ => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(char::from(HEX[usize::from(byte >> 4)]));
-                out.push(char::from(HEX[usize::from(byte & 0x0f)]));
-            }
+    let mut out = Vec::with_capacity(bytes.len() * 3);
+    form_encode_with(bytes, |piece| out.extend_from_slice(piece));
+    // Only ASCII was written.
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// [`form_encode`] as a series of pieces handed to `sink`: runs of kept bytes as they are,
+/// each other byte as its escape.
+fn form_encode_with(bytes: &[u8], mut sink: impl FnMut(&[u8])) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let kept = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let run = rest.iter().position(|&b| !kept(b)).unwrap_or(rest.len());
+        if run > 0 {
+            sink(&rest[..run]);
         }
+        let Some(&byte) = rest.get(run) else {
+            break;
+        };
+        if byte == b' ' {
+            sink(b"+");
+        } else {
+            sink(&[
+                b'%',
+                HEX[usize::from(byte >> 4)],
+                HEX[usize::from(byte & 0x0f)],
+            ]);
+        }
+        rest = &rest[run + 1..];
     }
-    out
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component to bytes: `+` is a space, `%XX`
@@ -228,8 +282,10 @@ mod tests {
 
     #[test]
     fn hmac_sha512_matches_the_dea_spec_vector() {
+        let mut mac = keyed_hmac(b"key");
+        mac.update(b"value");
         assert_eq!(
-            hex::encode(hmac_sha512(b"key", b"value")),
+            hex::encode(mac.finalize().into_bytes()),
             "86951dc765bef95f9474669cd18df7705d99ae47ea3e76a2ca4c22f71656f42e\
              a66e3acdc898c93f475009fa599d0bb83bd5365f36a9cb92c570708f8de5fae8"
         );
@@ -245,11 +301,15 @@ mod tests {
         let expected = "84ca7c070634cb26f1e6225d8f3338d670b5543f756929b3e1ce6f144e394205\
                         7862e1921f41f263e1fae8d498cc5a5cb3a358d4cf175be8307521a09a949d61";
         let signer = UrlSigner::new("key");
+        let mut mac = keyed_hmac(b"key");
+        mac.update(canonical_string(&url_path, b"/path-to-file", b"10").as_bytes());
+        assert_eq!(hex::encode(mac.finalize().into_bytes()), expected);
         assert_eq!(signer.sign(&url_path, "/path-to-file", 10), expected);
         assert!(signer.verify(&url_path, "/path-to-file", "10", expected));
         assert!(!signer.verify(&url_path, "/path-to-file", "11", expected));
         assert!(!signer.verify(&url_path, "/path-to-file", "10", &expected[..127]));
         assert!(!signer.verify(&url_path, "/path-to-file", "10", &expected.to_uppercase()));
+        assert!(!signer.verify(&url_path, "/path-to-file", "10", &format!("{expected}00")));
     }
 
     #[test]
