@@ -2,6 +2,7 @@
 //! JSON, an HTTP blob store for packages and droplets, and the agent staging and running the
 //! example in real runc containers.
 
+use dea::files::DirectoryServer;
 use dea::instance::{InstanceManager, InstanceSettings};
 use dea::nats::Agent;
 use dea_tests::controller::{BlobStore, ContainerCleanup, Controller, NatsServer, zip_dir};
@@ -12,8 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// An agent on `nats` with short intervals and room for a few small instances.
-async fn start_agent(base: &Path, nats: &NatsServer) -> Arc<Agent> {
+/// An agent on `nats` with short intervals and room for a few small instances, and its
+/// directory server on a free loopback port.
+async fn start_agent(base: &Path, nats: &NatsServer) -> (Arc<Agent>, DirectoryServer) {
     let mut config = test_config(base);
     config.agent.nats_servers = vec![nats.url()];
     config.agent.advertise_interval_secs = 1;
@@ -25,6 +27,7 @@ async fn start_agent(base: &Path, nats: &NatsServer) -> Arc<Agent> {
     config.instances.memory_capacity_mb = Some(1024);
     config.instances.disk_capacity_mb = 8192;
     config.instances.stop_grace_secs = 3;
+    config.directory_server.port = 0;
     let mut settings = InstanceSettings::from_config(&config);
     settings.disk_check_interval = Duration::from_secs(1);
     let instances = InstanceManager::new(
@@ -37,9 +40,24 @@ async fn start_agent(base: &Path, nats: &NatsServer) -> Arc<Agent> {
         },
     );
     let stager = Arc::new(stager(config.clone(), default_buildpacks()));
-    Agent::start(config, instances, stager, None)
+    let (directory, links) = dea::nats::start_directory_server(&config, instances.clone())
         .await
-        .expect("agent starts")
+        .expect("directory server starts");
+    let agent = Agent::start(config, instances, stager, Some(links))
+        .await
+        .expect("agent starts");
+    (agent, directory)
+}
+
+/// A signed URL from the agent, pointed at the directory server's real address (the router
+/// would map `<uuid>.<domain>` there; the signature covers only the path and query).
+fn local(url: &str, directory: &DirectoryServer) -> String {
+    let rest = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path)
+        .expect("a URL with a path");
+    format!("http://{}/{rest}", directory.local_addr)
 }
 
 fn start_message(app: &str, index: u32, droplet_url: &str, sha1: &str) -> Value {
@@ -75,7 +93,7 @@ async fn controller_stages_runs_finds_stops_and_sees_crashes() {
     let package = zip_dir(&repo_root().join("examples/static-site"));
     let blobs = BlobStore::start(vec![("/packages/app.zip", package)]).await;
 
-    let agent = start_agent(base.path(), &nats).await;
+    let (agent, directory) = start_agent(base.path(), &nats).await;
     let ad = advertise
         .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
         .await
@@ -108,10 +126,11 @@ async fn controller_stages_runs_finds_stops_and_sees_crashes() {
     let (setup, done) = (&replies[0], &replies[1]);
     assert_eq!(setup["task_id"], "task-1");
     assert!(setup["error"].is_null(), "{setup}");
+    let log_url = setup["task_streaming_log_url"].as_str().expect("a log URL");
     assert!(
-        setup
-            .as_object()
-            .is_some_and(|o| o.contains_key("task_streaming_log_url"))
+        log_url.contains("/staging_tasks/task-1/file_path?hmac=")
+            && log_url.contains("path=%2Ftmp%2Fstaged%2Flogs%2Fstaging_task.log"),
+        "{log_url}"
     );
     assert!(done["error"].is_null(), "{done}");
     assert_eq!(done["detected_buildpack"], "staticfile", "{done}");
@@ -167,6 +186,33 @@ async fn controller_stages_runs_finds_stops_and_sees_crashes() {
         routes.push(registration["port"].clone());
     }
 
+    // After the completion reply the task is gone: its log URL says so (the log is complete).
+    let after = reqwest::get(local(log_url, &directory))
+        .await
+        .expect("GET log");
+    assert_eq!(after.status(), 404);
+    assert_eq!(
+        after.text().await.unwrap_or_default(),
+        r#"{"error":"Unknown staging task"}"#
+    );
+    // The directory server is registered with the router under <uuid>.<domain>.
+    let dirsrv = registers
+        .wait_for(Duration::from_secs(5), |m| {
+            m["tags"]["component"] == "directory-server-0"
+        })
+        .await
+        .expect("router.register for the directory server");
+    assert_eq!(
+        dirsrv["port"].as_u64(),
+        Some(u64::from(directory.local_addr.port()))
+    );
+    assert!(
+        dirsrv["uris"][0]
+            .as_str()
+            .is_some_and(|u| u.ends_with(".dea.local")),
+        "{dirsrv}"
+    );
+
     // dea.update: the added route is registered for both instances.
     controller
         .publish(
@@ -206,6 +252,25 @@ async fn controller_stages_runs_finds_stops_and_sees_crashes() {
             reply["staged"],
             format!("/{}", reply["instance"].as_str().unwrap_or(""))
         );
+    }
+    // file_uri_v2: a signed link into the instance's files (what `cf files` follows).
+    let with_path = controller
+        .request_many(
+            "dea.find.droplet",
+            &json!({"droplet": "app-1", "indices": [0], "path": "logs"}),
+            1,
+            Duration::from_secs(10),
+        )
+        .await;
+    let file_uri = with_path[0]["file_uri_v2"].as_str().expect("file_uri_v2");
+    let listing = reqwest::get(local(file_uri, &directory))
+        .await
+        .expect("GET file_uri_v2")
+        .text()
+        .await
+        .unwrap_or_default();
+    for name in ["staging_task.log", "stdout.log", "stderr.log"] {
+        assert!(listing.contains(name), "{listing}");
     }
     let heartbeat = heartbeats
         .wait_for(Duration::from_secs(5), |m| {
@@ -331,7 +396,7 @@ async fn malformed_messages_are_dropped_and_valid_ones_still_answered() {
     let nats = NatsServer::start().await;
     let controller = Controller::connect(&nats).await;
     let advertise = controller.listen("dea.advertise").await;
-    let agent = start_agent(base.path(), &nats).await;
+    let (agent, _directory) = start_agent(base.path(), &nats).await;
     advertise
         .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
         .await
@@ -468,7 +533,7 @@ async fn staging_admission_and_stop() {
             });
         }
     });
-    let agent = start_agent(base.path(), &nats).await;
+    let (agent, directory) = start_agent(base.path(), &nats).await;
     advertise
         .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
         .await
@@ -513,6 +578,27 @@ async fn staging_admission_and_stop() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(reserved, "the staging task is registered");
+    // Its log can be followed live while it runs (signed with the key the agent wrote for
+    // the operator CLI).
+    let signer = dea::files::read_key_file(base.path()).expect("the agent's key file");
+    let log_url = signer.staging_url(
+        &format!("http://{}", directory.local_addr),
+        "task-slow",
+        dea::nats::STAGING_LOG_PATH,
+    );
+    let mut tail = reqwest::get(format!("{log_url}&tail&tail_offset=0"))
+        .await
+        .expect("tail the staging log");
+    assert_eq!(tail.status(), 200);
+    let first = tokio::time::timeout(Duration::from_secs(5), tail.chunk())
+        .await
+        .expect("log bytes arrive")
+        .expect("chunk")
+        .expect("a chunk");
+    assert!(
+        String::from_utf8_lossy(&first).contains("Got staging request for app with id slow-app"),
+        "{first:?}"
+    );
     let full = before["available_memory"]
         .as_u64()
         .expect("available_memory");
@@ -531,6 +617,12 @@ async fn staging_admission_and_stop() {
     assert_eq!(last["task_id"], "task-slow");
     assert_eq!(last["error"], "Error staging: task stopped", "{replies:?}");
     assert!(agent.staging_task_dir("task-slow").is_none());
+    // The task's directory went with it: the tail ends.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = tail.chunk().await {}
+    })
+    .await
+    .expect("the tail ends when the staging task is gone");
     agent.shutdown().await;
 }
 
@@ -555,7 +647,7 @@ async fn staging_then_start_then_evacuation() {
         ("/caches/app-e.tgz", cache),
     ])
     .await;
-    let agent = start_agent(base.path(), &nats).await;
+    let (agent, _directory) = start_agent(base.path(), &nats).await;
     advertise
         .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
         .await

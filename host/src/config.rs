@@ -40,6 +40,7 @@ pub struct Config {
     pub fetch: FetchConfig,
     pub instances: InstanceConfig,
     pub agent: AgentConfig,
+    pub directory_server: crate::files::DirectoryServerConfig,
 }
 
 /// Running droplets.
@@ -273,6 +274,7 @@ impl Default for Config {
             fetch: FetchConfig::default(),
             instances: InstanceConfig::default(),
             agent: AgentConfig::default(),
+            directory_server: Default::default(),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod container;
 pub mod droplet;
 pub mod fetch;
+pub mod files;
 pub mod instance;
 pub mod nats;
 pub mod netns;

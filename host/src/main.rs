@@ -98,6 +98,66 @@ enum Command {
         #[arg(long)]
         buildpack: Option<String>,
     },
+    /// Instance and staging files served by the agent's directory server.
+    Files {
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilesCommand {
+    /// Print a signed URL for a file of an instance or a staging task. The key is
+    /// `directory_server.hmac_key`, else the running agent's `<base_dir>/db/directory_server.key`.
+    Url {
+        /// Whose file: `instance` or `task` (a staging task).
+        #[arg(value_enum)]
+        kind: FileOwner,
+        /// The instance id or staging task id.
+        id: String,
+        /// Relative to the instance's home (e.g. `logs/stdout.log`), or absolute in the staging
+        /// container (e.g. `/tmp/staged/logs/staging_task.log`).
+        path: String,
+        /// Base of the URL [default: http://127.0.0.1:<directory_server.port>].
+        #[arg(long, value_name = "URL")]
+        base_url: Option<String>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FileOwner {
+    Instance,
+    Task,
+}
+
+/// `dea files url`: signs locally, so it needs the agent's key (configured, or written by the
+/// running agent) and, unless told, assumes the directory server listens on this machine.
+fn files_command(config: &Config, command: &FilesCommand) -> Result<()> {
+    let FilesCommand::Url {
+        kind,
+        id,
+        path,
+        base_url,
+    } = command;
+    let settings = &config.directory_server;
+    let signer = match settings.hmac_key {
+        Some(_) => settings.signer(),
+        None => dea::files::read_key_file(&config.base_dir).with_context(|| {
+            format!(
+                "no directory_server.hmac_key configured and no key in {} (is an agent running with this base_dir?)",
+                dea::files::key_file_path(&config.base_dir).display()
+            )
+        })?,
+    };
+    let base = base_url
+        .clone()
+        .unwrap_or_else(|| settings.local_base(settings.port));
+    let url = match kind {
+        FileOwner::Instance => signer.instance_url(&base, id, path),
+        FileOwner::Task => signer.staging_url(&base, id, path),
+    };
+    println!("{url}");
+    Ok(())
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -153,7 +213,18 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
     )
     .await;
     let stager = Arc::new(build_stager(config.clone(), buildpacks)?);
-    let agent = dea::nats::Agent::start(config, instances, stager, None).await?;
+    let (directory, links) = if config.directory_server.enabled {
+        let (server, links) = dea::nats::start_directory_server(&config, instances.clone()).await?;
+        println!(
+            "Directory server on {} ({})",
+            server.local_addr,
+            links.base()
+        );
+        (Some(server), Some(links as Arc<dyn dea::nats::FileLinks>))
+    } else {
+        (None, None)
+    };
+    let agent = dea::nats::Agent::start(config, instances, stager, links).await?;
     println!("DEA {} serving", agent.id());
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -174,6 +245,9 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
         }
     }
     agent.shutdown().await;
+    if let Some(directory) = directory {
+        directory.shutdown(std::time::Duration::from_secs(2)).await;
+    }
     Ok(())
 }
 
@@ -188,6 +262,10 @@ async fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let config = load_config(&cli)?;
+    // Needs no buildpacks: answered before they are read.
+    if let Command::Files { command } = &cli.command {
+        return files_command(&config, command);
+    }
     let buildpacks = BuildpackSet::discover(
         &config.buildpack_dirs,
         &config.buildpack_order,
@@ -203,6 +281,7 @@ async fn main() -> Result<()> {
             }
             serve(config, buildpacks).await?;
         }
+        Command::Files { .. } => {}
         Command::Buildpacks => {
             println!(
                 "{:<4} {:<16} {:<10} {:<6} PATH",

@@ -380,3 +380,82 @@ fn serve_advertises_on_nats_and_says_goodbye_on_sigterm() {
     let _ = nats.kill();
     let _ = nats.wait();
 }
+
+/// The query value `key` of `url`, form-decoded.
+fn query_value(url: &str, key: &str) -> String {
+    let query = url.split_once('?').expect("query").1;
+    let value = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(&format!("{key}=")))
+        .expect("key in query");
+    String::from_utf8(dea::files::form_decode(value)).expect("utf-8")
+}
+
+#[test]
+fn files_url_signs_with_the_configured_key_or_the_running_agents() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let config = base.path().join("dea.yml");
+    std::fs::write(
+        &config,
+        "directory_server:\n  hmac_key: s3cret\n  port: 4000\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_dea"))
+        .arg("--config")
+        .arg(&config)
+        .args(["files", "url", "instance", "abc", "logs/stdout.log"])
+        .output()
+        .expect("dea runs");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = text(&out.stdout).trim().to_string();
+    assert!(
+        url.starts_with("http://127.0.0.1:4000/instance_paths/abc?hmac="),
+        "{url}"
+    );
+    assert_eq!(query_value(&url, "path"), "logs/stdout.log");
+    assert!(dea::files::UrlSigner::new("s3cret").verify(
+        "/instance_paths/abc",
+        "logs/stdout.log",
+        &query_value(&url, "timestamp"),
+        &query_value(&url, "hmac"),
+    ));
+
+    // No key configured: the key file a running agent wrote.
+    let state = base.path().join("state");
+    let signer = dea::files::UrlSigner::random();
+    dea::files::write_key_file(&state, &signer).expect("key file");
+    let run = |state: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_dea"))
+            .arg("--base-dir")
+            .arg(state)
+            .args([
+                "files",
+                "url",
+                "task",
+                "t1",
+                "/tmp/staged/logs/staging_task.log",
+            ])
+            .args(["--base-url", "http://dirsrv.example"])
+            .output()
+            .expect("dea runs")
+    };
+    let out = run(&state);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let url = text(&out.stdout).trim().to_string();
+    assert!(url.starts_with("http://dirsrv.example/staging_tasks/t1/file_path?hmac="));
+    assert!(signer.verify(
+        "/staging_tasks/t1/file_path",
+        "/tmp/staged/logs/staging_task.log",
+        &query_value(&url, "timestamp"),
+        &query_value(&url, "hmac"),
+    ));
+
+    // Neither: a clear error.
+    let out = run(&base.path().join("nothing"));
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no directory_server.hmac_key configured"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,388 @@
+//! The HTTP side: routes, the DEA file API's checks in its order (reference dea_ng.md §5.4),
+//! then the Go server's serving (§5.5), in one axum server.
+
+use super::content::FileContent;
+use super::resolve::{Opened, ResolveError, Scope, open_under};
+use super::signing::{form_decode, instance_url_path, now, staging_url_path};
+use super::tail::Tail;
+use super::{DirectoryServerConfig, FileRoot, FileRoots, FilesError, UrlSigner};
+use axum::Router;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How the server treats URLs and streams; [`ServerSettings::from_config`] for the agent,
+/// shorter values in tests.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// How long after its timestamp a URL is accepted.
+    pub url_lifetime: Duration,
+    /// How long a `tail` stream may go without new bytes.
+    pub streaming_timeout: Duration,
+    /// How often a tailed file is checked for new bytes.
+    pub tail_poll_interval: Duration,
+}
+
+impl ServerSettings {
+    pub fn from_config(config: &DirectoryServerConfig) -> ServerSettings {
+        ServerSettings {
+            url_lifetime: config.url_lifetime(),
+            streaming_timeout: config.streaming_timeout(),
+            tail_poll_interval: Duration::from_millis(50),
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        ServerSettings::from_config(&DirectoryServerConfig::default())
+    }
+}
+
+struct Shared {
+    signer: Arc<UrlSigner>,
+    roots: Arc<dyn FileRoots>,
+    settings: ServerSettings,
+}
+
+/// The directory server's routes, ready to serve (or to test without a socket).
+pub fn router(
+    signer: Arc<UrlSigner>,
+    roots: Arc<dyn FileRoots>,
+    settings: ServerSettings,
+) -> Router {
+    Router::new()
+        .route("/instance_paths/{instance_id}", get(instance_file))
+        .route("/staging_tasks/{task_id}/file_path", get(staging_file))
+        .with_state(Arc::new(Shared {
+            signer,
+            roots,
+            settings,
+        }))
+}
+
+/// A running directory server. Dropping it stops it; [`DirectoryServer::shutdown`] lets
+/// requests in flight finish first.
+pub struct DirectoryServer {
+    /// Where it listens (the real port when the configured one was 0).
+    pub local_addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl DirectoryServer {
+    /// Stops accepting connections, waits up to `grace` for requests in flight (a `tail`
+    /// stream lasts until its file goes or its idle timeout), then drops the rest.
+    pub async fn shutdown(mut self, grace: Duration) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            self.task.abort();
+        }
+    }
+}
+
+impl Drop for DirectoryServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.abort();
+    }
+}
+
+/// Binds `config.listen:config.port` and serves [`router`] there in a background task.
+///
+/// `config.enabled` is the caller's business: this always serves. The caller also writes the
+/// key file ([`super::write_key_file`]) so the operator CLI can sign URLs for this server.
+pub async fn serve(
+    config: &DirectoryServerConfig,
+    signer: Arc<UrlSigner>,
+    roots: Arc<dyn FileRoots>,
+) -> Result<DirectoryServer, FilesError> {
+    let addr = format!("{}:{}", config.listen, config.port);
+    let listener = tokio::net::TcpListener::bind((config.listen.as_str(), config.port))
+        .await
+        .map_err(|source| FilesError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local_addr = listener.local_addr()?;
+    // Tail chunks are small and should leave at once.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on a directory server connection: {e}");
+        }
+    });
+    let app = router(signer, roots, ServerSettings::from_config(config));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!("directory server stopped: {e}");
+        }
+    });
+    tracing::info!(%local_addr, "directory server listening");
+    Ok(DirectoryServer {
+        local_addr,
+        stop: Some(stop),
+        task,
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Instance,
+    StagingTask,
+}
+
+async fn instance_file(
+    State(shared): State<Arc<Shared>>,
+    Path(instance_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    handle(&shared, Kind::Instance, &instance_id, query, &headers).await
+}
+
+async fn staging_file(
+    State(shared): State<Arc<Shared>>,
+    Path(task_id): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    handle(&shared, Kind::StagingTask, &task_id, query, &headers).await
+}
+
+/// The query parameters, form-decoded (`+` is a space), the last of a repeated key winning as
+/// in Rack.
+#[derive(Default)]
+struct Params {
+    hmac: Option<Vec<u8>>,
+    path: Option<Vec<u8>>,
+    timestamp: Option<Vec<u8>>,
+    tail: bool,
+    tail_offset: Option<Vec<u8>>,
+}
+
+impl Params {
+    fn parse(query: &str) -> Params {
+        let mut params = Params::default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = form_decode(value);
+            let key = if key.contains(['%', '+']) {
+                std::borrow::Cow::Owned(form_decode(key))
+            } else {
+                std::borrow::Cow::Borrowed(key.as_bytes())
+            };
+            match key.as_ref() {
+                b"hmac" => params.hmac = Some(value),
+                b"path" => params.path = Some(value),
+                b"timestamp" => params.timestamp = Some(value),
+                b"tail" => params.tail = true,
+                b"tail_offset" => params.tail_offset = Some(value),
+                _ => {}
+            }
+        }
+        params
+    }
+}
+
+async fn handle(
+    shared: &Shared,
+    kind: Kind,
+    id: &str,
+    query: Option<String>,
+    request: &HeaderMap,
+) -> Response {
+    let params = Params::parse(query.as_deref().unwrap_or(""));
+    // Grape's parameter validation came before the handler: all three are required and the
+    // timestamp is an integer.
+    let (Some(hmac), Some(path), Some(timestamp)) = (&params.hmac, &params.path, &params.timestamp)
+    else {
+        let missing: Vec<String> = [
+            ("hmac", params.hmac.is_none()),
+            ("timestamp", params.timestamp.is_none()),
+            ("path", params.path.is_none()),
+        ]
+        .iter()
+        .filter(|(_, missing)| *missing)
+        .map(|(name, _)| format!("{name} is missing"))
+        .collect();
+        return json_error(StatusCode::BAD_REQUEST, &missing.join(", "));
+    };
+    let Some(timestamp_value) = std::str::from_utf8(timestamp)
+        .ok()
+        .and_then(|t| t.parse::<i64>().ok())
+    else {
+        return json_error(StatusCode::BAD_REQUEST, "timestamp is invalid");
+    };
+
+    let url_path = match kind {
+        Kind::Instance => instance_url_path(id),
+        Kind::StagingTask => staging_url_path(id),
+    };
+    if !shared.signer.verify_bytes(&url_path, path, timestamp, hmac) {
+        tracing::debug!(%url_path, "file request with an invalid HMAC");
+        return json_error(StatusCode::UNAUTHORIZED, "Invalid HMAC");
+    }
+    // Future timestamps are fine, as in the DEA.
+    let age = i128::from(now()) - i128::from(timestamp_value);
+    if age > i128::from(shared.settings.url_lifetime.as_secs()) {
+        return json_error(StatusCode::BAD_REQUEST, "Url expired");
+    }
+
+    let (root, scope) = match kind {
+        Kind::Instance => (shared.roots.instance(id), Scope::Instance),
+        Kind::StagingTask => (shared.roots.staging_task(id), Scope::Staging),
+    };
+    let root = match (root, kind) {
+        (FileRoot::Dir(root), _) => root,
+        (FileRoot::Unknown, Kind::Instance) => {
+            return json_error(StatusCode::NOT_FOUND, "Unknown instance");
+        }
+        (FileRoot::Unknown, Kind::StagingTask) => {
+            return json_error(StatusCode::NOT_FOUND, "Unknown staging task");
+        }
+        (FileRoot::Unavailable, Kind::Instance) => {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Instance unavailable");
+        }
+        (FileRoot::Unavailable, Kind::StagingTask) => {
+            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Staging task unavailable");
+        }
+    };
+
+    // Opening, fstat and reading a small file run right here on the async worker: they hit the
+    // page cache in practice, and a hop to the blocking pool costs more than the work itself
+    // (it halved throughput in bench/files.sh). What can take long — listing a directory,
+    // streaming a large file — goes to the blocking pool.
+    let opened = match open_under(&root, path, scope) {
+        Ok(opened) => opened,
+        Err(ResolveError::NotAccessible) => {
+            tracing::info!(
+                %url_path,
+                path = %String::from_utf8_lossy(path),
+                "file request refused: not accessible"
+            );
+            return json_error(StatusCode::FORBIDDEN, "Not accessible");
+        }
+        // The Go server's answer; the Ruby file API alone said 404 `{"error":"Entity not
+        // found"}`, but clients only ever saw the Go server's 400.
+        Err(ResolveError::NotFound) => return entity_not_found(),
+        Err(ResolveError::Io(e)) => return server_error(&e.to_string()),
+    };
+    if opened.metadata.is_dir() {
+        let listing = tokio::task::spawn_blocking(move || super::listing::list(&opened.file)).await;
+        return match listing {
+            Ok(Ok(text)) => (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"))],
+                text,
+            )
+                .into_response(),
+            Ok(Err(e)) => server_error(&e.to_string()),
+            Err(e) => server_error(&e.to_string()),
+        };
+    }
+    if params.tail {
+        return tail_response(shared, opened, params.tail_offset.as_deref());
+    }
+    let Opened {
+        file,
+        metadata,
+        host_path,
+    } = opened;
+    match FileContent::load(file, &metadata) {
+        Ok(content) => content.respond(&host_path, request).await,
+        Err(e) => server_error(&e.to_string()),
+    }
+}
+
+/// `tail`: a chunked stream from `tail_offset` (default: the end) as the file grows.
+fn tail_response(shared: &Shared, opened: Opened, offset: Option<&[u8]>) -> Response {
+    let size = opened.metadata.len();
+    let start = match offset {
+        None | Some(b"") => size,
+        Some(offset) => match parse_offset(offset) {
+            Some(offset) => offset,
+            None => return server_error("Tail offset must be a positive integer."),
+        },
+    };
+    let tail = Tail::new(
+        opened.file,
+        opened.host_path,
+        start,
+        size,
+        shared.settings.streaming_timeout,
+        shared.settings.tail_poll_interval,
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        tail.into_body(),
+    )
+        .into_response()
+}
+
+/// A non-negative integer, digits only.
+fn parse_offset(text: &[u8]) -> Option<u64> {
+    if text.is_empty() || !text.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// The DEA file API's error shape: `{"error":"…"}`.
+fn json_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        serde_json::json!({ "error": message }).to_string(),
+    )
+        .into_response()
+}
+
+/// The Go server's answer when the path does not exist.
+fn entity_not_found() -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static("text/plain")),
+            (
+                header::HeaderName::from_static("x-cascade"),
+                HeaderValue::from_static("pass"),
+            ),
+        ],
+        "Entity not found.\n",
+    )
+        .into_response()
+}
+
+/// The Go server's 500: `Can't serve request due to error: …`, no newline.
+pub(crate) fn server_error(message: &str) -> Response {
+    tracing::warn!("file request failed: {message}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        format!("Can't serve request due to error: {message}"),
+    )
+        .into_response()
+}
