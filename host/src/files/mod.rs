@@ -56,7 +56,8 @@ pub enum FileRoot {
     Dir(std::path::PathBuf),
 }
 
-/// The agent's answer to "where are this instance's / this task's files?".
+/// The agent's answer to "where are this instance's / this task's files?". Asked on the async
+/// runtime for every request: answer from memory, without blocking.
 pub trait FileRoots: Send + Sync + 'static {
     /// Instance: RUNNING → its home dir (the container's `/home/vcap`); CRASHED →
     /// `crashes/<id>`; [`FileRoot::Unknown`] / [`FileRoot::Unavailable`] otherwise.

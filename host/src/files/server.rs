@@ -270,7 +270,7 @@ async fn handle(
     let opened = match open_under(&root, path, scope) {
         Ok(opened) => opened,
         Err(ResolveError::NotAccessible) => {
-            tracing::info!(
+            tracing::debug!(
                 %url_path,
                 path = %String::from_utf8_lossy(path),
                 "file request refused: not accessible"
