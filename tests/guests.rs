@@ -57,6 +57,34 @@ fn python_offering(dir: &Path, uri: &str, sha256: &str) -> Buildpack {
     Buildpack::load(dir).expect("python buildpack loads")
 }
 
+/// The examples, with every real buildpack in the default order: each reaches its own.
+#[tokio::test]
+async fn the_python_and_shell_examples_detect_their_buildpacks_in_the_default_order() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let config = config(base.path());
+    let mut all: Vec<Buildpack> = ["procfile", "shell", "python", "node", "staticfile"]
+        .into_iter()
+        .map(buildpack)
+        .collect();
+    all.sort_by_key(|bp| config.buildpack_order.iter().position(|id| *id == bp.id));
+    let stager = stager(config, all);
+    for (example, expected, command) in [
+        ("python-app", "python", "python3 app.py"),
+        ("shell-app", "shell", "./start.sh"),
+    ] {
+        let app = repo_root().join("examples").join(example);
+        let out = base.path().join(format!("{example}.tgz"));
+        let (result, log) = stage(&stager, request(&app, &out)).await;
+        let staged = result.unwrap_or_else(|e| panic!("{example}: {e}\n{log}"));
+        assert_eq!(staged.info.buildpack_key, expected, "{example}");
+        assert_eq!(
+            staged.info.start_command.as_deref(),
+            Some(command),
+            "{example}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn python_buildpack_stages_an_app_with_the_stacks_python() {
     let base = tempfile::tempdir().expect("tempdir");

@@ -45,7 +45,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// buildpack uses it (componentize-py's CPython does), but every phase's WASI context grants
 /// no network: each socket call fails with `access-denied` and name lookup is off (see
 /// [`sandbox`]), so the only way out is still the host's `fetch`.
-pub const ALLOWED_IMPORTS: &[&str] = &[
+pub(crate) const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/",
     "wasi:io/",
     "wasi:clocks/",
