@@ -110,7 +110,7 @@ enum BuildpackCommand {
     New {
         /// The buildpack id (lowercase letters, digits, '-').
         name: String,
-        /// Language: rust or python.
+        /// Language: rust, python or c.
         #[arg(long, value_parser = clap::value_parser!(dea::buildpack::scaffold::Lang))]
         lang: dea::buildpack::scaffold::Lang,
         /// Project directory (default: ./NAME).

@@ -1,5 +1,6 @@
-//! `dea buildpack ...` as a buildpack author uses it: scaffold a project in Rust and in
-//! Python, build it with the real toolchains (cargo for wasm32-wasip2, componentize-py) and
+//! `dea buildpack ...` as a buildpack author uses it: scaffold a project in Rust, Python and
+//! C, build it with the real toolchains (cargo for wasm32-wasip2, componentize-py, clang +
+//! wasi-libc + `dea buildpack componentize`) and
 //! run the project's own test (which checks the component and stages its sample app);
 //! `check` on a component built for another world; `componentize` on a component.
 
@@ -75,6 +76,11 @@ fn a_new_rust_buildpack_builds_and_passes_its_own_test() {
 #[test]
 fn a_new_python_buildpack_builds_and_passes_its_own_test() {
     scaffold_builds_and_passes_its_own_test("python");
+}
+
+#[test]
+fn a_new_c_buildpack_builds_and_passes_its_own_test() {
+    scaffold_builds_and_passes_its_own_test("c");
 }
 
 #[test]

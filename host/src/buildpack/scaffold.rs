@@ -1,4 +1,5 @@
-//! `dea buildpack new`: a buildpack project that builds and passes its own test as generated.
+//! `dea buildpack new`: a buildpack project (Rust, Python or C) that builds and passes its own
+//! test as generated.
 //!
 //! Each project has the buildpack's source, its `buildpack.toml`, `build.sh` (source to
 //! `buildpack.wasm`), `test.sh` (build, `dea buildpack check`, then `dea stage --buildpack .`
@@ -13,6 +14,7 @@ use std::path::{Component, Path, PathBuf};
 pub enum Lang {
     Rust,
     Python,
+    C,
 }
 
 impl std::str::FromStr for Lang {
@@ -21,8 +23,9 @@ impl std::str::FromStr for Lang {
         match s {
             "rust" => Ok(Lang::Rust),
             "python" => Ok(Lang::Python),
+            "c" => Ok(Lang::C),
             other => Err(format!(
-                "no template for {other:?}: choose rust or python (C: see docs/writing-buildpacks.md)"
+                "no template for {other:?}: choose rust, python or c"
             )),
         }
     }
@@ -149,6 +152,18 @@ pub fn create(project: &NewProject) -> Result<Vec<PathBuf>, ScaffoldError> {
                 (
                     "README.md".into(),
                     fill(README, name, PYTHON_README_BUILD),
+                    false,
+                ),
+            ]);
+        }
+        Lang::C => {
+            files.extend([
+                ("src/buildpack.c".into(), fill(C_SOURCE, name, ""), false),
+                ("build.sh".into(), C_BUILD_SH.into(), true),
+                (".gitignore".into(), "/gen\n/buildpack.wasm\n".into(), false),
+                (
+                    "README.md".into(),
+                    fill(README, name, C_README_BUILD),
                     false,
                 ),
             ]);
@@ -359,6 +374,98 @@ const PYTHON_BUILD_SH: &str = r#"#!/usr/bin/env bash
 set -euo pipefail
 cd "$(dirname "$0")"
 componentize-py --quiet -d wit -w dea:buildpack/buildpack@0.1.0 componentize app -o buildpack.wasm
+"#;
+
+const C_README_BUILD: &str = "Needs clang, lld, wasi-libc and the wasm32 compiler runtime (Debian: `apt-get install\nclang lld wasi-libc libclang-rt-dev-wasm32`).\n\n```sh\n./build.sh     # C bindings from dea, clang for wasm32-wasi, then `dea buildpack componentize`\n```\n";
+
+const C_SOURCE: &str = r#"// The {id} buildpack. buildpack.h (written by `dea buildpack bindings --lang c` into gen/)
+// declares the exports to implement and the host's imports. Exports return true on success
+// or fill `err`; strings they return must be heap copies (buildpack_string_dup), because the
+// generated post-return code frees them.
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "buildpack.h"
+
+static void say(dea_buildpack_host_log_kind_t kind, const char *text) {
+  buildpack_string_t message;
+  buildpack_string_set(&message, text); // arguments to imports are only borrowed
+  dea_buildpack_host_log(kind, &message);
+}
+
+static bool fail(buildpack_error_t *err, const char *message) {
+  err->tag = DEA_BUILDPACK_TYPES_ERROR_IO;
+  buildpack_string_dup(&err->val.io, message);
+  return false;
+}
+
+// Claims apps with a hello.txt; must not change anything.
+bool exports_buildpack_detect(buildpack_option_detection_t *ret, buildpack_error_t *err) {
+  (void)err;
+  struct stat st;
+  ret->is_some = stat("/app/hello.txt", &st) == 0;
+  if (ret->is_some) {
+    buildpack_string_dup(&ret->val.name, "{id}");
+    ret->val.version.is_some = false;
+  }
+  return true;
+}
+
+// Builds the app in place in /app (downloads: dea_buildpack_host_fetch, through the host).
+bool exports_buildpack_compile(buildpack_error_t *err) {
+  say(DEA_BUILDPACK_HOST_LOG_KIND_STEP, "Saying hello");
+  char greeting[256] = "";
+  FILE *in = fopen("/app/hello.txt", "r");
+  if (in == NULL) {
+    return fail(err, "reading hello.txt");
+  }
+  if (fgets(greeting, sizeof greeting, in) == NULL) {
+    greeting[0] = '\0';
+  }
+  fclose(in);
+  greeting[strcspn(greeting, "\r\n")] = '\0';
+  say(DEA_BUILDPACK_HOST_LOG_KIND_DETAIL, greeting);
+  FILE *out = fopen("/app/index.html", "w");
+  if (out == NULL) {
+    return fail(err, "writing index.html");
+  }
+  fprintf(out, "<p>%s</p>\n", greeting);
+  fclose(out);
+  return true;
+}
+
+// How the built app runs.
+bool exports_buildpack_release(buildpack_release_info_t *ret, buildpack_error_t *err) {
+  buildpack_tuple2_string_string_t *web = malloc(sizeof *web);
+  if (web == NULL) {
+    return fail(err, "out of memory");
+  }
+  buildpack_string_dup(&web->f0, "web");
+  buildpack_string_dup(&web->f1, "python3 -m http.server \"$PORT\" --bind 0.0.0.0");
+  ret->process_types.ptr = web;
+  ret->process_types.len = 1;
+  ret->config_vars.ptr = NULL;
+  ret->config_vars.len = 0;
+  ret->addons.ptr = NULL;
+  ret->addons.len = 0;
+  return true;
+}
+"#;
+
+const C_BUILD_SH: &str = r#"#!/usr/bin/env bash
+# Builds src/buildpack.c into buildpack.wasm: wit-bindgen's C bindings (from dea) into gen/,
+# clang for wasm32-wasi (a WASI preview 1 reactor module), then `dea buildpack componentize`,
+# which adds the preview 1 adapter. DEA names the dea binary, CC the compiler.
+set -euo pipefail
+cd "$(dirname "$0")"
+dea="${DEA:-dea}"
+"$dea" buildpack bindings --lang c --out gen >/dev/null
+"${CC:-clang}" --target=wasm32-wasi -mexec-model=reactor -O2 -Wall -I gen -o gen/core.wasm \
+  src/buildpack.c gen/buildpack.c gen/buildpack_component_type.o
+"$dea" buildpack componentize gen/core.wasm -o buildpack.wasm >/dev/null
 "#;
 
 #[cfg(test)]
