@@ -180,8 +180,11 @@ async fn host_keeps_staging_while_a_hostile_buildpack_spins() {
     ok.unwrap_or_else(|e| panic!("healthy staging failed beside a hostile one: {e}\n{log}"));
 }
 
+/// A component importing `wasi:sockets` loads (guest toolchains import it whether or not the
+/// buildpack uses it), but its phases have no network: a connect to a real listener on
+/// 127.0.0.1 fails inside the guest and the listener never sees a connection.
 #[tokio::test]
-async fn components_that_import_sockets_are_refused_at_load() {
+async fn components_that_import_sockets_load_but_every_socket_call_is_denied() {
     let base = tempfile::tempdir().expect("tempdir");
     let config = test_config(base.path());
     let runtime = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");
@@ -189,8 +192,49 @@ async fn components_that_import_sockets_are_refused_at_load() {
     let dea::buildpack::BuildpackKind::Wasm { component } = &sockets.kind else {
         panic!("sockets is a wasm buildpack");
     };
-    let error = runtime.load(component).err().expect("sockets refused");
-    assert!(error.to_string().contains("wasi:sockets"), "{error}");
+    let loaded = runtime
+        .load(component)
+        .expect("a sockets import is linked, not refused");
+    let listener = CountingListener::start().await;
+    let target = format!("127.0.0.1:{}", listener.port);
+    let app = base.path().join("app");
+    write_app(&app, &[("index.html", "x")]);
+    let spec = SandboxSpec {
+        dirs: PhaseDirs {
+            app: app.clone(),
+            cache: app.clone(),
+            buildpack: sockets.dir.clone(),
+            tmp: app.clone(),
+        },
+        env: vec![("SOCKETS_CONNECT".into(), target.clone())],
+        log: quiet_log(),
+        fetch: None,
+        unpack_limits: dea::droplet::UnpackLimits {
+            max_bytes: 1 << 20,
+            max_files: 100,
+        },
+    };
+    let error = runtime
+        .run(&loaded, Phase::Detect, spec)
+        .await
+        .expect_err("no socket call succeeds");
+    let PhaseError::Buildpack(failure) = &error else {
+        panic!("expected the guest's own error, got {error}");
+    };
+    let dea::buildpack::wasm::GuestError::Io(message) = &failure.error else {
+        panic!("expected an i/o error, got {error}");
+    };
+    assert!(
+        message.starts_with(&format!("connect {target}:")),
+        "{message}"
+    );
+    assert!(
+        message.to_lowercase().contains("denied") || message.contains("not permitted"),
+        "{message}"
+    );
+    // Give a stray connection time to be accepted before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(listener.hits(), 0, "the guest reached the listener");
 }
 
 #[tokio::test]

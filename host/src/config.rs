@@ -266,7 +266,13 @@ impl Default for Config {
             base_dir: default_base_dir(),
             buildpack_dirs: vec![PathBuf::from("target/buildpacks")],
             // The built-in buildpacks, most specific first; Procfile is the generic fallback.
-            buildpack_order: vec!["staticfile".into(), "node".into(), "procfile".into()],
+            buildpack_order: vec![
+                "staticfile".into(),
+                "node".into(),
+                "python".into(),
+                "shell".into(),
+                "procfile".into(),
+            ],
             stacks: vec!["cflinuxfs4".to_string()],
             staging: StagingConfig::default(),
             wasm: WasmConfig::default(),

@@ -5,7 +5,12 @@
 //! configured directories are scanned in order; `buildpack_order` can put ids first. Detection
 //! runs in that order and the first match wins.
 
+pub mod bindings;
+pub mod check;
 pub mod classic;
+pub mod componentize;
+pub mod contract;
+pub mod scaffold;
 pub mod wasm;
 
 use serde::Deserialize;

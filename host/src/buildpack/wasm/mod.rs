@@ -40,13 +40,18 @@ pub use self::dea::buildpack::types::Error as GuestError;
 /// How often the epoch advances; the unit of the CPU budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Interfaces a buildpack may import. Anything else (sockets, HTTP) is refused at load time.
-const ALLOWED_IMPORTS: &[&str] = &[
+/// Interfaces a buildpack may import; anything else (such as `wasi:http`) is refused at load
+/// time. `wasi:sockets` is linked because guest toolchains import it whether or not the
+/// buildpack uses it (componentize-py's CPython does), but every phase's WASI context grants
+/// no network: each socket call fails with `access-denied` and name lookup is off (see
+/// [`sandbox`]), so the only way out is still the host's `fetch`.
+pub(crate) const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/",
     "wasi:io/",
     "wasi:clocks/",
     "wasi:filesystem/",
     "wasi:random/",
+    "wasi:sockets/",
     "dea:buildpack/",
 ];
 
@@ -87,7 +92,7 @@ pub enum LoadError {
     #[error("{path} is not a valid buildpack component: {message}")]
     Invalid { path: PathBuf, message: String },
     #[error(
-        "{path} imports {import}, which buildpacks may not use (no sockets, no HTTP: downloads go through the host's fetch)"
+        "{path} imports {import}, which the host does not give buildpacks (only WASI cli, io, clocks, filesystem, random, sockets without network, and dea:buildpack; downloads go through the host's fetch)"
     )]
     ForbiddenImport { path: PathBuf, import: String },
     #[error("component cache {path}: {source}")]
@@ -157,9 +162,20 @@ impl std::fmt::Display for GuestFailure {
     }
 }
 
+/// Where a loaded component's machine code came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeOrigin {
+    /// Compiled with Cranelift now (and written to the on-disk cache).
+    Compiled,
+    /// Read back from the on-disk cache: no compilation, milliseconds even for an 18 MB
+    /// Python component.
+    DiskCache,
+}
+
 /// A loaded buildpack component, ready to instantiate.
 pub struct LoadedComponent {
     pub digest: String,
+    pub origin: CodeOrigin,
     pre: BuildpackPre<SandboxState>,
 }
 
@@ -259,7 +275,7 @@ impl WasmRuntime {
         if let Some(loaded) = self.lock_loaded().get(&digest) {
             return Ok(loaded.clone());
         }
-        let component = self.compile_cached(path, &bytes, &digest)?;
+        let (component, origin) = self.compile_cached(path, &bytes, &digest)?;
         self.check_imports(path, &component)?;
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
             path: path.to_path_buf(),
@@ -267,8 +283,10 @@ impl WasmRuntime {
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = BuildpackPre::new(instance_pre).map_err(invalid)?;
+        tracing::debug!(path = %path.display(), ?origin, "loaded buildpack component");
         let loaded = Arc::new(LoadedComponent {
             digest: digest.clone(),
+            origin,
             pre,
         });
         self.lock_loaded().insert(digest, loaded.clone());
@@ -300,7 +318,7 @@ impl WasmRuntime {
         path: &Path,
         bytes: &[u8],
         digest: &str,
-    ) -> Result<Component, LoadError> {
+    ) -> Result<(Component, CodeOrigin), LoadError> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine
             .precompile_compatibility_hash()
@@ -310,7 +328,7 @@ impl WasmRuntime {
             .join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
         if cached.exists() {
             match deserialize_trusted(&self.engine, &cached) {
-                Ok(component) => return Ok(component),
+                Ok(component) => return Ok((component, CodeOrigin::DiskCache)),
                 Err(e) => {
                     tracing::warn!(path = %cached.display(), "discarding compiled cache entry: {e:#}")
                 }
@@ -325,7 +343,8 @@ impl WasmRuntime {
             path: cached.clone(),
             source,
         })?;
-        deserialize_trusted(&self.engine, &cached).map_err(invalid)
+        let component = deserialize_trusted(&self.engine, &cached).map_err(invalid)?;
+        Ok((component, CodeOrigin::Compiled))
     }
 
     fn check_imports(&self, path: &Path, component: &Component) -> Result<(), LoadError> {

@@ -2,7 +2,8 @@
 //!
 //! The WASI context starts from nothing and is given only: the phase's directories at fixed,
 //! disjoint guest paths (`/app`, `/cache`, `/buildpack`, `/tmp`), the app's environment, stdout
-//! and stderr into the staging log, clocks and random. No sockets, no name lookups, no
+//! and stderr into the staging log, clocks and random. No network (`wasi:sockets` is linked
+//! for toolchains that import it, but every socket call is denied), no name lookups, no
 //! inherited environment or stdin.
 
 use super::Phase;
@@ -101,6 +102,13 @@ impl SandboxState {
                 .map_err(|e| format!("mounting /tmp: {e:#}"))?;
             writable = vec![("/app", app), ("/cache", cache), ("/tmp", tmp)];
         }
+        // Deny-all network, spelled out rather than left to defaults: creating a TCP or UDP
+        // socket fails with access-denied, no address passes the check, no name lookups.
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }));
         builder.envs(&spec.env);
         builder.env("DEA_PHASE", phase.name());
         builder.env("HOME", "/app");
