@@ -569,7 +569,7 @@ async fn staging_admission_and_stop() {
     };
     // Once the task is registered, its reservation shows in the advertisement.
     let mut reserved = false;
-    for _ in 0..100 {
+    for _ in 0..400 {
         if agent.staging_task_dir("task-slow").is_some() {
             reserved = true;
             break;
