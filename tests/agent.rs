@@ -280,11 +280,39 @@ async fn controller_stages_runs_finds_stops_and_sees_crashes() {
         .expect("heartbeats list both instances");
     assert_eq!(heartbeat["droplets"][0]["cc_partition"], "default");
 
+    // A new version re-keys the instances (as the DEA does); the old ids are gone.
+    let old_ids: Vec<Value> = found.iter().map(|r| r["instance"].clone()).collect();
+    controller
+        .publish(
+            "dea.update",
+            &json!({"droplet": "app-1", "uris": ["example.test.local", "new.test.local"], "version": "v2"}),
+        )
+        .await;
+    let mut rekeyed = Vec::new();
+    for _ in 0..50 {
+        rekeyed = controller
+            .request_many(
+                "dea.find.droplet",
+                &json!({"droplet": "app-1", "version": "v2"}),
+                2,
+                Duration::from_secs(2),
+            )
+            .await;
+        if rekeyed.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(rekeyed.len(), 2, "{rekeyed:?}");
+    for reply in &rekeyed {
+        assert!(!old_ids.contains(&reply["instance"]), "{reply} kept its id");
+        assert_eq!(reply["state"], "RUNNING");
+    }
+
     // Stop index 0: its route goes, find returns only index 1.
     controller
         .publish(
             "dea.stop",
-            &json!({"droplet": "app-1", "version": "v1", "indices": [0]}),
+            &json!({"droplet": "app-1", "version": "v2", "indices": [0]}),
         )
         .await;
     let unregistered = unregisters
@@ -525,7 +553,16 @@ async fn staging_admission_and_stop() {
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = slow.accept().await {
             tokio::spawn(async move {
-                use tokio::io::AsyncWriteExt;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Answer only once the request is in (an early answer confuses the client).
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
                 let _ = socket
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\nPK")
                     .await;
@@ -576,7 +613,14 @@ async fn staging_admission_and_stop() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(reserved, "the staging task is registered");
+    if !reserved {
+        let replies = if waiting.is_finished() {
+            Some(waiting.await)
+        } else {
+            None
+        };
+        panic!("the staging task was never registered; replies: {replies:?}");
+    }
     // Its log can be followed live while it runs (signed with the key the agent wrote for
     // the operator CLI).
     let signer = dea::files::read_key_file(base.path()).expect("the agent's key file");

@@ -119,8 +119,9 @@ impl Inbox {
 
 impl Controller {
     pub async fn connect(server: &NatsServer) -> Controller {
+        // Connected when this returns (the server is up), so nothing published races the
+        // connection.
         let client = async_nats::ConnectOptions::new()
-            .retry_on_initial_connect()
             .reconnect_delay_callback(|_| Duration::from_millis(100))
             .connect(server.url())
             .await

@@ -899,7 +899,9 @@ impl InstanceManager {
 
     /// The host pid of an instance's main process, while it runs.
     pub async fn pid(&self, id: &str) -> Option<u32> {
-        self.runc.pid_of(&format!("dea-app-{id}")).await
+        // The container keeps the name it started with, even after `update` re-keys it.
+        let container = self.get(id)?.container_id;
+        self.runc.pid_of(&container).await
     }
 
     /// CF's refusal when a start does not fit the host's (overcommitted) capacity.
