@@ -255,32 +255,40 @@ impl Agent {
 
     /// `dea.find.droplet`: one reply per matching instance.
     pub(super) async fn handle_find(self: Arc<Self>, matcher: Matcher, reply: Subject) {
-        for info in self.instances.list() {
-            if info.state == InstanceState::Stopped || !matcher.matches(&info) {
-                continue;
-            }
-            let file_uri_v2 = match (&matcher.path, &self.links) {
-                (Some(path), Some(links)) => Some(links.instance_file(&info.instance_id, path)),
-                _ => None,
-            };
-            let stats = if matcher.include_stats && info.state == InstanceState::Running {
-                Some(self.stats(&info).await)
-            } else {
-                None
-            };
-            let response = FindDropletResponse {
-                dea: self.id.clone(),
-                droplet: info.application_id.clone(),
-                version: info.application_version.clone(),
-                instance: info.instance_id.clone(),
-                index: info.instance_index,
-                state: info.state.name().to_string(),
-                state_timestamp: info.state_timestamp,
-                staged: format!("/{}", info.instance_id),
-                file_uri_v2,
-                stats,
-            };
+        let matching: Vec<InstanceInfo> = self
+            .instances
+            .list()
+            .into_iter()
+            .filter(|info| info.state != InstanceState::Stopped && matcher.matches(info))
+            .collect();
+        // Each stats sample waits a moment for a CPU reading: take them all at once.
+        let replies = matching.iter().map(|info| self.find_reply(&matcher, info));
+        for response in futures_util::future::join_all(replies).await {
             self.publish(reply.to_string(), &response).await;
+        }
+    }
+
+    async fn find_reply(&self, matcher: &Matcher, info: &InstanceInfo) -> FindDropletResponse {
+        let file_uri_v2 = match (&matcher.path, &self.links) {
+            (Some(path), Some(links)) => Some(links.instance_file(&info.instance_id, path)),
+            _ => None,
+        };
+        let stats = if matcher.include_stats && info.state == InstanceState::Running {
+            Some(self.stats(info).await)
+        } else {
+            None
+        };
+        FindDropletResponse {
+            dea: self.id.clone(),
+            droplet: info.application_id.clone(),
+            version: info.application_version.clone(),
+            instance: info.instance_id.clone(),
+            index: info.instance_index,
+            state: info.state.name().to_string(),
+            state_timestamp: info.state_timestamp,
+            staged: format!("/{}", info.instance_id),
+            file_uri_v2,
+            stats,
         }
     }
 
