@@ -5,7 +5,7 @@
 
 use dea::buildpack::Buildpack;
 use dea::buildpack::check::{self, Problem};
-use dea::buildpack::wasm::{CodeOrigin, LoadError, Phase, PhaseDirs, SandboxSpec, WasmRuntime};
+use dea::buildpack::wasm::{CodeOrigin, LoadError, Phase, WasmRuntime};
 use dea::config::{Config, MirrorRule};
 use dea::staging::StagingError;
 use dea_tests::*;
@@ -396,21 +396,7 @@ async fn an_18_mb_python_guest_is_compiled_once_then_loaded_from_the_disk_cache(
     // The cached code runs.
     let app = base.path().join("app");
     write_app(&app, &[("requirements.txt", "")]);
-    let spec = SandboxSpec {
-        dirs: PhaseDirs {
-            app: app.clone(),
-            cache: app.clone(),
-            buildpack: python.dir.clone(),
-            tmp: app.clone(),
-        },
-        env: Vec::new(),
-        log: quiet_log(),
-        fetch: None,
-        unpack_limits: dea::droplet::UnpackLimits {
-            max_bytes: 1 << 20,
-            max_files: 100,
-        },
-    };
+    let spec = phase_spec(&app, &python.dir, Vec::new());
     let output = second
         .run(&reloaded, Phase::Detect, spec)
         .await

@@ -1,7 +1,7 @@
 //! Buildpacks that misbehave: each ends its staging with a clear error, and the host goes
 //! on staging other apps (even at the same time).
 
-use dea::buildpack::wasm::{Phase, PhaseDirs, PhaseError, SandboxSpec, WasmRuntime};
+use dea::buildpack::wasm::{Phase, PhaseError, WasmRuntime};
 use dea::staging::StagingError;
 use dea_tests::*;
 use std::path::Path;
@@ -199,21 +199,11 @@ async fn components_that_import_sockets_load_but_every_socket_call_is_denied() {
     let target = format!("127.0.0.1:{}", listener.port);
     let app = base.path().join("app");
     write_app(&app, &[("index.html", "x")]);
-    let spec = SandboxSpec {
-        dirs: PhaseDirs {
-            app: app.clone(),
-            cache: app.clone(),
-            buildpack: sockets.dir.clone(),
-            tmp: app.clone(),
-        },
-        env: vec![("SOCKETS_CONNECT".into(), target.clone())],
-        log: quiet_log(),
-        fetch: None,
-        unpack_limits: dea::droplet::UnpackLimits {
-            max_bytes: 1 << 20,
-            max_files: 100,
-        },
-    };
+    let spec = phase_spec(
+        &app,
+        &sockets.dir,
+        vec![("SOCKETS_CONNECT".into(), target.clone())],
+    );
     let error = runtime
         .run(&loaded, Phase::Detect, spec)
         .await
@@ -264,21 +254,7 @@ async fn compiled_components_are_cached_on_disk() {
     let reloaded = second.load(component).expect("loads from cache");
     let app = base.path().join("app");
     write_app(&app, &[("marker", "")]);
-    let spec = SandboxSpec {
-        dirs: PhaseDirs {
-            app: app.clone(),
-            cache: app.clone(),
-            buildpack: marker.dir.clone(),
-            tmp: app.clone(),
-        },
-        env: Vec::new(),
-        log: quiet_log(),
-        fetch: None,
-        unpack_limits: dea::droplet::UnpackLimits {
-            max_bytes: 1 << 20,
-            max_files: 100,
-        },
-    };
+    let spec = phase_spec(&app, &marker.dir, Vec::new());
     let output = second
         .run(&reloaded, Phase::Detect, spec)
         .await

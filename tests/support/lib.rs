@@ -312,6 +312,30 @@ pub fn quiet_log() -> StagingLog {
     StagingLog::detached(None)
 }
 
+/// A sandbox for calling one phase directly: `app` doubles as cache and tmp, small unpack
+/// limits, no fetch, the log discarded.
+pub fn phase_spec(
+    app: &Path,
+    buildpack: &Path,
+    env: Vec<(String, String)>,
+) -> dea::buildpack::wasm::SandboxSpec {
+    dea::buildpack::wasm::SandboxSpec {
+        dirs: dea::buildpack::wasm::PhaseDirs {
+            app: app.to_path_buf(),
+            cache: app.to_path_buf(),
+            buildpack: buildpack.to_path_buf(),
+            tmp: app.to_path_buf(),
+        },
+        env,
+        log: quiet_log(),
+        fetch: None,
+        unpack_limits: dea::droplet::UnpackLimits {
+            max_bytes: 1 << 20,
+            max_files: 100,
+        },
+    }
+}
+
 /// A TCP listener that only counts connections: the "upstream" that must never be reached.
 pub struct CountingListener {
     pub port: u16,
