@@ -371,17 +371,7 @@ async fn an_18_mb_python_guest_is_compiled_once_then_loaded_from_the_disk_cache(
     let compiled = first.load(&path).expect("compiles");
     let compile_time = started.elapsed();
     assert_eq!(compiled.origin, CodeOrigin::Compiled);
-    let cached: Vec<String> = std::fs::read_dir(config.wasm_cache_dir())
-        .expect("cache dir")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        cached
-            .iter()
-            .any(|name| name.starts_with(&compiled.digest) && name.ends_with(".cwasm")),
-        "{cached:?}"
-    );
+    assert!(compiled_code_cached(&config, &compiled.digest));
 
     // A restarted host: a new engine and runtime, the same cache directory.
     drop(first);

@@ -237,17 +237,7 @@ async fn compiled_components_are_cached_on_disk() {
     };
     let first = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");
     let loaded = first.load(component).expect("loads");
-    let cached: Vec<_> = std::fs::read_dir(config.wasm_cache_dir())
-        .expect("cache dir")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    assert!(
-        cached
-            .iter()
-            .any(|name| name.starts_with(&loaded.digest) && name.ends_with(".cwasm")),
-        "{cached:?}"
-    );
+    assert!(compiled_code_cached(&config, &loaded.digest));
 
     // A new runtime (a restarted host) loads the cached code and runs it.
     let second = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");

@@ -312,6 +312,15 @@ pub fn quiet_log() -> StagingLog {
     StagingLog::detached(None)
 }
 
+/// Whether the compiled-code cache holds the component with this digest.
+pub fn compiled_code_cached(config: &Config, digest: &str) -> bool {
+    std::fs::read_dir(config.wasm_cache_dir())
+        .expect("cache dir")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .any(|name| name.starts_with(digest) && name.ends_with(".cwasm"))
+}
+
 /// A sandbox for calling one phase directly: `app` doubles as cache and tmp, small unpack
 /// limits, no fetch, the log discarded.
 pub fn phase_spec(
