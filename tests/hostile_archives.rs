@@ -9,6 +9,7 @@ use std::path::Path;
 const LIMITS: UnpackLimits = UnpackLimits {
     max_bytes: 1 << 20,
     max_files: 100,
+    max_depth: 64,
 };
 
 /// A raw tar entry, built by hand so that names and types are exactly as hostile as wanted.

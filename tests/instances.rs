@@ -23,6 +23,8 @@ fn settings(base: &Path) -> InstanceSettings {
         crash_lifetime: Duration::from_secs(3600),
         disk_check_interval: Duration::from_millis(200),
         publish_address: "127.0.0.1".into(),
+        max_files: 20_000,
+        max_dir_depth: 64,
     }
 }
 

@@ -179,6 +179,7 @@ async fn phase_cost(
         unpack_limits: dea::droplet::UnpackLimits {
             max_bytes: 1 << 20,
             max_files: 100,
+            max_depth: 256,
         },
     };
     // One untimed call first: warms the instance slot and checks the phase succeeds.

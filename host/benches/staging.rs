@@ -174,6 +174,7 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
         unpack_limits: dea::droplet::UnpackLimits {
             max_bytes: 1 << 20,
             max_files: 10,
+            max_depth: 256,
         },
     };
     let calls = 200;

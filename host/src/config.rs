@@ -71,6 +71,9 @@ pub struct InstanceConfig {
     pub crash_lifetime_secs: u64,
     /// Host address instance ports are published on (what the router connects to).
     pub publish_address: String,
+    /// Most files and directories an instance may hold (CF's inode limit); past it the
+    /// instance is stopped, as past its disk limit.
+    pub max_files: u64,
 }
 
 impl Default for InstanceConfig {
@@ -90,6 +93,7 @@ impl Default for InstanceConfig {
             disk_overcommit_factor: 1.0,
             crash_lifetime_secs: 3600,
             publish_address: "127.0.0.1".into(),
+            max_files: 200_000,
         }
     }
 }
@@ -194,10 +198,15 @@ pub struct StagingConfig {
     pub max_app_size_mb: u64,
     /// Most files an app archive may contain.
     pub max_app_files: u64,
+    /// Deepest nesting of directories an app (or a droplet, or a buildpack cache) may have.
+    pub max_dir_depth: usize,
     /// Wall-clock limit for a whole staging, in seconds (Cloud Foundry's default is 900).
     pub max_staging_duration_secs: u64,
     /// gzip level for droplets (1 = fastest, 9 = smallest).
     pub droplet_compression_level: u32,
+    /// Largest staging log kept, in MiB: buildpack output past it is dropped (with a note),
+    /// so a buildpack printing forever cannot fill the disk.
+    pub max_log_mb: u64,
 }
 
 /// Limits and caches for wasm buildpacks.
@@ -290,6 +299,8 @@ impl Default for StagingConfig {
         StagingConfig {
             max_app_size_mb: 1024,
             max_app_files: 200_000,
+            max_dir_depth: 256,
+            max_log_mb: 32,
             max_staging_duration_secs: 900,
             droplet_compression_level: 6,
         }
@@ -390,6 +401,16 @@ impl Config {
     pub fn staging_dir(&self) -> PathBuf {
         self.base_dir.join("staging")
     }
+}
+
+/// Creates `dir` (and its parents) for the agent's own state — the instance registry, the
+/// directory server's key — readable by root alone. Defence in depth: the agent never
+/// copies or serves through links (see `tenant_fs`), and nothing here is ever mounted into a
+/// container or under a directory-server root.
+pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
 impl WasmConfig {

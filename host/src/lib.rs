@@ -16,4 +16,5 @@ pub mod nats;
 pub mod netns;
 pub mod proxy;
 pub mod staging;
+pub mod tenant_fs;
 pub mod transfer;

@@ -341,6 +341,7 @@ pub fn phase_spec(
         unpack_limits: dea::droplet::UnpackLimits {
             max_bytes: 1 << 20,
             max_files: 100,
+            max_depth: 256,
         },
     }
 }

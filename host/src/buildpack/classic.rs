@@ -142,12 +142,12 @@ impl ScriptRun<'_> {
     /// Runs the script; maps the result onto the same outputs as a wasm phase.
     pub async fn run(&self) -> Result<PhaseOutput, PhaseError> {
         let phase = self.script.phase();
-        let script_path = self
-            .dirs
-            .buildpack_copy
-            .join("bin")
-            .join(self.script.name());
-        if !script_path.is_file() {
+        // The copy is the buildpack's to change (an earlier script may have): look beneath it.
+        let script = Path::new("bin").join(self.script.name());
+        let present = crate::tenant_fs::TenantDir::open(&self.dirs.buildpack_copy)
+            .and_then(|dir| dir.open_file(&script, crate::tenant_fs::Links::Beneath))
+            .is_ok();
+        if !present {
             return match self.script {
                 // A missing release is fine (Heroku: "only run if present").
                 Script::Release => Ok(PhaseOutput::Release(ReleaseInfo {
@@ -473,35 +473,6 @@ pub fn write_env_dir(dir: &Path, env: &[(String, String)]) -> std::io::Result<()
             continue;
         }
         std::fs::write(dir.join(name), value)?;
-    }
-    Ok(())
-}
-
-/// Copies a directory tree (files, dirs, links), for the per-staging buildpack copy.
-pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        let file_type = entry.file_type()?;
-        if file_type.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if file_type.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &target)?;
-        } else if file_type.is_file() {
-            std::fs::copy(entry.path(), &target)?;
-        }
-    }
-    Ok(())
-}
-
-/// Gives a tree to the build user, so the unprivileged scripts can write it.
-pub fn chown_tree(path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
-    if std::fs::symlink_metadata(path)?.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid, gid)?;
-        }
     }
     Ok(())
 }

@@ -13,9 +13,13 @@ pub mod contract;
 pub mod scaffold;
 pub mod wasm;
 
+use crate::tenant_fs::{Links, TenantDir};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
+
+/// Largest `buildpack.toml` or `VERSION` read.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// Why the installed buildpacks could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -103,15 +107,23 @@ impl Buildpack {
             path: dir.to_path_buf(),
             source,
         })?;
-        if !dir.join("buildpack.toml").is_file() {
-            return Self::load_classic(dir);
-        }
+        // An admin buildpack's files are a tenant's: read beneath its directory, capped.
         let manifest_path = dir.join("buildpack.toml");
-        let text =
-            std::fs::read_to_string(&manifest_path).map_err(|source| BuildpackError::Read {
-                path: manifest_path.clone(),
-                source,
-            })?;
+        let read_err = |e: crate::tenant_fs::TenantFsError| BuildpackError::Read {
+            path: manifest_path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        };
+        let root = TenantDir::open(dir).map_err(read_err)?;
+        let text = root
+            .read_string(
+                Path::new("buildpack.toml"),
+                Links::Beneath,
+                MAX_MANIFEST_BYTES,
+            )
+            .map_err(read_err)?;
+        let Some(text) = text else {
+            return Self::load_classic(dir, &root);
+        };
         let manifest: Manifest = toml::from_str(&text).map_err(|e| BuildpackError::Manifest {
             path: manifest_path.clone(),
             message: e.to_string(),
@@ -123,13 +135,29 @@ impl Buildpack {
                 message: format!("invalid buildpack id {id:?}"),
             });
         }
-        let component = dir.join(&manifest.buildpack.component);
-        if !component.is_file() {
+        // The component is named relative to the buildpack and stays inside it.
+        let plain = Path::new(&manifest.buildpack.component)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+        if !plain {
+            return Err(BuildpackError::Manifest {
+                path: manifest_path,
+                message: format!(
+                    "component {:?} must be a path inside the buildpack",
+                    manifest.buildpack.component
+                ),
+            });
+        }
+        let is_file = root
+            .open_file(Path::new(&manifest.buildpack.component), Links::Beneath)
+            .is_ok();
+        if !is_file {
             return Err(BuildpackError::MissingComponent {
                 path: dir.to_path_buf(),
                 component: manifest.buildpack.component,
             });
         }
+        let component = dir.join(&manifest.buildpack.component);
         Ok(Buildpack {
             id,
             name: manifest.buildpack.name,
@@ -142,8 +170,9 @@ impl Buildpack {
         })
     }
 
-    fn load_classic(dir: &Path) -> Result<Buildpack, BuildpackError> {
-        if !dir.join("bin/detect").is_file() {
+    fn load_classic(dir: &Path, root: &TenantDir) -> Result<Buildpack, BuildpackError> {
+        let has = |script: &str| root.open_file(Path::new(script), Links::Beneath).is_ok();
+        if !has("bin/detect") {
             return Err(BuildpackError::NotABuildpack {
                 path: dir.to_path_buf(),
             });
@@ -152,10 +181,14 @@ impl Buildpack {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "classic".into());
-        let version = std::fs::read_to_string(dir.join("VERSION"))
+        let version = root
+            .read_string(Path::new("VERSION"), Links::Beneath, MAX_MANIFEST_BYTES)
+            .ok()
+            .flatten()
             .map(|v| v.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        let mode = if dir.join("bin/supply").is_file() || dir.join("bin/finalize").is_file() {
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| "unknown".into());
+        let mode = if has("bin/supply") || has("bin/finalize") {
             classic::ClassicMode::CloudFoundry
         } else {
             classic::ClassicMode::Heroku
@@ -192,6 +225,7 @@ impl Buildpack {
             let limits = crate::droplet::UnpackLimits {
                 max_bytes: 1 << 30,
                 max_files: 100_000,
+                max_depth: 128,
             };
             crate::droplet::unpack_source(archive, &temp.path().join("bp"), limits)
                 .map_err(|e| archive_err(e.to_string()))?;
@@ -203,7 +237,11 @@ impl Buildpack {
             .map_err(|e| archive_err(e.to_string()))?
             .filter_map(Result::ok)
             .collect();
-        if entries.len() == 1 && entries[0].path().is_dir() && !target.join("bin").exists() {
+        // One real top-level directory (not a link) is looked through.
+        if entries.len() == 1
+            && entries[0].file_type().is_ok_and(|t| t.is_dir())
+            && !target.join("bin").exists()
+        {
             root = entries[0].path();
         }
         let mut buildpack = Self::load(&root)?;

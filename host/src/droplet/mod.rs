@@ -6,6 +6,8 @@ pub mod pack;
 pub mod staging_info;
 pub mod unpack;
 
-pub use pack::{PackError, PackedDroplet, pack_tree};
+pub use pack::{PackError, PackLimits, PackedDroplet, pack_tree, pack_tree_limited};
 pub use staging_info::StagingInfo;
-pub use unpack::{UnpackError, UnpackLimits, UnpackStats, unpack_source, unpack_stripped};
+pub use unpack::{
+    UnpackError, UnpackLimits, UnpackStats, unpack_into, unpack_source, unpack_stripped,
+};

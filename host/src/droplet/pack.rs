@@ -7,14 +7,16 @@
 //! temporary file beside the destination and renamed into place only when complete and
 //! synced, so no reader ever sees half a droplet.
 
+use crate::tenant_fs::{Flow, Kind, Meta, TenantDir, TenantFsError, WalkLimits};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
+use std::io::Read;
 use std::io::{self, Write};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
@@ -30,6 +32,10 @@ pub enum PackError {
     Write { path: PathBuf, source: io::Error },
     #[error("{path} is a {kind}; droplets hold files, directories and links only")]
     Special { path: PathBuf, kind: &'static str },
+    #[error("the staged app holds more than the limit of {limit_mb} MiB")]
+    TooLarge { limit_mb: u64 },
+    #[error(transparent)]
+    Tree(#[from] TenantFsError),
 }
 
 /// A droplet on disk and its digests.
@@ -41,18 +47,48 @@ pub struct PackedDroplet {
     pub sha256: String,
 }
 
+/// Caps on what a packed tree may hold. The tree was written by buildpacks, so it can be as
+/// deep, as wide or (with sparse files) as large as a tenant likes.
+#[derive(Debug, Clone, Copy)]
+pub struct PackLimits {
+    /// Bytes of file content, before compression.
+    pub max_bytes: u64,
+    pub walk: WalkLimits,
+}
+
+impl Default for PackLimits {
+    fn default() -> Self {
+        PackLimits {
+            max_bytes: 4 << 30,
+            walk: WalkLimits::default(),
+        }
+    }
+}
+
 /// Packs the contents of `tree` into `dest` (entries named `./...`), compressing with `level`
-/// on `threads` workers.
+/// on `threads` workers, within the default [`PackLimits`].
 pub fn pack_tree(
     tree: &Path,
     dest: &Path,
     level: u32,
     threads: usize,
 ) -> Result<PackedDroplet, PackError> {
+    pack_tree_limited(tree, dest, level, threads, PackLimits::default())
+}
+
+/// [`pack_tree`] within `limits`.
+pub fn pack_tree_limited(
+    tree: &Path,
+    dest: &Path,
+    level: u32,
+    threads: usize,
+    limits: PackLimits,
+) -> Result<PackedDroplet, PackError> {
     let write_err = |source| PackError::Write {
         path: dest.to_path_buf(),
         source,
     };
+    let root = TenantDir::open(tree)?;
     let parent = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -69,8 +105,8 @@ pub fn pack_tree(
     let walk_result = {
         let mut builder = tar::Builder::new(&mut gz);
         builder.mode(tar::HeaderMode::Complete);
-        let result =
-            append_root(&mut builder, tree).and_then(|()| append_tree(&mut builder, tree, "."));
+        let result = append_root(&mut builder, &root)
+            .and_then(|()| append_tree(&mut builder, &root, limits));
         result.and_then(|()| {
             builder.finish().map_err(|source| PackError::Write {
                 path: dest.to_path_buf(),
@@ -94,73 +130,82 @@ pub fn pack_tree(
     })
 }
 
+/// A tar header carrying `meta`'s mode, owner and time (what `HeaderMode::Complete` keeps).
+fn header_for(meta: &Meta, kind: tar::EntryType, size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(meta.mode);
+    header.set_uid(u64::from(meta.uid));
+    header.set_gid(u64::from(meta.gid));
+    header.set_mtime(meta.mtime);
+    header.set_size(size);
+    header
+}
+
 /// The `./` entry `tar czf droplet.tgz .` starts with.
-fn append_root<W: Write>(builder: &mut tar::Builder<W>, tree: &Path) -> Result<(), PackError> {
+fn append_root<W: Write>(builder: &mut tar::Builder<W>, root: &TenantDir) -> Result<(), PackError> {
     let read_err = |source| PackError::Read {
-        path: tree.to_path_buf(),
+        path: root.path().to_path_buf(),
         source,
     };
-    let meta = fs::metadata(tree).map_err(read_err)?;
-    let mut header = tar::Header::new_gnu();
-    header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-    header.set_size(0);
+    let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| read_err(e.into()))?;
+    let meta = Meta::of(&stat);
+    let header = header_for(&meta, tar::EntryType::Directory, 0);
     append_named(builder, header, "./", None, io::empty()).map_err(read_err)
 }
 
-/// Appends `dir`'s children under the archive name `name`, in sorted order so that equal
-/// trees give equal droplets.
+/// Appends every entry beneath `root`, parents first and names sorted so that equal trees
+/// give equal droplets. The walk is iterative and capped (see [`PackLimits`]); files are
+/// opened through their directory's descriptor, never through a link.
 fn append_tree<W: Write>(
     builder: &mut tar::Builder<W>,
-    dir: &Path,
-    name: &str,
+    root: &TenantDir,
+    limits: PackLimits,
 ) -> Result<(), PackError> {
-    let read_err = |path: &Path, source| PackError::Read {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(|e| read_err(dir, e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| read_err(dir, e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let path = entry.path();
-        let file_name = entry.file_name();
-        let entry_name = format!("{name}/{}", file_name.to_string_lossy());
-        let meta = fs::symlink_metadata(&path).map_err(|e| read_err(&path, e))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata_in_mode(&meta, tar::HeaderMode::Complete);
-        header.set_mtime(meta.mtime().max(0) as u64);
-        let file_type = meta.file_type();
-        if file_type.is_dir() {
-            header.set_size(0);
-            append_named(
-                builder,
-                header,
-                &format!("{entry_name}/"),
-                None,
-                io::empty(),
-            )
-            .map_err(|e| read_err(&path, e))?;
-            append_tree(builder, &path, &entry_name)?;
-        } else if file_type.is_file() {
-            let file = File::open(&path).map_err(|e| read_err(&path, e))?;
-            append_named(builder, header, &entry_name, None, file)
-                .map_err(|e| read_err(&path, e))?;
-        } else if file_type.is_symlink() {
-            let target = fs::read_link(&path).map_err(|e| read_err(&path, e))?;
-            header.set_size(0);
-            let target = target.to_string_lossy().into_owned();
-            append_named(builder, header, &entry_name, Some(&target), io::empty())
-                .map_err(|e| read_err(&path, e))?;
-        } else {
-            return Err(PackError::Special {
-                path,
-                kind: "special file",
-            });
+    let mut total = 0u64;
+    root.walk(limits.walk, true, |entry| {
+        let path = root.path().join(entry.rel);
+        let read_err = |source| PackError::Read {
+            path: path.clone(),
+            source,
+        };
+        let entry_name = format!("./{}", entry.rel.to_string_lossy());
+        match entry.meta.kind {
+            Kind::Dir => {
+                let header = header_for(&entry.meta, tar::EntryType::Directory, 0);
+                append_named(
+                    builder,
+                    header,
+                    &format!("{entry_name}/"),
+                    None,
+                    io::empty(),
+                )
+                .map_err(read_err)?;
+            }
+            Kind::File => {
+                let file = entry.open_file()?;
+                let size = file.metadata().map_err(read_err)?.len();
+                total = total.saturating_add(size);
+                if total > limits.max_bytes {
+                    return Err(PackError::TooLarge {
+                        limit_mb: limits.max_bytes >> 20,
+                    });
+                }
+                let header = header_for(&entry.meta, tar::EntryType::Regular, size);
+                append_named(builder, header, &entry_name, None, file.take(size))
+                    .map_err(read_err)?;
+            }
+            Kind::Symlink => {
+                let target = entry.read_link()?;
+                let header = header_for(&entry.meta, tar::EntryType::Symlink, 0);
+                let target = target.to_string_lossy().into_owned();
+                append_named(builder, header, &entry_name, Some(&target), io::empty())
+                    .map_err(read_err)?;
+            }
+            Kind::Special(kind) => return Err(PackError::Special { path, kind }),
         }
-    }
-    Ok(())
+        Ok(Flow::Descend)
+    })
 }
 
 /// Appends an entry with its name exactly as given (the `tar` crate's path setters drop the

@@ -1,13 +1,24 @@
-//! Safe unpacking of untrusted app sources (a directory, a `.zip` or a `.tgz`).
+//! Safe unpacking of untrusted app sources (a directory, a `.zip` or a `.tgz`): app packages,
+//! droplets, buildpack archives and caches, and what a buildpack's `fetch` unpacks.
 //!
-//! Rules, checked before anything is written: entry paths are relative with no `..`; nothing
-//! is written through a symbolic link (parents must be real directories, files are created
-//! fresh); a link's target must stay inside the tree; devices, FIFOs and sockets are refused;
-//! the bytes actually written (not what headers claim) and the number of entries are capped.
-//! On error the caller discards the destination; nothing outside it is ever touched.
+//! Rules: entry paths are relative with no `..`; nothing is written through a symbolic link
+//! (every parent is opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` from the
+//! destination's descriptor, files are created with `O_EXCL | O_NOFOLLOW`); devices, FIFOs and
+//! sockets are refused; the bytes actually written (not what headers claim), the number of
+//! entries and the depth of directories are capped. Whether a link stays inside the tree is
+//! decided twice: lexically when it is met (to refuse early), and at the end by asking the
+//! kernel to resolve every link beneath the root of the tree *as extracted* — so a chain of
+//! links that each look harmless (`d/a/up -> ..` then `Procfile -> d/a/up/../../etc/shadow`)
+//! is caught, since only the real filesystem knows what a chain resolves to. On error the
+//! caller discards the destination; nothing outside it is ever touched.
 
-use std::fs::{self, File};
+use crate::tenant_fs::{self, Kind, TenantDir, TenantFsError, WalkLimits};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::collections::HashMap;
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 /// Why a source was refused.
@@ -31,12 +42,16 @@ pub enum UnpackError {
     TooLarge { limit_mb: u64 },
     #[error("app has more than {limit} files")]
     TooManyFiles { limit: u64 },
+    #[error("archive entry {entry:?} nests directories deeper than the limit of {limit}")]
+    TooDeep { entry: String, limit: usize },
     #[error("archive entry {0:?} appears twice")]
     Duplicate(String),
     #[error("corrupt archive: {0}")]
     Corrupt(String),
     #[error("i/o error unpacking {entry:?}: {source}")]
     Io { entry: String, source: io::Error },
+    #[error("unpacking: {0}")]
+    Tree(#[from] TenantFsError),
 }
 
 /// Caps on what one source may expand to.
@@ -44,6 +59,18 @@ pub enum UnpackError {
 pub struct UnpackLimits {
     pub max_bytes: u64,
     pub max_files: u64,
+    /// Most directories an entry may sit below the root (its path's components, less one).
+    pub max_depth: usize,
+}
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: 1 << 30,
+            max_files: 200_000,
+            max_depth: 256,
+        }
+    }
 }
 
 /// What was unpacked.
@@ -54,7 +81,7 @@ pub struct UnpackStats {
 }
 
 /// Unpacks `source` (directory, `.zip`, `.tgz`/`.tar.gz`) into the empty or missing
-/// directory `dest`. The format is decided by content, not by name.
+/// directory `dest` (a path the agent chose). The format is decided by content, not by name.
 pub fn unpack_source(
     source: &Path,
     dest: &Path,
@@ -71,11 +98,23 @@ pub fn unpack_stripped(
     limits: UnpackLimits,
     strip_components: usize,
 ) -> Result<UnpackStats, UnpackError> {
-    let meta = fs::metadata(source).map_err(|_| UnpackError::Missing(source.to_path_buf()))?;
-    let mut writer = TreeWriter::new(dest, limits)?;
+    let root = TenantDir::create(dest)?;
+    unpack_into(source, &root, limits, strip_components)
+}
+
+/// Unpacks `source` into the open directory `root` (which may itself lie in a tenant's
+/// tree: everything is written relative to its descriptor).
+pub fn unpack_into(
+    source: &Path,
+    root: &TenantDir,
+    limits: UnpackLimits,
+    strip_components: usize,
+) -> Result<UnpackStats, UnpackError> {
+    let meta = std::fs::metadata(source).map_err(|_| UnpackError::Missing(source.to_path_buf()))?;
+    let mut writer = TreeWriter::new(root, limits)?;
     writer.strip = strip_components;
     if meta.is_dir() {
-        copy_dir(source, Path::new(""), &mut writer)?;
+        copy_dir(source, &mut writer)?;
     } else {
         let mut magic = [0u8; 4];
         let mut file = File::open(source).map_err(|e| io_err("", e))?;
@@ -86,6 +125,7 @@ pub fn unpack_stripped(
             _ => return Err(UnpackError::UnknownFormat(source.to_path_buf())),
         }
     }
+    writer.check_links()?;
     Ok(writer.stats)
 }
 
@@ -94,6 +134,10 @@ fn io_err(entry: &str, source: io::Error) -> UnpackError {
         entry: entry.to_string(),
         source,
     }
+}
+
+fn errno_err(entry: &Path, errno: Errno) -> UnpackError {
+    io_err(&entry.display().to_string(), errno.into())
 }
 
 /// Validates an entry name and returns it as a clean relative path (`None` for the root).
@@ -120,17 +164,18 @@ fn clean_entry_path(name: &str) -> Result<Option<PathBuf>, UnpackError> {
     Ok((!out.as_os_str().is_empty()).then_some(out))
 }
 
-/// Checks that a link at `entry` pointing to `target` stays inside the tree.
+/// The early, lexical check of a link at `entry` pointing to `target`: absolute targets and
+/// targets that climb above the root counting every component as a directory. Links in the
+/// target's path can make it resolve elsewhere; [`TreeWriter::check_links`] decides those
+/// on the extracted tree.
 fn check_link_target(entry: &Path, target: &Path) -> Result<(), UnpackError> {
     let escape = || UnpackError::LinkEscapes {
         entry: entry.display().to_string(),
         target: target.display().to_string(),
     };
-    if target.is_absolute() {
+    if target.is_absolute() || target.as_os_str().is_empty() {
         return Err(escape());
     }
-    // Depth below the root of the link's directory, walked lexically. Parents are never links
-    // (see `TreeWriter::prepare_parent`), so lexical resolution is the real one.
     let mut depth: i64 = entry.components().count() as i64 - 1;
     for component in target.components() {
         match component {
@@ -146,22 +191,40 @@ fn check_link_target(entry: &Path, target: &Path) -> Result<(), UnpackError> {
     Ok(())
 }
 
+/// Most directory descriptors kept open between entries (archives list entries directory by
+/// directory, so a few cover nearly every lookup).
+const DIR_CACHE: usize = 64;
+
 /// Writes entries under one root, enforcing the rules and limits.
 struct TreeWriter {
-    root: PathBuf,
+    root: OwnedFd,
+    root_path: PathBuf,
     limits: UnpackLimits,
     stats: UnpackStats,
     strip: usize,
+    /// Open descriptors of directories already made or checked, by relative path.
+    dirs: HashMap<PathBuf, OwnedFd>,
+    /// Every link written, checked against the real tree at the end.
+    links: Vec<(PathBuf, PathBuf)>,
 }
 
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
 impl TreeWriter {
-    fn new(root: &Path, limits: UnpackLimits) -> Result<TreeWriter, UnpackError> {
-        fs::create_dir_all(root).map_err(|e| io_err("", e))?;
+    fn new(root: &TenantDir, limits: UnpackLimits) -> Result<TreeWriter, UnpackError> {
+        let fd = rustix::fs::openat(root.as_fd(), ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| errno_err(root.path(), e))?;
         Ok(TreeWriter {
-            root: root.to_path_buf(),
+            root: fd,
+            root_path: root.path().to_path_buf(),
             limits,
             stats: UnpackStats::default(),
             strip: 0,
+            dirs: HashMap::new(),
+            links: Vec::new(),
         })
     }
 
@@ -172,50 +235,93 @@ impl TreeWriter {
             .filter(|p| !p.as_os_str().is_empty()))
     }
 
-    fn count_entry(&mut self) -> Result<(), UnpackError> {
+    fn count_entry(&mut self, rel: &Path) -> Result<(), UnpackError> {
         self.stats.files += 1;
         if self.stats.files > self.limits.max_files {
             return Err(UnpackError::TooManyFiles {
                 limit: self.limits.max_files,
             });
         }
+        if rel.components().count() > self.limits.max_depth + 1 {
+            return Err(UnpackError::TooDeep {
+                entry: rel.display().to_string(),
+                limit: self.limits.max_depth,
+            });
+        }
         Ok(())
     }
 
-    /// Creates the parent directories of `rel`, refusing to pass through anything that is not
-    /// a real directory.
-    fn prepare_parent(&self, rel: &Path) -> Result<PathBuf, UnpackError> {
-        let mut current = self.root.clone();
-        if let Some(parent) = rel.parent() {
-            for part in parent.components() {
-                current.push(part);
-                match fs::symlink_metadata(&current) {
-                    Ok(meta) if meta.is_dir() => {}
-                    Ok(_) => {
-                        return Err(UnpackError::ThroughLink {
-                            entry: rel.display().to_string(),
-                        });
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        fs::create_dir(&current)
-                            .map_err(|e| io_err(&rel.display().to_string(), e))?;
-                    }
-                    Err(e) => return Err(io_err(&rel.display().to_string(), e)),
-                }
-            }
+    /// The directory `dir` (relative), made if missing; never through a link.
+    fn dir_fd(&mut self, dir: &Path, entry: &Path) -> Result<OwnedFd, UnpackError> {
+        if dir.as_os_str().is_empty() {
+            return rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty())
+                .map_err(|e| errno_err(entry, e));
         }
-        Ok(self.root.join(rel))
+        if let Some(fd) = self.dirs.get(dir) {
+            return fd
+                .try_clone()
+                .map_err(|e| io_err(&entry.display().to_string(), e));
+        }
+        let through_link = || UnpackError::ThroughLink {
+            entry: entry.display().to_string(),
+        };
+        // One lookup by the kernel for a directory that exists (the usual case)...
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        let fd = match rustix::fs::openat2(&self.root, dir, DIR_FLAGS, Mode::empty(), resolve) {
+            Ok(fd) => fd,
+            Err(Errno::LOOP | Errno::NOTDIR | Errno::XDEV) => return Err(through_link()),
+            // ...else the missing part made one component at a time from the root.
+            Err(Errno::NOENT | Errno::NOSYS) => {
+                let mut current = rustix::fs::openat(&self.root, ".", DIR_FLAGS, Mode::empty())
+                    .map_err(|e| errno_err(entry, e))?;
+                for part in dir.components() {
+                    let Component::Normal(name) = part else {
+                        return Err(through_link());
+                    };
+                    match rustix::fs::mkdirat(&current, name, Mode::from_raw_mode(0o755)) {
+                        Ok(()) | Err(Errno::EXIST) => {}
+                        Err(e) => return Err(errno_err(entry, e)),
+                    }
+                    current = match rustix::fs::openat(&current, name, DIR_FLAGS, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(Errno::LOOP | Errno::NOTDIR) => return Err(through_link()),
+                        Err(e) => return Err(errno_err(entry, e)),
+                    };
+                }
+                current
+            }
+            Err(e) => return Err(errno_err(entry, e)),
+        };
+        if self.dirs.len() >= DIR_CACHE {
+            self.dirs.clear();
+        }
+        let kept = fd
+            .try_clone()
+            .map_err(|e| io_err(&entry.display().to_string(), e))?;
+        self.dirs.insert(dir.to_path_buf(), kept);
+        Ok(fd)
+    }
+
+    /// The parent's descriptor and the entry's own name.
+    fn parent_of<'a>(
+        &mut self,
+        rel: &'a Path,
+    ) -> Result<(OwnedFd, &'a std::ffi::OsStr), UnpackError> {
+        let name = rel
+            .file_name()
+            .ok_or_else(|| UnpackError::PathTraversal(rel.display().to_string()))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        Ok((self.dir_fd(parent, rel)?, name))
     }
 
     fn dir(&mut self, rel: &Path, mode: Option<u32>) -> Result<(), UnpackError> {
-        self.count_entry()?;
-        let path = self.prepare_parent(rel)?;
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => return Err(UnpackError::Duplicate(rel.display().to_string())),
-            Err(_) => fs::create_dir(&path).map_err(|e| io_err(&rel.display().to_string(), e))?,
+        self.count_entry(rel)?;
+        let fd = self.dir_fd(rel, rel)?;
+        if let Some(mode) = mode {
+            // The owner keeps full access; set-id and sticky bits are dropped.
+            let _ = rustix::fs::fchmod(&fd, Mode::from_raw_mode((mode | 0o700) & 0o777));
         }
-        set_mode(&path, mode.map(|m| m | 0o700));
         Ok(())
     }
 
@@ -225,21 +331,21 @@ impl TreeWriter {
         mode: Option<u32>,
         content: &mut dyn Read,
     ) -> Result<(), UnpackError> {
-        self.count_entry()?;
+        self.count_entry(rel)?;
         let name = rel.display().to_string();
-        let path = self.prepare_parent(rel)?;
-        // create_new: never write through a link or over an earlier entry.
-        let mut out = File::options()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| {
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    UnpackError::Duplicate(name.clone())
-                } else {
-                    io_err(&name, e)
-                }
-            })?;
+        let (parent, file_name) = self.parent_of(rel)?;
+        // O_EXCL | O_NOFOLLOW: never write through a link or over an earlier entry.
+        let fd = rustix::fs::openat(
+            &parent,
+            file_name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| match e {
+            Errno::EXIST => UnpackError::Duplicate(name.clone()),
+            e => errno_err(rel, e),
+        })?;
+        let mut out = File::from(fd);
         let remaining = self.limits.max_bytes.saturating_sub(self.stats.bytes);
         let copied = io::copy(&mut content.take(remaining + 1), &mut out)
             .map_err(|e| UnpackError::Corrupt(format!("{name}: {e}")))?;
@@ -251,66 +357,120 @@ impl TreeWriter {
         }
         out.flush().map_err(|e| io_err(&name, e))?;
         // Keep the owner able to read and write; drop set-id bits.
-        set_mode(&path, mode.map(|m| (m & 0o777) | 0o600));
+        if let Some(mode) = mode {
+            let _ = rustix::fs::fchmod(&out, Mode::from_raw_mode((mode & 0o777) | 0o600));
+        }
         Ok(())
     }
 
     fn symlink(&mut self, rel: &Path, target: &Path) -> Result<(), UnpackError> {
-        self.count_entry()?;
+        self.count_entry(rel)?;
         check_link_target(rel, target)?;
-        let path = self.prepare_parent(rel)?;
-        std::os::unix::fs::symlink(target, &path).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                UnpackError::Duplicate(rel.display().to_string())
-            } else {
-                io_err(&rel.display().to_string(), e)
-            }
-        })
+        let (parent, name) = self.parent_of(rel)?;
+        rustix::fs::symlinkat(target, &parent, name).map_err(|e| match e {
+            Errno::EXIST => UnpackError::Duplicate(rel.display().to_string()),
+            e => errno_err(rel, e),
+        })?;
+        self.links.push((rel.to_path_buf(), target.to_path_buf()));
+        Ok(())
     }
-}
 
-fn set_mode(path: &Path, mode: Option<u32>) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(mode) = mode {
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777));
-    }
-}
-
-fn copy_dir(src_root: &Path, rel: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
-    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-    let dir = src_root.join(rel);
-    let mut entries: Vec<_> = fs::read_dir(&dir)
-        .map_err(|e| io_err(&rel.display().to_string(), e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| io_err(&rel.display().to_string(), e))?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let rel_child = rel.join(entry.file_name());
-        let name = rel_child.display().to_string();
-        let meta = fs::symlink_metadata(entry.path()).map_err(|e| io_err(&name, e))?;
-        let file_type = meta.file_type();
-        let mode = Some(meta.permissions().mode());
-        if file_type.is_symlink() {
-            let target = fs::read_link(entry.path()).map_err(|e| io_err(&name, e))?;
-            writer.symlink(&rel_child, &target)?;
-        } else if file_type.is_dir() {
-            writer.dir(&rel_child, mode)?;
-            copy_dir(src_root, &rel_child, writer)?;
-        } else if file_type.is_file() {
-            let mut file = File::open(entry.path()).map_err(|e| io_err(&name, e))?;
-            writer.file(&rel_child, mode, &mut file)?;
-        } else {
-            let kind = if file_type.is_fifo() {
-                "FIFO"
-            } else if file_type.is_socket() {
-                "socket"
-            } else {
-                "device file"
-            };
-            return Err(UnpackError::SpecialFile { entry: name, kind });
+    /// An earlier regular-file entry, for a hard link (materialised as a copy).
+    fn existing_file(&mut self, rel: &Path, entry: &str) -> Result<File, UnpackError> {
+        let (parent, name) = self.parent_of(rel)?;
+        let fd = rustix::fs::openat(
+            &parent,
+            name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::LOOP => UnpackError::ThroughLink {
+                entry: entry.to_string(),
+            },
+            e => errno_err(rel, e),
+        })?;
+        let stat = rustix::fs::fstat(&fd).map_err(|e| errno_err(rel, e))?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+            return Err(UnpackError::ThroughLink {
+                entry: entry.to_string(),
+            });
         }
+        Ok(File::from(fd))
     }
-    Ok(())
+
+    /// Every link written must resolve beneath the root in the tree as extracted: the kernel
+    /// walks it (following earlier links, as anyone reading the tree later would) and stops
+    /// with `EXDEV` at the first step out. A dangling link is fine while its existing part
+    /// stays inside: whatever is created later is created inside too.
+    fn check_links(&mut self) -> Result<(), UnpackError> {
+        self.dirs.clear();
+        let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+        for (rel, target) in &self.links {
+            let escapes = || UnpackError::LinkEscapes {
+                entry: rel.display().to_string(),
+                target: target.display().to_string(),
+            };
+            match rustix::fs::openat2(
+                &self.root,
+                rel,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            ) {
+                Ok(_) | Err(Errno::NOENT | Errno::NOTDIR) => {}
+                // A loop resolves to nothing, for the agent as for anyone.
+                Err(Errno::LOOP) => {}
+                Err(Errno::XDEV) => return Err(escapes()),
+                // Without openat2 the lexical check (done when written) has to do; links
+                // through links are then refused outright.
+                Err(Errno::NOSYS) => {
+                    let through_link = self.links.iter().any(|(other, _)| {
+                        other != rel && rel.parent().is_some_and(|p| p.starts_with(other))
+                            || target.starts_with(other)
+                    });
+                    if through_link {
+                        return Err(escapes());
+                    }
+                }
+                Err(e) => return Err(errno_err(&self.root_path.join(rel), e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Copies a directory source (what `dea stage DIR` is given) entry by entry, iteratively,
+/// without following links, under the same rules as an archive.
+fn copy_dir(src_root: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
+    // The user's own path: resolve it once, then walk its tree without following links.
+    let src_root = std::fs::canonicalize(src_root).map_err(|e| io_err("", e))?;
+    let source = TenantDir::open(&src_root)?;
+    // The writer's caps apply; the walk itself is only kept from running away.
+    let limits = WalkLimits {
+        max_depth: writer.limits.max_depth + 1,
+        max_entries: writer.limits.max_files.saturating_add(1),
+        deadline: None,
+    };
+    source.walk(limits, true, |entry| {
+        let rel = match writer.entry_path(&entry.rel.to_string_lossy())? {
+            Some(rel) => rel,
+            None => return Ok(tenant_fs::Flow::Descend),
+        };
+        let mode = Some(entry.meta.mode);
+        match entry.meta.kind {
+            Kind::Symlink => writer.symlink(&rel, &entry.read_link()?)?,
+            Kind::Dir => writer.dir(&rel, mode)?,
+            Kind::File => writer.file(&rel, mode, &mut entry.open_file()?)?,
+            Kind::Special(kind) => {
+                return Err(UnpackError::SpecialFile {
+                    entry: rel.display().to_string(),
+                    kind,
+                });
+            }
+        }
+        Ok::<_, UnpackError>(tenant_fs::Flow::Descend)
+    })
 }
 
 fn untar(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
@@ -358,12 +518,7 @@ fn untar(source: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError> {
                 let Some(target_rel) = target_rel else {
                     return Err(UnpackError::Corrupt(format!("{raw_name}: bad link")));
                 };
-                let target_path = writer.prepare_parent(&target_rel)?;
-                let meta = fs::symlink_metadata(&target_path).map_err(|e| io_err(&raw_name, e))?;
-                if !meta.is_file() {
-                    return Err(UnpackError::ThroughLink { entry: raw_name });
-                }
-                let mut source = File::open(&target_path).map_err(|e| io_err(&raw_name, e))?;
+                let mut source = writer.existing_file(&target_rel, &raw_name)?;
                 writer.file(&rel, mode, &mut source)?;
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}

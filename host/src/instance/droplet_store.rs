@@ -5,7 +5,7 @@ use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Why a droplet could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -20,22 +20,39 @@ pub enum DropletError {
         expected: String,
         actual: String,
     },
+    #[error("droplet {uri} is larger than the limit of {limit_mb} MiB")]
+    TooLarge { uri: String, limit_mb: u64 },
     #[error("droplet store: {0}")]
     Io(#[from] std::io::Error),
 }
 
 pub struct DropletStore {
     dir: PathBuf,
-    gates: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One gate per droplet being fetched; entries go when nobody holds them, so a stream of
+    /// distinct URIs cannot grow the map.
+    gates: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
     client: reqwest::Client,
+    /// Largest droplet fetched, in bytes.
+    max_bytes: u64,
 }
 
 impl DropletStore {
     pub fn new(dir: PathBuf) -> DropletStore {
+        Self::with_limit(dir, u64::MAX)
+    }
+
+    /// A store that refuses droplets larger than `max_bytes`.
+    pub fn with_limit(dir: PathBuf, max_bytes: u64) -> DropletStore {
         DropletStore {
             dir,
             gates: Mutex::new(HashMap::new()),
-            client: reqwest::Client::new(),
+            // A stalled transfer fails (the DEA's inactivity timeout); a slow one goes on.
+            client: reqwest::Client::builder()
+                .connect_timeout(std::time::Duration::from_secs(30))
+                .read_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            max_bytes,
         }
     }
 
@@ -63,7 +80,15 @@ impl DropletStore {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
-            gates.entry(key).or_default().clone()
+            gates.retain(|_, gate| gate.strong_count() > 0);
+            match gates.get(&key).and_then(Weak::upgrade) {
+                Some(gate) => gate,
+                None => {
+                    let gate = Arc::new(tokio::sync::Mutex::new(()));
+                    gates.insert(key, Arc::downgrade(&gate));
+                    gate
+                }
+            }
         };
         let _guard = gate.lock().await;
         if let Some(sha1) = expected_sha1 {
@@ -75,6 +100,11 @@ impl DropletStore {
         std::fs::create_dir_all(&self.dir)?;
         let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
         let mut hasher = Sha1::new();
+        let mut total = 0u64;
+        let too_large = || DropletError::TooLarge {
+            uri: source.to_string(),
+            limit_mb: self.max_bytes >> 20,
+        };
         if source.starts_with("http://") || source.starts_with("https://") {
             let download = |message: String| DropletError::Download {
                 uri: source.to_string(),
@@ -94,6 +124,10 @@ impl DropletStore {
                 .await
                 .map_err(|e| download(e.to_string()))?
             {
+                total += chunk.len() as u64;
+                if total > self.max_bytes {
+                    return Err(too_large());
+                }
                 hasher.update(&chunk);
                 temp.write_all(&chunk)?;
             }
@@ -106,6 +140,10 @@ impl DropletStore {
                 let n = std::io::Read::read(&mut file, &mut buf)?;
                 if n == 0 {
                     break;
+                }
+                total += n as u64;
+                if total > self.max_bytes {
+                    return Err(too_large());
                 }
                 hasher.update(&buf[..n]);
                 temp.write_all(&buf[..n])?;

@@ -12,13 +12,19 @@
 
 pub mod droplet_store;
 
+pub mod disk;
+mod home;
+
+use home::PreparedHome;
+
 use crate::container::{BindMount, ContainerSpec, Runc, RunningContainer};
 use crate::droplet::{self, UnpackLimits};
 use crate::netns::NetNamespace;
+use crate::tenant_fs::{Links, TenantDir};
 pub use droplet_store::{DropletError, DropletStore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -85,6 +91,8 @@ pub enum InstanceError {
     Setup(String),
     #[error("no instance {0}")]
     Unknown(String),
+    #[error("instance home: {0}")]
+    Home(#[from] crate::tenant_fs::TenantFsError),
 }
 
 /// What to run.
@@ -246,11 +254,21 @@ impl Process {
             Process::Child(container) => container.wait().await,
             Process::Adopted { runc, id, home } => loop {
                 if runc.pid_of(id).await.is_none() {
-                    // The start script records the app's status on its way out.
-                    return std::fs::read_to_string(home.join("exit_status"))
-                        .ok()
-                        .and_then(|s| s.trim().parse().ok())
-                        .unwrap_or(255);
+                    // The start script records the app's status on its way out, in the
+                    // app's own home: read it as a tenant's file (it could be a FIFO or a
+                    // link to /dev/zero by now).
+                    let home = home.clone();
+                    let status = tokio::task::spawn_blocking(move || {
+                        TenantDir::open(&home)
+                            .and_then(|dir| {
+                                dir.read_string(Path::new("exit_status"), Links::Refuse, 64)
+                            })
+                            .ok()
+                            .flatten()
+                            .and_then(|s| s.trim().parse().ok())
+                    })
+                    .await;
+                    return status.ok().flatten().unwrap_or(255);
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
             },
@@ -293,6 +311,10 @@ pub struct InstanceSettings {
     pub disk_check_interval: Duration,
     /// The host address instance ports are published on.
     pub publish_address: String,
+    /// Most files and directories an instance's home may hold (an inode limit).
+    pub max_files: u64,
+    /// Deepest nesting of directories accepted in a droplet.
+    pub max_dir_depth: usize,
 }
 
 impl InstanceSettings {
@@ -322,6 +344,8 @@ impl InstanceSettings {
             crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
             disk_check_interval: Duration::from_secs(5),
             publish_address: instances.publish_address.clone(),
+            max_files: instances.max_files,
+            max_dir_depth: config.staging.max_dir_depth,
         }
     }
 }
@@ -351,7 +375,11 @@ impl InstanceManager {
         if let Ok(absolute) = std::path::absolute(&settings.base_dir) {
             settings.base_dir = absolute;
         }
-        let droplets = DropletStore::new(settings.base_dir.join("droplets"));
+        // A droplet is gzip'd: what it unpacks to is capped separately, at the same figure.
+        let droplets = DropletStore::with_limit(
+            settings.base_dir.join("droplets"),
+            settings.max_droplet_mb << 20,
+        );
         Arc::new(InstanceManager {
             settings,
             runc,
@@ -508,31 +536,27 @@ impl InstanceManager {
         let timer = std::time::Instant::now();
         let dir = lock(&handle.info).dir.clone();
         let home = dir.join("home");
-        // The app's output goes next to the staging log, in `/home/vcap/logs`, where the
-        // directory server (and `cf files`) looks.
-        let logs = home.join("logs");
         let limits = UnpackLimits {
             max_bytes: self.settings.max_droplet_mb << 20,
             max_files: 1_000_000,
+            max_depth: self.settings.max_dir_depth,
         };
+        let (uid, gid) = (self.settings.uid, self.settings.gid);
         let (from, to) = (droplet_path.clone(), home.clone());
-        tokio::task::spawn_blocking(move || droplet::unpack_source(&from, &to, limits))
+        // The droplet is a tenant's archive: unpacked safely, then every path the agent
+        // itself uses in it is opened beneath the home, never through a link.
+        let prepared =
+            tokio::task::spawn_blocking(move || -> Result<PreparedHome, InstanceError> {
+                droplet::unpack_source(&from, &to, limits)?;
+                PreparedHome::new(&to, uid, gid)
+            })
             .await
             .map_err(|e| setup(&e))??;
-        std::fs::create_dir_all(home.join("app")).map_err(|e| setup(&e))?;
-        std::fs::create_dir_all(home.join("tmp")).map_err(|e| setup(&e))?;
-        std::fs::create_dir_all(&logs).map_err(|e| setup(&e))?;
-        let staged_command = std::fs::read_to_string(home.join("staging_info.yml"))
-            .ok()
-            .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
-            .and_then(|v| v["start_command"].as_str().map(str::to_string));
         let command = request
             .start_command
             .clone()
-            .or(staged_command)
+            .or(prepared.staged_command)
             .ok_or(InstanceError::MissingStartCommand)?;
-        crate::buildpack::classic::chown_tree(&home, self.settings.uid, self.settings.gid)
-            .map_err(|e| setup(&e))?;
         record("extract", timer);
         let timer = std::time::Instant::now();
 
@@ -554,12 +578,9 @@ impl InstanceManager {
         }
         let info = lock(&handle.info).clone();
         let spec = self.container_spec(&info, request, &home, &namespace, &command);
-        let _ = std::fs::remove_file(home.join("exit_status"));
-        let stdout = std::fs::File::create(logs.join("stdout.log")).map_err(|e| setup(&e))?;
-        let stderr = std::fs::File::create(logs.join("stderr.log")).map_err(|e| setup(&e))?;
         let container = self
             .runc
-            .spawn(&spec, stdout, stderr)
+            .spawn(&spec, prepared.stdout, prepared.stderr)
             .await
             .map_err(|e| setup(&e))?;
         let forwarder = tokio::spawn(publish(listener, namespace.path()));
@@ -726,9 +747,13 @@ impl InstanceManager {
                 if let Some(ready) = ready.take() {
                     let _ = ready.send(());
                 }
-                let (home, limit_mb) = {
+                let (home, limit_mb, container_id) = {
                     let info = lock(&handle.info);
-                    (info.dir.join("home"), info.disk_mb)
+                    (
+                        info.dir.join("home"),
+                        info.disk_mb,
+                        info.container_id.clone(),
+                    )
                 };
                 let mut disk_check = tokio::time::interval(self.settings.disk_check_interval);
                 loop {
@@ -738,14 +763,27 @@ impl InstanceManager {
                             break Ending::Ordered(order.unwrap_or(Control::Abandon));
                         }
                         _ = disk_check.tick() => {
-                            let dir = home.clone();
-                            let used = tokio::task::spawn_blocking(move || tree_size(&dir))
-                                .await
-                                .unwrap_or(0);
-                            if used > limit_mb << 20 {
-                                lock(&handle.info).exit_description = Some(format!(
+                            let (dir, container_id) = (home.clone(), container_id.clone());
+                            let max_files = self.settings.max_files;
+                            let used = tokio::task::spawn_blocking(move || {
+                                disk::usage(&dir, &container_id, max_files)
+                            })
+                            .await;
+                            let over = match used {
+                                Ok(Ok(usage)) if usage.bytes > limit_mb << 20 => Some(format!(
                                     "app instance exceeded its disk limit of {limit_mb} MiB"
-                                ));
+                                )),
+                                Ok(Err(disk::DiskError::TooManyFiles { limit })) => Some(format!(
+                                    "app instance exceeded its limit of {limit} files and directories"
+                                )),
+                                Ok(Err(e)) => {
+                                    tracing::warn!("measuring an instance's disk: {e}");
+                                    None
+                                }
+                                _ => None,
+                            };
+                            if let Some(reason) = over {
+                                lock(&handle.info).exit_description = Some(reason);
                                 container.signal("KILL").await;
                                 break Ending::Exited(container.wait().await);
                             }
@@ -796,7 +834,7 @@ impl InstanceManager {
                     }
                     info.exit_status = Some(code);
                 }
-                self.keep_crash_logs(&handle);
+                self.keep_crash_logs(&handle).await;
                 self.enter(&handle, InstanceState::Crashed);
             }
             Ending::Ordered(Control::Stop) => {
@@ -873,7 +911,7 @@ impl InstanceManager {
         }
     }
 
-    fn keep_crash_logs(&self, handle: &Handle) {
+    async fn keep_crash_logs(&self, handle: &Handle) {
         self.reap_crashes();
         let info = lock(&handle.info).clone();
         let target = self
@@ -882,18 +920,12 @@ impl InstanceManager {
             .join("crashes")
             .join(&info.instance_id)
             .join("logs");
-        let Ok(entries) = std::fs::read_dir(info.dir.join("home/logs")) else {
-            return;
-        };
-        if std::fs::create_dir_all(&target).is_err() {
-            return;
-        }
-        for entry in entries.filter_map(Result::ok) {
-            // Regular files only: the app may have planted a link to something of the host's.
-            let regular = entry.path().symlink_metadata().is_ok_and(|m| m.is_file());
-            if regular {
-                let _ = std::fs::copy(entry.path(), target.join(entry.file_name()));
-            }
+        let home = info.dir.join("home");
+        let kept = tokio::task::spawn_blocking(move || home::keep_crash_logs(&home, &target)).await;
+        match kept {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(instance = %info.instance_id, "keeping crash logs: {e}"),
+            Err(e) => tracing::warn!(instance = %info.instance_id, "keeping crash logs: {e}"),
         }
     }
 
@@ -1043,9 +1075,12 @@ impl InstanceManager {
             .unwrap_or(0);
         let cpu = self.cpu_fraction(&info.container_id).await;
         let home = info.dir.join("home");
-        let disk_bytes = tokio::task::spawn_blocking(move || tree_size(&home))
-            .await
-            .unwrap_or(0);
+        let (container_id, max_files) = (info.container_id.clone(), self.settings.max_files);
+        let disk_bytes = tokio::task::spawn_blocking(move || {
+            disk::usage(&home, &container_id, max_files).map_or(0, |u| u.bytes)
+        })
+        .await
+        .unwrap_or(0);
         Some(Usage {
             mem_bytes,
             disk_bytes,
@@ -1085,11 +1120,12 @@ impl InstanceManager {
             .collect();
         let snapshot = serde_json::json!({ "instances": instances });
         let path = self.snapshot_path();
-        let written = std::fs::create_dir_all(path.parent().unwrap_or(&self.settings.base_dir))
-            .and_then(|()| {
-                let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-                crate::fetch::write_atomic(&path, &bytes)
-            });
+        let written =
+            crate::config::ensure_private_dir(path.parent().unwrap_or(&self.settings.base_dir))
+                .and_then(|()| {
+                    let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
+                    crate::fetch::write_atomic(&path, &bytes)
+                });
         if let Err(e) = written {
             tracing::warn!("saving instance snapshot {}: {e}", path.display());
         }
@@ -1242,25 +1278,6 @@ fn rand_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(u64::from(std::process::id()));
     hasher.finish()
-}
-
-/// Bytes used by the files under `dir` (links not followed).
-fn tree_size(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            match entry.metadata() {
-                Ok(meta) if meta.is_dir() => stack.push(entry.path()),
-                Ok(meta) if meta.is_file() => total += meta.len(),
-                _ => {}
-            }
-        }
-    }
-    total
 }
 
 /// How the start's health check ended.

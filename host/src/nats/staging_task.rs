@@ -169,7 +169,8 @@ impl Agent {
         );
         lock(&self.stagings).remove(&task_id);
         self.instances.release_staging(&task_id);
-        let _ = tokio::fs::remove_dir_all(&dir).await;
+        // The task directory holds the cache buildpacks wrote: removed as a tenant's tree.
+        crate::tenant_fs::remove_tree_off_thread(dir.clone()).await;
         if let (Ok(outcome), Some(start)) = (result, request.start_message) {
             if self.mode() != Mode::Serving {
                 return;
@@ -189,7 +190,7 @@ impl Agent {
         memory_mb: u64,
     ) -> Result<Outcome, Failure> {
         let io = |e: std::io::Error| Failure::agent(format!("Error staging: {e}"));
-        let _ = tokio::fs::remove_dir_all(dir).await;
+        crate::tenant_fs::remove_tree_off_thread(dir.to_path_buf()).await;
         let log_path = dir.join(STAGING_LOG_PATH.trim_start_matches('/'));
         let log = Arc::new(StagingLog::create(&log_path, None).map_err(io)?);
         log.step(&format!(
@@ -236,6 +237,7 @@ impl Agent {
                 let limits = crate::droplet::UnpackLimits {
                     max_bytes,
                     max_files: 1_000_000,
+                    max_depth: self.config.staging.max_dir_depth,
                 };
                 let unpacked = tokio::task::spawn_blocking(move || {
                     crate::droplet::unpack_source(&from, &to, limits)
@@ -437,9 +439,25 @@ impl Agent {
     async fn upload_cache(&self, uri: &str, cache_dir: &Path, dir: &Path, log: &StagingLog) {
         let archive = dir.join("buildpack_cache.tgz");
         let (tree, output) = (cache_dir.to_path_buf(), archive.clone());
-        let packed =
-            tokio::task::spawn_blocking(move || crate::droplet::pack_tree(&tree, &output, 1, 1))
-                .await;
+        // The cache is what the buildpacks left: packed within the download limit and the
+        // depth and entry caps, so an upload can never be larger than a download may be.
+        let limits = crate::droplet::PackLimits {
+            max_bytes: self.config.agent.max_download_mb << 20,
+            walk: crate::tenant_fs::WalkLimits {
+                max_depth: self.config.staging.max_dir_depth,
+                max_entries: 1_000_000,
+                deadline: Some(
+                    std::time::Instant::now()
+                        + std::time::Duration::from_secs(
+                            self.config.staging.max_staging_duration_secs,
+                        ),
+                ),
+            },
+        };
+        let packed = tokio::task::spawn_blocking(move || {
+            crate::droplet::pack_tree_limited(&tree, &output, 1, 1, limits)
+        })
+        .await;
         match packed {
             Ok(Ok(_)) => {
                 if let Err(e) = self.transfers.upload(uri, &archive).await {

@@ -19,11 +19,24 @@ pub struct StagingLog {
 struct Inner {
     file: Option<File>,
     watcher: Option<LogWatcher>,
+    /// Bytes written so far and the most that will be.
+    written: u64,
+    limit: u64,
 }
 
 impl StagingLog {
     /// A log that appends to `path` (created, with parents) and tells `watcher`.
     pub fn create(path: &Path, watcher: Option<LogWatcher>) -> std::io::Result<StagingLog> {
+        Self::create_capped(path, watcher, u64::MAX)
+    }
+
+    /// A log that keeps at most `limit` bytes: output past it is dropped after one note, so
+    /// a buildpack that prints forever cannot fill the disk (or the controller's stream).
+    pub fn create_capped(
+        path: &Path,
+        watcher: Option<LogWatcher>,
+        limit: u64,
+    ) -> std::io::Result<StagingLog> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -32,6 +45,8 @@ impl StagingLog {
             inner: Arc::new(Mutex::new(Inner {
                 file: Some(file),
                 watcher,
+                written: 0,
+                limit,
             })),
         })
     }
@@ -42,6 +57,8 @@ impl StagingLog {
             inner: Arc::new(Mutex::new(Inner {
                 file: None,
                 watcher,
+                written: 0,
+                limit: u64::MAX,
             })),
         }
     }
@@ -50,6 +67,27 @@ impl StagingLog {
     pub fn write_raw(&self, bytes: &[u8]) {
         let Ok(mut inner) = self.inner.lock() else {
             return;
+        };
+        if inner.written >= inner.limit {
+            return;
+        }
+        let room = inner.limit - inner.written;
+        let note;
+        let bytes = if bytes.len() as u64 > room {
+            let mut kept = bytes[..room as usize].to_vec();
+            kept.extend_from_slice(
+                format!(
+                    "\n !     staging log truncated: more than {} bytes of output\n",
+                    inner.limit
+                )
+                .as_bytes(),
+            );
+            note = kept;
+            inner.written = inner.limit;
+            &note[..]
+        } else {
+            inner.written += bytes.len() as u64;
+            bytes
         };
         if let Some(file) = inner.file.as_mut() {
             // A full disk must not kill the staging; the watcher still sees the output.

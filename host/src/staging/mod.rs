@@ -20,10 +20,14 @@ use crate::config::Config;
 use crate::container::Runc;
 use crate::droplet::{self, PackError, PackedDroplet, StagingInfo, UnpackError, UnpackLimits};
 use crate::fetch::{FetchGrant, FetchService};
+use crate::tenant_fs::{self, Links, TenantDir, TenantFsError, WalkLimits};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// Largest Procfile, buildpack `export` file or `VERSION` the agent reads from a tenant.
+const MAX_SMALL_FILE: u64 = 1 << 20;
 
 /// Why a staging failed. `cf_type` gives Cloud Foundry's error type for the controller.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,11 @@ pub enum StagingError {
     Pack(#[from] PackError),
     #[error("staging workspace: {0}")]
     Workspace(#[from] std::io::Error),
+    #[error("{what}: {source}")]
+    TenantFile {
+        what: &'static str,
+        source: TenantFsError,
+    },
     #[error("Staging timed out after {0} seconds")]
     Timeout(u64),
 }
@@ -183,6 +192,7 @@ impl Stager {
         UnpackLimits {
             max_bytes: self.config.staging.max_app_size_mb << 20,
             max_files: self.config.staging.max_app_files,
+            max_depth: self.config.staging.max_dir_depth,
         }
     }
 
@@ -193,18 +203,21 @@ impl Stager {
     /// Stages `request` within the configured staging time limit.
     pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
         let limit = self.config.staging.max_staging_duration_secs;
+        let deadline = Instant::now() + Duration::from_secs(limit);
         std::fs::create_dir_all(self.config.staging_dir())?;
         let workspace = tempfile::Builder::new()
             .prefix("task-")
-            .tempdir_in(self.config.staging_dir())?;
+            .tempdir_in(self.config.staging_dir())?
+            .keep();
         let result = tokio::time::timeout(
-            std::time::Duration::from_secs(limit),
-            self.stage_in(workspace.path(), request),
+            Duration::from_secs(limit),
+            self.stage_in(&workspace, request, deadline),
         )
         .await
         .unwrap_or(Err(StagingError::Timeout(limit)));
-        // The workspace (and its tempdir guard) goes away here, success or not.
-        drop(workspace);
+        // Buildpacks wrote into the workspace, so it goes the way every tenant tree goes:
+        // without following links, however deep, off the async workers.
+        tenant_fs::remove_tree_off_thread(workspace).await;
         result
     }
 
@@ -212,6 +225,7 @@ impl Stager {
         &self,
         workspace: &Path,
         request: StagingRequest,
+        deadline: Instant,
     ) -> Result<Staged, StagingError> {
         let stack = request
             .stack
@@ -223,12 +237,13 @@ impl Stager {
         let staged = workspace.join("staged");
         let app = staged.join("app");
         std::fs::create_dir_all(staged.join("tmp"))?;
-        let log = StagingLog::create(
+        let log = StagingLog::create_capped(
             &staged.join("logs").join("staging_task.log"),
             request.watcher.clone(),
+            self.config.staging.max_log_mb << 20,
         )?;
         let result = self
-            .run_buildpacks(workspace, &staged, &app, &stack, &request, &log)
+            .run_buildpacks(workspace, &staged, &app, &stack, &request, &log, deadline)
             .await;
         if let Err(error) = &result {
             log.write_raw(format!("Staging failed: {error}\n").as_bytes());
@@ -236,6 +251,7 @@ impl Stager {
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn run_buildpacks(
         &self,
         workspace: &Path,
@@ -244,6 +260,7 @@ impl Stager {
         stack: &str,
         request: &StagingRequest,
         log: &StagingLog,
+        deadline: Instant,
     ) -> Result<Staged, StagingError> {
         let limits = self.unpack_limits();
         let source = request.source.clone();
@@ -286,6 +303,7 @@ impl Stager {
             stack,
             staged,
             candidates,
+            deadline,
         };
         let named = |name: &str| match candidates.iter().find(|bp| bp.id == name) {
             Some(bp) => Ok(bp.clone()),
@@ -300,7 +318,7 @@ impl Stager {
                 .iter()
                 .any(|name| named(name).is_ok_and(|bp| is_classic(&bp)));
         if uses_classic {
-            self.prepare_classic(&ctx, true)?;
+            self.prepare_classic(&ctx, true).await?;
         }
 
         // Choose: named buildpacks skip detection; otherwise the first match in order.
@@ -345,7 +363,7 @@ impl Stager {
                 buildpack: buildpack.id.clone(),
                 source,
             })?;
-            self.collect_export(&ctx, index, buildpack)?;
+            self.collect_export(&ctx, index, buildpack).await?;
             tracing::debug!(buildpack = %buildpack.id, elapsed = ?started.elapsed(), "compiled");
         }
 
@@ -373,8 +391,22 @@ impl Stager {
             }
         };
 
+        // The Procfile was last written by the buildpacks: read beneath the app, capped.
+        let app_dir = app.to_path_buf();
+        let procfile = blocking(move || {
+            TenantDir::open(&app_dir)?.read_string(
+                Path::new("Procfile"),
+                Links::Beneath,
+                MAX_SMALL_FILE,
+            )
+        })
+        .await?
+        .map_err(|source| StagingError::TenantFile {
+            what: "reading the app's Procfile",
+            source,
+        })?;
         let info = staging_info(
-            app,
+            procfile.as_deref(),
             &final_buildpack,
             &detection_name,
             &release,
@@ -391,10 +423,10 @@ impl Stager {
         let output = request.output.clone();
         let level = self.config.staging.droplet_compression_level;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let limits = self.pack_limits(deadline);
         let droplet =
-            tokio::task::spawn_blocking(move || droplet::pack_tree(&tree, &output, level, threads))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))??;
+            blocking(move || droplet::pack_tree_limited(&tree, &output, level, threads, limits))
+                .await??;
         log.step(&format!("Uploading droplet ({})", human_size(droplet.size)));
         Ok(Staged {
             droplet,
@@ -442,9 +474,11 @@ impl Stager {
             stack: self.config.default_stack(),
             staged: workspace,
             candidates: &installed,
+            deadline: Instant::now()
+                + Duration::from_secs(self.config.staging.max_staging_duration_secs),
         };
         if scratch.is_some() {
-            self.prepare_classic(&ctx, false)?;
+            self.prepare_classic(&ctx, false).await?;
         }
         self.detect(&ctx).await
     }
@@ -556,6 +590,7 @@ impl Stager {
         let classic_limits = self.classic_limits.clone();
         let classic_mode = self.classic_mode(buildpack);
         let classic_dirs = classic_mode.map(|_| self.classic_dirs(ctx, index, buildpack));
+        let walk_limits = self.walk_limits(ctx.deadline);
         let stack = ctx.stack.to_string();
         let app_env: Vec<(String, String)> = ctx.env.to_vec();
         let proxy = self.proxy_ca.as_ref().map(|ca| classic::ProxyAccess {
@@ -575,11 +610,19 @@ impl Stager {
         async move {
             match &buildpack.kind {
                 BuildpackKind::Wasm { component } => {
-                    let loaded = wasm.load(component).map_err(|e| PhaseError::Instantiate {
-                        phase: phase.name(),
-                        message: e.to_string(),
-                    })?;
-                    // Compile gets a private scratch directory, removed when it ends.
+                    // Reading and (the first time) compiling a component takes milliseconds
+                    // to seconds: the blocking pool's work, not an async worker's.
+                    let (runtime, path) = (wasm.clone(), component.clone());
+                    let loaded = tokio::task::spawn_blocking(move || runtime.load(&path))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                        .map_err(|message| PhaseError::Instantiate {
+                            phase: phase.name(),
+                            message,
+                        })?;
+                    // Compile gets a private scratch directory, removed when it ends (with
+                    // the workspace, should the phase be abandoned).
                     let tmp = match phase {
                         crate::buildpack::wasm::Phase::Compile => Some(
                             tempfile::Builder::new()
@@ -588,16 +631,15 @@ impl Stager {
                                 .map_err(|e| PhaseError::Instantiate {
                                     phase: phase.name(),
                                     message: format!("scratch directory: {e}"),
-                                })?,
+                                })?
+                                .keep(),
                         ),
                         _ => None,
                     };
                     env.extend(buildpack.env.iter().cloned());
                     let spec = SandboxSpec {
                         dirs: PhaseDirs {
-                            tmp: tmp
-                                .as_ref()
-                                .map_or_else(|| app.clone(), |t| t.path().to_path_buf()),
+                            tmp: tmp.clone().unwrap_or_else(|| app.clone()),
                             app,
                             cache,
                             buildpack: buildpack.dir.clone(),
@@ -614,7 +656,11 @@ impl Stager {
                             },
                         )),
                     };
-                    wasm.run(&loaded, phase, spec).await
+                    let result = wasm.run(&loaded, phase, spec).await;
+                    if let Some(tmp) = tmp {
+                        tenant_fs::remove_tree_off_thread(tmp).await;
+                    }
+                    result
                 }
                 BuildpackKind::Classic { .. } => {
                     let script = script.unwrap_or(match phase {
@@ -626,7 +672,8 @@ impl Stager {
                     let dirs = classic_dirs.ok_or_else(|| PhaseError::Instantiate {
                         phase: phase.name(),
                         message: "classic directories missing".into(),
-                    })??;
+                    })?;
+                    let dirs = dirs.prepare(walk_limits).await?;
                     let run = classic::ScriptRun {
                         proxy: proxy.as_ref(),
                         buildpack_id: &buildpack.id,
@@ -673,7 +720,11 @@ impl Stager {
     }
 
     /// Creates the directories classic scripts see and hands them to the build user.
-    fn prepare_classic(&self, ctx: &PhaseContext<'_>, own_app: bool) -> Result<(), StagingError> {
+    async fn prepare_classic(
+        &self,
+        ctx: &PhaseContext<'_>,
+        own_app: bool,
+    ) -> Result<(), StagingError> {
         let user_env: Vec<(String, String)> = ctx
             .env
             .iter()
@@ -691,35 +742,33 @@ impl Stager {
         // user's directory in place (read-only) and must not change its owner.
         if own_app {
             let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
-            for dir in [ctx.app, ctx.cache] {
-                classic::chown_tree(dir, uid, gid)?;
-            }
+            let dirs = [ctx.app.to_path_buf(), ctx.cache.to_path_buf()];
+            let limits = self.walk_limits(ctx.deadline);
+            blocking(move || {
+                dirs.iter()
+                    .try_for_each(|dir| TenantDir::open(dir)?.chown_tree(uid, gid, limits))
+            })
+            .await?
+            .map_err(|source| StagingError::TenantFile {
+                what: "handing the app and cache to the build user",
+                source,
+            })?;
         }
         Ok(())
     }
 
-    /// This staging's directories for the classic buildpack at `index`, copying the
-    /// buildpack into the workspace the first time.
+    /// This staging's directories for the classic buildpack at `index`; the buildpack is
+    /// copied into the workspace (once) when they are prepared.
     fn classic_dirs(
         &self,
         ctx: &PhaseContext<'_>,
         index: usize,
         buildpack: &Buildpack,
-    ) -> Result<ClassicDirs, PhaseError> {
-        let fail = |message: String| PhaseError::Instantiate {
-            phase: "prepare",
-            message,
-        };
-        let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
+    ) -> ClassicSetup {
         let copy = ctx
             .workspace
             .join("buildpacks")
             .join(format!("{index:02}-{}", buildpack.id));
-        if !copy.exists() {
-            classic::copy_tree(&buildpack.dir, &copy)
-                .and_then(|()| classic::chown_tree(&copy, uid, gid))
-                .map_err(|e| fail(format!("copying buildpack {}: {e}", buildpack.id)))?;
-        }
         let dirs = ClassicDirs {
             app: ctx.app.to_path_buf(),
             cache: ctx.cache.to_path_buf(),
@@ -729,20 +778,20 @@ impl Stager {
             exports: ctx.workspace.join("exports"),
             buildpack_copy: copy,
         };
-        if self.classic_mode(buildpack) == Some(ClassicMode::CloudFoundry) {
-            let index_dir = dirs.deps.join(index.to_string());
-            for dir in [&index_dir, &dirs.profile_d] {
-                std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-            }
-            for dir in [&dirs.deps, &dirs.profile_d] {
-                classic::chown_tree(dir, uid, gid).map_err(|e| fail(e.to_string()))?;
-            }
+        ClassicSetup {
+            dirs,
+            source: buildpack.dir.clone(),
+            buildpack_id: buildpack.id.clone(),
+            uid: self.config.classic.uid,
+            gid: self.config.classic.gid,
+            cf_index: (self.classic_mode(buildpack) == Some(ClassicMode::CloudFoundry))
+                .then_some(index),
         }
-        Ok(dirs)
     }
 
-    /// After a Heroku-style compile, keeps the buildpack's `export` file for later ones.
-    fn collect_export(
+    /// After a Heroku-style compile, keeps the buildpack's `export` file for later ones. The
+    /// file is the buildpack's to write, so it is read beneath its copy, capped.
+    async fn collect_export(
         &self,
         ctx: &PhaseContext<'_>,
         index: usize,
@@ -751,21 +800,118 @@ impl Stager {
         if !matches!(buildpack.kind, BuildpackKind::Classic { .. }) {
             return Ok(());
         }
-        let export = ctx
-            .workspace
-            .join("buildpacks")
-            .join(format!("{index:02}-{}", buildpack.id))
-            .join("export");
-        if export.is_file() {
-            std::fs::copy(
-                &export,
-                ctx.workspace
-                    .join("exports")
-                    .join(format!("{index:02}-{}", buildpack.id)),
-            )?;
+        let name = format!("{index:02}-{}", buildpack.id);
+        let copy = ctx.workspace.join("buildpacks").join(&name);
+        let export = blocking(move || {
+            TenantDir::open(&copy)?.read(Path::new("export"), Links::Beneath, MAX_SMALL_FILE)
+        })
+        .await?
+        .map_err(|source| StagingError::TenantFile {
+            what: "reading the buildpack's export file",
+            source,
+        })?;
+        if let Some(bytes) = export {
+            std::fs::write(ctx.workspace.join("exports").join(name), bytes)?;
         }
         Ok(())
     }
+
+    /// Caps for walking a tree buildpacks wrote, ending at the staging's deadline.
+    fn walk_limits(&self, deadline: Instant) -> WalkLimits {
+        WalkLimits {
+            max_depth: self.config.staging.max_dir_depth,
+            max_entries: self.config.staging.max_app_files.max(1_000_000),
+            deadline: Some(deadline),
+        }
+    }
+
+    /// Caps for packing the staged tree: what an instance here would accept.
+    fn pack_limits(&self, deadline: Instant) -> droplet::PackLimits {
+        droplet::PackLimits {
+            max_bytes: self.config.instances.max_droplet_mb << 20,
+            walk: self.walk_limits(deadline),
+        }
+    }
+}
+
+/// The directories of one classic buildpack in one staging, before they exist.
+struct ClassicSetup {
+    dirs: ClassicDirs,
+    /// The installed buildpack, copied to `dirs.buildpack_copy`.
+    source: PathBuf,
+    buildpack_id: String,
+    uid: u32,
+    gid: u32,
+    /// Cloud Foundry mode: this buildpack's index under `deps/`.
+    cf_index: Option<usize>,
+}
+
+impl ClassicSetup {
+    /// Copies the buildpack (the first time), makes the CF directories, and hands them to
+    /// the build user: all on the blocking pool, descriptor-relative.
+    async fn prepare(self, limits: WalkLimits) -> Result<ClassicDirs, PhaseError> {
+        let fail = |message: String| PhaseError::Instantiate {
+            phase: "prepare",
+            message,
+        };
+        let ClassicSetup {
+            dirs,
+            source,
+            buildpack_id,
+            uid,
+            gid,
+            cf_index,
+        } = self;
+        let result = tokio::task::spawn_blocking(move || -> Result<ClassicDirs, String> {
+            let copy = &dirs.buildpack_copy;
+            if !copy.exists() {
+                let parent = copy.parent().unwrap_or(Path::new("."));
+                let temp = tempfile::Builder::new()
+                    .prefix(".copy-")
+                    .tempdir_in(parent)
+                    .map_err(|e| e.to_string())?;
+                let target = TenantDir::open(temp.path()).map_err(|e| e.to_string())?;
+                TenantDir::open(&source)
+                    .and_then(|from| from.copy_tree_into(&target, limits, 1 << 30))
+                    .and_then(|_| target.chown_tree(uid, gid, limits))
+                    .map_err(|e| format!("copying buildpack {buildpack_id}: {e}"))?;
+                match std::fs::rename(temp.path(), copy) {
+                    Ok(()) => {
+                        let _ = temp.keep();
+                    }
+                    // Another phase copied it first.
+                    Err(_) if copy.is_dir() => {}
+                    Err(e) => return Err(format!("copying buildpack {buildpack_id}: {e}")),
+                }
+            }
+            if let Some(index) = cf_index {
+                let deps = TenantDir::create(&dirs.deps).map_err(|e| e.to_string())?;
+                deps.ensure_dir(Path::new(&index.to_string()))
+                    .map_err(|e| e.to_string())?;
+                let profile_d = TenantDir::create(&dirs.profile_d).map_err(|e| e.to_string())?;
+                for dir in [deps, profile_d] {
+                    dir.chown_tree(uid, gid, limits)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Ok(dirs)
+        })
+        .await;
+        match result {
+            Ok(Ok(dirs)) => Ok(dirs),
+            Ok(Err(message)) => Err(fail(message)),
+            Err(e) => Err(fail(e.to_string())),
+        }
+    }
+}
+
+/// Runs blocking filesystem work on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StagingError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StagingError::Workspace(std::io::Error::other(e.to_string())))
 }
 
 type DetectResult = Result<PhaseOutput, PhaseError>;
@@ -789,13 +935,19 @@ struct PhaseContext<'a> {
     staged: &'a Path,
     /// The buildpacks detection runs over, in order.
     candidates: &'a [Buildpack],
+    /// When the staging's time is up: walks of tenant trees give up then.
+    deadline: Instant,
 }
 
 /// The build script a classic buildpack runs at its place in the order: in Cloud Foundry
 /// mode earlier buildpacks `supply` and the last one `finalize`s (or `compile`s if it has no
 /// finalize); Heroku-mode buildpacks always `compile`.
 fn classic_build_script(buildpack: &Buildpack, mode: ClassicMode, last: bool) -> Script {
-    let has = |script: &str| buildpack.dir.join("bin").join(script).is_file();
+    let has = |script: &str| {
+        TenantDir::open(&buildpack.dir)
+            .and_then(|dir| dir.open_file(&Path::new("bin").join(script), Links::Beneath))
+            .is_ok()
+    };
     match (mode, last) {
         (ClassicMode::CloudFoundry, false) if has("supply") => Script::Supply,
         (ClassicMode::CloudFoundry, true) if has("finalize") => Script::Finalize,
@@ -806,17 +958,15 @@ fn classic_build_script(buildpack: &Buildpack, mode: ClassicMode, last: bool) ->
 /// Combines the release's process types with the app's Procfile (which wins) and picks the
 /// start command: an explicit one, else the `web` process.
 fn staging_info(
-    app: &Path,
+    procfile: Option<&str>,
     buildpack: &Buildpack,
     detected: &str,
     release: &ReleaseInfo,
     start_command: Option<&str>,
 ) -> Result<StagingInfo, StagingError> {
     let mut processes: BTreeMap<String, String> = release.process_types.iter().cloned().collect();
-    match std::fs::read_to_string(app.join("Procfile")) {
-        Ok(text) => processes.extend(procfile::parse(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+    if let Some(text) = procfile {
+        processes.extend(procfile::parse(text));
     }
     let start_command = start_command
         .map(str::to_string)

@@ -37,6 +37,9 @@ wasmtime::component::bindgen!({
 
 pub use self::dea::buildpack::types::Error as GuestError;
 
+/// Largest component file read (the Python guest is ~18 MB).
+const MAX_COMPONENT_BYTES: u64 = 512 << 20;
+
 /// How often the epoch advances; the unit of the CPU budget.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -267,10 +270,26 @@ impl WasmRuntime {
     }
 
     fn load_uncached(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
+        // A component may come from an admin buildpack archive: read it as a tenant's file
+        // (a regular file, no link out of its directory, capped).
+        let read_err = |message: String| LoadError::Read {
             path: path.to_path_buf(),
-            source,
-        })?;
+            source: std::io::Error::other(message),
+        };
+        let (dir, name) = match (path.parent(), path.file_name()) {
+            (Some(dir), Some(name)) => (dir, name),
+            _ => return Err(read_err("not a file path".into())),
+        };
+        let bytes = crate::tenant_fs::TenantDir::open(dir)
+            .and_then(|dir| {
+                dir.read(
+                    Path::new(name),
+                    crate::tenant_fs::Links::Beneath,
+                    MAX_COMPONENT_BYTES,
+                )
+            })
+            .map_err(|e| read_err(e.to_string()))?
+            .ok_or_else(|| read_err("no such file".into()))?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if let Some(loaded) = self.lock_loaded().get(&digest) {
             return Ok(loaded.clone());

@@ -12,6 +12,7 @@ use super::output::{LogOutput, OutputBudget};
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
 use crate::staging::StagingLog;
+use crate::tenant_fs::{Kind, Links, TenantDir, TenantFsError};
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -143,10 +144,12 @@ impl SandboxState {
         })
     }
 
-    /// Maps an absolute guest path under a writable directory to a host path, creating the
-    /// parents. Refuses `..`, unknown roots, and parents that are links. The path itself must
-    /// be a file (or not exist) unless `directory` is set.
-    fn host_destination(&self, guest: &str, directory: bool) -> Result<PathBuf, String> {
+    /// Opens the place an absolute guest path under a writable directory names, creating
+    /// missing parent directories. Everything is resolved from the writable root's
+    /// descriptor, never through a link (the guest wrote that tree). Refuses `..`, unknown
+    /// roots, and links anywhere. The path itself must be a file (or not exist) unless
+    /// `directory` is set.
+    fn host_destination(&self, guest: &str, directory: bool) -> Result<Destination, String> {
         let path = Path::new(guest);
         let (root_guest, root_host) = self
             .writable
@@ -156,42 +159,53 @@ impl SandboxState {
         let relative = path
             .strip_prefix(root_guest)
             .map_err(|_| format!("{guest} is not under {root_guest}"))?;
-        let mut host = root_host.clone();
-        let mut parts = relative.components().peekable();
-        if parts.peek().is_none() {
+        if relative.as_os_str().is_empty() {
             return Err(format!("{guest} names a directory, not a file"));
         }
-        while let Some(part) = parts.next() {
-            let Component::Normal(name) = part else {
-                return Err(format!("{guest} must not contain '..' or '.'"));
-            };
-            host.push(name);
-            let is_last = parts.peek().is_none();
-            match std::fs::symlink_metadata(&host) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    return Err(format!("{guest} goes through a symbolic link"));
-                }
-                Ok(meta) if !is_last && !meta.is_dir() => {
-                    return Err(format!("{guest}: a parent is not a directory"));
-                }
-                Ok(meta) if is_last && meta.is_dir() != directory => {
-                    return Err(if directory {
-                        format!("{guest} is not a directory")
-                    } else {
-                        format!("{guest} is a directory")
-                    });
-                }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    if !is_last {
-                        std::fs::create_dir(&host).map_err(|e| format!("{guest}: {e}"))?;
-                    }
-                }
-                Err(e) => return Err(format!("{guest}: {e}")),
-            }
+        if !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(format!("{guest} must not contain '..' or '.'"));
         }
-        Ok(host)
+        let explain = |e: TenantFsError| match e {
+            TenantFsError::Link { .. } => format!("{guest} goes through a symbolic link"),
+            TenantFsError::WrongKind { .. } if directory => format!("{guest} is not a directory"),
+            TenantFsError::WrongKind { .. } => format!("{guest}: a parent is not a directory"),
+            e => format!("{guest}: {e}"),
+        };
+        let root = TenantDir::open(root_host).map_err(explain)?;
+        if directory {
+            return root
+                .ensure_dir(relative)
+                .map(Destination::Dir)
+                .map_err(explain);
+        }
+        let parent = relative.parent().unwrap_or(Path::new(""));
+        let dir = if parent.as_os_str().is_empty() {
+            root
+        } else {
+            root.ensure_dir(parent).map_err(explain)?
+        };
+        let name = relative
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| format!("{guest}: the file name must be UTF-8"))?
+            .to_string();
+        match dir.meta(Path::new(&name), Links::Refuse).map_err(explain)? {
+            Some(meta) if meta.kind == Kind::Symlink => {
+                Err(format!("{guest} goes through a symbolic link"))
+            }
+            Some(meta) if meta.kind == Kind::Dir => Err(format!("{guest} is a directory")),
+            _ => Ok(Destination::File { dir, name }),
+        }
     }
+}
+
+/// Where a host call writes for the guest: a directory, or a name in one.
+enum Destination {
+    Dir(TenantDir),
+    File { dir: TenantDir, name: String },
 }
 
 impl WasiView for SandboxState {
@@ -255,18 +269,21 @@ impl host::Host for SandboxState {
             }
         };
         self.log.detail(&fetched.log_line(&request.url));
-        let placed = match request.unpack {
-            None => copy_into_place(&fetched.blob, &destination).map_err(|e| e.to_string()),
-            Some(strip) => {
+        let placed = match (request.unpack, destination) {
+            (None, Destination::File { dir, name }) => {
+                copy_into_place(&fetched.blob, &dir, &name).map_err(|e| e.to_string())
+            }
+            (Some(strip), Destination::Dir(dir)) => {
                 let blob = fetched.blob.clone();
                 let limits = self.unpack_limits;
                 tokio::task::spawn_blocking(move || {
-                    crate::droplet::unpack_stripped(&blob, &destination, limits, strip as usize)
+                    crate::droplet::unpack_into(&blob, &dir, limits, strip as usize)
                 })
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
             }
+            _ => Err("destination does not match the request".to_string()),
         };
         if let Err(e) = placed {
             return Ok(Err(FetchError::InvalidDestination(format!(
@@ -296,13 +313,22 @@ impl SandboxState {
                 self.phase.name()
             ));
         }
-        let host = self.host_destination(guest, false)?;
-        let meta = std::fs::symlink_metadata(&host).map_err(|e| format!("{guest}: {e}"))?;
-        if !meta.is_file() {
+        let Destination::File { dir, name } = self.host_destination(guest, false)? else {
             return Err(format!("{guest} is not a regular file"));
-        }
-        let mode = (meta.permissions().mode() & 0o777) | 0o755;
-        std::fs::set_permissions(&host, std::fs::Permissions::from_mode(mode))
+        };
+        // Changed through the descriptor that was checked to be a regular file.
+        let file = dir
+            .open_file(Path::new(&name), Links::Refuse)
+            .map_err(|e| match e {
+                TenantFsError::WrongKind { .. } => format!("{guest} is not a regular file"),
+                e => format!("{guest}: {e}"),
+            })?;
+        let mode = file
+            .metadata()
+            .map_err(|e| format!("{guest}: {e}"))?
+            .permissions()
+            .mode();
+        file.set_permissions(std::fs::Permissions::from_mode((mode & 0o777) | 0o755))
             .map_err(|e| format!("{guest}: {e}"))
     }
 }
@@ -321,12 +347,18 @@ fn to_guest_error(error: crate::fetch::FetchError) -> FetchError {
     }
 }
 
-/// Copies a cached blob to `dest` via a temporary file in the same directory, so the guest
-/// never sees a partial file and a link planted at `dest` is replaced, not followed.
-fn copy_into_place(blob: &Path, dest: &Path) -> io::Result<()> {
-    let dir = dest.parent().unwrap_or(Path::new("."));
-    let temp = tempfile::NamedTempFile::new_in(dir)?;
-    std::fs::copy(blob, temp.path())?;
-    temp.persist(dest).map_err(|e| e.error)?;
-    Ok(())
+/// Copies a cached blob to `name` in `dir` via a temporary file in the same directory, so the
+/// guest never sees a partial file and a link planted at `name` is replaced, not followed.
+fn copy_into_place(blob: &Path, dir: &TenantDir, name: &str) -> io::Result<()> {
+    let temp = format!(".dea-fetch-{}", uuid::Uuid::new_v4().simple());
+    let mut to = dir.create_file(&temp, 0o644).map_err(io::Error::other)?;
+    let copied = std::fs::File::open(blob).and_then(|mut from| io::copy(&mut from, &mut to));
+    if let Err(e) = copied {
+        let _ = dir.remove_file(&temp);
+        return Err(e);
+    }
+    rustix::fs::renameat(dir.as_fd(), temp.as_str(), dir.as_fd(), name).map_err(|e| {
+        let _ = dir.remove_file(&temp);
+        io::Error::from(e)
+    })
 }

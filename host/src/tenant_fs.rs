@@ -1,0 +1,1001 @@
+//! Files in trees a tenant could have written, handled by an agent that runs as root.
+//!
+//! App sources, staging workspaces, buildpack copies, buildpack caches, instance homes and
+//! crash logs are all shaped by someone the agent does not trust. Opening `<tree>/Procfile`
+//! with ordinary path resolution lets that someone decide what root reads: a symlink to
+//! `/etc/shadow`, a chain of links that climbs out with `..`, a FIFO that blocks the reader
+//! forever, `/dev/zero`, a file of a terabyte. So every agent-side access to such a tree goes
+//! through a [`TenantDir`]: a descriptor for the tree's root (a directory the agent made or
+//! chose), and paths resolved *by the kernel* beneath it with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_MAGICLINKS)` — plus `RESOLVE_NO_SYMLINKS` where no link is expected. Files are
+//! opened `O_NONBLOCK` (a FIFO cannot block the open) and checked to be regular files with
+//! `fstat` on the descriptor that is then read, every read has a size cap, and walks are
+//! iterative with caps on depth and entries (a 20 KB archive can hold 10,000 nested
+//! directories; a recursive walk would overflow the stack).
+//!
+//! Kernels without `openat2` (before 5.6) get a component-by-component walk with
+//! `O_NOFOLLOW`, which refuses every symlink: stricter, never looser.
+//!
+//! Everything here blocks on the filesystem: call it from `spawn_blocking`, not from an
+//! async task (only [`remove_tree_off_thread`] does that itself).
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+/// Why a tenant's file could not be used. Paths are the host paths, for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantFsError {
+    #[error("{path} leads out of its directory (through `..` or a link)")]
+    Escapes { path: PathBuf },
+    #[error("{path} is a symbolic link (or passes through one) where none is allowed")]
+    Link { path: PathBuf },
+    #[error("{path} is a {kind}, not a {expected}")]
+    WrongKind {
+        path: PathBuf,
+        kind: &'static str,
+        expected: &'static str,
+    },
+    #[error("{path} is larger than the limit of {limit} bytes")]
+    TooLarge { path: PathBuf, limit: u64 },
+    #[error("{path} nests directories deeper than the limit of {limit}")]
+    TooDeep { path: PathBuf, limit: usize },
+    #[error("{path} holds more than the limit of {limit} entries")]
+    TooManyEntries { path: PathBuf, limit: u64 },
+    #[error("{path}: gave up at the deadline")]
+    Deadline { path: PathBuf },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl TenantFsError {
+    /// The path does not exist (the only failure callers usually tolerate).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, TenantFsError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
+    fn io(path: PathBuf, errno: Errno) -> TenantFsError {
+        TenantFsError::Io {
+            path,
+            source: errno.into(),
+        }
+    }
+}
+
+/// Whether a path may pass through symbolic links. Magic links (`/proc/self/fd/...`) and
+/// anything leaving the root are refused either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// No symlink anywhere in the path: where the agent expects a plain file or directory
+    /// it created, or a tenant has no reason to link.
+    Refuse,
+    /// Links are followed as long as every step stays beneath the root (a Procfile that is
+    /// a link to another file of the app is fine).
+    Beneath,
+}
+
+/// What an entry is, from `lstat` (links are not followed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// FIFO, socket, device or unknown: never read, copied or packed.
+    Special(&'static str),
+}
+
+impl Kind {
+    fn from_mode(mode: u32) -> Kind {
+        match FileType::from_raw_mode(mode) {
+            FileType::RegularFile => Kind::File,
+            FileType::Directory => Kind::Dir,
+            FileType::Symlink => Kind::Symlink,
+            FileType::Fifo => Kind::Special("FIFO"),
+            FileType::Socket => Kind::Special("socket"),
+            FileType::CharacterDevice | FileType::BlockDevice => Kind::Special("device file"),
+            FileType::Unknown => Kind::Special("special file"),
+        }
+    }
+
+    /// How an error message names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "regular file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symbolic link",
+            Kind::Special(name) => name,
+        }
+    }
+}
+
+/// The `stat` fields the agent uses, in one width on every architecture.
+#[derive(Debug, Clone, Copy)]
+pub struct Meta {
+    pub kind: Kind,
+    /// Permission bits (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Bytes of disk actually held (`st_blocks * 512`): sparse files count what they use.
+    pub disk_bytes: u64,
+    pub mtime: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+}
+
+impl Meta {
+    // The kernel's `stat` field widths differ between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    pub fn of(stat: &rustix::fs::Stat) -> Meta {
+        Meta {
+            kind: Kind::from_mode(stat.st_mode as u32),
+            mode: stat.st_mode as u32 & 0o7777,
+            uid: stat.st_uid as u32,
+            gid: stat.st_gid as u32,
+            size: stat.st_size.max(0) as u64,
+            disk_bytes: (stat.st_blocks.max(0) as u64).saturating_mul(512),
+            mtime: stat.st_mtime.max(0) as u64,
+            dev: stat.st_dev as u64,
+            ino: stat.st_ino as u64,
+            nlink: stat.st_nlink as u64,
+        }
+    }
+}
+
+/// Caps for a walk over a tenant's tree.
+#[derive(Debug, Clone, Copy)]
+pub struct WalkLimits {
+    /// Directories below the root (the root's children are at depth 1).
+    pub max_depth: usize,
+    /// Entries seen, all kinds.
+    pub max_entries: u64,
+    /// Give up after this instant (blocking work cannot be cancelled any other way).
+    pub deadline: Option<Instant>,
+}
+
+impl Default for WalkLimits {
+    fn default() -> Self {
+        WalkLimits {
+            max_depth: 256,
+            max_entries: 1_000_000,
+            deadline: None,
+        }
+    }
+}
+
+/// What a walk visitor says about a directory it was shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Descend,
+    Skip,
+}
+
+/// One entry met by [`TenantDir::walk`].
+pub struct Entry<'a> {
+    /// Path relative to the walk's root.
+    pub rel: &'a Path,
+    pub name: &'a OsStr,
+    /// 1 for the root's children.
+    pub depth: usize,
+    pub meta: Meta,
+    parent: BorrowedFd<'a>,
+    root: &'a TenantDir,
+}
+
+impl Entry<'_> {
+    /// Opens this entry for reading: regular files only, no link followed.
+    pub fn open_file(&self) -> Result<File, TenantFsError> {
+        let path = self.root.host_path(self.rel);
+        let fd = rustix::fs::openat(
+            self.parent,
+            self.name,
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+            Mode::empty(),
+        )
+        .map_err(|e| map_open_error(path.clone(), e, Links::Refuse))?;
+        regular_file(fd, &path)
+    }
+
+    /// The target of this symbolic link, as stored.
+    pub fn read_link(&self) -> Result<PathBuf, TenantFsError> {
+        let target = rustix::fs::readlinkat(self.parent, self.name, Vec::new())
+            .map_err(|e| TenantFsError::io(self.root.host_path(self.rel), e))?;
+        Ok(PathBuf::from(OsStr::from_bytes(target.as_bytes())))
+    }
+
+    /// Sets owner and group without following a link.
+    pub fn chown(&self, uid: u32, gid: u32) -> Result<(), TenantFsError> {
+        rustix::fs::chownat(
+            self.parent,
+            self.name,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| TenantFsError::io(self.root.host_path(self.rel), e))
+    }
+}
+
+/// A directory of a tenant's tree, open; everything beneath it is reached through it.
+#[derive(Debug)]
+pub struct TenantDir {
+    fd: OwnedFd,
+    /// The host path, for messages only: nothing is ever opened by it.
+    path: PathBuf,
+}
+
+/// Set once `openat2` turns out to be missing, so later calls go straight to the fallback.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+const READ_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOCTTY);
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC);
+
+impl TenantDir {
+    /// Opens the root of a tree at a path the agent trusts (one it made or was configured
+    /// with). The root itself must be a real directory, not a link to one.
+    pub fn open(path: &Path) -> Result<TenantDir, TenantFsError> {
+        let fd = rustix::fs::open(path, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| map_open_error(path.to_path_buf(), e, Links::Refuse))?;
+        Ok(TenantDir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Creates the directory at a trusted `path` (and its parents) if needed, then opens it.
+    pub fn create(path: &Path) -> Result<TenantDir, TenantFsError> {
+        std::fs::create_dir_all(path).map_err(|source| TenantFsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        TenantDir::open(path)
+    }
+
+    /// The host path of this directory (for messages and for handing to runc).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn host_path(&self, rel: &Path) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Opens `rel` beneath this directory with `flags`, resolved by the kernel.
+    fn open_beneath(
+        &self,
+        rel: &Path,
+        flags: OFlags,
+        links: Links,
+    ) -> Result<OwnedFd, TenantFsError> {
+        let path = self.host_path(rel);
+        let rel = checked_relative(rel, &path)?;
+        let flags = match links {
+            Links::Refuse => flags | OFlags::NOFOLLOW,
+            Links::Beneath => flags,
+        };
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+            if links == Links::Refuse {
+                resolve |= ResolveFlags::NO_SYMLINKS;
+            }
+            // EAGAIN: a rename raced the lookup; the kernel asks to try again.
+            for _ in 0..8 {
+                match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), resolve) {
+                    Ok(fd) => return Ok(fd),
+                    Err(Errno::AGAIN) => continue,
+                    Err(Errno::NOSYS) => {
+                        tracing::warn!("openat2 is unavailable; tenant paths refuse every link");
+                        NO_OPENAT2.store(true, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(e) => return Err(map_open_error(path, e, links)),
+                }
+            }
+            if !NO_OPENAT2.load(Ordering::Relaxed) {
+                return Err(TenantFsError::io(path, Errno::AGAIN));
+            }
+        }
+        self.open_by_components(rel, flags, &path)
+    }
+
+    /// The fallback without `openat2`: one component at a time, no link anywhere.
+    fn open_by_components(
+        &self,
+        rel: &Path,
+        flags: OFlags,
+        path: &Path,
+    ) -> Result<OwnedFd, TenantFsError> {
+        let parts: Vec<&OsStr> = rel
+            .components()
+            .filter_map(|c| match c {
+                Component::Normal(name) => Some(name),
+                _ => None,
+            })
+            .collect();
+        let Some((last, parents)) = parts.split_last() else {
+            return rustix::fs::openat(&self.fd, ".", flags, Mode::empty())
+                .map_err(|e| map_open_error(path.to_path_buf(), e, Links::Refuse));
+        };
+        let mut current: Option<OwnedFd> = None;
+        for part in parents {
+            let dir = current.as_ref().map_or(self.fd.as_fd(), |fd| fd.as_fd());
+            let next = rustix::fs::openat(
+                dir,
+                *part,
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| map_open_error(path.to_path_buf(), e, Links::Refuse))?;
+            current = Some(next);
+        }
+        let dir = current.as_ref().map_or(self.fd.as_fd(), |fd| fd.as_fd());
+        rustix::fs::openat(dir, *last, flags | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| map_open_error(path.to_path_buf(), e, Links::Refuse))
+    }
+
+    /// A directory beneath this one.
+    pub fn open_dir(&self, rel: &Path, links: Links) -> Result<TenantDir, TenantFsError> {
+        let fd = self.open_beneath(rel, DIR_FLAGS, links)?;
+        Ok(TenantDir {
+            fd,
+            path: self.host_path(rel),
+        })
+    }
+
+    /// A regular file beneath this one, open for reading (a FIFO does not block the open;
+    /// it, a device or a directory is refused by `fstat` on the descriptor itself).
+    pub fn open_file(&self, rel: &Path, links: Links) -> Result<File, TenantFsError> {
+        let fd = self.open_beneath(rel, READ_FLAGS, links)?;
+        regular_file(fd, &self.host_path(rel))
+    }
+
+    /// Reads a whole regular file of at most `limit` bytes; `None` when it does not exist.
+    pub fn read(
+        &self,
+        rel: &Path,
+        links: Links,
+        limit: u64,
+    ) -> Result<Option<Vec<u8>>, TenantFsError> {
+        let file = match self.open_file(rel, links) {
+            Ok(file) => file,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        read_capped(file, limit, &self.host_path(rel)).map(Some)
+    }
+
+    /// [`TenantDir::read`] as UTF-8 (lossy: a tenant's bytes need not be text).
+    pub fn read_string(
+        &self,
+        rel: &Path,
+        links: Links,
+        limit: u64,
+    ) -> Result<Option<String>, TenantFsError> {
+        Ok(self
+            .read(rel, links, limit)?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// What `rel` is (the last component not followed); `None` when it does not exist.
+    pub fn meta(&self, rel: &Path, links: Links) -> Result<Option<Meta>, TenantFsError> {
+        match self.open_beneath(
+            rel,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            links,
+        ) {
+            Ok(fd) => {
+                let stat = rustix::fs::fstat(&fd)
+                    .map_err(|e| TenantFsError::io(self.host_path(rel), e))?;
+                Ok(Some(Meta::of(&stat)))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            // O_PATH|O_NOFOLLOW opens a final link itself, so a Link error here is a link
+            // in a parent.
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Creates the directories of `rel` that are missing, refusing to pass through anything
+    /// that is not a real directory, and opens the last.
+    pub fn ensure_dir(&self, rel: &Path) -> Result<TenantDir, TenantFsError> {
+        let path = self.host_path(rel);
+        let rel = checked_relative(rel, &path)?;
+        let mut current: Option<TenantDir> = None;
+        for component in rel.components() {
+            let Component::Normal(name) = component else {
+                continue;
+            };
+            let parent = current.as_ref().unwrap_or(self);
+            match rustix::fs::mkdirat(&parent.fd, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(TenantFsError::io(parent.host_path(Path::new(name)), e)),
+            }
+            current = Some(parent.open_dir(Path::new(name), Links::Refuse)?);
+        }
+        match current {
+            Some(dir) => Ok(dir),
+            None => self.open_dir(Path::new("."), Links::Refuse),
+        }
+    }
+
+    /// Creates (or truncates) the regular file `name` in this directory for writing. An
+    /// existing link, FIFO or device there is refused, never written through.
+    pub fn create_file(&self, name: &str, mode: u32) -> Result<File, TenantFsError> {
+        let path = self.host_path(Path::new(name));
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            return Err(TenantFsError::Escapes { path });
+        }
+        let fd = rustix::fs::openat(
+            &self.fd,
+            name,
+            OFlags::WRONLY
+                | OFlags::CREATE
+                | OFlags::TRUNC
+                | OFlags::NOFOLLOW
+                | OFlags::NONBLOCK
+                | OFlags::CLOEXEC
+                | OFlags::NOCTTY,
+            Mode::from_raw_mode(mode),
+        )
+        .map_err(|e| map_open_error(path.clone(), e, Links::Refuse))?;
+        let file = regular_file(fd, &path)?;
+        Ok(file)
+    }
+
+    /// Removes the file or link `name` in this directory (a link is removed, not followed).
+    pub fn remove_file(&self, name: &str) -> Result<(), TenantFsError> {
+        match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
+            Ok(()) | Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(TenantFsError::io(self.host_path(Path::new(name)), e)),
+        }
+    }
+
+    /// Visits every entry beneath this directory, depth first, parents before children
+    /// (children in name order when `sorted`), without following any link. Iterative: at
+    /// most `max_depth` directories are open at once.
+    pub fn walk<E: From<TenantFsError>>(
+        &self,
+        limits: WalkLimits,
+        sorted: bool,
+        mut visit: impl FnMut(&Entry<'_>) -> Result<Flow, E>,
+    ) -> Result<(), E> {
+        struct Frame {
+            fd: OwnedFd,
+            rel: PathBuf,
+            names: std::vec::IntoIter<OsString>,
+        }
+        let mut seen = 0u64;
+        let root_fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())
+            .map_err(|e| TenantFsError::io(self.path.clone(), e))?;
+        let names = list(&root_fd, &self.path, sorted, &mut seen, limits.max_entries)?;
+        let mut stack = vec![Frame {
+            fd: root_fd,
+            rel: PathBuf::new(),
+            names: names.into_iter(),
+        }];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.names.next() else {
+                stack.pop();
+                continue;
+            };
+            let rel = frame.rel.join(&name);
+            if limits.deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(TenantFsError::Deadline {
+                    path: self.host_path(&rel),
+                }
+                .into());
+            }
+            let stat = match rustix::fs::statat(&frame.fd, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                // Gone since it was listed: nothing to visit.
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(TenantFsError::io(self.host_path(&rel), e).into()),
+            };
+            let meta = Meta::of(&stat);
+            let depth = stack.len();
+            let frame = stack.last().map(|f| f.fd.as_fd());
+            let Some(parent) = frame else { break };
+            let entry = Entry {
+                rel: &rel,
+                name: &name,
+                depth,
+                meta,
+                parent,
+                root: self,
+            };
+            let flow = visit(&entry)?;
+            if meta.kind != Kind::Dir || flow == Flow::Skip {
+                continue;
+            }
+            if depth >= limits.max_depth {
+                return Err(TenantFsError::TooDeep {
+                    path: self.host_path(&rel),
+                    limit: limits.max_depth,
+                }
+                .into());
+            }
+            let child =
+                rustix::fs::openat(parent, &name, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+                    .map_err(|e| map_open_error(self.host_path(&rel), e, Links::Refuse))?;
+            let names = list(
+                &child,
+                &self.host_path(&rel),
+                sorted,
+                &mut seen,
+                limits.max_entries,
+            )?;
+            stack.push(Frame {
+                fd: child,
+                rel,
+                names: names.into_iter(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives the whole tree (this directory included) to `uid:gid`, links not followed.
+    pub fn chown_tree(&self, uid: u32, gid: u32, limits: WalkLimits) -> Result<(), TenantFsError> {
+        rustix::fs::fchown(
+            &self.fd,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(|e| TenantFsError::io(self.path.clone(), e))?;
+        self.walk(limits, false, |entry| {
+            entry.chown(uid, gid)?;
+            Ok::<_, TenantFsError>(Flow::Descend)
+        })
+    }
+
+    /// Copies this tree's directories, regular files and links into `dest` (an empty
+    /// directory the agent made); FIFOs, sockets and devices are skipped. Files are copied
+    /// through descriptors, links re-created as they are (never followed).
+    pub fn copy_tree_into(
+        &self,
+        dest: &TenantDir,
+        limits: WalkLimits,
+        max_bytes: u64,
+    ) -> Result<u64, TenantFsError> {
+        // dests[d] is the destination directory of entries at depth d + 1.
+        let mut dests: Vec<TenantDir> = vec![dest.open_dir(Path::new("."), Links::Refuse)?];
+        let mut copied = 0u64;
+        self.walk(limits, false, |entry| {
+            dests.truncate(entry.depth);
+            let Some(target) = dests.last() else {
+                return Ok(Flow::Skip);
+            };
+            let name = entry.name;
+            match entry.meta.kind {
+                Kind::Dir => {
+                    let made = target.ensure_dir(Path::new(name))?;
+                    set_mode(made.as_fd(), entry.meta.mode | 0o700, &made.path)?;
+                    dests.push(made);
+                    Ok(Flow::Descend)
+                }
+                Kind::File => {
+                    let mut from = entry.open_file()?;
+                    let name = name.to_str().ok_or_else(|| TenantFsError::WrongKind {
+                        path: entry.root.host_path(entry.rel),
+                        kind: "file name that is not UTF-8",
+                        expected: "UTF-8 name",
+                    })?;
+                    let mut to = target.create_file(name, 0o600)?;
+                    let remaining = max_bytes.saturating_sub(copied);
+                    let n = io::copy(&mut (&mut from).take(remaining + 1), &mut to).map_err(
+                        |source| TenantFsError::Io {
+                            path: entry.root.host_path(entry.rel),
+                            source,
+                        },
+                    )?;
+                    copied += n;
+                    if n > remaining {
+                        return Err(TenantFsError::TooLarge {
+                            path: self.path.clone(),
+                            limit: max_bytes,
+                        });
+                    }
+                    set_mode(to.as_fd(), entry.meta.mode, &target.path)?;
+                    Ok(Flow::Descend)
+                }
+                Kind::Symlink => {
+                    let link = entry.read_link()?;
+                    rustix::fs::symlinkat(&link, target.as_fd(), name)
+                        .map_err(|e| TenantFsError::io(target.host_path(Path::new(name)), e))?;
+                    Ok(Flow::Descend)
+                }
+                Kind::Special(_) => Ok(Flow::Descend),
+            }
+        })?;
+        Ok(copied)
+    }
+
+    /// Disk held by the tree: blocks of regular files (hard links once), directories and
+    /// links, and how many entries there are.
+    pub fn usage(&self, limits: WalkLimits) -> Result<(u64, u64), TenantFsError> {
+        let mut bytes = 0u64;
+        let mut entries = 0u64;
+        let mut linked = std::collections::HashSet::new();
+        self.walk(limits, false, |entry| {
+            entries += 1;
+            let counted = entry.meta.nlink <= 1 || linked.insert((entry.meta.dev, entry.meta.ino));
+            if counted {
+                bytes = bytes.saturating_add(entry.meta.disk_bytes);
+            }
+            Ok::<_, TenantFsError>(Flow::Descend)
+        })?;
+        Ok((bytes, entries))
+    }
+}
+
+/// Removes `parent/name` and everything beneath it, whatever its depth, without following
+/// links and with a bounded number of open descriptors (the tree may be 100,000 levels
+/// deep: a recursive removal, such as `std::fs::remove_dir_all`, would overflow its stack).
+/// `parent` is a path the agent trusts.
+pub fn remove_tree(parent: &Path, name: &OsStr) -> Result<(), TenantFsError> {
+    // Subdirectories taken from one listing before it is read again.
+    const BATCH: usize = 64;
+    let path = parent.join(name);
+    let parent_fd = match rustix::fs::open(parent, DIR_FLAGS, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(TenantFsError::io(parent.to_path_buf(), e)),
+    };
+    let mut current = match rustix::fs::openat(
+        &parent_fd,
+        name,
+        DIR_FLAGS | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(()),
+        // A file or a link where a directory was expected: remove just that.
+        Err(Errno::NOTDIR | Errno::LOOP) => {
+            return match rustix::fs::unlinkat(&parent_fd, name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(TenantFsError::io(path, e)),
+            };
+        }
+        Err(e) => return Err(TenantFsError::io(path, e)),
+    };
+    struct Level {
+        /// This directory's name in its parent, and the parent's identity (checked when
+        /// climbing back through `..`, so a moved directory cannot lead the removal astray).
+        name: OsString,
+        parent_id: (u64, u64),
+        /// Subdirectories still to remove here.
+        pending: Vec<OsString>,
+    }
+    let identity = |fd: &OwnedFd| -> Result<(u64, u64), TenantFsError> {
+        let stat = rustix::fs::fstat(fd).map_err(|e| TenantFsError::io(path.clone(), e))?;
+        let meta = Meta::of(&stat);
+        Ok((meta.dev, meta.ino))
+    };
+    let mut levels: Vec<Level> = Vec::new();
+    let mut pending = remove_files_and_list_dirs(&current, BATCH, &path)?;
+    loop {
+        if let Some(sub) = pending.pop() {
+            match rustix::fs::openat(&current, &sub, DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty()) {
+                Ok(child) => {
+                    levels.push(Level {
+                        name: sub,
+                        parent_id: identity(&current)?,
+                        pending: std::mem::take(&mut pending),
+                    });
+                    current = child;
+                    pending = remove_files_and_list_dirs(&current, BATCH, &path)?;
+                }
+                Err(Errno::NOENT) => {}
+                Err(Errno::NOTDIR | Errno::LOOP) => {
+                    let _ = rustix::fs::unlinkat(&current, &sub, AtFlags::empty());
+                }
+                Err(e) => return Err(TenantFsError::io(path, e)),
+            }
+            continue;
+        }
+        // Nothing pending: look again (a batch may have been partial), then climb.
+        let more = remove_files_and_list_dirs(&current, BATCH, &path)?;
+        if !more.is_empty() {
+            pending = more;
+            continue;
+        }
+        let Some(level) = levels.pop() else { break };
+        let up = rustix::fs::openat(&current, "..", DIR_FLAGS | OFlags::NOFOLLOW, Mode::empty())
+            .map_err(|e| TenantFsError::io(path.clone(), e))?;
+        if identity(&up)? != level.parent_id {
+            return Err(TenantFsError::Escapes { path });
+        }
+        match rustix::fs::unlinkat(&up, &level.name, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(Errno::NOENT) => {}
+            Err(e) => return Err(TenantFsError::io(path, e)),
+        }
+        current = up;
+        pending = level.pending;
+    }
+    drop(current);
+    match rustix::fs::unlinkat(&parent_fd, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(TenantFsError::io(path, e)),
+    }
+}
+
+/// [`remove_tree`] of `dir` on the blocking pool, for async callers; failures are logged
+/// (a leftover directory is the operator's to see, not a reason to fail the caller).
+pub async fn remove_tree_off_thread(dir: PathBuf) {
+    let shown = dir.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let parent = dir.parent().unwrap_or(Path::new("/")).to_path_buf();
+        let name = dir.file_name().map(OsStr::to_os_string).unwrap_or_default();
+        remove_tree(&parent, &name)
+    })
+    .await;
+    match removed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("removing {}: {e}", shown.display()),
+        Err(e) => tracing::warn!("removing {}: {e}", shown.display()),
+    }
+}
+
+/// Unlinks every non-directory in `dir` and returns up to `batch` subdirectory names.
+fn remove_files_and_list_dirs(
+    dir: &OwnedFd,
+    batch: usize,
+    path: &Path,
+) -> Result<Vec<OsString>, TenantFsError> {
+    let mut dirs = Vec::new();
+    let mut listing =
+        rustix::fs::Dir::read_from(dir).map_err(|e| TenantFsError::io(path.to_path_buf(), e))?;
+    while let Some(entry) = listing.read() {
+        let entry = entry.map_err(|e| TenantFsError::io(path.to_path_buf(), e))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let name = OsStr::from_bytes(name).to_os_string();
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|stat| Meta::of(&stat).kind == Kind::Dir),
+            _ => false,
+        };
+        if is_dir {
+            if dirs.len() < batch {
+                dirs.push(name);
+            }
+        } else {
+            match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(TenantFsError::io(path.join(&name), e)),
+            }
+        }
+    }
+    Ok(dirs)
+}
+
+/// The names in a directory (no `.`/`..`), counting them against the walk's entry cap.
+fn list(
+    fd: &OwnedFd,
+    path: &Path,
+    sorted: bool,
+    seen: &mut u64,
+    max_entries: u64,
+) -> Result<Vec<OsString>, TenantFsError> {
+    let mut names = Vec::new();
+    let mut listing =
+        rustix::fs::Dir::read_from(fd).map_err(|e| TenantFsError::io(path.to_path_buf(), e))?;
+    while let Some(entry) = listing.read() {
+        let entry = entry.map_err(|e| TenantFsError::io(path.to_path_buf(), e))?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        *seen += 1;
+        if *seen > max_entries {
+            return Err(TenantFsError::TooManyEntries {
+                path: path.to_path_buf(),
+                limit: max_entries,
+            });
+        }
+        names.push(OsStr::from_bytes(name).to_os_string());
+    }
+    if sorted {
+        names.sort();
+    }
+    Ok(names)
+}
+
+/// `rel` as a relative path with no `..` (the kernel would refuse a climb anyway; refusing
+/// it here gives a clearer error).
+fn checked_relative<'a>(rel: &'a Path, path: &Path) -> Result<&'a Path, TenantFsError> {
+    for component in rel.components() {
+        match component {
+            Component::Normal(_) | Component::CurDir => {}
+            _ => {
+                return Err(TenantFsError::Escapes {
+                    path: path.to_path_buf(),
+                });
+            }
+        }
+    }
+    Ok(if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    })
+}
+
+fn map_open_error(path: PathBuf, errno: Errno, links: Links) -> TenantFsError {
+    match errno {
+        Errno::XDEV => TenantFsError::Escapes { path },
+        // ELOOP: a link where RESOLVE_NO_SYMLINKS/O_NOFOLLOW forbid one, or a chain too long.
+        Errno::LOOP if links == Links::Refuse => TenantFsError::Link { path },
+        Errno::LOOP => TenantFsError::Escapes { path },
+        Errno::NOTDIR => TenantFsError::WrongKind {
+            path,
+            kind: "file (or a path through one)",
+            expected: "directory",
+        },
+        // A FIFO opened for writing without a reader, or a device without its driver.
+        Errno::NXIO | Errno::NODEV => TenantFsError::WrongKind {
+            path,
+            kind: "special file",
+            expected: "regular file",
+        },
+        e => TenantFsError::io(path, e),
+    }
+}
+
+/// The descriptor as a `File`, if it is a regular file.
+fn regular_file(fd: OwnedFd, path: &Path) -> Result<File, TenantFsError> {
+    let stat = rustix::fs::fstat(&fd).map_err(|e| TenantFsError::io(path.to_path_buf(), e))?;
+    let kind = Meta::of(&stat).kind;
+    if kind != Kind::File {
+        return Err(TenantFsError::WrongKind {
+            path: path.to_path_buf(),
+            kind: kind.name(),
+            expected: "regular file",
+        });
+    }
+    Ok(File::from(fd))
+}
+
+/// Reads all of `file`, refusing more than `limit` bytes.
+pub fn read_capped(file: File, limit: u64, path: &Path) -> Result<Vec<u8>, TenantFsError> {
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|source| TenantFsError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if bytes.len() as u64 > limit {
+        return Err(TenantFsError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+fn set_mode(fd: BorrowedFd<'_>, mode: u32, path: &Path) -> Result<(), TenantFsError> {
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode & 0o777))
+        .map_err(|e| TenantFsError::io(path.to_path_buf(), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree() -> (tempfile::TempDir, TenantDir) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(dir.path().join("root")).expect("mkdir");
+        let root = TenantDir::open(&dir.path().join("root")).expect("open root");
+        (dir, root)
+    }
+
+    #[test]
+    fn links_out_of_the_root_are_refused_and_inside_ones_followed() {
+        let (outer, root) = tree();
+        std::fs::write(outer.path().join("secret"), "s3cret").expect("secret");
+        std::fs::write(root.path().join("real"), "web: ok\n").expect("file");
+        let link = |target: &str, name: &str| {
+            std::os::unix::fs::symlink(target, root.path().join(name)).expect("symlink")
+        };
+        link("../secret", "up");
+        link("/etc/passwd", "abs");
+        link("real", "inside");
+        std::fs::create_dir(root.path().join("d")).expect("dir");
+        link("..", "d/parent");
+        link("d/parent/../secret", "chain");
+        for name in ["up", "abs", "chain"] {
+            let error = root
+                .read(Path::new(name), Links::Beneath, 1024)
+                .expect_err("escape refused");
+            assert!(
+                matches!(error, TenantFsError::Escapes { .. }),
+                "{name}: {error}"
+            );
+        }
+        assert_eq!(
+            root.read_string(Path::new("inside"), Links::Beneath, 1024)
+                .expect("inside link")
+                .as_deref(),
+            Some("web: ok\n")
+        );
+        assert!(matches!(
+            root.read(Path::new("inside"), Links::Refuse, 1024),
+            Err(TenantFsError::Link { .. })
+        ));
+        assert!(
+            root.read(Path::new("missing"), Links::Refuse, 10)
+                .expect("ok")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn fifos_devices_and_big_files_are_refused_without_blocking() {
+        let (_outer, root) = tree();
+        rustix::fs::mkfifoat(root.as_fd(), "fifo", Mode::from_raw_mode(0o644)).expect("mkfifo");
+        let started = Instant::now();
+        let error = root
+            .read(Path::new("fifo"), Links::Refuse, 10)
+            .expect_err("fifo");
+        assert!(
+            matches!(error, TenantFsError::WrongKind { kind: "FIFO", .. }),
+            "{error}"
+        );
+        assert!(started.elapsed().as_secs() < 2);
+        std::fs::write(root.path().join("big"), vec![b'x'; 2048]).expect("big");
+        assert!(matches!(
+            root.read(Path::new("big"), Links::Refuse, 1024),
+            Err(TenantFsError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            root.create_file("fifo", 0o644),
+            Err(TenantFsError::WrongKind { .. })
+        ));
+    }
+
+    #[test]
+    fn deep_trees_are_walked_to_the_cap_and_removed_whole() {
+        let (outer, root) = tree();
+        let mut dir = root.open_dir(Path::new("."), Links::Refuse).expect("dot");
+        for _ in 0..3000 {
+            dir = dir.ensure_dir(Path::new("d")).expect("nest");
+        }
+        let limits = WalkLimits {
+            max_depth: 100,
+            ..WalkLimits::default()
+        };
+        let error = root.usage(limits).expect_err("too deep");
+        assert!(
+            matches!(error, TenantFsError::TooDeep { limit: 100, .. }),
+            "{error}"
+        );
+        drop(dir);
+        remove_tree(outer.path(), OsStr::new("root")).expect("removed");
+        assert!(!outer.path().join("root").exists());
+    }
+}
