@@ -184,11 +184,12 @@ fn connect(req: Request<Incoming>, ctx: ProxyContext, permit: Permit) -> Respons
         .unwrap_or(host)
         .to_string();
     // The name becomes a certificate and then part of a URL: only a DNS name or an IP
-    // literal, checked before anything is issued.
-    if !crate::fetch::url_rules::valid_host(&host) {
+    // literal (no `user@`), checked before anything is issued.
+    if authority.contains('@') || !crate::fetch::url_rules::valid_host(&host) {
         let shown = crate::fetch::url_rules::sanitize(&authority);
-        ctx.log
-            .warning(&format!("fetch proxy: refused CONNECT to {shown}: not a valid host"));
+        ctx.log.warning(&format!(
+            "fetch proxy: refused CONNECT to {shown}: not a valid host"
+        ));
         return text(
             StatusCode::BAD_REQUEST,
             format!("dea fetch proxy: CONNECT {shown}: not a DNS name or IP address"),
