@@ -246,7 +246,9 @@ impl FetchService {
         }
         partial.as_file().sync_all()?;
         let blob = self.blob_path(&sha256);
-        partial.persist(&blob).map_err(|e| FetchError::Cache(e.error))?;
+        partial
+            .persist(&blob)
+            .map_err(|e| FetchError::Cache(e.error))?;
         write_atomic(&self.url_index(&url_used), sha256.as_bytes())?;
         Ok(Fetched {
             url_used,
@@ -442,6 +444,9 @@ mod tests {
         let error = FetchService::new(config, dir.path().to_path_buf())
             .err()
             .expect("a file: allow entry is refused");
-        assert!(error.to_string().contains("fetch.allow file:///etc/"), "{error}");
+        assert!(
+            error.to_string().contains("fetch.allow file:///etc/"),
+            "{error}"
+        );
     }
 }

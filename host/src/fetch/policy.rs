@@ -153,21 +153,22 @@ impl Rules {
                 },
             };
         }
-        let verdict = if self.allow.iter().any(|p| p.matches(requested)) {
-            Ok(Via::Allow)
-        } else if self.allow_declared && Rules::declares(grant, requested) {
-            if url_rules::targets_restricted_host(requested) {
-                Err(format!("declared by the buildpack, but {RESTRICTED}"))
-            } else {
-                Ok(Via::Declared)
-            }
-        } else if self.allow_declared {
-            Err("no mirror rule matches and it is neither on the allowlist nor declared by the \
+        let verdict =
+            if self.allow.iter().any(|p| p.matches(requested)) {
+                Ok(Via::Allow)
+            } else if self.allow_declared && Rules::declares(grant, requested) {
+                if url_rules::targets_restricted_host(requested) {
+                    Err(format!("declared by the buildpack, but {RESTRICTED}"))
+                } else {
+                    Ok(Via::Declared)
+                }
+            } else if self.allow_declared {
+                Err("no mirror rule matches and it is neither on the allowlist nor declared by the \
                  buildpack"
                 .to_string())
-        } else {
-            Err("no mirror rule matches and it is not on the allowlist".to_string())
-        };
+            } else {
+                Err("no mirror rule matches and it is not on the allowlist".to_string())
+            };
         Resolved {
             url_used: requested.clone(),
             rule: None,
@@ -248,7 +249,10 @@ mod tests {
         assert!(!Rules::declares(&g, &url("file:///etc/hostname")));
         let loopback = r.resolve(&url("http://127.0.0.1:9/x"), &g);
         assert!(
-            loopback.verdict.as_ref().is_err_and(|e| e.contains("loopback")),
+            loopback
+                .verdict
+                .as_ref()
+                .is_err_and(|e| e.contains("loopback")),
             "{:?}",
             loopback.verdict
         );

@@ -114,9 +114,7 @@ pub(crate) async fn download_http(
             .rules
             .check_hop(&next, target.requested, target.grant)
         {
-            return Err(target.denied(format!(
-                "redirect from {current} to {next} refused: {why}"
-            )));
+            return Err(target.denied(format!("redirect from {current} to {next} refused: {why}")));
         }
         current = next;
     };
@@ -304,9 +302,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
         let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
         let trusted = self.trusted.contains(&host);
         Box::pin(async move {
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if found.is_empty() {
                 return Err(format!("{host} has no addresses").into());
             }

@@ -175,7 +175,10 @@ impl Prefix {
         match url.scheme() {
             "http" | "https" => check_host(&url)?,
             "file" => {
-                if url.host_str().is_some_and(|h| !h.is_empty() && h != "localhost") {
+                if url
+                    .host_str()
+                    .is_some_and(|h| !h.is_empty() && h != "localhost")
+                {
                     return Err("a file: URL must name a local path (file:///...)".into());
                 }
             }
@@ -444,9 +447,7 @@ mod tests {
         assert_eq!(used.as_str(), "http://m.example/mirror/node/x.tgz?v=1");
 
         let m = mirror("https://up.example/dl", "http://m.example/mirror");
-        let (used, _) = m
-            .rewrite(&url("https://up.example/dl/x"))
-            .expect("rewrite");
+        let (used, _) = m.rewrite(&url("https://up.example/dl/x")).expect("rewrite");
         assert_eq!(used.as_str(), "http://m.example/mirror/x");
 
         let m = mirror("b.example", "http://m3/b");
