@@ -113,3 +113,192 @@ async fn wasm_fetch_of_an_https_upstream_comes_from_the_mirror() {
     assert_eq!(upstream.hits(), 0);
     assert_eq!(mirror.hits("/mirror/x.tgz"), 1);
 }
+
+/// A fetch proxy (as a classic buildpack's container gets) on 127.0.0.1, over `config`.
+async fn start_proxy(
+    config: dea::config::FetchConfig,
+    cache: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<dea::proxy::CertificateAuthority>,
+    tokio::task::JoinHandle<()>,
+) {
+    let fetch = std::sync::Arc::new(
+        dea::fetch::FetchService::new(config, cache.to_path_buf()).expect("fetch service"),
+    );
+    let ca = std::sync::Arc::new(dea::proxy::CertificateAuthority::generate().expect("ca"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let ctx = dea::proxy::ProxyContext {
+        fetch,
+        ca: ca.clone(),
+        grant: dea::fetch::FetchGrant {
+            buildpack: "classic".into(),
+            declared: Vec::new(),
+            any_request: true,
+        },
+        log: quiet_log(),
+    };
+    (addr, ca, tokio::spawn(dea::proxy::serve(listener, ctx)))
+}
+
+fn connect_request(authority: &str) -> String {
+    format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n")
+}
+
+#[tokio::test]
+async fn the_proxy_checks_connect_hosts_and_bounds_its_certificate_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, ca, task) = start_proxy(Default::default(), &dir.path().join("cache")).await;
+    let long = vec!["a".repeat(60); 5].join(".");
+    for bad in [
+        "bad!host:443",
+        "a..b:443",
+        "-x.example:443",
+        "x_.example-:443",
+        &format!("{long}:443"),
+        "user@host.example:443",
+    ] {
+        let head = raw_http(addr, &connect_request(bad)).await;
+        assert!(
+            !head.starts_with("HTTP/1.1 200"),
+            "CONNECT {bad} was accepted: {head}"
+        );
+    }
+    assert!(ca.is_empty(), "no certificate was issued for a bad name");
+
+    let bound = dea::proxy::ca::CACHED_HOSTS.get();
+    for i in 0..bound + 64 {
+        let head = raw_http(addr, &connect_request(&format!("h{i}.example:443"))).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "h{i}: {head}");
+        assert!(ca.len() <= bound, "{} certificates cached", ca.len());
+    }
+    assert_eq!(ca.len(), bound);
+    let head = raw_http(addr, &connect_request("[::1]:443")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn proxied_urls_are_normalised_before_the_rules() {
+    let server = FileServer::start(vec![
+        ("/m/x.tgz", b"tool".to_vec()),
+        ("/secret", b"TOP SECRET".to_vec()),
+    ])
+    .await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dea::config::FetchConfig {
+        allow: vec![server.url("/m/")],
+        attempts: 1,
+        ..Default::default()
+    };
+    let (addr, _ca, task) = start_proxy(config, &dir.path().join("cache")).await;
+    let get = |url: String| {
+        format!(
+            "GET {url} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            server.addr
+        )
+    };
+    for (attack, status) in [
+        (server.url("/m/../secret"), "403"),
+        (server.url("/m/%2e%2e/secret"), "403"),
+        (server.url("/m/..%2fsecret"), "400"),
+        (server.url("/m/..%5Csecret"), "400"),
+    ] {
+        let head = raw_http(addr, &get(attack.clone())).await;
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{attack}: {head}"
+        );
+    }
+    assert_eq!(server.total_hits(), 0);
+    let head = raw_http(addr, &get(server.url("/m/x.tgz"))).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(server.hits("/m/x.tgz"), 1);
+    task.abort();
+}
+
+#[tokio::test]
+async fn the_proxy_serves_a_bounded_number_of_connections_at_once() {
+    use tokio::io::AsyncReadExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (addr, _ca, task) = start_proxy(Default::default(), &dir.path().join("cache")).await;
+    // Each intercepted tunnel holds its slot while it waits for a TLS handshake.
+    let mut held = Vec::new();
+    for i in 0..dea::proxy::MAX_CONNECTIONS {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = raw_exchange(&mut stream, &connect_request(&format!("t{i}.example:443"))).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        held.push(stream);
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(
+        &mut extra,
+        b"GET http://nowhere.invalid/x HTTP/1.1\r\nHost: nowhere.invalid\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut buf = [0u8; 64];
+    let early =
+        tokio::time::timeout(std::time::Duration::from_millis(500), extra.read(&mut buf)).await;
+    assert!(
+        early.is_err(),
+        "connection {} was served at once",
+        held.len() + 1
+    );
+    // One tunnel closes: the waiting connection is served (and refused by the rules).
+    drop(held.pop());
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("served once a slot is free")
+        .expect("read");
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_wasm_buildpack_declaring_file_or_loopback_urls_reaches_neither() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let runtime = make_tgz(&[("node/bin/node", "#!/bin/sh\necho node\n")]);
+    let server = FileServer::start(vec![("/x.tgz", runtime.clone())]).await;
+    let hostname = std::fs::read("/etc/hostname").unwrap_or_default();
+    let app = base.path().join("app");
+    write_app(&app, &[("package.json", "{}")]);
+    for (name, uri, sha, allow, why) in [
+        (
+            "file",
+            "file:///etc/hostname".to_string(),
+            sha256_hex(&hostname),
+            "file:///".to_string(),
+            "file: URLs may not be requested",
+        ),
+        (
+            "loopback",
+            server.url("/x.tgz"),
+            sha256_hex(&runtime),
+            server.url("/"),
+            "loopback",
+        ),
+    ] {
+        let node = node_buildpack_pinned_allowing(
+            &base.path().join(format!("bp-{name}")),
+            &uri,
+            &sha,
+            &allow,
+        );
+        let mut config = test_config(&base.path().join(name));
+        config.fetch.allow_buildpack_declared = true;
+        let stager = stager(config, vec![node]);
+        let out = base.path().join(format!("{name}.tgz"));
+        let (result, log) = stage(&stager, request(&app, &out)).await;
+        let error = result.expect_err("the download is refused");
+        assert!(
+            log.contains(why) && log.contains(&uri),
+            "{name}: {error}\n{log}"
+        );
+    }
+    assert_eq!(server.total_hits(), 0);
+}

@@ -372,3 +372,129 @@ impl CountingListener {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// What a [`ScriptedServer`] answers on one path.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// 200 with this body.
+    Body(Vec<u8>),
+    /// A redirect with this status and `Location`, sent as it is.
+    Redirect(u16, String),
+}
+
+/// An HTTP server on 127.0.0.1 that answers each path as scripted (404 otherwise) and counts
+/// requests per path: for redirect tests.
+pub struct ScriptedServer {
+    pub addr: SocketAddr,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
+    total: Arc<AtomicUsize>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedServer {
+    pub async fn start(routes: Vec<(&str, Reply)>) -> ScriptedServer {
+        use axum::body::Body;
+        use axum::extract::State;
+        use axum::http::{Response, StatusCode, Uri, header};
+        type Shared = (
+            Arc<HashMap<String, Reply>>,
+            Arc<Mutex<HashMap<String, usize>>>,
+            Arc<AtomicUsize>,
+        );
+        let routes: Arc<HashMap<String, Reply>> = Arc::new(
+            routes
+                .into_iter()
+                .map(|(path, reply)| (path.to_string(), reply))
+                .collect(),
+        );
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let total = Arc::new(AtomicUsize::new(0));
+        async fn serve(State((routes, hits, total)): State<Shared>, uri: Uri) -> Response<Body> {
+            total.fetch_add(1, Ordering::SeqCst);
+            *hits
+                .lock()
+                .expect("hits")
+                .entry(uri.path().to_string())
+                .or_default() += 1;
+            let built = match routes.get(uri.path()) {
+                Some(Reply::Body(bytes)) => Response::builder().body(Body::from(bytes.clone())),
+                Some(Reply::Redirect(status, location)) => Response::builder()
+                    .status(*status)
+                    .header(header::LOCATION, location.as_str())
+                    .body(Body::empty()),
+                None => Response::builder()
+                    .status(StatusCode::NOT_FOUND)
+                    .body(Body::empty()),
+            };
+            built.expect("scripted response")
+        }
+        let app =
+            axum::Router::new()
+                .fallback(serve)
+                .with_state((routes, hits.clone(), total.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1");
+        let addr = listener.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        ScriptedServer {
+            addr,
+            hits,
+            total,
+            _task: task,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.hits
+            .lock()
+            .expect("hits")
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    pub fn total_hits(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+}
+
+/// Sends `request` as raw bytes to `addr` and returns what comes back up to the end of the
+/// response head (or EOF), within 5 s: for requests no HTTP client would send as written.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    raw_exchange(&mut stream, request).await
+}
+
+/// Like [`raw_http`] on an open connection, which stays open for the caller.
+pub async fn raw_exchange(stream: &mut tokio::net::TcpStream, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("write request");
+    let mut head = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 1024];
+        loop {
+            let n = stream.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            head.extend_from_slice(&buf[..n]);
+            if head.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .expect("a response within 5 s");
+    String::from_utf8_lossy(&head).into_owned()
+}

@@ -7,6 +7,12 @@
 //! inside the container), reading the request, and treating it as `https://host/path`. Either
 //! way the URL goes through [`FetchService`]: mirror rewrite, allowlist, cache, logging. Only
 //! GET and HEAD are served; nothing is ever forwarded as-is.
+//!
+//! What arrives here is shaped by an untrusted buildpack: the URL built from CONNECT plus the
+//! origin-form path is a string like any other and is parsed and normalised by the fetch
+//! service before a rule sees it; a CONNECT host must be a DNS name or an IP literal before a
+//! certificate is issued for it; and one proxy serves at most [`MAX_CONNECTIONS`] connections
+//! (intercepted TLS tunnels included) at a time, the rest waiting in the listen backlog.
 
 pub mod ca;
 
@@ -19,10 +25,18 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use ca::CertificateAuthority;
 
 type Body = BoxBody<Bytes, std::io::Error>;
+
+/// Connections one proxy serves at once; further ones wait until one closes.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection's share of [`MAX_CONNECTIONS`], held until the connection and any TLS tunnel
+/// it was upgraded to are done.
+type Permit = Arc<OwnedSemaphorePermit>;
 
 /// What one container's proxy serves on behalf of.
 #[derive(Clone)]
@@ -35,7 +49,13 @@ pub struct ProxyContext {
 
 /// Serves proxy connections on `listener` until the task is dropped or aborted.
 pub async fn serve(listener: tokio::net::TcpListener, ctx: ProxyContext) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        // Wait for a free slot before accepting, so the kernel's backlog holds the excess.
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let permit: Permit = Arc::new(permit);
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -49,7 +69,8 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: ProxyContext) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(handle(req, ctx, None).await) }
+                let permit = permit.clone();
+                async move { Ok::<_, Infallible>(handle(req, ctx, None, permit).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -74,9 +95,10 @@ async fn handle(
     req: Request<Incoming>,
     ctx: ProxyContext,
     tls_host: Option<String>,
+    permit: Permit,
 ) -> Response<Body> {
     if req.method() == Method::CONNECT {
-        return connect(req, ctx);
+        return connect(req, ctx, permit);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(
@@ -148,19 +170,31 @@ async fn handle(
 }
 
 /// Answers CONNECT, then terminates TLS as the requested host and serves what comes in.
-fn connect(req: Request<Incoming>, ctx: ProxyContext) -> Response<Body> {
+fn connect(req: Request<Incoming>, ctx: ProxyContext, permit: Permit) -> Response<Body> {
     let Some(authority) = req.uri().authority().map(|a| a.to_string()) else {
         return text(
             StatusCode::BAD_REQUEST,
             "dea fetch proxy: CONNECT without host".into(),
         );
     };
-    let host = req
-        .uri()
-        .host()
-        .unwrap_or_default()
-        .trim_matches(['[', ']'])
+    let host = req.uri().host().unwrap_or_default();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
         .to_string();
+    // The name becomes a certificate and then part of a URL: only a DNS name or an IP
+    // literal (no `user@`), checked before anything is issued.
+    if authority.contains('@') || !crate::fetch::url_rules::valid_host(&host) {
+        let shown = crate::fetch::url_rules::sanitize(&authority);
+        ctx.log.warning(&format!(
+            "fetch proxy: refused CONNECT to {shown}: not a valid host"
+        ));
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("dea fetch proxy: CONNECT {shown}: not a DNS name or IP address"),
+        );
+    }
     let config = match ctx.ca.server_config(&host) {
         Ok(config) => config,
         Err(e) => return text(StatusCode::BAD_GATEWAY, format!("dea fetch proxy: {e}")),
@@ -186,7 +220,8 @@ fn connect(req: Request<Incoming>, ctx: ProxyContext) -> Response<Body> {
         let service = hyper::service::service_fn(move |req| {
             let ctx = ctx.clone();
             let authority = authority.clone();
-            async move { Ok::<_, Infallible>(handle(req, ctx, Some(authority)).await) }
+            let permit = permit.clone();
+            async move { Ok::<_, Infallible>(handle(req, ctx, Some(authority), permit).await) }
         });
         let _ = hyper::server::conn::http1::Builder::new()
             .serve_connection(TokioIo::new(tls), service)

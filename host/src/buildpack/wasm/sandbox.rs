@@ -343,7 +343,9 @@ fn to_guest_error(error: crate::fetch::FetchError) -> FetchError {
         E::ChecksumMismatch { .. } => FetchError::ChecksumMismatch(message),
         E::Status { .. } => FetchError::NotFound(message),
         E::TooLarge { .. } => FetchError::TooLarge(message),
-        E::Network { .. } | E::Cache(_) => FetchError::Network(message),
+        E::Network { .. } | E::Cache(_) | E::Config { .. } | E::Client(_) => {
+            FetchError::Network(message)
+        }
     }
 }
 

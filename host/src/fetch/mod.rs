@@ -1,25 +1,38 @@
 //! The fetch service: the one road from a buildpack to the network.
 //!
-//! Every download a buildpack asks for comes here. The URL is rewritten by the operator's
-//! mirror rules (longest prefix wins), checked against the allowlist, served from a
-//! content-addressed cache shared by all stagings when possible, otherwise downloaded with a
-//! size cap, timeouts and retries, and verified against its pinned SHA-256 before anyone sees
-//! it. Concurrent requests for one URL share one transfer.
+//! Every download a buildpack asks for comes here. The URL is parsed and normalised first
+//! ([`url_rules`]): nothing is ever matched as a string. It is then rewritten by the
+//! operator's mirror rules (most specific wins), checked against the allowlist ([`policy`]),
+//! served from a content-addressed cache shared by all stagings when the cache may answer,
+//! otherwise downloaded with a size cap, timeouts and retries ([`transfer`]; every redirect
+//! hop is checked against the same allowlist), and verified against its pinned SHA-256 before
+//! anyone sees it. Concurrent requests for one URL share one transfer.
+//!
+//! The agent runs as root and buildpacks are untrusted, so: a buildpack may only ask for
+//! http(s) URLs; only the operator's rules reach local files (a `file:` mirror target, read
+//! beneath its directory) or loopback and link-local addresses; names a buildpack chose never
+//! resolve to those either.
+
+mod policy;
+mod transfer;
+pub(crate) mod url_rules;
 
 use crate::config::{FetchConfig, MirrorRule};
-use futures_util::StreamExt;
+use policy::{Rules, Via};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
+use transfer::{Downloaded, GuardedResolver, Limits, Target};
+use url_rules::sanitize;
 
 /// Why a download was refused or failed. Every message names the URL.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{url} is not a valid http(s) or file URL")]
-    BadUrl { url: String },
+    #[error("{url} may not be fetched: {reason}")]
+    BadUrl { url: String, reason: String },
     #[error("buildpack {buildpack} may not download {url}: its manifest allows only {declared:?}")]
     NotDeclared {
         buildpack: String,
@@ -49,6 +62,11 @@ pub enum FetchError {
     Network { url_used: String, message: String },
     #[error("{url_used} is larger than the download limit of {limit_mb} MiB")]
     TooLarge { url_used: String, limit_mb: u64 },
+    /// An operator rule that does not parse or could never be safe (found at start).
+    #[error("fetch configuration: {entry}: {reason}")]
+    Config { entry: String, reason: String },
+    #[error("building the fetch service's HTTP client")]
+    Client(#[source] reqwest::Error),
     #[error("download cache i/o error: {0}")]
     Cache(#[from] std::io::Error),
 }
@@ -89,7 +107,8 @@ impl Fetched {
     /// miss, bytes.
     pub fn log_line(&self, asked: &str) -> String {
         format!(
-            "fetch {asked} -> {} ({}, {} bytes)",
+            "fetch {} -> {} ({}, {} bytes)",
+            sanitize(asked),
             self.url_used,
             if self.cached {
                 "cache hit"
@@ -104,64 +123,36 @@ impl Fetched {
 /// The fetch service. One per agent; cheap to share behind an `Arc`.
 pub struct FetchService {
     config: FetchConfig,
+    rules: Rules,
     cache_dir: PathBuf,
     client: reqwest::Client,
     inflight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
-/// True if `url` is `prefix` or lies under it (so `https://a.com` does not match
-/// `https://a.com.evil/`).
-pub fn url_has_prefix(url: &str, prefix: &str) -> bool {
-    url.starts_with(prefix)
-        && (prefix.ends_with('/')
-            || url.len() == prefix.len()
-            || url[prefix.len()..].starts_with(['/', '?', '#']))
-}
-
-fn host_of(url: &str) -> Option<&str> {
-    let rest = url.split_once("://")?.1;
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    Some(&rest[..end])
-}
-
 impl FetchService {
+    /// A service over `config`'s rules; a rule that does not parse is an error here, not a
+    /// surprise at the first download.
     pub fn new(config: FetchConfig, cache_dir: PathBuf) -> Result<FetchService, FetchError> {
+        let rules = Rules::new(&config)?;
         std::fs::create_dir_all(cache_dir.join("blobs"))?;
         std::fs::create_dir_all(cache_dir.join("urls"))?;
         std::fs::create_dir_all(cache_dir.join("partial"))?;
-        let allowed: Vec<String> = config
-            .mirrors
-            .iter()
-            .map(|m| m.to.clone())
-            .chain(config.allow.iter().cloned())
-            .collect();
-        // A redirect may stay on the same host or go to an allowed prefix, never elsewhere.
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            let target = attempt.url().as_str().to_string();
-            let same_host = attempt
-                .previous()
-                .last()
-                .is_some_and(|prev| prev.host_str() == attempt.url().host_str());
-            if attempt.previous().len() > 5 {
-                attempt.error("too many redirects")
-            } else if same_host || allowed.iter().any(|p| url_has_prefix(&target, p)) {
-                attempt.follow()
-            } else {
-                attempt.error(format!("redirect to {target} is not on the allowlist"))
-            }
+        let resolver = Arc::new(GuardedResolver {
+            trusted: rules.operator_hosts(),
         });
+        // Redirects are followed by hand in `transfer`, each hop checked against the rules;
+        // reqwest's own policy could only see the hop, not who asked.
         let client = reqwest::Client::builder()
-            .redirect(policy)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(resolver)
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(config.timeout_secs.max(1)))
             .no_proxy()
             .build()
-            .map_err(|e| FetchError::Network {
-                url_used: String::new(),
-                message: e.to_string(),
-            })?;
+            .map_err(FetchError::Client)?;
         Ok(FetchService {
             config,
+            rules,
             cache_dir,
             client,
             inflight: Mutex::new(HashMap::new()),
@@ -170,42 +161,22 @@ impl FetchService {
 
     /// Applies the mirror rules and the allowlist to `url`, without fetching.
     pub fn resolve(&self, url: &str, grant: &FetchGrant) -> Resolution {
-        let rule = self
-            .config
-            .mirrors
-            .iter()
-            .filter(|rule| rule_matches(rule, url))
-            .max_by_key(|rule| rule.from.len())
-            .cloned();
-        let url_used = match &rule {
-            Some(rule) => rewrite(rule, url),
-            None => url.to_string(),
-        };
-        let verdict = if rule.is_some() {
-            Ok("rewritten to a configured mirror")
-        } else if self
-            .config
-            .allow
-            .iter()
-            .any(|p| url_has_prefix(&url_used, p))
-        {
-            Ok("on the fetch allowlist")
-        } else if self.config.allow_buildpack_declared
-            && grant.declared.iter().any(|p| url_has_prefix(&url_used, p))
-        {
-            Ok("declared by the buildpack's manifest")
-        } else {
-            Err(if self.config.allow_buildpack_declared {
-                "no mirror rule matches and it is neither on the allowlist nor declared by the buildpack".to_string()
-            } else {
-                "no mirror rule matches and it is not on the allowlist".to_string()
-            })
-        };
-        Resolution {
-            url: url.to_string(),
-            url_used,
-            rule,
-            verdict,
+        match url_rules::parse_requested(url) {
+            Ok(requested) => {
+                let resolved = self.rules.resolve(&requested, grant);
+                Resolution {
+                    url: url.to_string(),
+                    url_used: resolved.url_used.to_string(),
+                    rule: resolved.rule,
+                    verdict: resolved.verdict.map(Via::describe),
+                }
+            }
+            Err(reason) => Resolution {
+                url: url.to_string(),
+                url_used: url.to_string(),
+                rule: None,
+                verdict: Err(format!("not a URL that may be fetched: {reason}")),
+            },
         }
     }
 
@@ -216,33 +187,33 @@ impl FetchService {
         expected_sha256: Option<&str>,
         grant: &FetchGrant,
     ) -> Result<Fetched, FetchError> {
-        if host_of(url).is_none() && !url.starts_with("file:///") {
-            return Err(FetchError::BadUrl {
-                url: url.to_string(),
-            });
-        }
-        if !grant.any_request && !grant.declared.iter().any(|p| url_has_prefix(url, p)) {
+        let shown = sanitize(url);
+        let requested = url_rules::parse_requested(url).map_err(|reason| FetchError::BadUrl {
+            url: shown.clone(),
+            reason,
+        })?;
+        if !grant.any_request && !Rules::declares(grant, &requested) {
             return Err(FetchError::NotDeclared {
                 buildpack: grant.buildpack.clone(),
-                url: url.to_string(),
+                url: shown,
                 declared: grant.declared.clone(),
             });
         }
-        let resolution = self.resolve(url, grant);
-        let url_used = resolution.url_used.clone();
-        if let Err(reason) = resolution.verdict {
-            let reason = match &resolution.rule {
+        let resolved = self.rules.resolve(&requested, grant);
+        let url_used = resolved.url_used.to_string();
+        if let Err(reason) = resolved.verdict {
+            let reason = match &resolved.rule {
                 Some(rule) => format!("{reason} (rule {} -> {})", rule.from, rule.to),
                 None => reason,
             };
             return Err(FetchError::Denied {
-                url: url.to_string(),
+                url: shown,
                 url_used,
                 reason,
             });
         }
         let expected = expected_sha256
-            .or_else(|| self.config.pins.get(url).map(String::as_str))
+            .or_else(|| self.rules.pin(&requested))
             .map(|s| s.trim().to_ascii_lowercase());
 
         // One transfer per URL at a time; later callers find it in the cache.
@@ -252,24 +223,32 @@ impl FetchService {
             return Ok(hit);
         }
         if self.config.offline {
-            return Err(FetchError::Offline {
-                url: url.to_string(),
-            });
+            return Err(FetchError::Offline { url: shown });
         }
-        let (partial, sha256, size) = self.download_with_retries(&url_used).await?;
+        let target = Target {
+            requested: &requested,
+            url_used: &resolved.url_used,
+            to: resolved.to.as_ref(),
+            grant,
+            rules: &self.rules,
+        };
+        let (partial, sha256, size) = self.download_with_retries(&target).await?;
         if let Some(expected) = &expected
             && *expected != sha256
         {
-            let _ = std::fs::remove_file(&partial);
+            // `partial` is deleted when dropped: nothing unverified stays.
             return Err(FetchError::ChecksumMismatch {
-                url: url.to_string(),
+                url: shown,
                 url_used,
                 expected: expected.clone(),
                 actual: sha256,
             });
         }
+        partial.as_file().sync_all()?;
         let blob = self.blob_path(&sha256);
-        std::fs::rename(&partial, &blob)?;
+        partial
+            .persist(&blob)
+            .map_err(|e| FetchError::Cache(e.error))?;
         write_atomic(&self.url_index(&url_used), sha256.as_bytes())?;
         Ok(Fetched {
             url_used,
@@ -304,19 +283,29 @@ impl FetchService {
             .join(hex::encode(Sha256::digest(url.as_bytes())))
     }
 
-    /// A cache hit: by pinned digest if one is given (any URL with that content will do),
-    /// else by the URL's last download.
+    /// A cache hit for `url_used`: the digest its last download produced, which must equal
+    /// the pinned one when there is a pin.
     fn cache_lookup(
         &self,
         url_used: &str,
         expected: Option<&str>,
     ) -> Result<Option<Fetched>, FetchError> {
+        let indexed = std::fs::read_to_string(self.url_index(url_used))
+            .ok()
+            .map(|s| s.trim().to_string());
         let digest = match expected {
-            Some(expected) => Some(expected.to_string()),
-            None => std::fs::read_to_string(self.url_index(url_used))
-                .ok()
-                .map(|s| s.trim().to_string()),
+            // A pin alone does not make a hit: whoever knows a digest would otherwise get
+            // that blob under any URL they may ask for, without the server ever being asked
+            // whether the URL exists (and across tenants). The URL must have produced it.
+            Some(expected) if indexed.as_deref() == Some(expected) => Some(expected.to_string()),
+            // Offline (air-gapped) sites seed the cache by digest and have no server to ask:
+            // the digest alone answers there. The pin still guarantees the bytes are exactly
+            // the ones pinned, and the operator chose to serve from the cache only.
+            Some(expected) if self.config.offline => Some(expected.to_string()),
+            Some(_) => None,
+            None => indexed,
         };
+        // A digest is a file name under blobs/: never anything but 64 hex digits.
         let Some(digest) =
             digest.filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
         else {
@@ -324,28 +313,41 @@ impl FetchService {
         };
         let blob = self.blob_path(&digest);
         match std::fs::metadata(&blob) {
-            Ok(meta) => Ok(Some(Fetched {
+            Ok(meta) if meta.is_file() => Ok(Some(Fetched {
                 url_used: url_used.to_string(),
                 blob,
                 sha256: digest,
                 size: meta.len(),
                 cached: true,
             })),
-            Err(_) => Ok(None),
+            _ => Ok(None),
         }
     }
 
-    async fn download_with_retries(
-        &self,
-        url_used: &str,
-    ) -> Result<(PathBuf, String, u64), FetchError> {
+    async fn download_with_retries(&self, target: &Target<'_>) -> Result<Downloaded, FetchError> {
         let attempts = self.config.attempts.max(1);
+        let limits = Limits {
+            max_bytes: self.config.max_download_mb << 20,
+            limit_mb: self.config.max_download_mb,
+            timeout: Duration::from_secs(self.config.timeout_secs.max(1)),
+        };
         let mut delay = Duration::from_millis(250);
         let mut attempt = 1;
         loop {
-            match self.download_once(url_used).await {
-                Err(FetchError::Network { .. }) if attempt < attempts => {
-                    tracing::warn!(url = url_used, attempt, "download failed, retrying");
+            let partial = tempfile::NamedTempFile::new_in(self.cache_dir.join("partial"))?;
+            let outcome = if target.url_used.scheme() == "file" {
+                transfer::download_file(target, limits, partial).await
+            } else {
+                transfer::download_http(&self.client, target, limits, partial).await
+            };
+            match outcome {
+                Err(error @ FetchError::Network { .. }) if attempt < attempts => {
+                    // Plain text, no structured fields: the line reads the same in a terminal,
+                    // a journal or a log file, and the cause (already escaped) is in it.
+                    tracing::warn!(
+                        "download attempt {attempt} of {attempts} failed, retrying in {delay:?}: \
+                         {error}"
+                    );
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;
@@ -353,105 +355,6 @@ impl FetchService {
                 other => return other,
             }
         }
-    }
-
-    async fn download_once(&self, url_used: &str) -> Result<(PathBuf, String, u64), FetchError> {
-        let limit = self.config.max_download_mb << 20;
-        let too_large = || FetchError::TooLarge {
-            url_used: url_used.to_string(),
-            limit_mb: self.config.max_download_mb,
-        };
-        let network = |message: String| FetchError::Network {
-            url_used: url_used.to_string(),
-            message,
-        };
-        let mut partial = tempfile::NamedTempFile::new_in(self.cache_dir.join("partial"))?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        if let Some(path) = url_used.strip_prefix("file://") {
-            let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => FetchError::Status {
-                    url_used: url_used.to_string(),
-                    status: 404,
-                },
-                _ => network(e.to_string()),
-            })?;
-            let mut buf = vec![0u8; 1 << 16];
-            loop {
-                let n =
-                    std::io::Read::read(&mut file, &mut buf).map_err(|e| network(e.to_string()))?;
-                if n == 0 {
-                    break;
-                }
-                size += n as u64;
-                if size > limit {
-                    return Err(too_large());
-                }
-                hasher.update(&buf[..n]);
-                partial.write_all(&buf[..n])?;
-            }
-        } else {
-            let overall = Duration::from_secs(self.config.timeout_secs.max(1));
-            let response = self
-                .client
-                .get(url_used)
-                .timeout(overall)
-                .send()
-                .await
-                .map_err(|e| network(format!("{e:#}")))?;
-            let status = response.status();
-            if !status.is_success() {
-                return Err(if status.is_server_error() {
-                    network(format!("HTTP {status}"))
-                } else {
-                    FetchError::Status {
-                        url_used: url_used.to_string(),
-                        status: status.as_u16(),
-                    }
-                });
-            }
-            if response.content_length().is_some_and(|len| len > limit) {
-                return Err(too_large());
-            }
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| network(format!("{e:#}")))?;
-                size += chunk.len() as u64;
-                if size > limit {
-                    return Err(too_large());
-                }
-                hasher.update(&chunk);
-                partial.write_all(&chunk)?;
-            }
-        }
-        partial.as_file().sync_all()?;
-        let (_, path) = partial.keep().map_err(|e| FetchError::Cache(e.error))?;
-        Ok((path, hex::encode(hasher.finalize()), size))
-    }
-}
-
-fn rule_matches(rule: &MirrorRule, url: &str) -> bool {
-    if rule.from.contains("://") {
-        url_has_prefix(url, &rule.from)
-    } else {
-        host_of(url).is_some_and(|host| host.eq_ignore_ascii_case(&rule.from))
-    }
-}
-
-/// `to` + the part of `url` after `from` (or after the host, for host rules).
-fn rewrite(rule: &MirrorRule, url: &str) -> String {
-    let host = host_of(url).unwrap_or_default();
-    let rest = if rule.from.contains("://") {
-        &url[rule.from.len()..]
-    } else {
-        let after_scheme = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-        &after_scheme[host.len()..]
-    };
-    let base = rule.to.replace("{originalHost}", host);
-    match (base.ends_with('/'), rest.starts_with('/')) {
-        (true, true) => format!("{base}{}", &rest[1..]),
-        (false, false) if !rest.is_empty() => format!("{base}/{rest}"),
-        _ => format!("{base}{rest}"),
     }
 }
 
@@ -513,9 +416,37 @@ mod tests {
     }
 
     #[test]
-    fn prefixes_respect_boundaries() {
-        assert!(url_has_prefix("https://a.com/x", "https://a.com"));
-        assert!(!url_has_prefix("https://a.com.evil/x", "https://a.com"));
-        assert!(url_has_prefix("https://a.com/dl/x", "https://a.com/dl/"));
+    fn resolution_is_of_the_normalised_url() {
+        let s = service(&[("https://a.example/dl/", "http://m1/m/")], &[]);
+        let grant = FetchGrant::default();
+        let climbed = s.resolve("https://a.example/dl/../../secret", &grant);
+        assert_eq!(climbed.url_used, "https://a.example/secret");
+        assert!(climbed.rule.is_none());
+        assert!(climbed.verdict.is_err());
+        let encoded = s.resolve("https://a.example/dl/..%2fsecret", &grant);
+        assert!(
+            encoded
+                .verdict
+                .as_ref()
+                .is_err_and(|e| e.contains("encoded slash")),
+            "{:?}",
+            encoded.verdict
+        );
+    }
+
+    #[test]
+    fn bad_operator_rules_fail_at_start() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = FetchConfig {
+            allow: vec!["file:///etc/".into()],
+            ..FetchConfig::default()
+        };
+        let error = FetchService::new(config, dir.path().to_path_buf())
+            .err()
+            .expect("a file: allow entry is refused");
+        assert!(
+            error.to_string().contains("fetch.allow file:///etc/"),
+            "{error}"
+        );
     }
 }
