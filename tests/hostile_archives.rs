@@ -268,3 +268,134 @@ async fn a_hostile_archive_fails_staging_and_leaves_no_workspace() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+/// A tar entry with any name length (GNU long names), through the `tar` crate.
+fn append_long(builder: &mut tar::Builder<impl Write>, name: &str, kind: tar::EntryType, link: Option<&str>) {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(0o755);
+    header.set_size(0);
+    match link {
+        Some(target) => builder
+            .append_link(&mut header, name, target)
+            .expect("append link"),
+        None => builder
+            .append_data(&mut header, name, std::io::empty())
+            .expect("append"),
+    }
+}
+
+fn finish_tgz(builder: tar::Builder<flate2::write::GzEncoder<Vec<u8>>>, path: &Path) {
+    let bytes = builder.into_inner().expect("tar").finish().expect("gz");
+    std::fs::write(path, bytes).expect("write tgz");
+}
+
+fn new_tgz() -> tar::Builder<flate2::write::GzEncoder<Vec<u8>>> {
+    tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::best(),
+    ))
+}
+
+/// Links that are each harmless by name can chain out of the tree: `a/b/c/up -> ../..` is
+/// `a`, so `Procfile -> a/b/c/up/../../../../etc/passwd` climbs above the root although,
+/// counted name by name, it never does. Only the extracted tree says where a chain goes.
+#[test]
+fn link_chains_that_resolve_outside_are_refused_in_tgz_and_zip() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let chain = "a/b/c/up/../../../../etc/passwd";
+    let archive = base.path().join("chain.tgz");
+    let mut tgz = new_tgz();
+    for dir in ["a/", "a/b/", "a/b/c/"] {
+        append_long(&mut tgz, dir, tar::EntryType::Directory, None);
+    }
+    append_long(&mut tgz, "a/b/c/up", tar::EntryType::Symlink, Some("../.."));
+    append_long(&mut tgz, "Procfile", tar::EntryType::Symlink, Some(chain));
+    finish_tgz(tgz, &archive);
+    let error = unpack_guarded(base.path(), &archive).expect_err("chain refused");
+    assert!(
+        matches!(&error, UnpackError::LinkEscapes { entry, .. } if entry == "Procfile"),
+        "{error:?}"
+    );
+
+    let zip_path = base.path().join("chain.zip");
+    {
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
+        let options = zip::write::SimpleFileOptions::default();
+        zip.add_directory("a/b/c/", options).expect("dirs");
+        zip.add_symlink("a/b/c/up", "../..", options).expect("up link");
+        zip.add_symlink("Procfile", chain, options).expect("chain link");
+        zip.finish().expect("finish");
+    }
+    let error = unpack_guarded(base.path(), &zip_path).expect_err("zip chain refused");
+    assert!(
+        matches!(&error, UnpackError::LinkEscapes { entry, .. } if entry == "Procfile"),
+        "{error:?}"
+    );
+
+    // The same chain ending inside the tree is an ordinary link.
+    let mut tgz = new_tgz();
+    for dir in ["a/", "a/b/", "a/b/c/"] {
+        append_long(&mut tgz, dir, tar::EntryType::Directory, None);
+    }
+    append_long(&mut tgz, "a/b/c/up", tar::EntryType::Symlink, Some("../.."));
+    append_long(&mut tgz, "inside", tar::EntryType::Symlink, Some("a/b/c/up/b/c"));
+    finish_tgz(tgz, &archive);
+    unpack_guarded(base.path(), &archive).expect("a chain that stays inside is fine");
+}
+
+/// A 20 KB archive can name a file 10,000 directories deep, and 1,000 nested directory
+/// entries used to take seconds to unpack (every entry re-walked every parent): both are
+/// refused at the depth cap, with the entry named, and a tree within the cap still unpacks.
+#[test]
+fn deep_nesting_is_refused_at_the_cap() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let archive = base.path().join("deep.tgz");
+    let mut tgz = new_tgz();
+    append_long(&mut tgz, &format!("{}f", "d/".repeat(10_000)), tar::EntryType::Regular, None);
+    finish_tgz(tgz, &archive);
+    assert!(std::fs::metadata(&archive).expect("meta").len() < 20 * 1024);
+    let error = unpack_guarded(base.path(), &archive).expect_err("too deep");
+    assert!(matches!(error, UnpackError::TooDeep { limit: 64, .. }), "{error:?}");
+
+    let mut tgz = new_tgz();
+    let mut path = String::new();
+    for _ in 0..1_000 {
+        path.push_str("d/");
+        append_long(&mut tgz, &path, tar::EntryType::Directory, None);
+    }
+    finish_tgz(tgz, &archive);
+    let limits = UnpackLimits {
+        max_files: 10_000,
+        ..UnpackLimits::default()
+    };
+    let error = unpack_source(&archive, &base.path().join("ws/app"), limits)
+        .expect_err("deeper than the default cap");
+    assert!(matches!(error, UnpackError::TooDeep { limit: 256, .. }), "{error:?}");
+    let _ = std::fs::remove_dir_all(base.path().join("ws"));
+
+    let mut tgz = new_tgz();
+    append_long(&mut tgz, &format!("{}f", "d/".repeat(60)), tar::EntryType::Regular, None);
+    finish_tgz(tgz, &archive);
+    unpack_guarded(base.path(), &archive).expect("60 levels are within the cap");
+}
+
+/// A directory source (what `dea stage DIR` copies) is walked without recursion and under
+/// the same caps: a tree too deep is refused instead of overflowing the stack.
+#[test]
+fn deep_directory_sources_are_refused_not_recursed() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let source = base.path().join("src");
+    let mut dir = source.clone();
+    std::fs::create_dir(&dir).expect("mkdir");
+    // Made through relative mkdirs, as a program would, since the path outgrows PATH_MAX.
+    let root = dea::tenant_fs::TenantDir::open(&dir).expect("open");
+    let mut current = root.ensure_dir(Path::new("d")).expect("d");
+    for _ in 0..1_000 {
+        current = current.ensure_dir(Path::new("d")).expect("nest");
+    }
+    dir.push("d");
+    let error = unpack_guarded(base.path(), &source).expect_err("too deep");
+    assert!(matches!(error, UnpackError::TooDeep { .. }), "{error:?}");
+    dea::tenant_fs::remove_tree(base.path(), std::ffi::OsStr::new("src")).expect("removed");
+}

@@ -448,7 +448,9 @@ fn copy_dir(src_root: &Path, writer: &mut TreeWriter) -> Result<(), UnpackError>
     let source = TenantDir::open(&src_root)?;
     // The writer's caps apply; the walk itself is only kept from running away.
     let limits = WalkLimits {
-        max_depth: writer.limits.max_depth + 1,
+        // One level past the writer's cap, so that the writer meets the entry that is too
+        // deep and names it.
+        max_depth: writer.limits.max_depth + 2,
         max_entries: writer.limits.max_files.saturating_add(1),
         deadline: None,
     };
