@@ -9,11 +9,12 @@
 //! allowed until it is listed here (the empty capability sets and `no_new_privileges` still
 //! stand in front of anything privileged).
 //!
-//! runc turns this into a BPF filter with libseccomp. Two of its rules shape this file:
+//! runc turns this into a BPF filter with libseccomp. Two of their rules shape this file:
 //! conditions on the *same* argument inside one rule are OR-ed (runc adds each as its own
-//! rule), and a rule whose action equals the default (allow) is dropped. So "deny unless the
-//! value is one of these" cannot be said directly; it is said as several deny rules, each with
-//! a single condition, that together cover every other value (see [`personality_rules`]).
+//! rule), and libseccomp refuses a rule whose action is the filter's default, so no "allow"
+//! exception can be carved out of a deny rule. "Deny unless the value is one of these" is
+//! therefore said as several deny rules, each with a single condition, that together cover
+//! every other value (see [`personality_rules`]).
 
 use oci_spec::OciSpecError;
 use oci_spec::runtime::{
@@ -160,9 +161,9 @@ pub fn default_profile() -> Result<LinuxSeccomp, OciSpecError> {
         .build()
 }
 
-/// The native ABI and the others the CPU can run: a process could otherwise switch to the
-/// 32-bit ABI (`int 0x80`), where syscall numbers differ, to step around the rules. (An
-/// architecture not listed is killed by libseccomp's bad-arch action.)
+/// Every ABI the CPU can run, each with its own copy of the rules: syscall numbers differ
+/// between them, and a 64-bit process can make 32-bit calls (`int 0x80` on x86_64, which
+/// the kernel-surface test uses to try `unshare` that way).
 fn architectures() -> Vec<Arch> {
     if cfg!(target_arch = "aarch64") {
         vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
