@@ -555,12 +555,7 @@ async fn main() -> Result<()> {
             }
             let manager = dea::instance::InstanceManager::new(
                 dea::instance::InstanceSettings::from_config(&config),
-                dea::container::Runc {
-                    binary: config.classic.runc.clone(),
-                    state_dir: config.base_dir.join("runc"),
-                    bundles_dir: config.base_dir.join("bundles"),
-                    rootfs: config.classic.rootfs.clone(),
-                },
+                instance_runc(&config),
             );
             let grace = manager.settings().stop_grace;
             let start = manager.start(dea::instance::StartRequest {
