@@ -314,3 +314,88 @@ async fn cloud_foundry_mode_can_be_forced_per_buildpack() {
     assert!(compile.contains("args=2"), "{compile}");
     assert!(compile.contains("greeting_exported=hey"), "{compile}");
 }
+
+/// `(name, outcome)` for every `"{kind} NAME: OUTCOME"` line of a log.
+fn probe_outcomes<'a>(log: &'a str, kind: &str) -> Vec<(&'a str, &'a str)> {
+    log.lines()
+        .filter_map(|line| line.strip_prefix(kind)?.strip_prefix(' '))
+        .filter_map(|rest| rest.split_once(": "))
+        .collect()
+}
+
+#[tokio::test]
+async fn seccomp_refuses_namespaces_mounts_and_kernel_interfaces() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![classic_buildpack("kernel-surface")],
+    );
+    let app = base.path().join("app");
+    write_app(&app, &[("kernel-surface.txt", "")]);
+    let out = base.path().join("probed.tgz");
+    let (result, live_log) = stage(&stager, request(&app, &out)).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{live_log}"));
+    // The log the agent packed into the droplet, as a user would read it.
+    let log = droplet_file(&out, "./logs/staging_task.log").expect("staging log in droplet");
+
+    // The filter is installed (mode 2), not merely missing privileges.
+    assert!(log.contains("status Seccomp: 2"), "{log}");
+
+    // What each attempt must have been answered with. Without the filter, the unshare -Ur,
+    // setarch -R, keyctl, clone and int 0x80 attempts succeed for this user and the other
+    // raw calls fail with EINVAL or EFAULT. `unshare -m` and util-linux `mount` get EPERM
+    // from the kernel either way (no CAP_SYS_ADMIN; mount words it "must be superuser"):
+    // they show what a tenant sees, not which layer refused.
+    let mut expected = vec![
+        ("unshare -Ur true", "Operation not permitted"),
+        ("unshare -m true", "Operation not permitted"),
+        ("mount -t tmpfs", "must be superuser"),
+        ("setarch -R", "Operation not permitted"),
+        ("keyctl", "Operation not permitted"),
+        ("bpf", "Operation not permitted"),
+        ("mount(2)", "Operation not permitted"),
+        ("clone3", "Function not implemented"),
+        ("io_uring_setup", "Operation not permitted"),
+        ("clone(CLONE_NEWUSER)", "Operation not permitted"),
+    ];
+    if cfg!(target_arch = "x86_64") {
+        expected.push(("unshare via int 0x80", "Operation not permitted"));
+    }
+    let attempts = probe_outcomes(&log, "attempt");
+    let names: Vec<&str> = attempts.iter().map(|(name, _)| *name).collect();
+    let expected_names: Vec<&str> = expected.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, expected_names, "every attempt ran once:\n{log}");
+    for ((name, outcome), (_, error)) in attempts.iter().zip(&expected) {
+        let message = outcome.strip_prefix("refused: ").unwrap_or_else(|| {
+            panic!("{name} was not refused: {outcome}\n{log}");
+        });
+        assert!(message.contains(error), "{name}: {message}\n{log}");
+    }
+    // The live stream showed the same.
+    assert!(
+        live_log.contains("attempt unshare -Ur true: refused: "),
+        "{live_log}"
+    );
+
+    // Ordinary work in the same script was untouched, threads and processes included (glibc
+    // starts them with clone3 and falls back to clone on ENOSYS).
+    let normal = probe_outcomes(&log, "normal");
+    assert_eq!(
+        normal,
+        vec![
+            ("tar", "ok 2"),
+            ("pipe", "ok HELLO"),
+            ("python threads and subprocess", "ok thread child"),
+            (
+                "setarch linux32",
+                if cfg!(target_arch = "aarch64") {
+                    "ok armv8l"
+                } else {
+                    "ok i686"
+                }
+            ),
+        ],
+        "{log}"
+    );
+    assert_eq!(report(&out, "probed.txt").trim(), "probe");
+}

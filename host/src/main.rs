@@ -521,34 +521,73 @@ async fn main() -> Result<()> {
             start_command,
             sha1,
         } => {
+            use tokio::signal::unix::{Signal, SignalKind, signal};
+
+            /// The first of `signals` to arrive, by name.
+            async fn first_signal(signals: &mut [(Signal, &'static str)]) -> &'static str {
+                let waits = signals.iter_mut().map(|(signal, name)| {
+                    Box::pin(async move {
+                        signal.recv().await;
+                        *name
+                    })
+                });
+                futures_util::future::select_all(waits).await.0
+            }
+
+            // A closed terminal (SIGHUP) or a reader that went away must not turn a status
+            // line into a panic halfway through stopping the instance: errors are ignored.
+            let say = |line: String| {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            };
+            // Every way a terminal, a shell or a supervisor asks a foreground process to end.
+            // Their default action kills dea on the spot and leaves the container and its
+            // network namespace running, so they are taken over before anything is started;
+            // from then on a repeated signal cannot cut a stop short either.
+            let mut stop_signals = Vec::new();
+            for (kind, name) in [
+                (SignalKind::interrupt(), "SIGINT"),
+                (SignalKind::terminate(), "SIGTERM"),
+                (SignalKind::hangup(), "SIGHUP"),
+                (SignalKind::quit(), "SIGQUIT"),
+            ] {
+                let listener = signal(kind).with_context(|| format!("handling {name}"))?;
+                stop_signals.push((listener, name));
+            }
             let manager = dea::instance::InstanceManager::new(
                 dea::instance::InstanceSettings::from_config(&config),
-                dea::container::Runc {
-                    binary: config.classic.runc.clone(),
-                    state_dir: config.base_dir.join("runc"),
-                    bundles_dir: config.base_dir.join("bundles"),
-                    rootfs: config.classic.rootfs.clone(),
-                },
+                instance_runc(&config),
             );
-            let info = manager
-                .start(dea::instance::StartRequest {
-                    droplet,
-                    sha1,
-                    application_id: "local".into(),
-                    name: "local".into(),
-                    index: 0,
-                    env,
-                    host_port: port,
-                    memory_mb: memory.unwrap_or(config.instances.default_memory_mb),
-                    disk_mb: config.instances.default_disk_mb,
-                    start_command,
-                    health_check: true,
-                    health_check_timeout: std::time::Duration::from_secs(
-                        config.instances.health_check_timeout_secs,
-                    ),
-                    ..Default::default()
-                })
-                .await?;
+            let grace = manager.settings().stop_grace;
+            let start = manager.start(dea::instance::StartRequest {
+                droplet,
+                sha1,
+                application_id: "local".into(),
+                name: "local".into(),
+                index: 0,
+                env,
+                host_port: port,
+                memory_mb: memory.unwrap_or(config.instances.default_memory_mb),
+                disk_mb: config.instances.default_disk_mb,
+                start_command,
+                health_check: true,
+                health_check_timeout: std::time::Duration::from_secs(
+                    config.instances.health_check_timeout_secs,
+                ),
+                ..Default::default()
+            });
+            tokio::pin!(start);
+            // A start is not abandoned midway (that would strand what it made so far): a stop
+            // asked for during it waits for the start to finish, then stops the instance.
+            let (started, early_stop) = tokio::select! {
+                started = &mut start => (started, None),
+                name = first_signal(&mut stop_signals) => {
+                    say(format!("Received {name} while the instance starts: it stops once started"));
+                    ((&mut start).await, Some(name))
+                }
+            };
+            let info = started?;
             if info.state != dea::instance::InstanceState::Running {
                 eprintln!(
                     "Instance {} crashed: {} (logs: {})",
@@ -558,25 +597,41 @@ async fn main() -> Result<()> {
                 );
                 std::process::exit(1);
             }
-            println!("Instance {} is RUNNING", info.instance_id);
-            println!("URL:  http://127.0.0.1:{}/", info.host_port);
-            println!("Logs: {}", info.dir.join("home/logs").display());
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {
-                    let stopped = manager.stop(&info.instance_id).await?;
-                    println!("Instance {} is {:?}", stopped.instance_id, stopped.state);
+            let name = match early_stop {
+                Some(name) => name,
+                None => {
+                    say(format!("Instance {} is RUNNING", info.instance_id));
+                    say(format!("URL:  http://127.0.0.1:{}/", info.host_port));
+                    say(format!("Logs: {}", info.dir.join("home/logs").display()));
+                    tokio::select! {
+                        name = first_signal(&mut stop_signals) => name,
+                        finished = manager.wait_until_finished(&info.instance_id, std::time::Duration::MAX) => {
+                            let info = finished.unwrap_or(info);
+                            eprintln!(
+                                "Instance {} crashed: {} (exit status {:?})",
+                                info.instance_id,
+                                info.exit_description.unwrap_or_default(),
+                                info.exit_status
+                            );
+                            std::process::exit(1);
+                        }
+                    }
                 }
-                finished = manager.wait_until_finished(&info.instance_id, std::time::Duration::MAX) => {
-                    let info = finished.unwrap_or(info);
-                    eprintln!(
-                        "Instance {} crashed: {} (exit status {:?})",
-                        info.instance_id,
-                        info.exit_description.unwrap_or_default(),
-                        info.exit_status
-                    );
-                    std::process::exit(1);
-                }
-            }
+            };
+            say(format!(
+                "Received {name}: stopping instance {} (TERM, then KILL after {}s)",
+                info.instance_id,
+                grace.as_secs()
+            ));
+            let stopped = manager
+                .stop(&info.instance_id)
+                .await
+                .with_context(|| format!("stopping instance {}", info.instance_id))?;
+            say(format!(
+                "Instance {} is {}",
+                stopped.instance_id,
+                stopped.state.name()
+            ));
         }
         Command::Detect { app, env } => {
             let stager = build_stager(config, buildpacks)?;

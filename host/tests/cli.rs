@@ -1,8 +1,12 @@
 //! The `dea` binary as an operator uses it: stage the built-in example, list buildpacks,
-//! stage with a classic buildpack, fail clearly, explain a fetch.
+//! stage with a classic buildpack, fail clearly, explain a fetch, run a droplet in the
+//! foreground and stop it with a signal.
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -235,14 +239,233 @@ fn fetch_explains_how_a_url_resolves() {
     );
 }
 
-#[test]
-fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
-    use std::io::{BufRead, Read, Write};
-    let base = tempfile::tempdir().expect("tempdir");
-    let droplet = base.path().join("droplet.tgz");
+/// Waits at most `limit` for `done` to give a value, checking every 100 ms.
+fn wait_for<T>(limit: Duration, what: &str, mut done: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = done() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How a `dea run` test gives dea its base_dir (`<tempdir>/state` either way).
+enum BaseDir {
+    /// `base_dir:` in a config file, as an operator sets it.
+    Config,
+    /// A relative `--base-dir` (runc needs absolute paths; the agent must make them so).
+    RelativeFlag,
+}
+
+/// A `dea run` child: its stdout lines arrive on a channel (so every wait can be bounded),
+/// its stderr goes to a file. Dropped while still running (a failed assertion), it is
+/// asked to stop its instance with SIGINT, and killed if it does not exit; then whatever its
+/// instance left behind is removed.
+struct DeaRun {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: PathBuf,
+    leftovers: Option<Leftovers>,
+}
+
+impl DeaRun {
+    fn start(base: &Path, base_dir: BaseDir, droplet: &Path, extra: &[&str]) -> DeaRun {
+        let state = base.join("state");
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dea"));
+        command.current_dir(root());
+        match base_dir {
+            BaseDir::Config => {
+                let config = base.join("dea.yml");
+                std::fs::write(&config, format!("base_dir: {}\n", state.display()))
+                    .expect("config");
+                command.arg("--config").arg(config);
+            }
+            BaseDir::RelativeFlag => {
+                let up = "../".repeat(root().components().count() - 1);
+                let relative =
+                    PathBuf::from(up).join(state.strip_prefix("/").expect("absolute tempdir"));
+                command.arg("--base-dir").arg(relative);
+            }
+        }
+        let stderr = base.join("dea-run.stderr");
+        let mut child = command
+            .arg("run")
+            .arg(droplet)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+            .spawn()
+            .expect("dea run starts");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        DeaRun {
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+            leftovers: None,
+        }
+    }
+
+    /// What dea printed so far, and its stderr, for failure messages.
+    fn transcript(&mut self) -> String {
+        self.seen.extend(self.lines.try_iter());
+        let stderr = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+        format!("stdout:\n{}\nstderr:\n{stderr}", self.seen.join("\n"))
+    }
+
+    /// Collects stdout to its end (the reader thread hangs up), waiting at most `limit`.
+    fn read_to_end(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            self.seen.push(line);
+        }
+    }
+
+    /// The first stdout line (from now on) that `matches`, within `limit`.
+    fn line(&mut self, limit: Duration, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let Ok(line) = self.lines.recv_timeout(left) else {
+                panic!("no such line within {limit:?}\n{}", self.transcript());
+            };
+            self.seen.push(line.clone());
+            if matches(&line) {
+                return line;
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let sent = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill -{name} failed");
+    }
+}
+
+impl Drop for DeaRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if let Some(leftovers) = &self.leftovers {
+            leftovers.remove();
+        }
+    }
+}
+
+/// An instance's container and network namespace, as the agent's registry
+/// (`<state>/db/instances.json`) names them.
+#[derive(Clone)]
+struct Leftovers {
+    runc_state: PathBuf,
+    container: String,
+    netns: String,
+}
+
+impl Leftovers {
+    fn of(state: &Path, entry: &serde_json::Value) -> Leftovers {
+        let field = |key: &str| entry[key].as_str().expect(key).to_string();
+        Leftovers {
+            runc_state: state.join("runc"),
+            container: field("container_id"),
+            netns: field("netns"),
+        }
+    }
+
+    /// Removes both (nothing happens for what dea already removed).
+    fn remove(&self) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&self.runc_state)
+            .args(["delete", "--force", &self.container])
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// The registry's instances that satisfy `pick`.
+fn registry_entry(
+    state: &Path,
+    pick: impl Fn(&serde_json::Value) -> bool,
+) -> Option<serde_json::Value> {
+    let text = std::fs::read_to_string(state.join("db/instances.json")).ok()?;
+    let registry: serde_json::Value = serde_json::from_str(&text).ok()?;
+    registry["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| pick(i))
+        .cloned()
+}
+
+/// The ids of the containers in runc's state directory `state`.
+fn runc_containers(state: &Path) -> Vec<String> {
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(state)
+        .args(["list", "--quiet"])
+        .output()
+        .expect("runc list");
+    assert!(out.status.success(), "runc list: {}", text(&out.stderr));
+    text(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Is `name` in `ip netns list` (which prints `NAME` or `NAME (id: N)`)?
+fn has_namespace(name: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns list");
+    assert!(out.status.success(), "ip netns list: {}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some(name))
+}
+
+fn answers(port: u16) -> bool {
+    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).is_ok()
+}
+
+/// Stages the built-in example into `<base>/droplet.tgz`.
+fn stage_example(base: &Path) -> PathBuf {
+    let droplet = base.join("droplet.tgz");
     let droplet_arg = droplet.display().to_string();
     let out = dea(
-        base.path(),
+        base,
         &[
             "--buildpacks",
             "target/buildpacks",
@@ -253,53 +476,80 @@ fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
         ],
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
+    droplet
+}
 
-    // A relative --base-dir (runc needs absolute paths; the agent must make them so).
-    let depth = root().components().count() - 1;
-    let relative_state = PathBuf::from("../".repeat(depth))
-        .join(base.path().strip_prefix("/").expect("absolute tempdir"))
-        .join("run-state");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_dea"))
-        .current_dir(root())
-        .arg("--base-dir")
-        .arg(&relative_state)
-        .args(["run", &droplet_arg])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("dea run starts");
-    // If an assertion fails, still stop the instance (SIGINT makes dea stop it cleanly).
-    struct StopOnDrop(u32);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            let _ = Command::new("kill")
-                .args(["-INT", &self.0.to_string()])
-                .status();
-        }
-    }
-    let _stop = StopOnDrop(child.id());
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = std::io::BufReader::new(stdout).lines();
-    let mut url = None;
-    for line in lines.by_ref() {
-        let line = line.expect("line");
-        if let Some(rest) = line.strip_prefix("URL:  ") {
-            url = Some(rest.to_string());
-            break;
-        }
-    }
-    let url = url.unwrap_or_else(|| {
-        let _ = child.kill();
-        let mut err = String::new();
-        let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut err));
-        panic!("no URL printed: {err}");
+/// Notes the instance's container and network namespace (removed at the end should dea
+/// leave them) and checks both exist now, so that their absence later means something.
+fn note_resources(run: &mut DeaRun, state: &Path, entry: &serde_json::Value) -> Leftovers {
+    let resources = Leftovers::of(state, entry);
+    run.leftovers = Some(resources.clone());
+    assert!(resources.netns.starts_with("dea-i-"), "{}", resources.netns);
+    assert!(has_namespace(&resources.netns), "{}", resources.netns);
+    assert_eq!(
+        runc_containers(&resources.runc_state),
+        vec![resources.container.clone()]
+    );
+    resources
+}
+
+/// After `signal`: dea exits 0 within a minute saying it stopped `instance_id`, and nothing
+/// of the instance is left (nor its port answering, when it had one).
+fn assert_stopped_and_gone(
+    run: &mut DeaRun,
+    signal: &str,
+    instance_id: &str,
+    resources: &Leftovers,
+    port: Option<u16>,
+) {
+    let child = &mut run.child;
+    let exit = wait_for(Duration::from_secs(60), "dea run to exit", || {
+        child.try_wait().expect("try_wait")
     });
+    run.read_to_end(Duration::from_secs(10));
+    let transcript = run.transcript();
+    assert!(exit.success(), "{exit:?}\n{transcript}");
+    let said = |line: &str| run.seen.iter().any(|l| l.starts_with(line));
+    assert!(
+        said(&format!(
+            "Received SIG{signal}: stopping instance {instance_id}"
+        )),
+        "{transcript}"
+    );
+    assert!(
+        said(&format!("Instance {instance_id} is STOPPED")),
+        "{transcript}"
+    );
+    let containers = runc_containers(&resources.runc_state);
+    assert!(containers.is_empty(), "{containers:?}\n{transcript}");
+    assert!(!has_namespace(&resources.netns), "{}", resources.netns);
+    if let Some(port) = port {
+        assert!(!answers(port), "port {port} still answers");
+    }
+}
+
+/// `dea run`, stopped with `signal` once the app answers: it stops the instance (container,
+/// network namespace and published port all gone) and exits, saying why.
+fn run_and_stop_with(signal: &str, base_dir: BaseDir) {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = stage_example(base.path());
+    let mut run = DeaRun::start(base.path(), base_dir, &droplet, &[]);
+    let running = run.line(Duration::from_secs(120), |l| l.ends_with("is RUNNING"));
+    let instance_id = running
+        .strip_prefix("Instance ")
+        .and_then(|rest| rest.strip_suffix(" is RUNNING"))
+        .expect("instance id")
+        .to_string();
+    let url = run.line(Duration::from_secs(10), |l| l.starts_with("URL:"));
     let port: u16 = url
-        .trim_start_matches("http://127.0.0.1:")
+        .trim_start_matches("URL:  http://127.0.0.1:")
         .trim_end_matches('/')
         .parse()
-        .expect("port in URL");
+        .unwrap_or_else(|_| panic!("port in {url:?}"));
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
     stream
         .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
         .expect("request");
@@ -307,14 +557,76 @@ fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
     stream.read_to_string(&mut response).expect("response");
     assert!(response.contains("Hello from a dea droplet"), "{response}");
 
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
-    let status = child.wait().expect("dea run exits");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(status.success(), "{rest:?}");
-    assert!(rest.iter().any(|l| l.contains("Stopped")), "{rest:?}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    let state = base.path().join("state");
+    let entry = registry_entry(&state, |i| i["instance_id"] == instance_id.as_str())
+        .unwrap_or_else(|| panic!("{instance_id} not in the registry"));
+    let resources = note_resources(&mut run, &state, &entry);
+    // The app runs under the containers' seccomp filter too.
+    let runc_state = Command::new("runc")
+        .arg("--root")
+        .arg(&resources.runc_state)
+        .args(["state", &resources.container])
+        .output()
+        .expect("runc state");
+    let pid =
+        serde_json::from_slice::<serde_json::Value>(&runc_state.stdout).expect("state")["pid"]
+            .as_u64()
+            .expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let seccomp = status.lines().find(|l| l.starts_with("Seccomp:"));
+    assert_eq!(
+        seccomp.map(|l| l.split_whitespace().collect()),
+        Some(vec!["Seccomp:", "2"])
+    );
+
+    run.signal(signal);
+    assert_stopped_and_gone(&mut run, signal, &instance_id, &resources, Some(port));
+}
+
+#[test]
+fn run_a_droplet_in_the_foreground_and_stop_it_with_ctrl_c() {
+    run_and_stop_with("INT", BaseDir::RelativeFlag);
+}
+
+#[test]
+fn run_stops_its_instance_on_sigterm() {
+    run_and_stop_with("TERM", BaseDir::Config);
+}
+
+#[test]
+fn run_stops_its_instance_on_sighup() {
+    run_and_stop_with("HUP", BaseDir::Config);
+}
+
+#[test]
+fn run_stopped_while_starting_stops_the_instance_once_started() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = stage_example(base.path());
+    // An app slow to listen keeps the start (its health check) going for seconds.
+    let slow = "sleep 3; exec python3 -m http.server $PORT --bind 0.0.0.0";
+    let mut run = DeaRun::start(base.path(), BaseDir::Config, &droplet, &["-c", slow]);
+    let state = base.path().join("state");
+    let entry = wait_for(Duration::from_secs(60), "a STARTING instance", || {
+        registry_entry(&state, |i| i["state"] == "STARTING")
+    });
+    let instance_id = entry["instance_id"]
+        .as_str()
+        .expect("instance_id")
+        .to_string();
+    // The registry names the container a moment before runc has it.
+    wait_for(Duration::from_secs(10), "the instance's container", || {
+        (runc_containers(&state.join("runc")).len() == 1).then_some(())
+    });
+    let resources = note_resources(&mut run, &state, &entry);
+
+    run.signal("TERM");
+    run.line(Duration::from_secs(10), |l| {
+        l.starts_with("Received SIGTERM while the instance starts")
+    });
+    assert_stopped_and_gone(&mut run, "TERM", &instance_id, &resources, None);
+    // It never announced itself as running.
+    let announced = run.seen.iter().any(|l| l.starts_with("URL:"));
+    assert!(!announced, "{:?}", run.seen);
 }
 
 #[test]

@@ -5,8 +5,11 @@
 //! own `/usr`, `/bin`, `/lib*` and `/etc`, bind-mounted read-only), a small writable tmpfs at
 //! `/tmp` with the given directories bind-mounted into it, a non-root user, its own PID,
 //! mount, IPC, UTS, cgroup and network namespaces (the network one has no interfaces, so no
-//! route out), cgroup memory and pids limits, no capabilities, and a wall-clock timeout that
-//! kills the whole container.
+//! route out), cgroup memory and pids limits, no capabilities, `no_new_privileges`, a seccomp
+//! profile that denies the kernel interfaces a tenant has no business with (see `seccomp.rs`),
+//! and a wall-clock timeout that kills the whole container.
+
+mod seccomp;
 
 use oci_spec::runtime::{
     LinuxBuilder, LinuxCapabilities, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
@@ -414,6 +417,7 @@ impl Runc {
             .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
             .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
             .cgroups_path(PathBuf::from(format!("/dea/{}", spec.id)))
+            .seccomp(seccomp::default_profile().map_err(bundle_err)?)
             .build()
             .map_err(bundle_err)?;
         let mut config = Spec::default();
