@@ -254,3 +254,122 @@ async fn compiled_components_are_cached_on_disk() {
         "{output:?}"
     );
 }
+
+/// Measures how late a 20 ms tick runs on the test's runtime: the stand-in for "does the
+/// agent still answer" at the stager's level. An async worker blocked by a read of a FIFO
+/// (or of /dev/zero) shows as a gap of seconds, or forever.
+struct Liveness {
+    ticks: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    worst_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Liveness {
+    fn start() -> Liveness {
+        use std::sync::atomic::Ordering;
+        let ticks = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let worst_ms = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (t, w) = (ticks.clone(), worst_ms.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let before = std::time::Instant::now();
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                let late = before.elapsed().as_millis() as u64;
+                w.fetch_max(late, Ordering::SeqCst);
+                t.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        Liveness {
+            ticks,
+            worst_ms,
+            task,
+        }
+    }
+
+    /// Stops the probe; panics if it did not run, or if it was ever held up for a second.
+    fn check(self) {
+        use std::sync::atomic::Ordering;
+        self.task.abort();
+        let (ticks, worst) = (
+            self.ticks.load(Ordering::SeqCst),
+            self.worst_ms.load(Ordering::SeqCst),
+        );
+        assert!(ticks > 10, "the probe hardly ran ({ticks} ticks)");
+        assert!(worst < 1_000, "an async worker was blocked: a 20 ms tick took {worst} ms");
+    }
+}
+
+/// Stages a `plant.txt` app with the planter classic buildpack planting `attack`.
+async fn stage_planted(
+    stager: &dea::staging::Stager,
+    base: &Path,
+    attack: &str,
+) -> (Result<dea::staging::Staged, StagingError>, String, std::path::PathBuf) {
+    let app = base.join(format!("app-{attack}"));
+    write_app(&app, &[("plant.txt", "x")]);
+    let out = base.join(format!("{attack}.tgz"));
+    let mut req = request(&app, &out);
+    req.env = vec![("PLANT".into(), attack.into())];
+    let (result, log) = stage(stager, req).await;
+    (result, log, out)
+}
+
+/// After compile the agent reads the app's Procfile and the buildpack's `export` as root, and
+/// packs the tree the buildpack left. A buildpack can make each of those a link to the
+/// host's /etc/shadow, /dev/zero, a FIFO, a chain of links out of the tree, a file too large,
+/// a tree too deep or a 100 GB sparse file. Every one fails its staging with a clear error,
+/// nothing of /etc/shadow gets out, no workspace is left, and the runtime never stalls, with
+/// all the attacks running at once on two workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planted_links_fifos_and_huge_trees_fail_the_staging_not_the_agent() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), vec![classic_buildpack("planter")]);
+    let attacks: &[(&str, &[&str])] = &[
+        ("procfile-shadow", &["Procfile", "leads out of its directory"]),
+        ("procfile-zero", &["Procfile", "leads out of its directory"]),
+        ("procfile-fifo", &["Procfile", "is a FIFO, not a regular file"]),
+        ("procfile-chain", &["Procfile", "leads out of its directory"]),
+        ("procfile-huge", &["Procfile", "larger than the limit of 1048576 bytes"]),
+        ("export-shadow", &["export", "leads out of its directory"]),
+        ("export-fifo", &["export", "is a FIFO"]),
+        ("deep-tree", &["deeper than the limit of 256"]),
+        ("sparse", &["holds more than the limit of 4096 MiB"]),
+        ("fifo-in-app", &["is a FIFO; droplets hold files, directories and links only"]),
+    ];
+    let shadow_line = std::fs::read_to_string("/etc/shadow")
+        .ok()
+        .and_then(|text| text.lines().next().map(str::to_string))
+        .filter(|line| line.len() > 4);
+    let probe = Liveness::start();
+    let runs = attacks
+        .iter()
+        .map(|(attack, _)| stage_planted(&stager, base.path(), attack));
+    let results = futures_util::future::join_all(runs).await;
+    probe.check();
+    for ((attack, expected), (result, log, out)) in attacks.iter().zip(results) {
+        let error = match result {
+            Ok(staged) => panic!("{attack}: staged anyway: {:?}\n{log}", staged.info),
+            Err(error) => error.to_string(),
+        };
+        for phrase in *expected {
+            assert!(error.contains(phrase), "{attack}: {error}\n{log}");
+        }
+        assert!(log.contains(&format!("Planting {attack}")), "{attack} never ran:\n{log}");
+        assert!(!out.exists(), "{attack}: a droplet was written");
+        if let Some(line) = &shadow_line {
+            assert!(!log.contains(line.as_str()), "{attack}: /etc/shadow in the log");
+        }
+    }
+    let left: Vec<_> = std::fs::read_dir(base.path().join("staging"))
+        .expect("staging dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "workspaces left behind: {left:?}");
+
+    // The same buildpack planting nothing stages: the refusals above are the attacks'.
+    let (result, log, out) = stage_planted(&stager, base.path(), "none").await;
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.start_command.as_deref(), Some("sleep 1"));
+    assert!(out.is_file());
+}

@@ -360,26 +360,151 @@ async fn droplets_come_over_http_verified_and_stored_once() {
     manager.stop(&b.instance_id).await.expect("stop");
 }
 
+/// The disk limit counts what an app holds, however it holds it: a named file, a file it
+/// deleted but keeps open (summing paths misses it), or more files than the file limit. A
+/// 100 GB sparse file holds nothing and is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_fills_its_disk_is_stopped() {
     let base = tempfile::tempdir().expect("tempdir");
     let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
+    let cases = [
+        (
+            "head -c 40000000 /dev/zero > big.bin; sleep 60",
+            "disk limit of 16 MiB",
+        ),
+        (
+            "exec 3> hidden.bin; head -c 40000000 /dev/zero >&3; rm hidden.bin; sleep 60",
+            "disk limit of 16 MiB",
+        ),
+        (
+            "mkdir many && cd many && i=0; while [ $i -lt 25000 ]; do : > f$i; i=$((i+1)); done; sleep 60",
+            "limit of 20000 files and directories",
+        ),
+    ];
+    for (command, reason) in cases {
+        let mut request = start_request(&droplet);
+        request.disk_mb = 16;
+        request.health_check = false;
+        request.start_command = Some(command.into());
+        let info = manager.start(request).await.expect("start");
+        let info = manager
+            .wait_until_finished(&info.instance_id, Duration::from_secs(30))
+            .await
+            .expect("known");
+        assert_eq!(info.state, InstanceState::Crashed, "{command}: {info:?}");
+        assert!(
+            info.exit_description
+                .as_deref()
+                .is_some_and(|d| d.contains(reason)),
+            "{command}: {info:?}"
+        );
+    }
+
     let mut request = start_request(&droplet);
     request.disk_mb = 16;
     request.health_check = false;
-    request.start_command = Some("head -c 40000000 /dev/zero > big.bin; sleep 60".into());
+    request.start_command = Some("truncate -s 100G sparse.bin && sleep 60".into());
     let info = manager.start(request).await.expect("start");
-    let info = manager
-        .wait_until_finished(&info.instance_id, Duration::from_secs(20))
+    // Several disk checks (every 200 ms) pass while it keeps running.
+    let after = manager
+        .wait_until_finished(&info.instance_id, Duration::from_secs(2))
         .await
         .expect("known");
-    assert_eq!(info.state, InstanceState::Crashed, "{info:?}");
-    assert!(
-        info.exit_description
-            .as_deref()
-            .is_some_and(|d| d.contains("disk limit of 16 MiB")),
-        "{info:?}"
-    );
+    assert_eq!(after.state, InstanceState::Running, "{after:?}");
+    let home = after.dir.join("home/app/sparse.bin");
+    assert_eq!(std::fs::metadata(&home).expect("sparse file").len(), 100 << 30);
+    manager.stop(&info.instance_id).await.expect("stop");
+}
+
+/// A droplet is a tenant's archive. One whose `./app` (bind-mounted read-write at /app) or
+/// `./logs` (where the agent writes the app's output) is a link — to another directory of
+/// the droplet, or through a chain of links out of the instance — is refused before any
+/// container starts, with a reason, and nothing outside the instance is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn droplets_whose_app_or_logs_are_links_never_run() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
+    let outside = base.path().join("outside");
+    std::fs::create_dir(&outside).expect("mkdir");
+    let manager = manager(&base.path().join("dea"));
+    type Entry = (&'static str, Option<&'static str>);
+    let cases: [(&str, Vec<Entry>, &str); 3] = [
+        (
+            "app-link",
+            vec![("./tmp/", None), ("./app", Some("tmp"))],
+            "./app must be a directory",
+        ),
+        (
+            "logs-link",
+            vec![("./app/", None), ("./logs", Some("app"))],
+            "./logs must be a directory",
+        ),
+        (
+            "chain",
+            vec![
+                ("./x/", None),
+                ("./x/y/", None),
+                ("./x/y/up", Some("../..")),
+                ("./app", Some("x/y/up/../../../../../outside")),
+            ],
+            "outside the app directory",
+        ),
+    ];
+    for (name, entries, reason) in cases {
+        let droplet = base.path().join(format!("{name}.tgz"));
+        let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::fast(),
+        ));
+        let yaml = "start_command: sleep 60\n";
+        for (path, link) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o755);
+            header.set_size(0);
+            match link {
+                Some(target) => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    builder
+                        .append_link(&mut header, path, target)
+                        .expect("link");
+                }
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    builder
+                        .append_data(&mut header, path, std::io::empty())
+                        .expect("dir");
+                }
+            }
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o644);
+        header.set_size(yaml.len() as u64);
+        builder
+            .append_data(&mut header, "./staging_info.yml", yaml.as_bytes())
+            .expect("yaml");
+        let bytes = builder
+            .into_inner()
+            .expect("tar")
+            .finish()
+            .expect("gzip");
+        std::fs::write(&droplet, bytes).expect("droplet");
+        let info = manager
+            .start(start_request(&droplet))
+            .await
+            .expect("registered");
+        assert_eq!(info.state, InstanceState::Crashed, "{name}: {info:?}");
+        assert!(
+            info.exit_description
+                .as_deref()
+                .is_some_and(|d| d.contains(reason)),
+            "{name}: {info:?}"
+        );
+        assert_eq!(
+            std::fs::read_dir(&outside).expect("outside").count(),
+            0,
+            "{name}: something was written outside"
+        );
+    }
 }
