@@ -270,7 +270,12 @@ async fn a_hostile_archive_fails_staging_and_leaves_no_workspace() {
 }
 
 /// A tar entry with any name length (GNU long names), through the `tar` crate.
-fn append_long(builder: &mut tar::Builder<impl Write>, name: &str, kind: tar::EntryType, link: Option<&str>) {
+fn append_long(
+    builder: &mut tar::Builder<impl Write>,
+    name: &str,
+    kind: tar::EntryType,
+    link: Option<&str>,
+) {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(kind);
     header.set_mode(0o755);
@@ -323,8 +328,10 @@ fn link_chains_that_resolve_outside_are_refused_in_tgz_and_zip() {
         let mut zip = zip::ZipWriter::new(std::fs::File::create(&zip_path).expect("zip"));
         let options = zip::write::SimpleFileOptions::default();
         zip.add_directory("a/b/c/", options).expect("dirs");
-        zip.add_symlink("a/b/c/up", "../..", options).expect("up link");
-        zip.add_symlink("Procfile", chain, options).expect("chain link");
+        zip.add_symlink("a/b/c/up", "../..", options)
+            .expect("up link");
+        zip.add_symlink("Procfile", chain, options)
+            .expect("chain link");
         zip.finish().expect("finish");
     }
     let error = unpack_guarded(base.path(), &zip_path).expect_err("zip chain refused");
@@ -339,7 +346,12 @@ fn link_chains_that_resolve_outside_are_refused_in_tgz_and_zip() {
         append_long(&mut tgz, dir, tar::EntryType::Directory, None);
     }
     append_long(&mut tgz, "a/b/c/up", tar::EntryType::Symlink, Some("../.."));
-    append_long(&mut tgz, "inside", tar::EntryType::Symlink, Some("a/b/c/up/b/c"));
+    append_long(
+        &mut tgz,
+        "inside",
+        tar::EntryType::Symlink,
+        Some("a/b/c/up/b/c"),
+    );
     finish_tgz(tgz, &archive);
     unpack_guarded(base.path(), &archive).expect("a chain that stays inside is fine");
 }
@@ -352,11 +364,19 @@ fn deep_nesting_is_refused_at_the_cap() {
     let base = tempfile::tempdir().expect("tempdir");
     let archive = base.path().join("deep.tgz");
     let mut tgz = new_tgz();
-    append_long(&mut tgz, &format!("{}f", "d/".repeat(10_000)), tar::EntryType::Regular, None);
+    append_long(
+        &mut tgz,
+        &format!("{}f", "d/".repeat(10_000)),
+        tar::EntryType::Regular,
+        None,
+    );
     finish_tgz(tgz, &archive);
     assert!(std::fs::metadata(&archive).expect("meta").len() < 20 * 1024);
     let error = unpack_guarded(base.path(), &archive).expect_err("too deep");
-    assert!(matches!(error, UnpackError::TooDeep { limit: 64, .. }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::TooDeep { limit: 64, .. }),
+        "{error:?}"
+    );
 
     let mut tgz = new_tgz();
     let mut path = String::new();
@@ -371,11 +391,19 @@ fn deep_nesting_is_refused_at_the_cap() {
     };
     let error = unpack_source(&archive, &base.path().join("ws/app"), limits)
         .expect_err("deeper than the default cap");
-    assert!(matches!(error, UnpackError::TooDeep { limit: 256, .. }), "{error:?}");
+    assert!(
+        matches!(error, UnpackError::TooDeep { limit: 256, .. }),
+        "{error:?}"
+    );
     let _ = std::fs::remove_dir_all(base.path().join("ws"));
 
     let mut tgz = new_tgz();
-    append_long(&mut tgz, &format!("{}f", "d/".repeat(60)), tar::EntryType::Regular, None);
+    append_long(
+        &mut tgz,
+        &format!("{}f", "d/".repeat(60)),
+        tar::EntryType::Regular,
+        None,
+    );
     finish_tgz(tgz, &archive);
     unpack_guarded(base.path(), &archive).expect("60 levels are within the cap");
 }

@@ -295,7 +295,10 @@ impl Liveness {
             self.worst_ms.load(Ordering::SeqCst),
         );
         assert!(ticks > 10, "the probe hardly ran ({ticks} ticks)");
-        assert!(worst < 1_000, "an async worker was blocked: a 20 ms tick took {worst} ms");
+        assert!(
+            worst < 1_000,
+            "an async worker was blocked: a 20 ms tick took {worst} ms"
+        );
     }
 }
 
@@ -304,7 +307,11 @@ async fn stage_planted(
     stager: &dea::staging::Stager,
     base: &Path,
     attack: &str,
-) -> (Result<dea::staging::Staged, StagingError>, String, std::path::PathBuf) {
+) -> (
+    Result<dea::staging::Staged, StagingError>,
+    String,
+    std::path::PathBuf,
+) {
     let app = base.join(format!("app-{attack}"));
     write_app(&app, &[("plant.txt", "x")]);
     let out = base.join(format!("{attack}.tgz"));
@@ -325,16 +332,31 @@ async fn planted_links_fifos_and_huge_trees_fail_the_staging_not_the_agent() {
     let base = tempfile::tempdir().expect("tempdir");
     let stager = stager(test_config(base.path()), vec![classic_buildpack("planter")]);
     let attacks: &[(&str, &[&str])] = &[
-        ("procfile-shadow", &["Procfile", "leads out of its directory"]),
+        (
+            "procfile-shadow",
+            &["Procfile", "leads out of its directory"],
+        ),
         ("procfile-zero", &["Procfile", "leads out of its directory"]),
-        ("procfile-fifo", &["Procfile", "is a FIFO, not a regular file"]),
-        ("procfile-chain", &["Procfile", "leads out of its directory"]),
-        ("procfile-huge", &["Procfile", "larger than the limit of 1048576 bytes"]),
+        (
+            "procfile-fifo",
+            &["Procfile", "is a FIFO, not a regular file"],
+        ),
+        (
+            "procfile-chain",
+            &["Procfile", "leads out of its directory"],
+        ),
+        (
+            "procfile-huge",
+            &["Procfile", "larger than the limit of 1048576 bytes"],
+        ),
         ("export-shadow", &["export", "leads out of its directory"]),
         ("export-fifo", &["export", "is a FIFO"]),
         ("deep-tree", &["deeper than the limit of 256"]),
         ("sparse", &["holds more than the limit of 4096 MiB"]),
-        ("fifo-in-app", &["is a FIFO; droplets hold files, directories and links only"]),
+        (
+            "fifo-in-app",
+            &["is a FIFO; droplets hold files, directories and links only"],
+        ),
     ];
     let shadow_line = std::fs::read_to_string("/etc/shadow")
         .ok()
@@ -354,10 +376,16 @@ async fn planted_links_fifos_and_huge_trees_fail_the_staging_not_the_agent() {
         for phrase in *expected {
             assert!(error.contains(phrase), "{attack}: {error}\n{log}");
         }
-        assert!(log.contains(&format!("Planting {attack}")), "{attack} never ran:\n{log}");
+        assert!(
+            log.contains(&format!("Planting {attack}")),
+            "{attack} never ran:\n{log}"
+        );
         assert!(!out.exists(), "{attack}: a droplet was written");
         if let Some(line) = &shadow_line {
-            assert!(!log.contains(line.as_str()), "{attack}: /etc/shadow in the log");
+            assert!(
+                !log.contains(line.as_str()),
+                "{attack}: /etc/shadow in the log"
+            );
         }
     }
     let left: Vec<_> = std::fs::read_dir(base.path().join("staging"))

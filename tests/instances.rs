@@ -414,7 +414,10 @@ async fn an_app_that_fills_its_disk_is_stopped() {
         .expect("known");
     assert_eq!(after.state, InstanceState::Running, "{after:?}");
     let home = after.dir.join("home/app/sparse.bin");
-    assert_eq!(std::fs::metadata(&home).expect("sparse file").len(), 100 << 30);
+    assert_eq!(
+        std::fs::metadata(&home).expect("sparse file").len(),
+        100 << 30
+    );
     manager.stop(&info.instance_id).await.expect("stop");
 }
 
@@ -484,11 +487,7 @@ async fn droplets_whose_app_or_logs_are_links_never_run() {
         builder
             .append_data(&mut header, "./staging_info.yml", yaml.as_bytes())
             .expect("yaml");
-        let bytes = builder
-            .into_inner()
-            .expect("tar")
-            .finish()
-            .expect("gzip");
+        let bytes = builder.into_inner().expect("tar").finish().expect("gzip");
         std::fs::write(&droplet, bytes).expect("droplet");
         let info = manager
             .start(start_request(&droplet))

@@ -258,6 +258,8 @@ pub struct FetchConfig {
     pub attempts: u32,
     /// Content-addressed download cache; default `<base_dir>/fetch-cache`.
     pub cache_dir: Option<PathBuf>,
+    /// Most the download cache holds, in MiB; the least recently used go first.
+    pub max_cache_mb: u64,
 }
 
 /// One mirror rule: URLs starting with `from` are fetched from `to` plus the rest of the URL.
@@ -335,6 +337,7 @@ impl Default for FetchConfig {
             timeout_secs: 300,
             attempts: 3,
             cache_dir: None,
+            max_cache_mb: 20 * 1024,
         }
     }
 }

@@ -250,6 +250,10 @@ impl FetchService {
             .persist(&blob)
             .map_err(|e| FetchError::Cache(e.error))?;
         write_atomic(&self.url_index(&url_used), sha256.as_bytes())?;
+        // Stay within the cache's size: what buildpacks download is theirs to choose.
+        let (blobs, max_bytes) = (self.cache_dir.join("blobs"), self.config.max_cache_mb << 20);
+        let keep = blob.clone();
+        tokio::task::spawn_blocking(move || evict_oldest(&blobs, max_bytes, &keep));
         Ok(Fetched {
             url_used,
             blob,
@@ -313,13 +317,18 @@ impl FetchService {
         };
         let blob = self.blob_path(&digest);
         match std::fs::metadata(&blob) {
-            Ok(meta) if meta.is_file() => Ok(Some(Fetched {
-                url_used: url_used.to_string(),
-                blob,
-                sha256: digest,
-                size: meta.len(),
-                cached: true,
-            })),
+            Ok(meta) if meta.is_file() => {
+                // A hit is a use: eviction takes the least recently used first.
+                let _ = std::fs::File::open(&blob)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                Ok(Some(Fetched {
+                    url_used: url_used.to_string(),
+                    blob,
+                    sha256: digest,
+                    size: meta.len(),
+                    cached: true,
+                }))
+            }
             _ => Ok(None),
         }
     }
@@ -435,6 +444,31 @@ mod tests {
     }
 
     #[test]
+    fn the_cache_evicts_the_least_recently_used_cold_blobs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let day = Duration::from_secs(86_400);
+        let now = std::time::SystemTime::now();
+        let blob = |name: &str, age: Duration| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, vec![0u8; 1000]).expect("blob");
+            let file = std::fs::File::options()
+                .append(true)
+                .open(&path)
+                .expect("open");
+            file.set_modified(now - age).expect("mtime");
+            path
+        };
+        let oldest = blob("oldest", 3 * day);
+        let old = blob("old", 2 * day);
+        let kept = blob("kept", 4 * day);
+        let hot = blob("hot", Duration::from_secs(1));
+        evict_oldest(dir.path(), 2_500, &kept);
+        assert!(!oldest.exists(), "the least recently used goes first");
+        assert!(!old.exists(), "then the next, until under the size");
+        assert!(kept.exists() && hot.exists());
+    }
+
+    #[test]
     fn bad_operator_rules_fail_at_start() {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = FetchConfig {
@@ -448,5 +482,40 @@ mod tests {
             error.to_string().contains("fetch.allow file:///etc/"),
             "{error}"
         );
+    }
+}
+
+/// Removes the least recently used blobs until the cache holds at most `max_bytes`. Blobs used
+/// in the last ten minutes stay (a staging may be about to read one), and so does `keep`, the
+/// one just stored; the cache may then stay over its size until they cool.
+fn evict_oldest(blobs: &Path, max_bytes: u64, keep: &Path) {
+    const HOT: Duration = Duration::from_secs(600);
+    let Ok(entries) = std::fs::read_dir(blobs) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            meta.is_file()
+                .then(|| Some((meta.modified().ok()?, meta.len(), entry.path())))?
+        })
+        .collect();
+    let mut total: u64 = found.iter().map(|(_, len, _)| len).sum();
+    if total <= max_bytes {
+        return;
+    }
+    found.sort();
+    for (used, len, path) in found {
+        if total <= max_bytes {
+            break;
+        }
+        let hot = used.elapsed().is_ok_and(|age| age < HOT);
+        if hot || path == keep {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total = total.saturating_sub(len);
+        }
     }
 }

@@ -19,7 +19,6 @@ pub use sandbox::{PhaseDirs, SandboxSpec};
 use crate::config::WasmConfig;
 use sandbox::SandboxState;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -36,6 +35,12 @@ wasmtime::component::bindgen!({
 });
 
 pub use self::dea::buildpack::types::Error as GuestError;
+
+/// Components kept loaded (compiled code mapped, an instance-pre each).
+const LOADED_COMPONENTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
+    Some(n) => n,
+    None => std::num::NonZeroUsize::MIN,
+};
 
 /// Largest component file read (the Python guest is ~18 MB).
 const MAX_COMPONENT_BYTES: u64 = 512 << 20;
@@ -193,9 +198,11 @@ pub struct WasmRuntime {
     cache_dir: PathBuf,
     /// One permit per instance slot: phases beyond the pool wait instead of failing.
     slots: tokio::sync::Semaphore,
-    loaded: Mutex<HashMap<String, Arc<LoadedComponent>>>,
+    /// Components by digest, most recently used kept: admin buildpacks arrive with staging
+    /// requests, so without a bound each new one would stay in memory for good.
+    loaded: Mutex<lru::LruCache<String, Arc<LoadedComponent>>>,
     /// Path → (size, mtime, component): skips re-reading and re-hashing an unchanged file.
-    by_path: Mutex<HashMap<PathBuf, PathEntry>>,
+    by_path: Mutex<lru::LruCache<PathBuf, PathEntry>>,
 }
 
 impl WasmRuntime {
@@ -240,8 +247,8 @@ impl WasmRuntime {
             linker,
             limits,
             cache_dir,
-            loaded: Mutex::new(HashMap::new()),
-            by_path: Mutex::new(HashMap::new()),
+            loaded: Mutex::new(lru::LruCache::new(LOADED_COMPONENTS)),
+            by_path: Mutex::new(lru::LruCache::new(LOADED_COMPONENTS)),
         }))
     }
 
@@ -265,7 +272,7 @@ impl WasmRuntime {
         }
         let loaded = self.load_uncached(path)?;
         self.lock_by_path()
-            .insert(path.to_path_buf(), (stamp.0, stamp.1, loaded.clone()));
+            .put(path.to_path_buf(), (stamp.0, stamp.1, loaded.clone()));
         Ok(loaded)
     }
 
@@ -308,24 +315,20 @@ impl WasmRuntime {
             origin,
             pre,
         });
-        self.lock_loaded().insert(digest, loaded.clone());
+        self.lock_loaded().put(digest, loaded.clone());
         Ok(loaded)
     }
 
-    fn lock_loaded(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<LoadedComponent>>> {
+    fn lock_loaded(
+        &self,
+    ) -> std::sync::MutexGuard<'_, lru::LruCache<String, Arc<LoadedComponent>>> {
         match self.loaded.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn lock_by_path(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<PathBuf, (u64, std::time::SystemTime, Arc<LoadedComponent>)>,
-    > {
+    fn lock_by_path(&self) -> std::sync::MutexGuard<'_, lru::LruCache<PathBuf, PathEntry>> {
         match self.by_path.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
