@@ -296,6 +296,61 @@ async fn classic_buildpack_archives_are_unpacked_through_a_top_folder() {
     result.unwrap_or_else(|e| panic!("{e}\n{log}"));
 }
 
+/// A buildpack's own files (admin buildpacks arrive in staging requests) are a tenant's: the
+/// agent reads `VERSION`, `buildpack.toml` and the component beneath the buildpack, never
+/// through a link out of it, never from a FIFO, and never a component named outside it.
+#[test]
+fn buildpack_files_are_read_beneath_the_buildpack() {
+    use dea::buildpack::Buildpack;
+    let base = tempfile::tempdir().expect("tempdir");
+    let hello = repo_root().join("tests/classic/hello");
+    let classic = |name: &str| {
+        let dir = base.path().join(name);
+        std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+        std::fs::copy(hello.join("bin/detect"), dir.join("bin/detect")).expect("detect");
+        dir
+    };
+    let hostname = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let linked = classic("version-link");
+    std::os::unix::fs::symlink("/etc/hostname", linked.join("VERSION")).expect("link");
+    let bp = Buildpack::load(&linked).expect("loads");
+    assert_eq!(bp.version, "unknown", "the host's file was read: {hostname}");
+    let fifo = classic("version-fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(fifo.join("VERSION"))
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let bp = Buildpack::load(&fifo).expect("loads without blocking on the FIFO");
+    assert_eq!(bp.version, "unknown");
+
+    let wasm = |name: &str, component: &str| {
+        let dir = base.path().join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("buildpack.toml"),
+            format!(
+                "[buildpack]\nid = \"{name}\"\nname = \"x\"\nversion = \"1\"\ncomponent = \"{component}\"\n"
+            ),
+        )
+        .expect("manifest");
+        dir
+    };
+    let error = Buildpack::load(&wasm("escape", "../../../../etc/passwd")).expect_err("refused");
+    assert!(error.to_string().contains("must be a path inside the buildpack"), "{error}");
+    let linked = wasm("component-link", "buildpack.wasm");
+    std::os::unix::fs::symlink("/etc/passwd", linked.join("buildpack.wasm")).expect("link");
+    let error = Buildpack::load(&linked).expect_err("refused");
+    assert!(error.to_string().contains("has no component"), "{error}");
+    let manifest_link = base.path().join("manifest-link");
+    std::fs::create_dir_all(&manifest_link).expect("mkdir");
+    std::os::unix::fs::symlink("/etc/passwd", manifest_link.join("buildpack.toml")).expect("link");
+    let error = Buildpack::load(&manifest_link).expect_err("refused");
+    assert!(error.to_string().contains("leads out of its directory"), "{error}");
+}
+
 #[tokio::test]
 async fn cloud_foundry_mode_can_be_forced_per_buildpack() {
     let base = tempfile::tempdir().expect("tempdir");
