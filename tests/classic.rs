@@ -314,7 +314,10 @@ fn buildpack_files_are_read_beneath_the_buildpack() {
     let linked = classic("version-link");
     std::os::unix::fs::symlink("/etc/hostname", linked.join("VERSION")).expect("link");
     let bp = Buildpack::load(&linked).expect("loads");
-    assert_eq!(bp.version, "unknown", "the host's file was read: {hostname}");
+    assert_eq!(
+        bp.version, "unknown",
+        "the host's file was read: {hostname}"
+    );
     let fifo = classic("version-fifo");
     assert!(
         std::process::Command::new("mkfifo")
@@ -339,7 +342,12 @@ fn buildpack_files_are_read_beneath_the_buildpack() {
         dir
     };
     let error = Buildpack::load(&wasm("escape", "../../../../etc/passwd")).expect_err("refused");
-    assert!(error.to_string().contains("must be a path inside the buildpack"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("must be a path inside the buildpack"),
+        "{error}"
+    );
     let linked = wasm("component-link", "buildpack.wasm");
     std::os::unix::fs::symlink("/etc/passwd", linked.join("buildpack.wasm")).expect("link");
     let error = Buildpack::load(&linked).expect_err("refused");
@@ -348,7 +356,10 @@ fn buildpack_files_are_read_beneath_the_buildpack() {
     std::fs::create_dir_all(&manifest_link).expect("mkdir");
     std::os::unix::fs::symlink("/etc/passwd", manifest_link.join("buildpack.toml")).expect("link");
     let error = Buildpack::load(&manifest_link).expect_err("refused");
-    assert!(error.to_string().contains("leads out of its directory"), "{error}");
+    assert!(
+        error.to_string().contains("leads out of its directory"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -284,6 +284,8 @@ impl WasmRuntime {
             source: std::io::Error::other(message),
         };
         let (dir, name) = match (path.parent(), path.file_name()) {
+            // A bare file name (`dea buildpack check buildpack.wasm`) is in the current dir.
+            (Some(dir), Some(name)) if dir.as_os_str().is_empty() => (Path::new("."), name),
             (Some(dir), Some(name)) => (dir, name),
             _ => return Err(read_err("not a file path".into())),
         };
