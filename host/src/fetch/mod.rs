@@ -376,6 +376,41 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Removes the least recently used blobs until the cache holds at most `max_bytes`. Blobs used
+/// in the last ten minutes stay (a staging may be about to read one), and so does `keep`, the
+/// one just stored; the cache may then stay over its size until they cool.
+fn evict_oldest(blobs: &Path, max_bytes: u64, keep: &Path) {
+    const HOT: Duration = Duration::from_secs(600);
+    let Ok(entries) = std::fs::read_dir(blobs) else {
+        return;
+    };
+    let mut found: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            meta.is_file()
+                .then(|| Some((meta.modified().ok()?, meta.len(), entry.path())))?
+        })
+        .collect();
+    let mut total: u64 = found.iter().map(|(_, len, _)| len).sum();
+    if total <= max_bytes {
+        return;
+    }
+    found.sort();
+    for (used, len, path) in found {
+        if total <= max_bytes {
+            break;
+        }
+        let hot = used.elapsed().is_ok_and(|age| age < HOT);
+        if hot || path == keep {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total = total.saturating_sub(len);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,40 +517,5 @@ mod tests {
             error.to_string().contains("fetch.allow file:///etc/"),
             "{error}"
         );
-    }
-}
-
-/// Removes the least recently used blobs until the cache holds at most `max_bytes`. Blobs used
-/// in the last ten minutes stay (a staging may be about to read one), and so does `keep`, the
-/// one just stored; the cache may then stay over its size until they cool.
-fn evict_oldest(blobs: &Path, max_bytes: u64, keep: &Path) {
-    const HOT: Duration = Duration::from_secs(600);
-    let Ok(entries) = std::fs::read_dir(blobs) else {
-        return;
-    };
-    let mut found: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| {
-            let meta = entry.metadata().ok()?;
-            meta.is_file()
-                .then(|| Some((meta.modified().ok()?, meta.len(), entry.path())))?
-        })
-        .collect();
-    let mut total: u64 = found.iter().map(|(_, len, _)| len).sum();
-    if total <= max_bytes {
-        return;
-    }
-    found.sort();
-    for (used, len, path) in found {
-        if total <= max_bytes {
-            break;
-        }
-        let hot = used.elapsed().is_ok_and(|age| age < HOT);
-        if hot || path == keep {
-            continue;
-        }
-        if std::fs::remove_file(&path).is_ok() {
-            total = total.saturating_sub(len);
-        }
     }
 }
