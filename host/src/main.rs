@@ -308,7 +308,16 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
             _ = agent.wait() => return Ok(()),
         }
     }
-    agent.shutdown().await;
+    // Every step of the shutdown is bounded; a second signal ends it at once all the same
+    // (the operator's call: instances still running are left, and recovered on restart).
+    let shutdown = agent.shutdown();
+    tokio::pin!(shutdown);
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = term.recv() => bail!("second signal during shutdown: exiting now"),
+        _ = int.recv() => bail!("second signal during shutdown: exiting now"),
+        _ = quit.recv() => bail!("second signal during shutdown: exiting now"),
+    }
     if let Some(directory) = directory {
         directory.shutdown(std::time::Duration::from_secs(2)).await;
     }

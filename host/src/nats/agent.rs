@@ -18,6 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+/// Longest the agent waits on NATS for one publish or flush: the server may be unreachable,
+/// and neither shutdown nor the periodic messages may hang on it.
+const NATS_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -318,11 +322,38 @@ impl Agent {
                 tokio::spawn(async move { agent.register_routes().await });
                 Some(())
             }
-            Inbox::Staging => self.parse(&subject, &payload).and_then(|request| {
-                let reply = self.reply_to(&subject, reply)?;
-                tokio::spawn(async move { agent.handle_staging(request, reply).await });
-                Some(())
-            }),
+            Inbox::Staging => match self.parse(&subject, &payload) {
+                Some(request) => self.reply_to(&subject, reply).map(|reply| {
+                    tokio::spawn(async move { agent.handle_staging(request, reply).await });
+                }),
+                None => {
+                    // A request that cannot be parsed is still answered when it can be: the
+                    // controller would otherwise wait out its timeout in silence.
+                    if let Some(reply) = reply {
+                        let error = messages::parse::<messages::StagingRequest>(
+                            subject_kind(&subject),
+                            &payload,
+                        )
+                        .err()
+                        .map_or_else(String::new, |e| e.to_string());
+                        let (task_id, app_id) = (
+                            string_field(&payload, "task_id"),
+                            string_field(&payload, "app_id"),
+                        );
+                        tokio::spawn(async move {
+                            agent
+                                .refuse_staging(
+                                    &reply,
+                                    &task_id,
+                                    &app_id,
+                                    &format!("Error staging: {error}"),
+                                )
+                                .await;
+                        });
+                    }
+                    None
+                }
+            },
             Inbox::StagingStop => {
                 self.parse::<messages::StagingStop>(&subject, &payload)
                     .map(|stop| {
@@ -370,8 +401,23 @@ impl Agent {
                 return;
             }
         };
-        if let Err(e) = self.client.publish(subject.clone(), payload).await {
-            tracing::warn!(%subject, "publishing: {e}");
+        // While NATS is unreachable the client buffers, and a full buffer makes `publish`
+        // wait: nothing the agent does may hang on that.
+        match tokio::time::timeout(NATS_TIMEOUT, self.client.publish(subject.clone(), payload))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(%subject, "publishing: {e}"),
+            Err(_) => tracing::warn!(%subject, "publishing: NATS did not take the message in time"),
+        }
+    }
+
+    /// Flushes, giving up after [`NATS_TIMEOUT`] (the server may be gone).
+    async fn flush(&self) {
+        match tokio::time::timeout(NATS_TIMEOUT, self.client.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("flushing NATS: {e}"),
+            Err(_) => tracing::warn!("flushing NATS: no answer in {NATS_TIMEOUT:?}; going on"),
         }
     }
 
@@ -594,7 +640,7 @@ impl Agent {
     pub async fn quiesce(&self) {
         self.advertising.store(false, Ordering::Relaxed);
         self.publish("dea.shutdown", &self.goodbye()).await;
-        let _ = self.client.flush().await;
+        self.flush().await;
     }
 
     /// SIGUSR2: drain. Stops advertising, marks instances EVACUATING (their routes stay, so
@@ -681,7 +727,13 @@ impl Agent {
             let instances = self.instances.clone();
             stops.spawn(async move { instances.stop(&info.instance_id).await });
         }
-        while stops.join_next().await.is_some() {}
+        // Each stop is TERM, the grace period, then KILL; past that something is stuck
+        // (runc, the kernel), and shutting down must still finish.
+        let limit = self.instances.settings().stop_grace + Duration::from_secs(15);
+        let all_stopped = async { while stops.join_next().await.is_some() {} };
+        if tokio::time::timeout(limit, all_stopped).await.is_err() {
+            tracing::warn!("instances still stopping after {limit:?}; shutting down anyway");
+        }
         // Staging tasks answer their controller before they go.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while !lock(&self.stagings).is_empty() && tokio::time::Instant::now() < deadline {
@@ -689,7 +741,7 @@ impl Agent {
         }
         // Let the instance events (unregistrations) go out before the final flush.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let _ = self.client.flush().await;
+        self.flush().await;
         let _ = self.finished.send(true);
         tracing::info!("shut down");
     }
@@ -710,6 +762,16 @@ impl Agent {
 fn only_key(payload: &[u8], key: &str) -> bool {
     serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
         .is_ok_and(|map| map.len() == 1 && map.contains_key(key))
+}
+
+/// A top-level string field of a JSON object, or empty (for answering a malformed request
+/// with what it could be matched by), cut to a sane length.
+fn string_field(payload: &[u8], key: &str) -> String {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(payload)
+        .ok()
+        .and_then(|map| map.get(key).and_then(|v| v.as_str()).map(str::to_string))
+        .map(|s| s.chars().take(256).collect())
+        .unwrap_or_default()
 }
 
 /// The message kind for error messages: the subject without this DEA's uuid.

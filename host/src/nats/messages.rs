@@ -23,6 +23,33 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(payload).map_err(|source| MessageError { kind, source })
 }
 
+/// A defaulted field given as `null` means the same as the field left out: the reference's
+/// optional lists and objects (`admin_buildpacks`, `properties`, `env`, `uris`...) are often
+/// sent as `null` by controllers.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// An object that may be absent, `null` or `{}`, all meaning "none".
+fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    match value {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::Object(map)) if map.is_empty() => Ok(None),
+        Some(value) => serde_json::from_value(value)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
 /// `limits` of a start message: all required integers (§4.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -35,7 +62,7 @@ pub struct Limits {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Service {
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub label: String,
     #[serde(default)]
     pub credentials: serde_json::Value,
@@ -43,7 +70,7 @@ pub struct Service {
     pub plan: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plan_option: Option<serde_json::Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub syslog_drain_url: Option<String>,
@@ -54,13 +81,13 @@ pub struct Service {
 pub struct StartMessage {
     /// The app guid.
     pub droplet: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub uris: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub version: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub index: u32,
     /// Droplet SHA-1; `null` in a staging request's embedded start message.
     #[serde(default)]
@@ -68,10 +95,10 @@ pub struct StartMessage {
     #[serde(rename = "executableUri", default)]
     pub executable_uri: Option<String>,
     /// `"K=V"` strings, split on the first `=`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub env: Vec<String>,
     pub limits: Limits,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub services: Vec<Service>,
     pub cc_partition: String,
     #[serde(default)]
@@ -110,9 +137,9 @@ pub struct AdminBuildpack {
 /// `properties` of a staging request (§3.2).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct StagingProperties {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub services: Vec<Service>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub environment: Vec<String>,
     #[serde(default)]
     pub resources: serde_json::Value,
@@ -132,6 +159,7 @@ impl StagingProperties {
         self.meta
             .get("command")
             .and_then(|c| c.as_str())
+            .filter(|c| !c.trim().is_empty())
             .map(str::to_string)
     }
 
@@ -153,11 +181,13 @@ pub struct StagingRequest {
     pub buildpack_cache_download_uri: Option<String>,
     #[serde(default)]
     pub buildpack_cache_upload_uri: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub admin_buildpacks: Vec<AdminBuildpack>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub properties: StagingProperties,
-    #[serde(default)]
+    /// Started after staging only if present and non-empty (§3.2): `{}` and `null` mean
+    /// "stage only", like an absent key.
+    #[serde(default, deserialize_with = "empty_as_none")]
     pub start_message: Option<StartMessage>,
     #[serde(default)]
     pub egress_network_rules: Vec<serde_json::Value>,
@@ -303,7 +333,7 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Update {
     pub droplet: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub uris: Vec<String>,
     #[serde(default)]
     pub version: Option<String>,
@@ -497,5 +527,50 @@ mod tests {
             parse("dea.stop", br#"{"droplet": "a", "instances": ["i1"]}"#).expect("parses");
         assert_eq!(by_id.instances, Some(vec!["i1".to_string()]));
         assert!(parse::<InstanceFilter>("dea.stop", br#"{"instances": ["i1"]}"#).is_err());
+    }
+
+    /// Absent, `null` and empty each mean what the reference says: `start_message` `{}` or
+    /// `null` is "stage only" (§3.2: started "if non-empty"); `null` lists and objects are the
+    /// same as absent ones; a half-filled start message is still an error.
+    #[test]
+    fn absent_null_and_empty_mean_what_the_reference_says() {
+        let base = r#""app_id": "a", "task_id": "t", "download_uri": "http://cc/app.zip",
+            "upload_uri": "http://cc/droplet""#;
+        for start in ["", r#", "start_message": null"#, r#", "start_message": {}"#] {
+            let request: StagingRequest =
+                parse("staging", format!("{{{base}{start}}}").as_bytes()).expect("parses");
+            assert!(request.start_message.is_none(), "{start}");
+        }
+        let request: StagingRequest = parse(
+            "staging",
+            format!(
+                r#"{{{base}, "admin_buildpacks": null, "properties": null,
+                "egress_network_rules": null, "memory_limit": null}}"#
+            )
+            .as_bytes(),
+        )
+        .expect("nulls are defaults");
+        assert!(request.admin_buildpacks.is_empty());
+        assert!(request.properties.environment.is_empty());
+        assert!(request.memory_limit.is_none());
+        let half = format!(r#"{{{base}, "start_message": {{"droplet": "a"}}}}"#);
+        assert!(parse::<StagingRequest>("staging", half.as_bytes()).is_err());
+
+        let start: StartMessage = parse(
+            "start",
+            br#"{"droplet": "a", "limits": {"mem": 1, "disk": 1, "fds": 1}, "cc_partition": "d",
+                "uris": null, "env": null, "services": null, "sha1": null, "stack": null}"#,
+        )
+        .expect("null lists are empty");
+        assert!(start.uris.is_empty() && start.env.is_empty() && start.services.is_empty());
+
+        let properties: StagingProperties =
+            serde_json::from_str(r#"{"meta": {"command": ""}, "buildpack_key": ""}"#)
+                .expect("parses");
+        assert_eq!(
+            properties.custom_command(),
+            None,
+            "an empty command is no command"
+        );
     }
 }

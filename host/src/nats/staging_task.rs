@@ -70,6 +70,14 @@ impl Agent {
         let subject = "staging.start";
         if let Err(reason) = check_request(&request) {
             self.reject(subject, &reason);
+            // The controller waits for two replies: tell it now rather than let it time out.
+            self.refuse_staging(
+                &reply,
+                &request.task_id,
+                &request.app_id,
+                &format!("Error staging: {reason}"),
+            )
+            .await;
             return;
         }
         let task_id = request.task_id.clone();
@@ -308,6 +316,30 @@ impl Agent {
         })
     }
 
+    /// Answers a staging request that will not be staged at all (malformed, or failing its
+    /// checks) with both replies the controller waits for, each carrying the error.
+    pub(super) async fn refuse_staging(
+        &self,
+        reply: &Subject,
+        task_id: &str,
+        app_id: &str,
+        error: &str,
+    ) {
+        self.reply_setup(reply, task_id, None, Some(error)).await;
+        let completion = StagingCompletionReply {
+            task_id: task_id.to_string(),
+            app_id: app_id.to_string(),
+            detected_buildpack: None,
+            buildpack_key: None,
+            droplet_sha1: None,
+            detected_start_command: None,
+            procfile: None,
+            error: Some(error.to_string()),
+            error_info: None,
+        };
+        self.publish(reply.to_string(), &completion).await;
+    }
+
     async fn reply_setup(
         &self,
         reply: &Subject,
@@ -396,7 +428,12 @@ impl Agent {
         request: &messages::StagingRequest,
         admin: &[Buildpack],
     ) -> Result<Vec<String>, Failure> {
-        if let Some(key) = &request.properties.buildpack_key {
+        if let Some(key) = request
+            .properties
+            .buildpack_key
+            .as_ref()
+            .filter(|key| !key.is_empty())
+        {
             return if admin.iter().any(|bp| bp.id == *key)
                 || self.stager.buildpacks().iter().any(|bp| bp.id == *key)
             {
