@@ -109,7 +109,7 @@ pub struct StartMessage {
     pub health_check_timeout: Option<u64>,
     #[serde(default)]
     pub vcap_application: serde_json::Value,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub egress_network_rules: Vec<serde_json::Value>,
 }
 
@@ -189,7 +189,7 @@ pub struct StagingRequest {
     /// "stage only", like an absent key.
     #[serde(default, deserialize_with = "empty_as_none")]
     pub start_message: Option<StartMessage>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub egress_network_rules: Vec<serde_json::Value>,
     #[serde(default)]
     pub memory_limit: Option<u64>,
