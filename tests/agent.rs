@@ -38,7 +38,8 @@ async fn start_agent(base: &Path, nats: &NatsServer) -> (Arc<Agent>, DirectorySe
             bundles_dir: base.join("bundles"),
             rootfs: None,
         },
-    );
+    )
+    .expect("instance manager");
     let stager = Arc::new(stager(config.clone(), default_buildpacks()));
     let (directory, links) = dea::nats::start_directory_server(&config, instances.clone())
         .await

@@ -9,23 +9,17 @@ use std::path::Path;
 use std::time::Duration;
 
 fn settings(base: &Path) -> InstanceSettings {
-    InstanceSettings {
-        base_dir: base.to_path_buf(),
-        uid: 2000,
-        gid: 2000,
-        pids_limit: 256,
-        stop_grace: Duration::from_secs(3),
-        max_droplet_mb: 512,
-        memory_capacity_mb: 1024,
-        memory_overcommit_factor: 1.0,
-        disk_capacity_mb: 8192,
-        disk_overcommit_factor: 1.0,
-        crash_lifetime: Duration::from_secs(3600),
-        disk_check_interval: Duration::from_millis(200),
-        publish_address: "127.0.0.1".into(),
-        max_files: 20_000,
-        max_dir_depth: 64,
-    }
+    let mut settings = InstanceSettings::from_config(&test_config(base));
+    settings.pids_limit = 256;
+    settings.stop_grace = Duration::from_secs(3);
+    settings.max_droplet_mb = 512;
+    settings.memory_capacity_mb = 1024;
+    settings.disk_capacity_mb = 8192;
+    settings.disk_check_interval = Duration::from_millis(200);
+    settings.health_check_interval = Duration::from_millis(500);
+    settings.max_files = 20_000;
+    settings.max_dir_depth = 64;
+    settings
 }
 
 fn runc(base: &Path) -> Runc {
@@ -38,7 +32,7 @@ fn runc(base: &Path) -> Runc {
 }
 
 fn manager(base: &Path) -> std::sync::Arc<InstanceManager> {
-    InstanceManager::new(settings(base), runc(base))
+    InstanceManager::new(settings(base), runc(base)).expect("instance manager")
 }
 
 fn start_request(droplet: &Path) -> StartRequest {
@@ -199,7 +193,9 @@ async fn an_agent_restart_reattaches_without_restarting_the_app() {
     // The agent goes away without stopping anything; a new one recovers from the snapshot.
     first.abandon().await;
     drop(first);
-    let second = InstanceManager::recover(settings(&state), runc(&state)).await;
+    let second = InstanceManager::recover(settings(&state), runc(&state))
+        .await
+        .expect("recovered");
     let resumed = second.get(&info.instance_id).expect("recovered");
     assert_eq!(resumed.state, InstanceState::Running, "{resumed:?}");
     assert!(resumed.state_timestamps.contains_key("RESUMING"));
@@ -224,7 +220,9 @@ async fn an_agent_restart_reattaches_without_restarting_the_app() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let third = InstanceManager::recover(settings(&state), runc(&state)).await;
+    let third = InstanceManager::recover(settings(&state), runc(&state))
+        .await
+        .expect("recovered");
     let gone = third.get(&info.instance_id).expect("still in the registry");
     assert_eq!(gone.state, InstanceState::Crashed, "{gone:?}");
 }

@@ -82,7 +82,7 @@ async fn run() -> Result<(), BoxError> {
             bundles_dir: config.base_dir.join("bundles"),
             rootfs: None,
         },
-    );
+    )?;
     let agent = Agent::start(config, instances, stager.clone(), None).await?;
     let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await?;
     let subject = format!("staging.{}.start", agent.id());

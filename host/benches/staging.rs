@@ -522,7 +522,7 @@ fn instance_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::er
         bundles_dir: config.base_dir.join("bundles"),
         rootfs: None,
     };
-    let manager = InstanceManager::new(settings, runc);
+    let manager = InstanceManager::new(settings, runc)?;
     let request = |memory_mb| StartRequest {
         droplet: droplet.display().to_string(),
         sha1: Some(packed.sha1.clone()),

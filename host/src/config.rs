@@ -74,6 +74,36 @@ pub struct InstanceConfig {
     /// Most files and directories an instance may hold (CF's inode limit); past it the
     /// instance is stopped, as past its disk limit.
     pub max_files: u64,
+    /// Where instance addresses come from, one /30 each (a veth pair per instance).
+    pub network: String,
+    /// Host ports handed out to instances (outside Linux's ephemeral range).
+    pub port_range: [u16; 2],
+    /// Egress every instance is allowed (platform-wide security groups); by default none:
+    /// instances have no route out.
+    pub egress_rules: Vec<EgressRule>,
+    /// Seconds between checks that a running instance (with routes) still accepts
+    /// connections; three failures in a row crash it.
+    pub health_check_interval_secs: u64,
+}
+
+/// One egress rule, as Cloud Foundry's application security groups write them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
+pub struct EgressRule {
+    pub protocol: EgressProtocol,
+    /// An IPv4 address, CIDR (`10.0.0.0/8`) or range (`10.0.0.1-10.0.0.9`).
+    pub destination: String,
+    /// `80,443,8000-9000` (tcp and udp only).
+    #[serde(default)]
+    pub ports: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EgressProtocol {
+    Tcp,
+    Udp,
+    Icmp,
+    All,
 }
 
 impl Default for InstanceConfig {
@@ -94,6 +124,10 @@ impl Default for InstanceConfig {
             crash_lifetime_secs: 3600,
             publish_address: "127.0.0.1".into(),
             max_files: 200_000,
+            network: "10.254.0.0/16".into(),
+            port_range: [61001, 65535],
+            egress_rules: Vec::new(),
+            health_check_interval_secs: 10,
         }
     }
 }

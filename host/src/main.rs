@@ -275,7 +275,8 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
         dea::instance::InstanceSettings::from_config(&config),
         instance_runc(&config),
     )
-    .await;
+    .await
+    .context("instance manager")?;
     let stager = Arc::new(build_stager(config.clone(), buildpacks)?);
     let (directory, links) = if config.directory_server.enabled {
         let (server, links) = dea::nats::start_directory_server(&config, instances.clone()).await?;
@@ -567,7 +568,8 @@ async fn main() -> Result<()> {
             let manager = dea::instance::InstanceManager::new(
                 dea::instance::InstanceSettings::from_config(&config),
                 instance_runc(&config),
-            );
+            )
+            .context("instance manager")?;
             let grace = manager.settings().stop_grace;
             let start = manager.start(dea::instance::StartRequest {
                 droplet,
@@ -641,6 +643,7 @@ async fn main() -> Result<()> {
                 stopped.instance_id,
                 stopped.state.name()
             ));
+            manager.release_network_if_idle().await;
         }
         Command::Detect { app, env } => {
             let stager = build_stager(config, buildpacks)?;

@@ -370,5 +370,10 @@ impl Drop for ContainerCleanup {
                     .output();
             }
         }
+        // The agent's nftables table (its instances' published ports) goes with its state.
+        let table = dea::instance::network::NetworkSettings::table_for(&self.0);
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "ip", &table])
+            .output();
     }
 }

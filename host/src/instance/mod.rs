@@ -12,24 +12,31 @@
 
 pub mod droplet_store;
 
+mod capacity;
 pub mod disk;
 mod home;
+mod monitor;
+pub mod network;
+mod snapshot;
+mod spec;
 
+use capacity::Reservation;
 use home::PreparedHome;
+use monitor::{Control, Process, Running, Watch};
+use network::{Attached, Network, NetworkSettings};
 
-use crate::container::{BindMount, ContainerSpec, Runc, RunningContainer};
+use crate::config::EgressRule;
+use crate::container::Runc;
 use crate::droplet::{self, UnpackLimits};
 use crate::netns::NetNamespace;
-use crate::tenant_fs::{Links, TenantDir};
 pub use droplet_store::{DropletError, DropletStore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The port apps listen on inside their container (each has its own network namespace).
-pub const CONTAINER_PORT: u16 = 8080;
+pub use network::CONTAINER_PORT;
 
 /// An instance's state, as the DEA names them on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +100,8 @@ pub enum InstanceError {
     Unknown(String),
     #[error("instance home: {0}")]
     Home(#[from] crate::tenant_fs::TenantFsError),
+    #[error("instance network: {0}")]
+    Network(#[from] network::NetworkError),
 }
 
 /// What to run.
@@ -126,6 +135,8 @@ pub struct StartRequest {
     /// A reason already known to fail this start (say, an unknown stack): the instance is
     /// registered and CRASHED at once, as the DEA does, so the controller hears of it.
     pub refusal: Option<String>,
+    /// Egress this app is allowed besides the platform's (the controller's security groups).
+    pub egress: Vec<EgressRule>,
 }
 
 /// An instance as the registry reports it.
@@ -165,6 +176,9 @@ pub struct InstanceInfo {
     /// Sent to routers for sticky sessions (two random ids, as the DEA).
     #[serde(default)]
     pub private_instance_id: String,
+    /// Its veth pair, addresses and published port (see [`network`]).
+    #[serde(default)]
+    pub network: Option<Attached>,
 }
 
 impl InstanceInfo {
@@ -204,14 +218,6 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Memory and disk held by a staging task (the DEA reserves both from the same pool as
-/// instances).
-#[derive(Debug, Clone, Copy)]
-struct Reservation {
-    memory_mb: u64,
-    disk_mb: u64,
-}
-
 /// Resource use of a running instance, for `dea.find.droplet` stats.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Usage {
@@ -225,69 +231,6 @@ struct Handle {
     info: Mutex<InstanceInfo>,
     control: Mutex<Option<tokio::sync::oneshot::Sender<Control>>>,
     done: tokio::sync::watch::Receiver<bool>,
-}
-
-/// What the monitor of an instance is told.
-enum Control {
-    /// TERM, grace period, KILL, STOPPED.
-    Stop,
-    /// Let go without touching the container (an agent going away; tests use it to
-    /// simulate a crash of the agent).
-    Abandon,
-}
-
-/// The container's main process, as this agent knows it.
-enum Process {
-    /// Started by this agent: its `runc run` child.
-    Child(RunningContainer),
-    /// Found running after a restart: watched through `runc state`.
-    Adopted {
-        runc: Runc,
-        id: String,
-        home: PathBuf,
-    },
-}
-
-impl Process {
-    async fn wait(&mut self) -> i32 {
-        match self {
-            Process::Child(container) => container.wait().await,
-            Process::Adopted { runc, id, home } => loop {
-                if runc.pid_of(id).await.is_none() {
-                    // The start script records the app's status on its way out, in the
-                    // app's own home: read it as a tenant's file (it could be a FIFO or a
-                    // link to /dev/zero by now).
-                    let home = home.clone();
-                    let status = tokio::task::spawn_blocking(move || {
-                        TenantDir::open(&home)
-                            .and_then(|dir| {
-                                dir.read_string(Path::new("exit_status"), Links::Refuse, 64)
-                            })
-                            .ok()
-                            .flatten()
-                            .and_then(|s| s.trim().parse().ok())
-                    })
-                    .await;
-                    return status.ok().flatten().unwrap_or(255);
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            },
-        }
-    }
-
-    async fn signal(&self, signal: &str) {
-        match self {
-            Process::Child(container) => container.signal(signal).await,
-            Process::Adopted { runc, id, .. } => runc.signal_container(id, signal).await,
-        }
-    }
-
-    async fn remove(self) {
-        match self {
-            Process::Child(container) => container.remove().await,
-            Process::Adopted { runc, id, .. } => runc.remove_container(&id).await,
-        }
-    }
 }
 
 /// Limits and places for instances.
@@ -309,8 +252,10 @@ pub struct InstanceSettings {
     pub crash_lifetime: Duration,
     /// How often a running instance's disk use is measured against its limit.
     pub disk_check_interval: Duration,
-    /// The host address instance ports are published on.
-    pub publish_address: String,
+    /// Addresses, published ports and egress of instances.
+    pub network: NetworkSettings,
+    /// How often a running instance with routes is checked to accept connections.
+    pub health_check_interval: Duration,
     /// Most files and directories an instance's home may hold (an inode limit).
     pub max_files: u64,
     /// Deepest nesting of directories accepted in a droplet.
@@ -343,7 +288,18 @@ impl InstanceSettings {
             disk_overcommit_factor: instances.disk_overcommit_factor,
             crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
             disk_check_interval: Duration::from_secs(5),
-            publish_address: instances.publish_address.clone(),
+            network: NetworkSettings {
+                subnet: instances.network.clone(),
+                port_range: (instances.port_range[0], instances.port_range[1]),
+                // An address that is not IPv4 (a name) publishes on every local address.
+                publish_address: instances
+                    .publish_address
+                    .parse()
+                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+                egress: instances.egress_rules.clone(),
+                table: NetworkSettings::table_for(&config.base_dir),
+            },
+            health_check_interval: Duration::from_secs(instances.health_check_interval_secs.max(1)),
             max_files: instances.max_files,
             max_dir_depth: config.staging.max_dir_depth,
         }
@@ -354,6 +310,8 @@ impl InstanceSettings {
 pub struct InstanceManager {
     settings: InstanceSettings,
     runc: Runc,
+    /// Instance networking, shared with the blocking pool.
+    network: Arc<Network>,
     droplets: DropletStore,
     instances: Mutex<HashMap<String, Arc<Handle>>>,
     /// Staging tasks' reservations, by task id.
@@ -370,24 +328,32 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl InstanceManager {
-    pub fn new(mut settings: InstanceSettings, runc: Runc) -> Arc<InstanceManager> {
+    /// A manager with an empty registry. Installs (or refreshes) this agent's nftables
+    /// table, which fails without nftables or root.
+    pub fn new(
+        mut settings: InstanceSettings,
+        runc: Runc,
+    ) -> Result<Arc<InstanceManager>, InstanceError> {
         // Bind-mount sources must be absolute for runc.
         if let Ok(absolute) = std::path::absolute(&settings.base_dir) {
             settings.base_dir = absolute;
         }
+        let network = Network::new(settings.network.clone())?;
+        network.install()?;
         // A droplet is gzip'd: what it unpacks to is capped separately, at the same figure.
         let droplets = DropletStore::with_limit(
             settings.base_dir.join("droplets"),
             settings.max_droplet_mb << 20,
         );
-        Arc::new(InstanceManager {
+        Ok(Arc::new(InstanceManager {
             settings,
             runc,
+            network: Arc::new(network),
             droplets,
             instances: Mutex::new(HashMap::new()),
             staging: Mutex::new(HashMap::new()),
             events: tokio::sync::broadcast::channel(4096).0,
-        })
+        }))
     }
 
     /// State changes from now on: the instance's info just after each change.
@@ -456,6 +422,7 @@ impl InstanceManager {
             instance_index: request.index,
             cc_partition: request.cc_partition.clone(),
             private_instance_id: format!("{}{}", new_id(), new_id()),
+            network: None,
         };
         info.set_state(InstanceState::Born);
         let (control_tx, control_rx) = tokio::sync::oneshot::channel();
@@ -483,31 +450,26 @@ impl InstanceManager {
         }
         self.enter(&handle, InstanceState::Starting);
 
-        let prepared = self.prepare(&handle, &request).await;
-        let (container, namespace, forwarder) = match prepared {
-            Ok(parts) => parts,
+        let running = match self.prepare(&handle, &request).await {
+            Ok(running) => running,
             Err(error) => {
                 lock(&handle.info).exit_description = Some(error.to_string());
                 self.enter(&handle, InstanceState::Crashed);
+                self.release(&handle, None, None).await;
                 let _ = done_tx.send(true);
                 return Ok(lock(&handle.info).clone());
             }
         };
         let manager = self.clone();
         let monitor_handle = handle.clone();
-        let health = request.health_check.then_some(request.health_check_timeout);
+        let watch = Watch {
+            health: request.health_check.then_some(request.health_check_timeout),
+            reachability: request.health_check,
+        };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             manager
-                .monitor(
-                    monitor_handle,
-                    Process::Child(container),
-                    namespace,
-                    forwarder,
-                    control_rx,
-                    health,
-                    ready_tx,
-                )
+                .monitor(monitor_handle, running, control_rx, watch, ready_tx)
                 .await;
             let _ = done_tx.send(true);
         });
@@ -520,7 +482,7 @@ impl InstanceManager {
         &self,
         handle: &Arc<Handle>,
         request: &StartRequest,
-    ) -> Result<(RunningContainer, NetNamespace, tokio::task::JoinHandle<()>), InstanceError> {
+    ) -> Result<Running, InstanceError> {
         let setup = |e: &dyn std::fmt::Display| InstanceError::Setup(e.to_string());
         let timer = std::time::Instant::now();
         let record = |step: &str, since: std::time::Instant| {
@@ -560,303 +522,53 @@ impl InstanceManager {
         record("extract", timer);
         let timer = std::time::Instant::now();
 
-        let netns_name = lock(&handle.info).netns.clone();
+        let (netns_name, instance_id) = {
+            let info = lock(&handle.info);
+            (info.netns.clone(), info.instance_id.clone())
+        };
         let _ = NetNamespace::existing(&netns_name); // a stale one from an earlier agent goes
         let namespace = NetNamespace::create_named(&netns_name).map_err(|e| setup(&e))?;
-        let listener = tokio::net::TcpListener::bind((
-            self.settings.publish_address.as_str(),
+        let (manager, requested, egress) = (
+            self.network.clone(),
             request.host_port,
-        ))
+            request.egress.clone(),
+        );
+        let (network, port) = tokio::task::spawn_blocking(move || {
+            manager.attach(&netns_name, &instance_id, requested, &egress)
+        })
         .await
-        .map_err(|e| setup(&format!("publishing port {}: {e}", request.host_port)))?;
-        let host_port = listener.local_addr().map_err(|e| setup(&e))?.port();
+        .map_err(|e| setup(&e))??;
         {
             let mut info = lock(&handle.info);
             info.droplet_sha1 = sha1;
-            info.host_port = host_port;
+            info.host_port = network.host_port;
+            info.network = Some(network.clone());
             info.start_command = Some(command.clone());
         }
+        // Saved before the container starts, so a restarted agent can always tear it down.
+        self.save_snapshot();
         let info = lock(&handle.info).clone();
-        let spec = self.container_spec(&info, request, &home, &namespace, &command);
-        let container = self
+        let spec =
+            spec::container_spec(&self.settings, &info, request, &home, &namespace, &command);
+        let container = match self
             .runc
             .spawn(&spec, prepared.stdout, prepared.stderr)
             .await
-            .map_err(|e| setup(&e))?;
-        let forwarder = tokio::spawn(publish(listener, namespace.path()));
+        {
+            Ok(container) => container,
+            Err(e) => {
+                let manager = self.network.clone();
+                let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
+                return Err(setup(&e));
+            }
+        };
         record("container", timer);
-        Ok((container, namespace, forwarder))
-    }
-
-    fn container_spec(
-        &self,
-        info: &InstanceInfo,
-        request: &StartRequest,
-        home: &std::path::Path,
-        namespace: &NetNamespace,
-        command: &str,
-    ) -> ContainerSpec {
-        let started = info.state_timestamp as u64;
-        // The controller's part first, then what only the agent knows (§4.3).
-        let mut vcap_application = match &request.vcap_application {
-            serde_json::Value::Object(map) => map.clone(),
-            _ => serde_json::Map::new(),
-        };
-        let ours = serde_json::json!({
-            "application_id": request.application_id,
-            "application_name": request.name,
-            "application_version": request.version,
-            "application_uris": request.uris,
-            "instance_id": info.instance_id,
-            "instance_index": request.index,
-            "host": "0.0.0.0",
-            "port": CONTAINER_PORT,
-            "started_at_timestamp": started,
-            "state_timestamp": started,
-            "limits": {"mem": request.memory_mb, "disk": request.disk_mb, "fds": request.fds},
-        });
-        if let serde_json::Value::Object(ours) = ours {
-            for (key, value) in ours {
-                vcap_application.entry(key).or_insert(value);
-            }
-        }
-        let vcap_application = serde_json::Value::Object(vcap_application);
-        let vcap_services = match &request.services {
-            serde_json::Value::Null => "{}".to_string(),
-            services => services.to_string(),
-        };
-        let mut env: Vec<(String, String)> = vec![
-            ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-            ("VCAP_APPLICATION".into(), vcap_application.to_string()),
-            ("VCAP_SERVICES".into(), vcap_services),
-            ("MEMORY_LIMIT".into(), format!("{}m", request.memory_mb)),
-            ("HOME".into(), "/home/vcap/app".into()),
-            ("TMPDIR".into(), "/home/vcap/tmp".into()),
-            ("VCAP_APP_HOST".into(), "0.0.0.0".into()),
-            ("VCAP_APP_PORT".into(), CONTAINER_PORT.to_string()),
-            ("PORT".into(), CONTAINER_PORT.to_string()),
-            ("CF_INSTANCE_INDEX".into(), request.index.to_string()),
-            ("CF_INSTANCE_IP".into(), "127.0.0.1".into()),
-            ("CF_INSTANCE_PORT".into(), CONTAINER_PORT.to_string()),
-            (
-                "CF_INSTANCE_ADDR".into(),
-                format!("127.0.0.1:{}", info.host_port),
-            ),
-            (
-                "CF_INSTANCE_PORTS".into(),
-                format!(
-                    "[{{\"external\":{},\"internal\":{CONTAINER_PORT}}}]",
-                    info.host_port
-                ),
-            ),
-            ("CF_INSTANCE_GUID".into(), info.instance_id.clone()),
-            ("LANG".into(), "C.UTF-8".into()),
-        ];
-        env.extend(request.env.iter().cloned());
-        // Source .profile.d (after the app's own variables, so scripts can default them),
-        // then run the start command as a child: this shell is PID 1 of the container, which
-        // the kernel shields from signals it does not handle, so it forwards TERM itself.
-        let script = "umask 077; unset GEM_PATH; \
-            if [ -d app/.profile.d ]; then for i in app/.profile.d/*.sh; do [ -r \"$i\" ] && . \"$i\"; done; unset i; fi; \
-            [ -r app/.profile ] && . app/.profile; \
-            DROPLET_BASE_DIR=$PWD; cd app; \
-            bash -c \"$1\" & child=$!; echo $child >> \"$DROPLET_BASE_DIR/run.pid\"; \
-            trap 'kill -TERM $child 2>/dev/null' TERM INT; \
-            wait $child; status=$?; \
-            while kill -0 $child 2>/dev/null; do wait $child; status=$?; done; \
-            echo $status > \"$DROPLET_BASE_DIR/exit_status\"; exit $status";
-        ContainerSpec {
-            id: info.container_id.clone(),
-            args: vec![
-                "/bin/bash".into(),
-                "-c".into(),
-                script.into(),
-                "dea-start".into(),
-                command.into(),
-            ],
-            env,
-            cwd: "/home/vcap".into(),
-            mounts: vec![
-                BindMount {
-                    source: home.to_path_buf(),
-                    destination: "/home/vcap".into(),
-                    read_only: false,
-                },
-                // /app is the same directory, as a bind mount: works on any filesystem.
-                BindMount {
-                    source: home.join("app"),
-                    destination: "/app".into(),
-                    read_only: false,
-                },
-            ],
-            uid: self.settings.uid,
-            gid: self.settings.gid,
-            memory_limit_bytes: (request.memory_mb << 20) as i64,
-            pids_limit: self.settings.pids_limit,
-            timeout: Duration::MAX,
-            tmp_size_mb: 64,
-            network_namespace: Some(namespace.path()),
-            file_mounts: Vec::new(),
-            hostname: info.instance_id.chars().take(12).collect(),
-        }
-    }
-
-    /// Health check, then waits for the process to exit or a stop; records the outcome.
-    #[allow(clippy::too_many_arguments)]
-    async fn monitor(
-        &self,
-        handle: Arc<Handle>,
-        mut container: Process,
-        namespace: NetNamespace,
-        forwarder: tokio::task::JoinHandle<()>,
-        mut control: tokio::sync::oneshot::Receiver<Control>,
-        health: Option<Duration>,
-        ready: tokio::sync::oneshot::Sender<()>,
-    ) {
-        let namespace = Arc::new(namespace);
-        let mut ready = Some(ready);
-        let health_started = std::time::Instant::now();
-        let healthy = match health {
-            None => Health::Healthy,
-            Some(limit) => {
-                tokio::select! {
-                    ok = wait_for_port(namespace.clone(), limit) => {
-                        if ok { Health::Healthy } else { Health::Unhealthy }
-                    }
-                    code = container.wait() => Health::Exited(code),
-                    order = &mut control => Health::Ordered(order.unwrap_or(Control::Abandon)),
-                }
-            }
-        };
-        let exit = match healthy {
-            Health::Healthy => {
-                let resumed_state = {
-                    let mut info = lock(&handle.info);
-                    info.start_timings_ms.insert(
-                        "health_check".into(),
-                        health_started.elapsed().as_secs_f64() * 1000.0,
-                    );
-                    // An instance adopted while the agent was evacuating stays EVACUATING.
-                    if info.state == InstanceState::Evacuating {
-                        InstanceState::Evacuating
-                    } else {
-                        InstanceState::Running
-                    }
-                };
-                self.enter(&handle, resumed_state);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                let (home, limit_mb, container_id) = {
-                    let info = lock(&handle.info);
-                    (
-                        info.dir.join("home"),
-                        info.disk_mb,
-                        info.container_id.clone(),
-                    )
-                };
-                let mut disk_check = tokio::time::interval(self.settings.disk_check_interval);
-                loop {
-                    tokio::select! {
-                        code = container.wait() => break Ending::Exited(code),
-                        order = &mut control => {
-                            break Ending::Ordered(order.unwrap_or(Control::Abandon));
-                        }
-                        _ = disk_check.tick() => {
-                            let (dir, container_id) = (home.clone(), container_id.clone());
-                            let max_files = self.settings.max_files;
-                            let used = tokio::task::spawn_blocking(move || {
-                                disk::usage(&dir, &container_id, max_files)
-                            })
-                            .await;
-                            let over = match used {
-                                Ok(Ok(usage)) if usage.bytes > limit_mb << 20 => Some(format!(
-                                    "app instance exceeded its disk limit of {limit_mb} MiB"
-                                )),
-                                Ok(Err(disk::DiskError::TooManyFiles { limit })) => Some(format!(
-                                    "app instance exceeded its limit of {limit} files and directories"
-                                )),
-                                Ok(Err(e)) => {
-                                    tracing::warn!("measuring an instance's disk: {e}");
-                                    None
-                                }
-                                _ => None,
-                            };
-                            if let Some(reason) = over {
-                                lock(&handle.info).exit_description = Some(reason);
-                                container.signal("KILL").await;
-                                break Ending::Exited(container.wait().await);
-                            }
-                        }
-                    }
-                }
-            }
-            Health::Unhealthy => {
-                let index = lock(&handle.info).instance_id.clone();
-                lock(&handle.info).exit_description = Some(format!(
-                    "Instance {index} failed to start accepting connections"
-                ));
-                container.signal("KILL").await;
-                Ending::Exited(container.wait().await)
-            }
-            Health::Exited(code) => Ending::Exited(code),
-            Health::Ordered(order) => Ending::Ordered(order),
-        };
-        match exit {
-            Ending::Ordered(Control::Abandon) => {
-                // The agent goes; the container, its namespace and its logs stay.
-                forwarder.abort();
-                if let Ok(namespace) = Arc::try_unwrap(namespace) {
-                    namespace.leak();
-                }
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                if let Process::Child(child) = container {
-                    std::mem::forget(child);
-                }
-                return;
-            }
-            Ending::Exited(code) => {
-                {
-                    let mut info = lock(&handle.info);
-                    if info.exit_description.is_none() {
-                        info.exit_description = Some(if code == 137 {
-                            // The cgroup (and its OOM counter) is gone by now; inside the
-                            // container nothing else sends SIGKILL.
-                            format!(
-                                "app instance was killed (SIGKILL), most likely out of memory (limit {} MiB)",
-                                info.memory_mb
-                            )
-                        } else {
-                            format!("app instance exited with status {code}")
-                        });
-                    }
-                    info.exit_status = Some(code);
-                }
-                self.keep_crash_logs(&handle).await;
-                self.enter(&handle, InstanceState::Crashed);
-            }
-            Ending::Ordered(Control::Stop) => {
-                self.enter(&handle, InstanceState::Stopping);
-                container.signal("TERM").await;
-                let exited = tokio::time::timeout(self.settings.stop_grace, container.wait()).await;
-                if exited.is_err() {
-                    container.signal("KILL").await;
-                    container.wait().await;
-                }
-                self.enter(&handle, InstanceState::Stopped);
-                // Stopped instances leave the registry, as in the DEA.
-                let id = lock(&handle.info).instance_id.clone();
-                lock(&self.instances).remove(&id);
-            }
-        }
-        forwarder.abort();
-        container.remove().await;
-        drop(namespace);
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
+        Ok(Running {
+            process: Process::Child(container),
+            namespace,
+            network,
+            port,
+        })
     }
 
     /// Removes kept crash logs older than `crash_lifetime`.
@@ -934,77 +646,6 @@ impl InstanceManager {
         // The container keeps the name it started with, even after `update` re-keys it.
         let container = self.get(id)?.container_id;
         self.runc.pid_of(&container).await
-    }
-
-    /// CF's refusal when a start does not fit the host's (overcommitted) capacity.
-    fn refuse_for_resources(
-        &self,
-        instances: &HashMap<String, Arc<Handle>>,
-        request: &StartRequest,
-    ) -> Option<String> {
-        let (memory, disk) = self.remaining_in(instances);
-        if request.memory_mb > memory {
-            Some("Not enough memory resource available.".into())
-        } else if request.disk_mb > disk {
-            Some("Not enough disk resource available.".into())
-        } else {
-            None
-        }
-    }
-
-    /// Memory and disk (MiB) not yet reserved by instances or staging tasks.
-    fn remaining_in(&self, instances: &HashMap<String, Arc<Handle>>) -> (u64, u64) {
-        let (mut memory, mut disk) = (0u64, 0u64);
-        for handle in instances.values() {
-            let info = lock(&handle.info);
-            if info.holds_resources() {
-                memory += info.memory_mb;
-            }
-            // A crashed instance's files are still on disk (the DEA counts them too).
-            if info.holds_resources() || info.state == InstanceState::Crashed {
-                disk += info.disk_mb;
-            }
-        }
-        for reservation in lock(&self.staging).values() {
-            memory += reservation.memory_mb;
-            disk += reservation.disk_mb;
-        }
-        let settings = &self.settings;
-        let memory_cap = settings.memory_capacity_mb as f64 * settings.memory_overcommit_factor;
-        let disk_cap = settings.disk_capacity_mb as f64 * settings.disk_overcommit_factor;
-        (
-            (memory_cap as u64).saturating_sub(memory),
-            (disk_cap as u64).saturating_sub(disk),
-        )
-    }
-
-    /// Memory and disk (MiB) still free for new instances and stagings.
-    pub fn remaining(&self) -> (u64, u64) {
-        let instances = lock(&self.instances);
-        self.remaining_in(&instances)
-    }
-
-    /// Reserves memory and disk for a staging task; CF's refusal message when they do not fit.
-    pub fn reserve_staging(
-        &self,
-        task_id: &str,
-        memory_mb: u64,
-        disk_mb: u64,
-    ) -> Result<(), String> {
-        let instances = lock(&self.instances);
-        let (memory, disk) = self.remaining_in(&instances);
-        if memory_mb > memory {
-            return Err("Not enough memory resources available".into());
-        }
-        if disk_mb > disk {
-            return Err("Not enough disk resources available".into());
-        }
-        lock(&self.staging).insert(task_id.to_string(), Reservation { memory_mb, disk_mb });
-        Ok(())
-    }
-
-    pub fn release_staging(&self, task_id: &str) {
-        lock(&self.staging).remove(task_id);
     }
 
     /// Registered instances per app, any state (`app_id_to_count` of `dea.advertise`).
@@ -1106,118 +747,6 @@ impl InstanceManager {
         after.saturating_sub(before) as f64 / window.as_nanos() as f64
     }
 
-    fn snapshot_path(&self) -> PathBuf {
-        self.settings.base_dir.join("db").join("instances.json")
-    }
-
-    /// Writes the registry to `db/instances.json` (atomically) so a restarted agent can
-    /// find its instances. STOPPED ones are gone from the registry, as in the DEA.
-    fn save_snapshot(&self) {
-        let instances: Vec<InstanceInfo> = self
-            .list()
-            .into_iter()
-            .filter(|info| info.state != InstanceState::Stopped)
-            .collect();
-        let snapshot = serde_json::json!({ "instances": instances });
-        let path = self.snapshot_path();
-        let written =
-            crate::config::ensure_private_dir(path.parent().unwrap_or(&self.settings.base_dir))
-                .and_then(|()| {
-                    let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-                    crate::fetch::write_atomic(&path, &bytes)
-                });
-        if let Err(e) = written {
-            tracing::warn!("saving instance snapshot {}: {e}", path.display());
-        }
-    }
-
-    /// A manager for a restarted agent: re-attaches to the containers of its snapshot that
-    /// still run (RESUMING → RUNNING, the app untouched) and marks the rest CRASHED.
-    pub async fn recover(settings: InstanceSettings, runc: Runc) -> Arc<InstanceManager> {
-        let manager = InstanceManager::new(settings, runc);
-        let text = std::fs::read_to_string(manager.snapshot_path()).unwrap_or_default();
-        let saved: Vec<InstanceInfo> = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| serde_json::from_value(v["instances"].clone()).ok())
-            .unwrap_or_default();
-        for mut info in saved {
-            let alive = manager.runc.pid_of(&info.container_id).await.is_some();
-            let namespace = NetNamespace::existing(&info.netns);
-            let (control_tx, control_rx) = tokio::sync::oneshot::channel();
-            let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-            let resumable = alive
-                && matches!(
-                    info.state,
-                    InstanceState::Running | InstanceState::Resuming | InstanceState::Evacuating
-                );
-            let listener = if resumable {
-                let address = manager.settings.publish_address.as_str();
-                tokio::net::TcpListener::bind((address, info.host_port))
-                    .await
-                    .ok()
-            } else {
-                None
-            };
-            match (namespace, listener) {
-                (Some(namespace), Some(listener)) if resumable => {
-                    // RESUMING until the monitor has re-attached, then back to what it was.
-                    let was = info.state;
-                    info.set_state(InstanceState::Resuming);
-                    if was == InstanceState::Evacuating {
-                        info.state = InstanceState::Evacuating;
-                    }
-                    let handle = Arc::new(Handle {
-                        info: Mutex::new(info.clone()),
-                        control: Mutex::new(Some(control_tx)),
-                        done: done_rx,
-                    });
-                    lock(&manager.instances).insert(info.instance_id.clone(), handle.clone());
-                    let forwarder = tokio::spawn(publish(listener, namespace.path()));
-                    let process = Process::Adopted {
-                        runc: manager.runc.clone(),
-                        id: info.container_id.clone(),
-                        home: info.dir.join("home"),
-                    };
-                    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                    let monitor = manager.clone();
-                    tokio::spawn(async move {
-                        monitor
-                            .monitor(
-                                handle, process, namespace, forwarder, control_rx, None, ready_tx,
-                            )
-                            .await;
-                        let _ = done_tx.send(true);
-                    });
-                    let _ = ready_rx.await;
-                }
-                (namespace, _) => {
-                    if info.holds_resources() {
-                        info.exit_description =
-                            Some("instance was gone when the agent restarted".into());
-                        info.set_state(InstanceState::Crashed);
-                    }
-                    if alive {
-                        manager
-                            .runc
-                            .signal_container(&info.container_id, "KILL")
-                            .await;
-                        manager.runc.remove_container(&info.container_id).await;
-                    }
-                    drop(namespace);
-                    let _ = done_tx.send(true);
-                    let handle = Arc::new(Handle {
-                        info: Mutex::new(info.clone()),
-                        control: Mutex::new(None),
-                        done: done_rx,
-                    });
-                    lock(&manager.instances).insert(info.instance_id.clone(), handle);
-                }
-            }
-        }
-        manager.save_snapshot();
-        manager
-    }
-
     /// Lets go of every instance without stopping it, as an agent that exits (or dies)
     /// does; a later [`InstanceManager::recover`] picks them up.
     pub async fn abandon(&self) {
@@ -1229,6 +758,23 @@ impl InstanceManager {
         }
         // Give the monitors a moment to release their listeners.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// When no instance holds a network any more (after a shutdown that stopped them all),
+    /// removes this agent's nftables table: a host the agent has left keeps nothing of it.
+    pub async fn release_network_if_idle(&self) {
+        let idle = self
+            .list()
+            .iter()
+            .all(|info| info.network.is_none() || !info.holds_resources());
+        if idle {
+            let network = self.network.clone();
+            match tokio::task::spawn_blocking(move || network.uninstall()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("removing the instance network table: {e}"),
+                Err(e) => tracing::warn!("removing the instance network table: {e}"),
+            }
+        }
     }
 
     /// Stops an instance: TERM, then KILL after the grace period. Returns its final info.
@@ -1278,66 +824,4 @@ fn rand_u64() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u64(u64::from(std::process::id()));
     hasher.finish()
-}
-
-/// How the start's health check ended.
-enum Health {
-    Healthy,
-    Unhealthy,
-    Exited(i32),
-    Ordered(Control),
-}
-
-/// How an instance's life ended, as far as this agent is concerned.
-enum Ending {
-    Exited(i32),
-    Ordered(Control),
-}
-
-/// Polls the app's port inside its namespace until it accepts a connection; false when
-/// `limit` passes first.
-async fn wait_for_port(namespace: Arc<NetNamespace>, limit: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let ns = namespace.clone();
-        let connected = tokio::task::spawn_blocking(move || {
-            ns.connect(&format!("127.0.0.1:{CONTAINER_PORT}")).is_ok()
-        })
-        .await
-        .unwrap_or(false);
-        if connected {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// Forwards connections on the host port into the instance's namespace.
-async fn publish(listener: tokio::net::TcpListener, namespace: PathBuf) {
-    loop {
-        let Ok((mut inbound, _)) = listener.accept().await else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let namespace = namespace.clone();
-        tokio::spawn(async move {
-            let outbound = tokio::task::spawn_blocking(move || {
-                crate::netns::connect_in(&namespace, &format!("127.0.0.1:{CONTAINER_PORT}"))
-            })
-            .await;
-            let Ok(Ok(outbound)) = outbound else {
-                return;
-            };
-            if outbound.set_nonblocking(true).is_err() {
-                return;
-            }
-            let Ok(mut outbound) = tokio::net::TcpStream::from_std(outbound) else {
-                return;
-            };
-            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-        });
-    }
 }

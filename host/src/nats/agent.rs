@@ -739,6 +739,7 @@ impl Agent {
         while !lock(&self.stagings).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.instances.release_network_if_idle().await;
         // Let the instance events (unregistrations) go out before the final flush.
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.flush().await;

@@ -149,11 +149,26 @@ impl Agent {
                 return None;
             }
         };
+        // The app's security groups, as the controller sends them (§4.3): each must parse
+        // (the instance network checks every value again before nftables sees it).
+        let egress: Result<Vec<crate::config::EgressRule>, _> = start
+            .egress_network_rules
+            .iter()
+            .map(|rule| serde_json::from_value(rule.clone()))
+            .collect();
+        let (egress, bad_egress) = match egress {
+            Ok(rules) => (rules, None),
+            Err(e) => (
+                Vec::new(),
+                Some(format!("invalid egress_network_rules: {e}")),
+            ),
+        };
         let refusal = start
             .stack
             .as_ref()
             .filter(|stack| !self.config.stacks.contains(stack))
-            .map(|stack| format!("Stack {stack} does not exist"));
+            .map(|stack| format!("Stack {stack} does not exist"))
+            .or(bad_egress);
         let health_check_timeout = start
             .health_check_timeout
             .filter(|secs| *secs > 0)
@@ -172,6 +187,7 @@ impl Agent {
             // As in the DEA: only an app with routes must accept connections to be RUNNING.
             health_check: !start.uris.is_empty(),
             health_check_timeout: Duration::from_secs(health_check_timeout.min(3600)),
+            egress,
             version: start.version.clone(),
             uris: start.uris.clone(),
             cc_partition: start.cc_partition.clone(),

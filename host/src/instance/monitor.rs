@@ -1,0 +1,364 @@
+//! Watching one instance from its start to its end: the start's health check, then, while it
+//! runs, its exit, its disk, its reachability, and the agent's orders (stop, or let go); at
+//! the end, crash logs and a clean-up that leaves nothing behind but those logs.
+
+use super::network::{Attached, PortReservation};
+use super::{Handle, InstanceManager, InstanceState, disk, lock};
+use crate::container::{Runc, RunningContainer};
+use crate::netns::NetNamespace;
+use crate::tenant_fs::{Links, TenantDir};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Consecutive failed reachability checks after which a running instance is crashed.
+const UNREACHABLE_CHECKS: u32 = 3;
+
+/// What the monitor of an instance is told.
+pub(super) enum Control {
+    /// TERM, grace period, KILL, STOPPED.
+    Stop,
+    /// Let go without touching the container (an agent going away; tests use it to
+    /// simulate a crash of the agent).
+    Abandon,
+}
+
+/// The container's main process, as this agent knows it.
+pub(super) enum Process {
+    /// Started by this agent: its `runc run` child.
+    Child(RunningContainer),
+    /// Found running after a restart: watched through `runc state`.
+    Adopted {
+        runc: Runc,
+        id: String,
+        home: PathBuf,
+    },
+}
+
+impl Process {
+    async fn wait(&mut self) -> i32 {
+        match self {
+            Process::Child(container) => container.wait().await,
+            Process::Adopted { runc, id, home } => loop {
+                if runc.pid_of(id).await.is_none() {
+                    // The start script records the app's status on its way out, in the
+                    // app's own home: read it as a tenant's file (it could be a FIFO or a
+                    // link to /dev/zero by now).
+                    let home = home.clone();
+                    let status = tokio::task::spawn_blocking(move || {
+                        TenantDir::open(&home)
+                            .and_then(|dir| {
+                                dir.read_string(Path::new("exit_status"), Links::Refuse, 64)
+                            })
+                            .ok()
+                            .flatten()
+                            .and_then(|s| s.trim().parse().ok())
+                    })
+                    .await;
+                    return status.ok().flatten().unwrap_or(255);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            },
+        }
+    }
+
+    async fn signal(&self, signal: &str) {
+        match self {
+            Process::Child(container) => container.signal(signal).await,
+            Process::Adopted { runc, id, .. } => runc.signal_container(id, signal).await,
+        }
+    }
+
+    async fn remove(self) {
+        match self {
+            Process::Child(container) => container.remove().await,
+            Process::Adopted { runc, id, .. } => runc.remove_container(&id).await,
+        }
+    }
+}
+
+/// Everything a started instance holds on the host.
+pub(super) struct Running {
+    pub process: Process,
+    pub namespace: NetNamespace,
+    pub network: Attached,
+    pub port: PortReservation,
+}
+
+/// How the start's health check ended.
+enum Health {
+    Healthy,
+    Unhealthy,
+    Exited(i32),
+    Ordered(Control),
+}
+
+/// How an instance's life ended, as far as this agent is concerned.
+enum Ending {
+    Exited(i32),
+    Ordered(Control),
+}
+
+/// What the monitor is to check.
+pub(super) struct Watch {
+    /// The start's health check, with its time limit (`None`: none, or already passed).
+    pub health: Option<Duration>,
+    /// Keep checking that the app accepts connections while it runs (apps with routes).
+    pub reachability: bool,
+}
+
+impl InstanceManager {
+    /// Health check, then waits for the process to exit or a stop; records the outcome and
+    /// cleans up.
+    pub(super) async fn monitor(
+        &self,
+        handle: Arc<Handle>,
+        running: Running,
+        mut control: tokio::sync::oneshot::Receiver<Control>,
+        watch: Watch,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let Running {
+            process: mut container,
+            namespace,
+            network,
+            port,
+        } = running;
+        let mut ready = Some(ready);
+        let health_started = std::time::Instant::now();
+        let healthy = match watch.health {
+            None => Health::Healthy,
+            Some(limit) => {
+                tokio::select! {
+                    ok = wait_for_app(&network, limit) => {
+                        if ok { Health::Healthy } else { Health::Unhealthy }
+                    }
+                    code = container.wait() => Health::Exited(code),
+                    order = &mut control => Health::Ordered(order.unwrap_or(Control::Abandon)),
+                }
+            }
+        };
+        let exit = match healthy {
+            Health::Healthy => {
+                let resumed_state = {
+                    let mut info = lock(&handle.info);
+                    info.start_timings_ms.insert(
+                        "health_check".into(),
+                        health_started.elapsed().as_secs_f64() * 1000.0,
+                    );
+                    // An instance adopted while the agent was evacuating stays EVACUATING.
+                    if info.state == InstanceState::Evacuating {
+                        InstanceState::Evacuating
+                    } else {
+                        InstanceState::Running
+                    }
+                };
+                self.enter(&handle, resumed_state);
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                self.while_running(
+                    &handle,
+                    &mut container,
+                    &mut control,
+                    &network,
+                    watch.reachability,
+                )
+                .await
+            }
+            Health::Unhealthy => {
+                let index = lock(&handle.info).instance_id.clone();
+                lock(&handle.info).exit_description = Some(format!(
+                    "Instance {index} failed to start accepting connections"
+                ));
+                container.signal("KILL").await;
+                Ending::Exited(container.wait().await)
+            }
+            Health::Exited(code) => Ending::Exited(code),
+            Health::Ordered(order) => Ending::Ordered(order),
+        };
+        match exit {
+            Ending::Ordered(Control::Abandon) => {
+                // The agent goes; the container, its network and its files stay, and traffic
+                // keeps reaching it (the kernel publishes its port, not this process).
+                namespace.leak();
+                drop(port);
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                if let Process::Child(child) = container {
+                    std::mem::forget(child);
+                }
+                return;
+            }
+            Ending::Exited(code) => {
+                {
+                    let mut info = lock(&handle.info);
+                    if info.exit_description.is_none() {
+                        info.exit_description = Some(if code == 137 {
+                            // The cgroup (and its OOM counter) is gone by now; inside the
+                            // container nothing else sends SIGKILL.
+                            format!(
+                                "app instance was killed (SIGKILL), most likely out of memory (limit {} MiB)",
+                                info.memory_mb
+                            )
+                        } else {
+                            format!("app instance exited with status {code}")
+                        });
+                    }
+                    info.exit_status = Some(code);
+                }
+                self.keep_crash_logs(&handle).await;
+                self.enter(&handle, InstanceState::Crashed);
+            }
+            Ending::Ordered(Control::Stop) => {
+                self.enter(&handle, InstanceState::Stopping);
+                container.signal("TERM").await;
+                let exited = tokio::time::timeout(self.settings.stop_grace, container.wait()).await;
+                if exited.is_err() {
+                    container.signal("KILL").await;
+                    container.wait().await;
+                }
+                self.enter(&handle, InstanceState::Stopped);
+                // Stopped instances leave the registry, as in the DEA.
+                let id = lock(&handle.info).instance_id.clone();
+                lock(&self.instances).remove(&id);
+            }
+        }
+        container.remove().await;
+        self.release(&handle, Some(network), Some(namespace)).await;
+        drop(port);
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
+    }
+
+    /// Waits out a running instance: its exit, an order, its disk limit, its reachability.
+    async fn while_running(
+        &self,
+        handle: &Handle,
+        container: &mut Process,
+        control: &mut tokio::sync::oneshot::Receiver<Control>,
+        network: &Attached,
+        reachability: bool,
+    ) -> Ending {
+        let (home, limit_mb, container_id) = {
+            let info = lock(&handle.info);
+            (
+                info.dir.join("home"),
+                info.disk_mb,
+                info.container_id.clone(),
+            )
+        };
+        let mut disk_check = tokio::time::interval(self.settings.disk_check_interval);
+        let mut reach_check = tokio::time::interval(self.settings.health_check_interval);
+        reach_check.tick().await;
+        let mut failures = 0u32;
+        loop {
+            let problem = tokio::select! {
+                code = container.wait() => return Ending::Exited(code),
+                order = &mut *control => return Ending::Ordered(order.unwrap_or(Control::Abandon)),
+                _ = disk_check.tick() => self.disk_problem(&home, &container_id, limit_mb).await,
+                _ = reach_check.tick(), if reachability => {
+                    match reach(network).await {
+                        Reach::Answered => {
+                            failures = 0;
+                            None
+                        }
+                        Reach::NoInterface => Some(format!(
+                            "the instance's network interface {} is gone",
+                            network.host_if
+                        )),
+                        Reach::Refused(error) => {
+                            failures += 1;
+                            (failures >= UNREACHABLE_CHECKS).then(|| format!(
+                                "app instance stopped accepting connections on port {} ({failures} checks in a row: {error})",
+                                super::network::CONTAINER_PORT
+                            ))
+                        }
+                    }
+                }
+            };
+            if let Some(reason) = problem {
+                lock(&handle.info).exit_description = Some(reason);
+                container.signal("KILL").await;
+                return Ending::Exited(container.wait().await);
+            }
+        }
+    }
+
+    /// Why the instance must be stopped for its disk, if it must.
+    async fn disk_problem(&self, home: &Path, container_id: &str, limit_mb: u64) -> Option<String> {
+        let (dir, container_id) = (home.to_path_buf(), container_id.to_string());
+        let max_files = self.settings.max_files;
+        let used =
+            tokio::task::spawn_blocking(move || disk::usage(&dir, &container_id, max_files)).await;
+        match used {
+            Ok(Ok(usage)) if usage.bytes > limit_mb << 20 => Some(format!(
+                "app instance exceeded its disk limit of {limit_mb} MiB"
+            )),
+            Ok(Err(disk::DiskError::TooManyFiles { limit })) => Some(format!(
+                "app instance exceeded its limit of {limit} files and directories"
+            )),
+            Ok(Err(e)) => {
+                tracing::warn!("measuring an instance's disk: {e}");
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// Frees what a finished instance held on the host: its DNAT element and interface, its
+    /// network namespace, and its directory (crash logs were copied out before).
+    pub(super) async fn release(
+        &self,
+        handle: &Handle,
+        network: Option<Attached>,
+        namespace: Option<NetNamespace>,
+    ) {
+        if let Some(network) = network {
+            let manager = self.network.clone();
+            let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
+        }
+        drop(namespace);
+        let dir = lock(&handle.info).dir.clone();
+        crate::tenant_fs::remove_tree_off_thread(dir).await;
+    }
+}
+
+/// How one reachability check went.
+enum Reach {
+    Answered,
+    NoInterface,
+    Refused(String),
+}
+
+async fn reach(network: &Attached) -> Reach {
+    if !Path::new("/sys/class/net").join(&network.host_if).exists() {
+        return Reach::NoInterface;
+    }
+    let connect = tokio::net::TcpStream::connect(network.app_address());
+    match tokio::time::timeout(Duration::from_secs(2), connect).await {
+        Ok(Ok(_)) => Reach::Answered,
+        Ok(Err(e)) => Reach::Refused(e.to_string()),
+        Err(_) => Reach::Refused("no answer within 2s".into()),
+    }
+}
+
+/// Polls the app's port (its own address, straight from the host) until it accepts a
+/// connection; false when `limit` passes first. Polls fast at first: most apps listen
+/// within milliseconds.
+async fn wait_for_app(network: &Attached, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if matches!(reach(network).await, Reach::Answered) {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
