@@ -133,6 +133,7 @@ async fn stage_run_get_crash_and_stop() {
             .join("logs/stderr.log")
             .is_file()
     );
+    assert_released(&crashed);
 
     // A second instance, stopped: STOPPED and the container gone.
     let info = manager.start(start_request(&droplet)).await.expect("start");
@@ -148,6 +149,24 @@ async fn stage_run_get_crash_and_stop() {
         tokio::net::TcpStream::connect(("127.0.0.1", info.host_port))
             .await
             .is_err()
+    );
+    assert_released(&stopped);
+}
+
+/// A finished instance holds nothing on the host any more: no home (only the crash logs
+/// under `crashes/`), no network namespace, no interface.
+fn assert_released(info: &dea::instance::InstanceInfo) {
+    assert!(!info.dir.exists(), "{} left behind", info.dir.display());
+    assert!(
+        !Path::new("/var/run/netns").join(&info.netns).exists(),
+        "namespace {} left",
+        info.netns
+    );
+    let network = info.network.as_ref().expect("it had a network");
+    assert!(
+        !Path::new("/sys/class/net").join(&network.host_if).exists(),
+        "interface {} left",
+        network.host_if
     );
 }
 
@@ -503,5 +522,188 @@ async fn droplets_whose_app_or_logs_are_links_never_run() {
             0,
             "{name}: something was written outside"
         );
+    }
+}
+
+/// After RUNNING the agent keeps checking an app with routes: one that stops accepting
+/// connections (its process still alive), or whose network goes away, is CRASHED with the
+/// reason, not left RUNNING and registered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_instance_that_stops_answering_is_crashed() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
+    let droplet = staged_example(base.path()).await;
+    let manager = manager(&base.path().join("dea"));
+
+    let mut request = start_request(&droplet);
+    request.start_command = Some(
+        "python3 -m http.server \"$PORT\" & server=$!; sleep 2; kill $server; sleep 600".into(),
+    );
+    let info = manager.start(request).await.expect("start");
+    assert_eq!(info.state, InstanceState::Running, "{info:?}");
+    let info = manager
+        .wait_until_finished(&info.instance_id, Duration::from_secs(20))
+        .await
+        .expect("known");
+    assert_eq!(info.state, InstanceState::Crashed, "{info:?}");
+    assert!(
+        info.exit_description
+            .as_deref()
+            .is_some_and(|d| d.contains("stopped accepting connections")),
+        "{info:?}"
+    );
+
+    let info = manager.start(start_request(&droplet)).await.expect("start");
+    assert_eq!(info.state, InstanceState::Running, "{info:?}");
+    let host_if = info.network.as_ref().expect("network").host_if.clone();
+    let deleted = std::process::Command::new("ip")
+        .args(["link", "del", &host_if])
+        .status()
+        .expect("ip");
+    assert!(deleted.success());
+    let info = manager
+        .wait_until_finished(&info.instance_id, Duration::from_secs(20))
+        .await
+        .expect("known");
+    assert_eq!(info.state, InstanceState::Crashed, "{info:?}");
+    assert!(
+        info.exit_description
+            .as_deref()
+            .is_some_and(|d| d.contains("network interface") && d.contains("is gone")),
+        "{info:?}"
+    );
+}
+
+/// A test host in a network namespace of our own, serving on two ports, for egress.
+struct Upstream {
+    netns: String,
+    host_if: String,
+    server: std::process::Child,
+}
+
+impl Upstream {
+    const ADDRESS: &str = "10.253.7.2";
+
+    fn start() -> Upstream {
+        let netns = format!("dea-test-up-{}", std::process::id());
+        let host_if = format!("dtu{}", std::process::id() % 100_000);
+        let ip = |args: &[&str]| {
+            let ok = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "ip {args:?}");
+        };
+        ip(&["netns", "add", &netns]);
+        ip(&["-n", &netns, "link", "set", "lo", "up"]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &netns,
+        ]);
+        ip(&["addr", "add", "10.253.7.1/30", "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &netns, "addr", "add", "10.253.7.2/30", "dev", "eth0"]);
+        ip(&["-n", &netns, "link", "set", "eth0", "up"]);
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c"])
+            .arg(
+                "import http.server, threading\n\
+                 for port in (9000, 9001):\n\
+                 \x20   s = http.server.HTTPServer(('0.0.0.0', port), http.server.SimpleHTTPRequestHandler)\n\
+                 \x20   threading.Thread(target=s.serve_forever).start()\n",
+            )
+            .current_dir("/tmp")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("upstream server");
+        // Serving before any instance probes it (the host reaches it directly).
+        let up = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(50));
+            std::net::TcpStream::connect((Upstream::ADDRESS, 9001)).is_ok()
+        });
+        assert!(up, "the upstream test server did not start");
+        Upstream {
+            netns,
+            host_if,
+            server,
+        }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "delete", &self.netns])
+            .status();
+    }
+}
+
+/// By default an instance reaches nothing: not the host it runs on, not another host. An
+/// egress rule (a security group) opens exactly its destination and ports, enforced by the
+/// kernel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_reach_only_what_egress_rules_allow() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = Cleanup(base.path().join("dea"));
+    let droplet = staged_example(base.path()).await;
+    let manager = manager(&base.path().join("dea"));
+    let upstream = Upstream::start();
+    // A listener on every host address: an instance must not reach its host's services.
+    let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let host_port = host_service.local_addr().expect("addr").port();
+    let probe = |rule: Option<dea::config::EgressRule>| {
+        let mut request = start_request(&droplet);
+        request.health_check = false;
+        request.egress = rule.into_iter().collect();
+        let script = format!(
+            "me=$(ip -4 -o addr show eth0 | awk '{{print $4}}' | cut -d/ -f1); host=${{me%.*}}.$((${{me##*.}} - 1)); \\
+             for target in {up}:9000 {up}:9001 $host:{host_port}; do \\
+               if curl -s -m 2 -o /dev/null http://$target/; then echo \"$target open\"; else echo \"$target closed\"; fi; \
+             done > probe.partial; mv probe.partial probe.txt; sleep 600",
+            up = Upstream::ADDRESS
+        );
+        request.start_command = Some(script);
+        request
+    };
+    let read_probe = |info: &dea::instance::InstanceInfo| {
+        let path = info.dir.join("home/app/probe.txt");
+        async move {
+            for _ in 0..100 {
+                if let Ok(text) = std::fs::read_to_string(&path) {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("no probe result at {}", path.display());
+        }
+    };
+    let closed = manager.start(probe(None)).await.expect("start");
+    let allowed = manager
+        .start(probe(Some(dea::config::EgressRule {
+            protocol: dea::config::EgressProtocol::Tcp,
+            destination: format!("{}/32", Upstream::ADDRESS),
+            ports: Some("9000".into()),
+        })))
+        .await
+        .expect("start");
+    let none = read_probe(&closed).await;
+    let some = read_probe(&allowed).await;
+    let up = Upstream::ADDRESS;
+    assert!(none.contains(&format!("{up}:9000 closed")), "{none}");
+    assert!(none.contains(&format!("{up}:9001 closed")), "{none}");
+    assert!(some.contains(&format!("{up}:9000 open")), "{some}");
+    assert!(some.contains(&format!("{up}:9001 closed")), "{some}");
+    for result in [&none, &some] {
+        assert!(result.contains(&format!(":{host_port} closed")), "{result}");
+        assert_eq!(result.lines().count(), 3, "{result}");
+    }
+    drop(host_service);
+    for info in [closed, allowed] {
+        manager.stop(&info.instance_id).await.expect("stop");
     }
 }

@@ -27,22 +27,33 @@ pub struct DiskUsage {
 pub enum DiskError {
     #[error("more than {limit} files and directories")]
     TooManyFiles { limit: u64 },
+    #[error("directories nested deeper than {limit}")]
+    TooDeep { limit: usize },
     #[error(transparent)]
     Tree(#[from] TenantFsError),
 }
 
 /// Measures `home`'s usage, with the deleted-but-open files of container `container_id`.
-pub fn usage(home: &Path, container_id: &str, max_files: u64) -> Result<DiskUsage, DiskError> {
+pub fn usage(
+    home: &Path,
+    container_id: &str,
+    max_files: u64,
+    max_depth: usize,
+) -> Result<DiskUsage, DiskError> {
     let dir = TenantDir::open(home)?;
+    // Too deep to measure is a limit of its own: an app could otherwise hide any amount of
+    // data below the depth a walk gives up at.
     let limits = WalkLimits {
         max_entries: max_files,
-        ..WalkLimits::default()
+        max_depth,
+        deadline: None,
     };
     let (bytes, entries) = match dir.usage(limits) {
         Ok(measured) => measured,
         Err(TenantFsError::TooManyEntries { limit, .. }) => {
             return Err(DiskError::TooManyFiles { limit });
         }
+        Err(TenantFsError::TooDeep { limit, .. }) => return Err(DiskError::TooDeep { limit }),
         Err(e) => return Err(e.into()),
     };
     let home_dev = std::fs::metadata(home).map(|m| m.dev()).unwrap_or(0);

@@ -717,8 +717,9 @@ impl InstanceManager {
         let cpu = self.cpu_fraction(&info.container_id).await;
         let home = info.dir.join("home");
         let (container_id, max_files) = (info.container_id.clone(), self.settings.max_files);
+        let max_depth = self.settings.max_dir_depth;
         let disk_bytes = tokio::task::spawn_blocking(move || {
-            disk::usage(&home, &container_id, max_files).map_or(0, |u| u.bytes)
+            disk::usage(&home, &container_id, max_files, max_depth).map_or(0, |u| u.bytes)
         })
         .await
         .unwrap_or(0);

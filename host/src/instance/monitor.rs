@@ -290,15 +290,20 @@ impl InstanceManager {
     /// Why the instance must be stopped for its disk, if it must.
     async fn disk_problem(&self, home: &Path, container_id: &str, limit_mb: u64) -> Option<String> {
         let (dir, container_id) = (home.to_path_buf(), container_id.to_string());
-        let max_files = self.settings.max_files;
-        let used =
-            tokio::task::spawn_blocking(move || disk::usage(&dir, &container_id, max_files)).await;
+        let (max_files, max_depth) = (self.settings.max_files, self.settings.max_dir_depth);
+        let used = tokio::task::spawn_blocking(move || {
+            disk::usage(&dir, &container_id, max_files, max_depth)
+        })
+        .await;
         match used {
             Ok(Ok(usage)) if usage.bytes > limit_mb << 20 => Some(format!(
                 "app instance exceeded its disk limit of {limit_mb} MiB"
             )),
             Ok(Err(disk::DiskError::TooManyFiles { limit })) => Some(format!(
                 "app instance exceeded its limit of {limit} files and directories"
+            )),
+            Ok(Err(disk::DiskError::TooDeep { limit })) => Some(format!(
+                "app instance nests directories deeper than its limit of {limit}"
             )),
             Ok(Err(e)) => {
                 tracing::warn!("measuring an instance's disk: {e}");

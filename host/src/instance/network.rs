@@ -150,12 +150,12 @@ impl Network {
             any if any.is_unspecified() => "fib daddr type local tcp dport map @published_any",
             _ => "ip daddr . tcp dport map @published",
         };
-        let subnet = &self.settings.subnet;
         let script = format!(
             "add table ip {t}
 add map ip {t} published {{ type ipv4_addr . inet_service : ipv4_addr . inet_service; }}
 add map ip {t} published_any {{ type inet_service : ipv4_addr . inet_service; }}
 add map ip {t} egress {{ type ifname : verdict; }}
+add set ip {t} ifaces {{ type ifname; }}
 add chain ip {t} output {{ type nat hook output priority -100; policy accept; }}
 add chain ip {t} prerouting {{ type nat hook prerouting priority -100; policy accept; }}
 add chain ip {t} postrouting {{ type nat hook postrouting priority 100; policy accept; }}
@@ -168,16 +168,16 @@ flush chain ip {t} input
 flush chain ip {t} forward
 add rule ip {t} output dnat ip to {publish}
 add rule ip {t} prerouting dnat ip to {publish}
-add rule ip {t} postrouting oifname \"dh*\" ip saddr 127.0.0.0/8 masquerade
-add rule ip {t} postrouting ip saddr {subnet} oifname != \"dh*\" masquerade
-add rule ip {t} input iifname \"dh*\" ct state established,related accept
-add rule ip {t} input iifname \"dh*\" drop
-add rule ip {t} forward oifname \"dh*\" ct state established,related accept
-add rule ip {t} forward oifname \"dh*\" ct status dnat accept
-add rule ip {t} forward iifname \"dh*\" ct state established,related accept
-add rule ip {t} forward iifname \"dh*\" iifname vmap @egress
-add rule ip {t} forward iifname \"dh*\" drop
-add rule ip {t} forward oifname \"dh*\" drop
+add rule ip {t} postrouting oifname @ifaces ip saddr 127.0.0.0/8 masquerade
+add rule ip {t} postrouting iifname @ifaces oifname != @ifaces masquerade
+add rule ip {t} input iifname @ifaces ct state established,related accept
+add rule ip {t} input iifname @ifaces drop
+add rule ip {t} forward oifname @ifaces ct state established,related accept
+add rule ip {t} forward oifname @ifaces ct status dnat accept
+add rule ip {t} forward iifname @ifaces ct state established,related accept
+add rule ip {t} forward iifname @ifaces iifname vmap @egress
+add rule ip {t} forward iifname @ifaces drop
+add rule ip {t} forward oifname @ifaces drop
 "
         );
         nft(&script)
@@ -268,7 +268,10 @@ add rule ip {t} forward oifname \"dh*\" drop
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
         }
         let t = &self.settings.table;
-        let mut script = self.publish_element("add", attached);
+        // The interface joins this agent's set first: every rule of this table matches it by
+        // that set, so other agents' tables (on the same host) never judge its traffic.
+        let mut script = format!("add element ip {t} ifaces {{ \"{host_if}\" }}\n");
+        script.push_str(&self.publish_element("add", attached));
         if attached.egress {
             let chain = egress_chain(host_if);
             script.push_str(&format!(
@@ -312,7 +315,10 @@ add rule ip {t} forward oifname \"dh*\" drop
             });
         }
         let reservation = bind_port(self.settings.publish_address, attached.host_port)?;
-        nft(&self.publish_element("add", attached))?;
+        let t = &self.settings.table;
+        let mut script = format!("add element ip {t} ifaces {{ \"{}\" }}\n", attached.host_if);
+        script.push_str(&self.publish_element("add", attached));
+        nft(&script)?;
         Ok(reservation)
     }
 
@@ -321,6 +327,10 @@ add rule ip {t} forward oifname \"dh*\" drop
     pub fn detach(&self, attached: &Attached) {
         let t = &self.settings.table;
         let mut script = self.publish_element("delete", attached);
+        script.push_str(&format!(
+            "delete element ip {t} ifaces {{ \"{}\" }}\n",
+            attached.host_if
+        ));
         if attached.egress {
             let chain = egress_chain(&attached.host_if);
             script.push_str(&format!(
