@@ -2,10 +2,10 @@
 //! runc): classic buildpacks that plant FIFOs, links out of the tree, endless and sparse
 //! trees where the agent (root) reads or packs after compile; apps that turn their logs into
 //! links to the agent's private state, or into FIFOs, before crashing; droplets whose home is
-//! made of links. Each attack must fail with a clear error *and* the agent must keep serving
-//! all along: a [`Liveness`] probe asks `dea.status` every 200 ms and times every heartbeat
-//! from before the attack until after it, against an agent on its own runtime
-//! ([`IsolatedAgent`]).
+//! made of links; an app hiding its disk use behind a tree deeper than the agent walks. Each
+//! attack must fail with a clear error *and* the agent must keep serving all along: a
+//! [`Liveness`] probe asks `dea.status` every 200 ms and times every heartbeat from before the
+//! attack until after it, against an agent on its own runtime ([`IsolatedAgent`]).
 
 use super::{local, start_agent};
 use dea_tests::controller::{
@@ -1122,5 +1122,66 @@ async fn droplets_made_of_links_do_not_start() {
         assert_no_shadow(&shadow, "a message on the bus", &message);
     }
     report.assert_alive("hostile droplets");
+    agent.shutdown().await;
+}
+
+/// An app over its disk limit is stopped, however it arranges its files: one that first
+/// nests directories deeper than the agent's usage walk goes must not make its usage
+/// unmeasurable, and so unlimited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_trees_do_not_hide_disk_use() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let exits = controller.listen("droplet.exited").await;
+    let droplet = make_tgz(&[("./app/README", "an app that fills its disk\n")]);
+    let sha1 = sha1_hex(&droplet);
+    let blobs = BlobStore::start(vec![("/droplets/filler.tgz", droplet)]).await;
+    let agent = IsolatedAgent::start(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+    // 320 MiB against the 256 MiB limit of `start_message`, then waiting to be stopped.
+    let fill = "dd if=/dev/zero of=fill bs=1M count=320 2>/dev/null; sleep 600";
+    let apps = [
+        // The control: the same fill, no tree.
+        ("flat-filler", format!("cd /home/vcap/tmp; {fill}")),
+        // 300 nested directories first (the walk stops at 256).
+        (
+            "deep-filler",
+            format!("cd /home/vcap/tmp; mkdir -p $(printf \"d/%.0s\" $(seq 300)); {fill}"),
+        ),
+    ];
+    let probe = Liveness::start(&nats, agent.id()).await;
+    for (app, command) in &apps {
+        let start = bare_start(
+            app,
+            &blobs.url("/droplets/filler.tgz"),
+            &sha1,
+            Some(&format!("sh -c '{command}'")),
+        );
+        controller
+            .publish(&format!("dea.{}.start", agent.id()), &start)
+            .await;
+    }
+    for (app, _) in &apps {
+        // The disk is checked every second here: 30 s is ample to write 320 MiB and be seen.
+        let exited = exits
+            .wait_for(Duration::from_secs(30), |m| m["droplet"] == *app)
+            .await
+            .unwrap_or_else(|| panic!("{app}: still running 30 s after filling its disk"));
+        eprintln!("{app}: {}", exited["exit_description"]);
+        assert_eq!(exited["reason"], "CRASHED", "{app}: {exited}");
+        let description = exited["exit_description"].as_str().unwrap_or_default();
+        assert!(
+            description.contains("disk limit") || description.contains("deeper than"),
+            "{app}: {description:?}"
+        );
+    }
+    let report = probe.finish(Duration::from_secs(5)).await;
+    report.assert_alive("disk fillers");
     agent.shutdown().await;
 }
