@@ -1185,3 +1185,309 @@ async fn deep_trees_do_not_hide_disk_use() {
     report.assert_alive("disk fillers");
     agent.shutdown().await;
 }
+
+/// An admin buildpack that stages the app fine but leaves `CACHE_PLANT` in its cache
+/// directory, which the agent packs and uploads after the staging.
+fn cacher_buildpack() -> Vec<u8> {
+    let compile = r#"#!/bin/bash
+set -e
+build="$1" cache="$2" env_dir="$3"
+attack="$(cat "$env_dir/CACHE_PLANT")"
+echo "-----> Caching $attack"
+echo "web: sleep 1" > "$build/Procfile"
+echo kept > "$cache/kept.txt"
+case "$attack" in
+  fifo) mkfifo "$cache/pipe" ;;
+  shadow) ln -s /etc/shadow "$cache/shadow" ;;
+  sparse) truncate -s 100G "$cache/sparse" ;;
+  deep) cd "$cache"; mkdir -p "$(printf 'd/%.0s' $(seq 1500))" ;;
+esac
+"#;
+    zip_scripts(&[
+        ("bin/detect", "#!/bin/bash\necho Cacher\n"),
+        ("bin/compile", compile),
+        (
+            "bin/release",
+            "#!/bin/bash\nprintf -- '---\\ndefault_process_types:\\n  web: sleep 1\\n'\n",
+        ),
+    ])
+}
+
+/// The raw tar stream inside a `.tgz`.
+fn gunzip(tgz: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(tgz)
+        .read_to_end(&mut tar)
+        .expect("gunzip");
+    tar
+}
+
+/// The buildpack cache is the tenant's across stagings: a hostile cache coming in is
+/// ignored, and whatever a buildpack leaves in the cache going out (a FIFO, a link to
+/// /etc/shadow, 100 GB of holes, 1,500 nested directories) is refused or packed as it is,
+/// never followed or read endlessly. The stagings themselves succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_buildpack_caches_are_neither_followed_nor_kept() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let bus = BusRecorder::start(&nats).await;
+    let shadow = shadow_lines();
+    // What a previous staging "left": a link out and a FIFO.
+    let cache_in = droplet_tgz(&[
+        ("./kept-before.txt", Node::File("from before\n")),
+        ("./shadow", Node::Link("/etc/shadow")),
+        ("./pipe", Node::Fifo),
+    ]);
+    let blobs = BlobStore::start(vec![
+        ("/buildpacks/cacher.zip", cacher_buildpack()),
+        ("/packages/app.zip", zip_files(&[("app.txt", "an app\n")])),
+        ("/caches/hostile.tgz", cache_in),
+    ])
+    .await;
+    let agent = IsolatedAgent::start(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+
+    // (what the buildpack leaves, what the packing warning must say; None: packed)
+    let plants: [(&str, Option<&str>); 4] = [
+        ("fifo", Some("FIFO")),
+        ("shadow", None),
+        ("sparse", Some("more than the limit")),
+        ("deep", Some("deeper than the limit")),
+    ];
+    let probe = Liveness::start(&nats, agent.id()).await;
+    let stagings = plants.iter().map(|(plant, _)| {
+        let request = json!({
+            "app_id": format!("app-cache-{plant}"), "task_id": format!("task-cache-{plant}"),
+            "download_uri": blobs.url("/packages/app.zip"),
+            "upload_uri": blobs.url(&format!("/upload/droplet-cache-{plant}")),
+            "buildpack_cache_download_uri": blobs.url("/caches/hostile.tgz"),
+            "buildpack_cache_upload_uri": blobs.url(&format!("/upload/cache-{plant}")),
+            "admin_buildpacks": [{"key": "cacher", "url": blobs.url("/buildpacks/cacher.zip")}],
+            "properties": {
+                "environment": [format!("CACHE_PLANT={plant}")], "buildpack_key": "cacher",
+            },
+            "memory_limit": 128, "disk_limit": 256,
+        });
+        let (nats, agent_id, directory) = (&nats, agent.id(), &agent.directory);
+        async move {
+            let client = Controller::connect(nats).await;
+            let inbox = client.client.new_inbox();
+            let mut replies = client
+                .client
+                .subscribe(inbox.clone())
+                .await
+                .expect("subscribe inbox");
+            client
+                .client
+                .publish_with_reply(
+                    format!("staging.{agent_id}.start"),
+                    inbox,
+                    request.to_string().into(),
+                )
+                .await
+                .expect("publish");
+            client.client.flush().await.expect("flush");
+            let setup = next_reply(&mut replies, Duration::from_secs(60))
+                .await
+                .unwrap_or_else(|| panic!("{plant}: no setup reply"));
+            let url = setup["task_streaming_log_url"]
+                .as_str()
+                .map(|url| format!("{}&tail&tail_offset=0", local(url, directory)))
+                .unwrap_or_else(|| panic!("{plant}: no log URL in {setup}"));
+            let tail = tokio::spawn(async move {
+                let mut response = reqwest::get(url).await.expect("tail the log");
+                let mut bytes = Vec::new();
+                while let Ok(Some(chunk)) = response.chunk().await {
+                    bytes.extend_from_slice(&chunk);
+                }
+                String::from_utf8_lossy(&bytes).into_owned()
+            });
+            let completion = next_reply(&mut replies, Duration::from_secs(120)).await;
+            let log = tokio::time::timeout(Duration::from_secs(30), tail)
+                .await
+                .unwrap_or_else(|_| panic!("{plant}: the log tail did not end"))
+                .expect("tail task");
+            (completion, log)
+        }
+    });
+    let results = futures_util::future::join_all(stagings).await;
+    let report = probe.finish(Duration::from_secs(5)).await;
+
+    for ((plant, refused), (completion, log)) in plants.iter().zip(&results) {
+        let completion = completion
+            .as_ref()
+            .unwrap_or_else(|| panic!("{plant}: no completion reply"));
+        assert!(completion["error"].is_null(), "{plant}: {completion}");
+        assert!(
+            completion["droplet_sha1"].is_string(),
+            "{plant}: {completion}"
+        );
+        assert!(
+            log.contains(&format!("-----> Caching {plant}")),
+            "{plant}: {log}"
+        );
+        // The hostile cache coming in was refused as a whole.
+        assert!(
+            log.contains("Ignoring the buildpack cache"),
+            "{plant}: {log}"
+        );
+        assert_no_shadow(&shadow, &format!("{plant}'s staging log"), log.as_bytes());
+        let droplet = blobs
+            .blob(&format!("/droplet-cache-{plant}"))
+            .unwrap_or_else(|| panic!("{plant}: no droplet uploaded"));
+        assert_no_shadow(&shadow, &format!("{plant}'s droplet"), &gunzip(&droplet));
+        let cache = blobs.blob(&format!("/cache-{plant}"));
+        match refused {
+            Some(reason) => {
+                let warning = log
+                    .lines()
+                    .find(|l| l.contains("Packing the buildpack cache"))
+                    .unwrap_or_else(|| panic!("{plant}: no packing warning in {log}"));
+                assert!(warning.contains(reason), "{plant}: {warning}");
+                assert!(cache.is_none(), "{plant}: a cache was uploaded");
+            }
+            None => {
+                // Packed as it is: the link stays a link, the file behind it is not read.
+                let cache = cache.unwrap_or_else(|| panic!("{plant}: no cache uploaded"));
+                let tar = gunzip(&cache);
+                assert_no_shadow(&shadow, "the uploaded cache", &tar);
+                let mut archive = tar::Archive::new(&tar[..]);
+                let link = archive
+                    .entries()
+                    .expect("entries")
+                    .filter_map(Result::ok)
+                    .find(|e| e.path_bytes().ends_with(b"shadow"))
+                    .map(|e| e.header().entry_type());
+                assert_eq!(link, Some(tar::EntryType::Symlink), "{plant}");
+            }
+        }
+    }
+    for message in bus.all() {
+        assert_no_shadow(&shadow, "a message on the bus", &message);
+    }
+    report.assert_alive("hostile buildpack caches");
+    assert_nothing_left(base.path()).await;
+    agent.shutdown().await;
+}
+
+/// A running app fills its home with a FIFO, links to /etc/shadow, to the agent's key and to
+/// /dev/zero, then asks for them through the directory server (`cf files`): nothing is
+/// served from outside the home, the FIFO and the device hold no request, and the agent
+/// keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_apps_links_and_fifos_are_not_served() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let shadow = shadow_lines();
+    let droplet = make_tgz(&[("./app/README", "an app that plants in its home\n")]);
+    let sha1 = sha1_hex(&droplet);
+    let blobs = BlobStore::start(vec![("/droplets/planter-app.tgz", droplet)]).await;
+    let agent = IsolatedAgent::start(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+    let key = std::fs::read(base.path().join("db/directory_server.key")).expect("the key");
+    let command = format!(
+        "cd /home/vcap/app; mkfifo pipe; ln -s /etc/shadow shadow; \
+         ln -s ../../../../db/directory_server.key key; ln -s {}/db db; \
+         ln -s /dev/zero zero; echo real > real.txt; sleep 600",
+        base.path().display()
+    );
+    let probe = Liveness::start(&nats, agent.id()).await;
+    let start = bare_start(
+        "home-planter",
+        &blobs.url("/droplets/planter-app.tgz"),
+        &sha1,
+        Some(&format!("sh -c '{command}'")),
+    );
+    controller
+        .publish(&format!("dea.{}.start", agent.id()), &start)
+        .await;
+    // `tail` (a query flag, outside the signed path) streams a file as it grows.
+    let get = |path: &'static str, tail: bool| {
+        let controller = &controller;
+        let directory = &agent.directory;
+        async move {
+            let found = controller
+                .request_many(
+                    "dea.find.droplet",
+                    &json!({"droplet": "home-planter", "states": ["RUNNING"], "path": path}),
+                    1,
+                    Duration::from_secs(5),
+                )
+                .await;
+            let uri = found.first().and_then(|f| f["file_uri_v2"].as_str())?;
+            let fetched = tokio::time::timeout(Duration::from_secs(10), async {
+                let url = local(uri, directory) + if tail { "&tail&tail_offset=0" } else { "" };
+                let mut response = reqwest::get(url).await.ok()?;
+                let status = response.status().as_u16();
+                if tail {
+                    // A tail that works never ends: its first chunk is enough.
+                    let first = tokio::time::timeout(Duration::from_secs(3), response.chunk());
+                    let first = first.await.ok().and_then(Result::ok).flatten();
+                    return Some((status, first.unwrap_or_default().to_vec()));
+                }
+                Some((status, response.bytes().await.unwrap_or_default().to_vec()))
+            })
+            .await;
+            fetched.unwrap_or_else(|_| panic!("GET {path} did not finish in 10 s"))
+        }
+    };
+    // The app has planted everything once real.txt is there.
+    let mut ready = false;
+    for _ in 0..150 {
+        if get("app/real.txt", false)
+            .await
+            .is_some_and(|(status, _)| status == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "the app never became RUNNING with its files planted");
+    let (status, listing) = get("app/", false).await.expect("the app's listing");
+    let listing = String::from_utf8_lossy(&listing).into_owned();
+    assert_eq!(status, 200, "{listing}");
+    assert!(listing.contains("pipe"), "the plants are there: {listing}");
+    // Tailing works on a real file, so its refusal below means something.
+    let (status, real) = get("app/real.txt", true).await.expect("tail real.txt");
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&real), "real\n");
+    for (path, tail) in [
+        ("app/pipe", false),
+        ("app/pipe", true),
+        ("app/shadow", false),
+        ("app/shadow", true),
+        ("app/key", false),
+        ("app/db/directory_server.key", false),
+        ("app/db/", false),
+        ("app/zero", false),
+        ("app/zero", true),
+    ] {
+        let (status, body) = get(path, tail)
+            .await
+            .unwrap_or_else(|| panic!("{path}: no answer"));
+        eprintln!("{path} (tail: {tail}): {status}");
+        assert_ne!(status, 200, "{path} served");
+        assert!(!contains_bytes(&body, &key), "{path} served the key");
+        assert_no_shadow(&shadow, path, &body);
+    }
+    let report = probe.finish(Duration::from_secs(5)).await;
+    report.assert_alive("serving a hostile home");
+    controller
+        .publish("dea.stop", &json!({"droplet": "home-planter"}))
+        .await;
+    agent.shutdown().await;
+}
