@@ -1491,3 +1491,97 @@ async fn a_running_apps_links_and_fifos_are_not_served() {
         .await;
     agent.shutdown().await;
 }
+
+/// An instance's home is the tenant's disk: once the instance has crashed (its logs kept
+/// under `crashes/`) or been stopped, the home must go. Otherwise an app that fills its disk
+/// and crashes, restarted by the health manager again and again, leaves a full home behind
+/// each time, outside every limit, until the host's disk is full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_homes_do_not_outlive_their_instances() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let _cleanup = ContainerCleanup(base.path().to_path_buf());
+    let nats = NatsServer::start().await;
+    let controller = Controller::connect(&nats).await;
+    let advertise = controller.listen("dea.advertise").await;
+    let exits = controller.listen("droplet.exited").await;
+    let droplet = make_tgz(&[("./app/README", "an app that leaves things behind\n")]);
+    let sha1 = sha1_hex(&droplet);
+    let blobs = BlobStore::start(vec![("/droplets/leaver.tgz", droplet)]).await;
+    let agent = IsolatedAgent::start(base.path(), &nats).await;
+    advertise
+        .wait_for(Duration::from_secs(10), |m| m["id"] == agent.id())
+        .await
+        .expect("the agent advertises");
+    let url = blobs.url("/droplets/leaver.tgz");
+    for (app, command) in [
+        (
+            "crash-leaver",
+            "dd if=/dev/zero of=/home/vcap/tmp/junk bs=1M count=20 2>/dev/null; exit 1",
+        ),
+        (
+            "stop-leaver",
+            "dd if=/dev/zero of=/home/vcap/tmp/junk bs=1M count=20 2>/dev/null; sleep 600",
+        ),
+    ] {
+        let start = bare_start(app, &url, &sha1, Some(&format!("sh -c '{command}'")));
+        controller
+            .publish(&format!("dea.{}.start", agent.id()), &start)
+            .await;
+    }
+    let crashed = exits
+        .wait_for(Duration::from_secs(30), |m| m["droplet"] == "crash-leaver")
+        .await
+        .expect("the crash is reported");
+    let crashed = crashed["instance"].as_str().expect("instance").to_string();
+    let mut running = Vec::new();
+    for _ in 0..100 {
+        running = controller
+            .request_many(
+                "dea.find.droplet",
+                &json!({"droplet": "stop-leaver", "states": ["RUNNING"]}),
+                1,
+                Duration::from_millis(500),
+            )
+            .await;
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stopped = running
+        .first()
+        .and_then(|r| r["instance"].as_str())
+        .expect("stop-leaver runs")
+        .to_string();
+    // Its 20 MiB are written before it is stopped.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    controller
+        .publish("dea.stop", &json!({"droplet": "stop-leaver"}))
+        .await;
+    let instances = base.path().join("instances");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let left = loop {
+        let left: Vec<String> = names_in(&instances)
+            .into_iter()
+            .filter(|id| *id == crashed || *id == stopped)
+            .collect();
+        if left.is_empty() || Instant::now() > deadline {
+            break left;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // The crash's logs are what is kept of it.
+    assert!(
+        base.path()
+            .join("crashes")
+            .join(&crashed)
+            .join("logs")
+            .is_dir(),
+        "the crash's logs are kept"
+    );
+    assert!(
+        left.is_empty(),
+        "instance directories left after crash ({crashed}) and stop ({stopped}): {left:?}"
+    );
+    agent.shutdown().await;
+}
