@@ -401,13 +401,29 @@ const ATTACKS: &[Attack] = &[
         by_key: true,
         expected: &["deeper than the limit"],
     },
+    // 3,000: past PATH_MAX, so only descriptor-relative code can still remove the workspace.
+    Attack {
+        plant: "deep-past-path-max",
+        buildpack: "deep",
+        by_key: true,
+        expected: &["deeper than the limit"],
+    },
 ];
 
 /// An admin buildpack that leaves 1,500 nested directories in the app, made by one
-/// `mkdir -p` so that compile finishes in well under a second.
+/// `mkdir -p` so that compile finishes in about a second.
 fn deep_buildpack() -> Vec<u8> {
-    let compile = "#!/bin/bash\nset -e\ncd \"$1\"\necho \"-----> Planting deep-tree-fast\"\n\
-                   mkdir -p \"$(printf 'd/%.0s' $(seq 1500))\"\necho 'web: sleep 1' > Procfile\n";
+    // Twice as deep for `deep-past-path-max`: 3,000 levels, whose paths no syscall takes.
+    let compile = r#"#!/bin/bash
+set -e
+plant="$(cat "$3/PLANT")"
+cd "$1"
+echo "-----> Planting $plant"
+echo 'web: sleep 1' > Procfile
+levels="$(printf 'd/%.0s' $(seq 1500))"
+mkdir -p "$levels"
+if [ "$plant" = deep-past-path-max ]; then cd "$levels"; mkdir -p "$levels"; fi
+"#;
     zip_scripts(&[
         ("bin/detect", "#!/bin/bash\necho Deep\n"),
         ("bin/compile", compile),
@@ -626,7 +642,7 @@ async fn hostile_stagings_fail_cleanly_while_the_agent_keeps_serving() {
         "the bus recorder saw only {} messages",
         bus.all().len()
     );
-    report.assert_alive("eleven hostile stagings");
+    report.assert_alive("twelve hostile stagings");
     // No workspace left, even the 1,500-deep one; no container still running.
     assert_nothing_left(base.path()).await;
     let status = controller
