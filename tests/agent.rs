@@ -13,6 +13,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "agent/hostile.rs"]
+mod hostile;
+
 /// An agent on `nats` with short intervals and room for a few small instances, and its
 /// directory server on a free loopback port.
 async fn start_agent(base: &Path, nats: &NatsServer) -> (Arc<Agent>, DirectoryServer) {

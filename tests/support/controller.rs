@@ -377,3 +377,47 @@ impl Drop for ContainerCleanup {
             .output();
     }
 }
+
+/// Like [`zip_dir`], but each entry keeps its file's permission bits (a classic buildpack's
+/// `bin/` scripts must stay executable once the agent unpacks it), as an admin buildpack
+/// uploaded to Cloud Controller would.
+pub fn zip_dir_with_modes(dir: &Path) -> Vec<u8> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(current) = stack.pop() {
+        for entry in std::fs::read_dir(&current).expect("read buildpack dir") {
+            let path = entry.expect("entry").path();
+            let name = path
+                .strip_prefix(dir)
+                .expect("inside")
+                .to_string_lossy()
+                .into_owned();
+            let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                let options = zip::write::SimpleFileOptions::default().unix_permissions(mode);
+                writer.start_file(name, options).expect("zip entry");
+                writer
+                    .write_all(&std::fs::read(&path).expect("read file"))
+                    .expect("zip write");
+            }
+        }
+    }
+    writer.finish().expect("zip").into_inner()
+}
+
+/// A zip of `files` (name → content): an app package made in memory.
+pub fn zip_files(files: &[(&str, &str)]) -> Vec<u8> {
+    use std::io::Write;
+    let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, content) in files {
+        writer
+            .start_file(*name, zip::write::SimpleFileOptions::default())
+            .expect("zip entry");
+        writer.write_all(content.as_bytes()).expect("zip write");
+    }
+    writer.finish().expect("zip").into_inner()
+}
