@@ -13,8 +13,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-#[path = "agent/hostile.rs"]
-mod hostile;
+#[path = "agent/hostile_instances.rs"]
+mod hostile_instances;
+#[path = "agent/hostile_stagings.rs"]
+mod hostile_stagings;
+#[path = "agent/probe.rs"]
+mod probe;
 
 /// An agent on `nats` with short intervals and room for a few small instances, and its
 /// directory server on a free loopback port.

@@ -652,7 +652,7 @@ async fn instances_reach_only_what_egress_rules_allow() {
     let _cleanup = Cleanup(base.path().join("dea"));
     let droplet = staged_example(base.path()).await;
     let manager = manager(&base.path().join("dea"));
-    let upstream = Upstream::start();
+    let _upstream = Upstream::start();
     // A listener on every host address: an instance must not reach its host's services.
     let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
     let host_port = host_service.local_addr().expect("addr").port();

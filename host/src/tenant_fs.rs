@@ -33,30 +33,52 @@ use std::time::Instant;
 /// Why a tenant's file could not be used. Paths are the host paths, for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantFsError {
-    #[error("{path} leads out of its directory (through `..` or a link)")]
+    #[error("{} leads out of its directory (through `..` or a link)", shown(path))]
     Escapes { path: PathBuf },
-    #[error("{path} is a symbolic link (or passes through one) where none is allowed")]
+    #[error(
+        "{} is a symbolic link (or passes through one) where none is allowed",
+        shown(path)
+    )]
     Link { path: PathBuf },
-    #[error("{path} is a {kind}, not a {expected}")]
+    #[error("{} is a {kind}, not a {expected}", shown(path))]
     WrongKind {
         path: PathBuf,
         kind: &'static str,
         expected: &'static str,
     },
-    #[error("{path} is larger than the limit of {limit} bytes")]
+    #[error("{} is larger than the limit of {limit} bytes", shown(path))]
     TooLarge { path: PathBuf, limit: u64 },
-    #[error("{path} nests directories deeper than the limit of {limit}")]
+    #[error("{} nests directories deeper than the limit of {limit}", shown(path))]
     TooDeep { path: PathBuf, limit: usize },
-    #[error("{path} holds more than the limit of {limit} entries")]
+    #[error("{} holds more than the limit of {limit} entries", shown(path))]
     TooManyEntries { path: PathBuf, limit: u64 },
-    #[error("{path}: gave up at the deadline")]
+    #[error("{}: gave up at the deadline", shown(path))]
     Deadline { path: PathBuf },
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", shown(path))]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+}
+
+/// A path for a message, its middle elided past 160 bytes (a 256-level path says no more
+/// than its ends).
+fn shown(path: &Path) -> String {
+    let text = path.display().to_string();
+    if text.len() <= 160 {
+        return text;
+    }
+    let head: String = text.chars().take(60).collect();
+    let tail: String = text
+        .chars()
+        .rev()
+        .take(60)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{head}…{tail}")
 }
 
 impl TenantFsError {
@@ -269,9 +291,16 @@ impl TenantDir {
         TenantDir::open(path)
     }
 
-    /// The host path of this directory (for messages and for handing to runc).
+    /// How this directory is named in messages: its host path unless relabelled.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Names this directory `label` in every message about it and what is beneath it, so
+    /// that errors a tenant sees say `app/Procfile`, not the agent's host paths.
+    pub fn labeled(mut self, label: impl Into<PathBuf>) -> TenantDir {
+        self.path = label.into();
+        self
     }
 
     pub fn as_fd(&self) -> BorrowedFd<'_> {

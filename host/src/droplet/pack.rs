@@ -88,7 +88,8 @@ pub fn pack_tree_limited(
         path: dest.to_path_buf(),
         source,
     };
-    let root = TenantDir::open(tree)?;
+    // Entries are named in errors as in the droplet (`./app/...`), not by host path.
+    let root = TenantDir::open(tree)?.labeled(".");
     let parent = dest
         .parent()
         .filter(|p| !p.as_os_str().is_empty())

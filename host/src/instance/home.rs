@@ -29,7 +29,8 @@ impl PreparedHome {
     /// Checks and prepares the home at `home` (unpacked from the droplet, nothing running in
     /// it yet) and hands it to the app's user.
     pub(super) fn new(home: &Path, uid: u32, gid: u32) -> Result<PreparedHome, InstanceError> {
-        let dir = TenantDir::open(home)?;
+        // Named as the app sees it in errors (which reach the controller and the user).
+        let dir = TenantDir::open(home)?.labeled("/home/vcap");
         // `app` is bind-mounted read-write at /app and `logs` receives the output: a droplet
         // whose `./app` or `./logs` is a link (to another instance's app, to /etc...) would
         // make runc or the agent follow it as root. They must be real directories.

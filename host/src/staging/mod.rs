@@ -394,7 +394,7 @@ impl Stager {
         // The Procfile was last written by the buildpacks: read beneath the app, capped.
         let app_dir = app.to_path_buf();
         let procfile = blocking(move || {
-            TenantDir::open(&app_dir)?.read_string(
+            TenantDir::open(&app_dir)?.labeled("app").read_string(
                 Path::new("Procfile"),
                 Links::Beneath,
                 MAX_SMALL_FILE,
@@ -742,11 +742,17 @@ impl Stager {
         // user's directory in place (read-only) and must not change its owner.
         if own_app {
             let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
-            let dirs = [ctx.app.to_path_buf(), ctx.cache.to_path_buf()];
+            let dirs = [
+                (ctx.app.to_path_buf(), "app"),
+                (ctx.cache.to_path_buf(), "cache"),
+            ];
             let limits = self.walk_limits(ctx.deadline);
             blocking(move || {
-                dirs.iter()
-                    .try_for_each(|dir| TenantDir::open(dir)?.chown_tree(uid, gid, limits))
+                dirs.iter().try_for_each(|(dir, label)| {
+                    TenantDir::open(dir)?
+                        .labeled(*label)
+                        .chown_tree(uid, gid, limits)
+                })
             })
             .await?
             .map_err(|source| StagingError::TenantFile {
@@ -803,7 +809,11 @@ impl Stager {
         let name = format!("{index:02}-{}", buildpack.id);
         let copy = ctx.workspace.join("buildpacks").join(&name);
         let export = blocking(move || {
-            TenantDir::open(&copy)?.read(Path::new("export"), Links::Beneath, MAX_SMALL_FILE)
+            TenantDir::open(&copy)?.labeled("buildpack").read(
+                Path::new("export"),
+                Links::Beneath,
+                MAX_SMALL_FILE,
+            )
         })
         .await?
         .map_err(|source| StagingError::TenantFile {

@@ -174,7 +174,9 @@ impl SandboxState {
             TenantFsError::WrongKind { .. } => format!("{guest}: a parent is not a directory"),
             e => format!("{guest}: {e}"),
         };
-        let root = TenantDir::open(root_host).map_err(explain)?;
+        let root = TenantDir::open(root_host)
+            .map_err(explain)?
+            .labeled(*root_guest);
         if directory {
             return root
                 .ensure_dir(relative)
