@@ -421,3 +421,64 @@ pub fn zip_files(files: &[(&str, &str)]) -> Vec<u8> {
     }
     writer.finish().expect("zip").into_inner()
 }
+
+/// An agent on `nats` with short intervals and room for a few small instances, and its
+/// directory server on a free loopback port.
+pub async fn start_agent(
+    base: &Path,
+    nats: &NatsServer,
+) -> (Arc<dea::nats::Agent>, dea::files::DirectoryServer) {
+    let mut config = crate::test_config(base);
+    config.agent.nats_servers = vec![nats.url()];
+    config.agent.advertise_interval_secs = 1;
+    config.agent.heartbeat_interval_secs = 1;
+    config.agent.router_register_interval_secs = 1;
+    config.agent.staging_memory_mb = 128;
+    config.agent.staging_disk_mb = 256;
+    config.agent.evacuation_check_interval_secs = 1;
+    config.instances.memory_capacity_mb = Some(1024);
+    config.instances.disk_capacity_mb = 8192;
+    config.instances.stop_grace_secs = 3;
+    config.directory_server.port = 0;
+    let mut settings = dea::instance::InstanceSettings::from_config(&config);
+    settings.disk_check_interval = Duration::from_secs(1);
+    let instances = dea::instance::InstanceManager::new(
+        settings,
+        dea::container::Runc {
+            binary: "runc".into(),
+            state_dir: base.join("runc"),
+            bundles_dir: base.join("bundles"),
+            rootfs: None,
+        },
+    )
+    .expect("instance manager");
+    let stager = Arc::new(crate::stager(config.clone(), crate::default_buildpacks()));
+    let (directory, links) = dea::nats::start_directory_server(&config, instances.clone())
+        .await
+        .expect("directory server starts");
+    let agent = dea::nats::Agent::start(config, instances, stager, Some(links))
+        .await
+        .expect("agent starts");
+    (agent, directory)
+}
+
+/// A signed URL from the agent, pointed at the directory server's real address (the router
+/// would map `<uuid>.<domain>` there; the signature covers only the path and query).
+pub fn local(url: &str, directory: &dea::files::DirectoryServer) -> String {
+    let rest = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path)
+        .expect("a URL with a path");
+    format!("http://{}/{rest}", directory.local_addr)
+}
+
+pub fn start_message(app: &str, index: u32, droplet_url: &str, sha1: &str) -> serde_json::Value {
+    serde_json::json!({
+        "droplet": app, "name": "example", "uris": ["example.test.local"], "version": "v1",
+        "index": index, "sha1": sha1, "executableUri": droplet_url,
+        "env": ["GREETING=hello"], "limits": {"mem": 64, "disk": 256, "fds": 1024},
+        "services": [], "cc_partition": "default", "stack": "cflinuxfs4",
+        "vcap_application": {"space_id": "space"}, "health_check_timeout": 20,
+    })
+}

@@ -171,6 +171,10 @@ impl Agent {
             finished: tokio::sync::watch::channel(false).0,
         });
         agent.subscribe_all().await?;
+        // Compile (or map from the disk cache) every installed wasm buildpack now, in the
+        // background, so the first staging does not wait for it.
+        let stager = agent.stager.clone();
+        tokio::task::spawn_blocking(move || stager.preload());
         agent.clone().follow_instances();
         agent.clone().periodic();
         // Every (re)connection: tell the bus again who we are and where our routes go.

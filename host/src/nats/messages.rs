@@ -6,13 +6,22 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Why an incoming message was rejected.
+/// Why an incoming message was rejected. A well-formed JSON object of the wrong shape names
+/// the field (`download_uri: invalid type...`), which is what a controller's operator needs.
 #[derive(Debug, thiserror::Error)]
-#[error("malformed {kind} message: {source}")]
-pub struct MessageError {
-    pub kind: &'static str,
-    #[source]
-    pub source: serde_json::Error,
+pub enum MessageError {
+    #[error("malformed {kind} message: {source}")]
+    Syntax {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("malformed {kind} message: {source}")]
+    Field {
+        kind: &'static str,
+        #[source]
+        source: serde_path_to_error::Error<serde_json::Error>,
+    },
 }
 
 /// Parses an incoming message of type `T`.
@@ -20,7 +29,9 @@ pub fn parse<T: serde::de::DeserializeOwned>(
     kind: &'static str,
     payload: &[u8],
 ) -> Result<T, MessageError> {
-    serde_json::from_slice(payload).map_err(|source| MessageError { kind, source })
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|source| MessageError::Syntax { kind, source })?;
+    serde_path_to_error::deserialize(value).map_err(|source| MessageError::Field { kind, source })
 }
 
 /// A defaulted field given as `null` means the same as the field left out: the reference's

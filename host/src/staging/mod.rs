@@ -200,6 +200,22 @@ impl Stager {
         &self.buildpacks
     }
 
+    /// Loads every installed wasm buildpack (compiling it into the disk cache the first
+    /// time); blocking. Returns how many loaded; failures are logged, and a staging that
+    /// needs a broken buildpack reports it then.
+    pub fn preload(&self) -> usize {
+        let mut loaded = 0;
+        for buildpack in self.buildpacks.iter() {
+            if let BuildpackKind::Wasm { component } = &buildpack.kind {
+                match self.wasm.load(component) {
+                    Ok(_) => loaded += 1,
+                    Err(e) => tracing::warn!(buildpack = %buildpack.id, "preloading: {e}"),
+                }
+            }
+        }
+        loaded
+    }
+
     /// Stages `request` within the configured staging time limit.
     pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
         let limit = self.config.staging.max_staging_duration_secs;
