@@ -32,8 +32,12 @@ pub struct Config {
     pub buildpack_dirs: Vec<PathBuf>,
     /// Explicit detection order by buildpack id; buildpacks not named follow in directory order.
     pub buildpack_order: Vec<String>,
-    /// Stacks this agent can stage for and run on; the first is the default.
+    /// Stacks this agent can stage for and run on; the first is the default. A name with a
+    /// root filesystem (in `stack_rootfs`, or built by `dea stack build` under
+    /// `<base_dir>/stacks/`) runs on it; any other on the host's own directories.
     pub stacks: Vec<String>,
+    /// Root filesystems of stacks by name, where they are not built by `dea stack build`.
+    pub stack_rootfs: std::collections::BTreeMap<String, PathBuf>,
     pub staging: StagingConfig,
     pub wasm: WasmConfig,
     pub classic: ClassicConfig,
@@ -319,6 +323,7 @@ impl Default for Config {
                 "procfile".into(),
             ],
             stacks: vec!["cflinuxfs4".to_string()],
+            stack_rootfs: Default::default(),
             staging: StagingConfig::default(),
             wasm: WasmConfig::default(),
             classic: ClassicConfig::default(),
@@ -406,6 +411,11 @@ impl Config {
             return Ok(Config::default());
         }
         serde_yaml::from_str(text)
+    }
+
+    /// The configured stacks, resolved to their root filesystems.
+    pub fn stacks(&self) -> crate::stack::Stacks {
+        crate::stack::Stacks::resolve(&self.stacks, &self.stack_rootfs, &self.base_dir)
     }
 
     /// The default stack.

@@ -15,6 +15,7 @@ pub mod instance;
 pub mod nats;
 pub mod netns;
 pub mod proxy;
+pub mod stack;
 pub mod staging;
 pub mod tenant_fs;
 pub mod transfer;

@@ -74,6 +74,9 @@ enum Command {
         /// Expected SHA-1 of the droplet.
         #[arg(long)]
         sha1: Option<String>,
+        /// The stack to run on (default: the first configured).
+        #[arg(long)]
+        stack: Option<String>,
     },
     /// Be a DEA: take staging and start/stop requests from a Cloud Foundry controller over
     /// NATS (`agent.nats_servers`) until SIGTERM (stop everything) or SIGUSR2 (evacuate).
@@ -107,6 +110,29 @@ enum Command {
         #[command(subcommand)]
         command: FilesCommand,
     },
+    /// Stacks: root filesystems built from Debian's packages for buildpacks and apps.
+    #[command(subcommand)]
+    Stack(StackCommand),
+}
+
+#[derive(Subcommand)]
+enum StackCommand {
+    /// Build a stack with mmdebstrap into `<base_dir>/stacks/NAME/rootfs` (as root; add NAME
+    /// to `stacks` in the config to use it).
+    Build {
+        name: String,
+        /// Debian suite.
+        #[arg(long, default_value = "bookworm")]
+        suite: String,
+        /// Packages to install (comma-separated; default: a build image's usual set).
+        #[arg(long, value_delimiter = ',')]
+        packages: Vec<String>,
+        /// Apt mirror URL (default: the host's apt sources).
+        #[arg(long)]
+        mirror: Option<String>,
+    },
+    /// The configured stacks and the built ones.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -455,6 +481,58 @@ fn buildpack_command(command: &BuildpackCommand, config: &Config) -> Result<()> 
     Ok(())
 }
 
+/// `dea stack build|list`.
+fn stack_command(config: &Config, command: &StackCommand) -> Result<()> {
+    match command {
+        StackCommand::Build {
+            name,
+            suite,
+            packages,
+            mirror,
+        } => {
+            let mut options = dea::stack::BuildOptions {
+                suite: suite.clone(),
+                mirror: mirror.clone(),
+                ..Default::default()
+            };
+            if !packages.is_empty() {
+                options.packages = packages.clone();
+            }
+            println!(
+                "Building stack {name} ({} with {} packages); this takes a few minutes",
+                options.suite,
+                options.packages.len()
+            );
+            let rootfs = dea::stack::build(&config.base_dir, name, &options)?;
+            println!("Stack {name} built at {}", rootfs.display());
+            if !config.stacks.contains(name) {
+                println!("Add it to the config to use it: stacks: [..., {name}]");
+            }
+        }
+        StackCommand::List => {
+            println!("{:<16} {:<10} ROOTFS", "NAME", "SOURCE");
+            for stack in config.stacks().iter() {
+                let (source, path) = match &stack.rootfs {
+                    Some(path) => ("rootfs", path.display().to_string()),
+                    None => ("host", "/usr /bin /lib* /etc (read-only)".to_string()),
+                };
+                println!("{:<16} {:<10} {path}", stack.name, source);
+            }
+            for (manifest, rootfs) in dea::stack::built(&config.base_dir) {
+                if !config.stacks.contains(&manifest.name) {
+                    println!(
+                        "{:<16} {:<10} {} (built, not in the config's stacks)",
+                        manifest.name,
+                        "unused",
+                        rootfs.display()
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -471,6 +549,9 @@ async fn main() -> Result<()> {
     // Needs no buildpacks: answered before they are read.
     if let Command::Files { command } = &cli.command {
         return files_command(&config, command);
+    }
+    if let Command::Stack(command) = &cli.command {
+        return stack_command(&config, command);
     }
     if let Command::Buildpack(command) = &cli.command {
         return buildpack_command(command, &config);
@@ -530,8 +611,17 @@ async fn main() -> Result<()> {
             memory,
             start_command,
             sha1,
+            stack,
         } => {
             use tokio::signal::unix::{Signal, SignalKind, signal};
+            if let Some(stack) = &stack
+                && !config.stacks.contains(stack)
+            {
+                bail!(
+                    "Stack {stack} does not exist (configured: {})",
+                    config.stacks.join(", ")
+                );
+            }
 
             /// The first of `signals` to arrive, by name.
             async fn first_signal(signals: &mut [(Signal, &'static str)]) -> &'static str {
@@ -586,6 +676,7 @@ async fn main() -> Result<()> {
                 health_check_timeout: std::time::Duration::from_secs(
                     config.instances.health_check_timeout_secs,
                 ),
+                stack,
                 ..Default::default()
             });
             tokio::pin!(start);
@@ -664,7 +755,7 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Command::Buildpack(_) => {}
+        Command::Buildpack(_) | Command::Stack(_) => {}
         Command::Fetch { url, buildpack } => {
             let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
             let grant = match buildpack {

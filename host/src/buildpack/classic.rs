@@ -123,6 +123,8 @@ pub struct ScriptRun<'a> {
     pub stack: &'a str,
     pub app_env: &'a [(String, String)],
     pub log: &'a StagingLog,
+    /// The stack's root filesystem (`None`: the runtime's default).
+    pub rootfs: Option<&'a Path>,
 }
 
 static CONTAINER_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -403,6 +405,7 @@ impl ScriptRun<'_> {
             network_namespace: None,
             file_mounts: Vec::new(),
             hostname: "dea-staging".into(),
+            rootfs: self.rootfs.map(Path::to_path_buf),
         }
     }
 }

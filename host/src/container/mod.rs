@@ -66,6 +66,9 @@ pub struct ContainerSpec {
     pub network_namespace: Option<PathBuf>,
     /// Single files to bind over files of the stack (e.g. the CA bundle), read-only.
     pub file_mounts: Vec<BindMount>,
+    /// The stack's root filesystem for this container; `None`: the runtime's default (its
+    /// configured rootfs, else the host's own directories).
+    pub rootfs: Option<PathBuf>,
     pub hostname: String,
 }
 
@@ -151,7 +154,7 @@ impl Runc {
         let _ = std::fs::remove_dir_all(&bundle);
         std::fs::create_dir_all(bundle.join("rootfs"))
             .map_err(|e| ContainerError::Bundle(e.to_string()))?;
-        let rootfs = self.prepare_rootfs(&bundle)?;
+        let rootfs = self.prepare_rootfs(&bundle, spec)?;
         let config = self.oci_spec(spec, &rootfs)?;
         config
             .save(bundle.join("config.json"))
@@ -218,8 +221,17 @@ impl Runc {
         state["pid"].as_u64().map(|p| p as u32).filter(|p| *p > 0)
     }
 
-    fn prepare_rootfs(&self, bundle: &Path) -> Result<PathBuf, ContainerError> {
-        if let Some(rootfs) = &self.rootfs {
+    /// The stack a container runs on: the spec's, else the runtime's configured one.
+    fn stack_rootfs<'a>(&'a self, spec: &'a ContainerSpec) -> Option<&'a PathBuf> {
+        spec.rootfs.as_ref().or(self.rootfs.as_ref())
+    }
+
+    fn prepare_rootfs(
+        &self,
+        bundle: &Path,
+        spec: &ContainerSpec,
+    ) -> Result<PathBuf, ContainerError> {
+        if let Some(rootfs) = self.stack_rootfs(spec) {
             return Ok(rootfs.clone());
         }
         let rootfs = bundle.join("rootfs");
@@ -279,7 +291,7 @@ impl Runc {
         on_stdout: Option<OutputSink>,
         on_stderr: Option<OutputSink>,
     ) -> Result<ContainerExit, ContainerError> {
-        let rootfs = self.prepare_rootfs(bundle)?;
+        let rootfs = self.prepare_rootfs(bundle, spec)?;
         let config = self.oci_spec(spec, &rootfs)?;
         config
             .save(bundle.join("config.json"))
@@ -342,7 +354,7 @@ impl Runc {
     fn oci_spec(&self, spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, ContainerError> {
         let bundle_err = |e: oci_spec::OciSpecError| ContainerError::Bundle(e.to_string());
         let mut mounts = oci_spec::runtime::get_default_mounts();
-        if self.rootfs.is_none() {
+        if self.stack_rootfs(spec).is_none() {
             for dir in HOST_STACK_DIRS {
                 let source = Path::new("/").join(dir);
                 if source.exists() {

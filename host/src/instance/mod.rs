@@ -137,6 +137,8 @@ pub struct StartRequest {
     pub refusal: Option<String>,
     /// Egress this app is allowed besides the platform's (the controller's security groups).
     pub egress: Vec<EgressRule>,
+    /// The stack to run on (`None`: the first configured).
+    pub stack: Option<String>,
 }
 
 /// An instance as the registry reports it.
@@ -260,6 +262,8 @@ pub struct InstanceSettings {
     pub max_files: u64,
     /// Deepest nesting of directories accepted in a droplet.
     pub max_dir_depth: usize,
+    /// The stacks instances run on.
+    pub stacks: crate::stack::Stacks,
 }
 
 impl InstanceSettings {
@@ -302,6 +306,7 @@ impl InstanceSettings {
             health_check_interval: Duration::from_secs(instances.health_check_interval_secs.max(1)),
             max_files: instances.max_files,
             max_dir_depth: config.staging.max_dir_depth,
+            stacks: config.stacks(),
         }
     }
 }

@@ -118,5 +118,11 @@ pub(super) fn container_spec(
         network_namespace: Some(namespace.path()),
         file_mounts: Vec::new(),
         hostname: info.instance_id.chars().take(12).collect(),
+        rootfs: request
+            .stack
+            .as_deref()
+            .and_then(|name| settings.stacks.get(name))
+            .or_else(|| settings.stacks.iter().next())
+            .and_then(|stack| stack.rootfs.clone()),
     }
 }

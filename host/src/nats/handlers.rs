@@ -188,6 +188,7 @@ impl Agent {
             health_check: !start.uris.is_empty(),
             health_check_timeout: Duration::from_secs(health_check_timeout.min(3600)),
             egress,
+            stack: start.stack.clone(),
             version: start.version.clone(),
             uris: start.uris.clone(),
             cc_partition: start.cc_partition.clone(),

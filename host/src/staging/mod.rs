@@ -608,6 +608,13 @@ impl Stager {
         let classic_dirs = classic_mode.map(|_| self.classic_dirs(ctx, index, buildpack));
         let walk_limits = self.walk_limits(ctx.deadline);
         let stack = ctx.stack.to_string();
+        // Classic scripts run on the stack's root filesystem (wasm buildpacks see only
+        // `STACK`: their sandbox has no stack).
+        let stack_rootfs = self
+            .config
+            .stacks()
+            .get(&stack)
+            .and_then(|s| s.rootfs.clone());
         let app_env: Vec<(String, String)> = ctx.env.to_vec();
         let proxy = self.proxy_ca.as_ref().map(|ca| classic::ProxyAccess {
             fetch: self.fetch.clone(),
@@ -700,6 +707,7 @@ impl Stager {
                         mode,
                         index,
                         stack: &stack,
+                        rootfs: stack_rootfs.as_deref(),
                         app_env: &app_env,
                         log: &log,
                     };
