@@ -82,12 +82,38 @@ async fn staged_example(base: &Path) -> std::path::PathBuf {
     out
 }
 
+/// What most tests here start from: a state directory (cleaned up after), the example
+/// staged into a droplet, and an instance manager.
+struct Fixture {
+    base: tempfile::TempDir,
+    _cleanup: Cleanup,
+    droplet: std::path::PathBuf,
+    manager: std::sync::Arc<InstanceManager>,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let base = tempfile::tempdir().expect("tempdir");
+        let cleanup = Cleanup(base.path().join("dea"));
+        let droplet = staged_example(base.path()).await;
+        let manager = manager(&base.path().join("dea"));
+        Fixture {
+            base,
+            _cleanup: cleanup,
+            droplet,
+            manager,
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stage_run_get_crash_and_stop() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
 
     let info = manager.start(start_request(&droplet)).await.expect("start");
     assert_eq!(info.state, InstanceState::Running, "{info:?}");
@@ -172,10 +198,12 @@ fn assert_released(info: &dea::instance::InstanceInfo) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_command_that_never_listens_fails_the_health_check() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base: _base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
     let mut request = start_request(&droplet);
     request.start_command = Some("sleep 600".into());
     request.health_check_timeout = Duration::from_secs(2);
@@ -248,10 +276,12 @@ async fn an_agent_restart_reattaches_without_restarting_the_app() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_that_do_not_fit_are_refused_with_cfs_message() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base: _base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
     let mut request = start_request(&droplet);
     request.memory_mb = 2048; // capacity is 1024
     let info = manager.start(request).await.expect("registered");
@@ -271,10 +301,12 @@ async fn starts_that_do_not_fit_are_refused_with_cfs_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_are_isolated_and_memory_hogs_are_killed() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base: _base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
     let a = manager
         .start(start_request(&droplet))
         .await
@@ -382,10 +414,12 @@ async fn droplets_come_over_http_verified_and_stored_once() {
 /// 100 GB sparse file holds nothing and is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_fills_its_disk_is_stopped() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base: _base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
     let cases = [
         (
             "head -c 40000000 /dev/zero > big.bin; sleep 60",
@@ -530,10 +564,12 @@ async fn droplets_whose_app_or_logs_are_links_never_run() {
 /// reason, not left RUNNING and registered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_instance_that_stops_answering_is_crashed() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base: _base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
 
     let mut request = start_request(&droplet);
     request.start_command = Some(
@@ -648,10 +684,12 @@ impl Drop for Upstream {
 /// kernel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_reach_only_what_egress_rules_allow() {
-    let base = tempfile::tempdir().expect("tempdir");
-    let _cleanup = Cleanup(base.path().join("dea"));
-    let droplet = staged_example(base.path()).await;
-    let manager = manager(&base.path().join("dea"));
+    let Fixture {
+        base: _base,
+        _cleanup,
+        droplet,
+        manager,
+    } = Fixture::new().await;
     let _upstream = Upstream::start();
     // A listener on every host address: an instance must not reach its host's services.
     let host_service = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");

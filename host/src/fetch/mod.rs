@@ -411,22 +411,28 @@ fn evict_oldest(blobs: &Path, max_bytes: u64, keep: &Path) {
     }
 }
 
+/// A fetch config with these mirror rules and allowlist, for the unit tests here.
+#[cfg(test)]
+pub(crate) fn test_config(mirrors: &[(&str, &str)], allow: &[&str]) -> FetchConfig {
+    FetchConfig {
+        mirrors: mirrors
+            .iter()
+            .map(|(from, to)| MirrorRule {
+                from: from.to_string(),
+                to: to.to_string(),
+            })
+            .collect(),
+        allow: allow.iter().map(|s| s.to_string()).collect(),
+        ..FetchConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn service(mirrors: &[(&str, &str)], allow: &[&str]) -> FetchService {
-        let config = FetchConfig {
-            mirrors: mirrors
-                .iter()
-                .map(|(from, to)| MirrorRule {
-                    from: from.to_string(),
-                    to: to.to_string(),
-                })
-                .collect(),
-            allow: allow.iter().map(|s| s.to_string()).collect(),
-            ..FetchConfig::default()
-        };
+        let config = test_config(mirrors, allow);
         let dir = tempfile::tempdir().expect("tempdir").keep();
         FetchService::new(config, dir).expect("service")
     }

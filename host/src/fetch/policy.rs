@@ -216,17 +216,7 @@ mod tests {
     use super::*;
 
     fn rules(mirrors: &[(&str, &str)], allow: &[&str]) -> Rules {
-        Rules::new(&FetchConfig {
-            mirrors: mirrors
-                .iter()
-                .map(|(from, to)| MirrorRule {
-                    from: from.to_string(),
-                    to: to.to_string(),
-                })
-                .collect(),
-            allow: allow.iter().map(|s| s.to_string()).collect(),
-            ..FetchConfig::default()
-        })
+        Rules::new(&super::super::test_config(mirrors, allow))
         .expect("rules")
     }
 
