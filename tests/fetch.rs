@@ -407,7 +407,7 @@ async fn declared_file_and_loopback_prefixes_grant_nothing() {
 async fn every_redirect_hop_is_checked_against_the_allowlist() {
     let other = FileServer::start(vec![("/secret", b"OTHER SECRET".to_vec())]).await;
     let other_secret = other.url("/secret");
-    let server = ScriptedServer::start(vec![
+    let server = ScriptedServer::scripted(vec![
         ("/m/real.tgz", Reply::Body(b"real".to_vec())),
         ("/secret", Reply::Body(b"TOP SECRET".to_vec())),
         ("/m/to-inside", Reply::Redirect(302, "/m/real.tgz".into())),

@@ -166,80 +166,9 @@ pub fn droplet_mode(path: &Path, name: &str) -> Option<u32> {
         .and_then(|e| e.header().mode().ok())
 }
 
-/// A file server on 127.0.0.1 that counts requests per path.
-pub struct FileServer {
-    pub addr: SocketAddr,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
-    total: Arc<AtomicUsize>,
-    _task: tokio::task::JoinHandle<()>,
-}
-
-impl FileServer {
-    /// Serves `files` (path → bytes), 404 for anything else.
-    pub async fn start(files: Vec<(&str, Vec<u8>)>) -> FileServer {
-        use axum::extract::State;
-        use axum::http::{StatusCode, Uri};
-        type Shared = (
-            Arc<HashMap<String, Vec<u8>>>,
-            Arc<Mutex<HashMap<String, usize>>>,
-            Arc<AtomicUsize>,
-        );
-        let files: Arc<HashMap<String, Vec<u8>>> = Arc::new(
-            files
-                .into_iter()
-                .map(|(path, bytes)| (path.to_string(), bytes))
-                .collect(),
-        );
-        let hits = Arc::new(Mutex::new(HashMap::new()));
-        let total = Arc::new(AtomicUsize::new(0));
-        async fn serve(
-            State((files, hits, total)): State<Shared>,
-            uri: Uri,
-        ) -> Result<Vec<u8>, StatusCode> {
-            total.fetch_add(1, Ordering::SeqCst);
-            *hits
-                .lock()
-                .expect("hits")
-                .entry(uri.path().to_string())
-                .or_default() += 1;
-            files.get(uri.path()).cloned().ok_or(StatusCode::NOT_FOUND)
-        }
-        let app =
-            axum::Router::new()
-                .fallback(serve)
-                .with_state((files, hits.clone(), total.clone()));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1");
-        let addr = listener.local_addr().expect("addr");
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FileServer {
-            addr,
-            hits,
-            total,
-            _task: task,
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    pub fn hits(&self, path: &str) -> usize {
-        self.hits
-            .lock()
-            .expect("hits")
-            .get(path)
-            .copied()
-            .unwrap_or(0)
-    }
-
-    pub fn total_hits(&self) -> usize {
-        self.total.load(Ordering::SeqCst)
-    }
-}
+/// A file server on 127.0.0.1 that counts requests per path: a [`ScriptedServer`] whose
+/// every route answers with a body.
+pub type FileServer = ScriptedServer;
 
 /// A `.tgz` holding `files` (path → content, with mode 0755), for fake runtimes.
 pub fn make_tgz(files: &[(&str, &str)]) -> Vec<u8> {
@@ -392,7 +321,19 @@ pub struct ScriptedServer {
 }
 
 impl ScriptedServer {
-    pub async fn start(routes: Vec<(&str, Reply)>) -> ScriptedServer {
+    /// Serves `files` (path → bytes), 404 for anything else.
+    pub async fn start(files: Vec<(&str, Vec<u8>)>) -> ScriptedServer {
+        Self::scripted(
+            files
+                .into_iter()
+                .map(|(path, bytes)| (path, Reply::Body(bytes)))
+                .collect(),
+        )
+        .await
+    }
+
+    /// Serves `routes` (path → reply), 404 for anything else.
+    pub async fn scripted(routes: Vec<(&str, Reply)>) -> ScriptedServer {
         use axum::body::Body;
         use axum::extract::State;
         use axum::http::{Response, StatusCode, Uri, header};
