@@ -216,8 +216,7 @@ mod tests {
     use super::*;
 
     fn rules(mirrors: &[(&str, &str)], allow: &[&str]) -> Rules {
-        Rules::new(&super::super::test_config(mirrors, allow))
-        .expect("rules")
+        Rules::new(&super::super::test_config(mirrors, allow)).expect("rules")
     }
 
     fn grant(declared: &[&str]) -> FetchGrant {
