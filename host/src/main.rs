@@ -516,6 +516,14 @@ async fn main() -> Result<()> {
                     bp.dir.display()
                 );
             }
+            // What could not be read is listed too: an operator looking for a buildpack
+            // that is not used should find out why here.
+            for skipped in buildpacks.skipped() {
+                println!("skipped {}:", skipped.path.display());
+                for line in skipped.reason.to_string().lines() {
+                    println!("    {line}");
+                }
+            }
             if buildpacks.is_empty() {
                 bail!(
                     "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
