@@ -11,6 +11,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+// A module of the binary, not of the library.
+mod cli_paths;
+
 #[derive(Parser)]
 #[command(
     name = "dea",
@@ -242,9 +245,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(base) = &cli.base_dir {
         config.base_dir = base.clone();
     }
-    // runc resolves paths relative to the bundle, so everything the agent hands it is absolute.
-    config.base_dir = std::path::absolute(&config.base_dir)
-        .with_context(|| format!("resolving base_dir {}", config.base_dir.display()))?;
+    cli_paths::absolute_config_paths(&mut config)?;
     Ok(config)
 }
 
@@ -466,7 +467,8 @@ async fn main() -> Result<()> {
         // Colour codes only for a terminal: logs that land in files or build output stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli_paths::absolute_cli_paths(&mut cli)?;
     let config = load_config(&cli)?;
     // Needs no buildpacks: answered before they are read.
     if let Command::Files { command } = &cli.command {
@@ -677,6 +679,7 @@ async fn main() -> Result<()> {
             let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
             let grant = match buildpack {
                 Some(name) => {
+                    let name = cli_paths::buildpack_arg(name, &buildpacks)?;
                     let bp = buildpacks.find(&name, &config.buildpack_unpack_dir())?;
                     FetchGrant {
                         buildpack: bp.id,
@@ -716,6 +719,10 @@ async fn main() -> Result<()> {
                     config.buildpack_dirs
                 );
             }
+            let named = named
+                .into_iter()
+                .map(|name| cli_paths::buildpack_arg(name, &buildpacks))
+                .collect::<Result<Vec<_>>>()?;
             let stager = build_stager(config, buildpacks)?;
             let watcher: dea::staging::LogWatcher = Arc::new(|bytes: &[u8]| {
                 let mut out = std::io::stdout().lock();

@@ -1,5 +1,5 @@
-//! `dea` with classic buildpacks as a user runs it: a buildpack directory holding a broken
-//! buildpack.
+//! `dea` with classic buildpacks as a user runs it: paths relative to where they stand, and a
+//! buildpack directory holding a broken buildpack.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -60,6 +60,39 @@ fn write(path: &Path, content: &str) {
 }
 
 #[test]
+fn relative_paths_work_for_detect_and_stage() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    buildpacks_dir(cwd.path(), &["hello"]);
+    write(&cwd.path().join("app/hello.txt"), "hi");
+
+    // Classic detect mounts the app itself: runc once took "app" relative to its bundle.
+    let out = dea_in(cwd.path(), &["--buildpacks", "buildpacks", "detect", "app"]);
+    let all = both(&out);
+    assert!(out.status.success(), "{all}");
+    assert_eq!(text(&out.stdout), "Hello (buildpack hello 1.2.3)\n");
+
+    let out = dea_in(
+        cwd.path(),
+        &[
+            "stage",
+            "app",
+            "-o",
+            "out/droplet.tgz",
+            "--cache",
+            "cache",
+            "--buildpack",
+            "buildpacks/hello",
+        ],
+    );
+    let all = both(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("-----> Hello compile"), "{all}");
+    assert!(cwd.path().join("out/droplet.tgz").is_file(), "{all}");
+    assert!(cwd.path().join("cache/last-build").is_file(), "{all}");
+    assert!(cwd.path().join("state/staging").is_dir(), "{all}");
+}
+
+#[test]
 fn a_broken_buildpack_is_listed_as_skipped_and_staging_goes_on() {
     let cwd = tempfile::tempdir().expect("tempdir");
     let dir = buildpacks_dir(cwd.path(), &["hello", "apt"]);
@@ -78,7 +111,11 @@ fn a_broken_buildpack_is_listed_as_skipped_and_staging_goes_on() {
         lines[2].starts_with("2") && lines[2].contains("hello") && lines[2].contains("1.2.3"),
         "{stdout}"
     );
-    assert_eq!(lines[3], "skipped buildpacks/broken:", "{stdout}");
+    assert_eq!(
+        lines[3],
+        format!("skipped {}:", dir.join("broken").display()),
+        "{stdout}"
+    );
     assert!(
         lines[4].contains("invalid manifest") && lines[4].contains("TOML parse error"),
         "{stdout}"

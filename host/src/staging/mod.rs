@@ -458,6 +458,10 @@ impl Stager {
         app: &Path,
         env: &[(String, String)],
     ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
+        // Classic detect bind-mounts the app as it is, and runc resolves a relative mount
+        // source against the bundle, not the caller's directory.
+        let app = std::path::absolute(app)?;
+        let app = app.as_path();
         let mut full_env = vec![
             ("STACK".to_string(), self.config.default_stack().to_string()),
             (
