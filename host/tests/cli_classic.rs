@@ -86,7 +86,7 @@ fn relative_paths_work_for_detect_and_stage() {
     );
     let all = both(&out);
     assert!(out.status.success(), "{all}");
-    assert!(all.contains("-----> Hello compile"), "{all}");
+    assert!(all.contains("-----> Hello app detected"), "{all}");
     assert!(cwd.path().join("out/droplet.tgz").is_file(), "{all}");
     assert!(cwd.path().join("cache/last-build").is_file(), "{all}");
     assert!(cwd.path().join("state/staging").is_dir(), "{all}");
