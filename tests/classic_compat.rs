@@ -166,9 +166,15 @@ async fn named_heroku_buildpacks_still_run_detect() {
         "detect's stderr is shown:\n{log}"
     );
     assert!(!log.contains("Hello compile"), "{log}");
+    assert_eq!(
+        log.matches("Staging failed").count(),
+        1,
+        "the failure is the log's last line, once:\n{log}"
+    );
     assert!(
-        log.trim_end()
-            .ends_with("Staging failed: App not compatible with buildpack: hello"),
+        log.trim_end().ends_with(
+            "Staging failed (NoAppDetectedError): App not compatible with buildpack: hello"
+        ),
         "{log}"
     );
 
@@ -390,5 +396,25 @@ async fn a_stack_checking_buildpack_downloads_its_stack_binary_through_a_mirror(
     assert!(
         !log.contains('\u{1b}'),
         "colour codes in the build output:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_staging_that_runs_out_of_time_says_so_in_its_log() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(base.path());
+    config.staging.max_staging_duration_secs = 3;
+    let stager = stager(config, vec![classic_buildpack("hostile")]);
+    let app = base.path().join("app");
+    write_app(&app, &[("hostile.txt", "")]);
+    let mut req = request(&app, &base.path().join("t.tgz"));
+    req.env = vec![("MODE".into(), "timeout".into())];
+    let (result, log) = stage(&stager, req).await;
+    let error = result.expect_err("out of time");
+    assert!(matches!(error, StagingError::Timeout(3)), "{error:?}");
+    assert!(
+        log.trim_end()
+            .ends_with("Staging failed (StagingError): Staging timed out after 3 seconds"),
+        "{log}"
     );
 }

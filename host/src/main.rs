@@ -724,7 +724,13 @@ async fn main() -> Result<()> {
                 .map(|name| cli_paths::buildpack_arg(name, &buildpacks))
                 .collect::<Result<Vec<_>>>()?;
             let stager = build_stager(config, buildpacks)?;
+            // The log goes to stdout as it is written, except the line that ends a failed
+            // staging: the error is said once, on stderr, below (and also when the log did
+            // not exist yet, or had reached its size limit).
             let watcher: dea::staging::LogWatcher = Arc::new(|bytes: &[u8]| {
+                if bytes.starts_with(dea::staging::FAILURE_LINE_PREFIX.as_bytes()) {
+                    return;
+                }
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(bytes);
                 let _ = out.flush();
@@ -751,7 +757,7 @@ async fn main() -> Result<()> {
                     }
                 }
                 Err(error) => {
-                    eprintln!("Staging failed ({}): {error}", error.cf_type());
+                    eprint!("{}", dea::staging::failure_line(&error));
                     std::process::exit(1);
                 }
             }

@@ -1,5 +1,5 @@
-//! `dea` with classic buildpacks as a user runs it: paths relative to where they stand, and a
-//! buildpack directory holding a broken buildpack.
+//! `dea` with classic buildpacks as a user runs it: paths relative to where they stand, a
+//! buildpack directory holding a broken buildpack, and a failure said once (on stderr).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -134,4 +134,42 @@ fn a_broken_buildpack_is_listed_as_skipped_and_staging_goes_on() {
         text(&out.stderr).contains("skipping buildpack: invalid manifest"),
         "{all}"
     );
+}
+
+#[test]
+fn a_failed_staging_is_reported_once_with_its_cf_error_type() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    buildpacks_dir(cwd.path(), &["hello"]);
+    write(&cwd.path().join("app/index.php"), "<?php");
+    for (args, expected) in [
+        (
+            vec!["--buildpacks", "buildpacks", "stage", "app"],
+            "Staging failed (NoAppDetectedError): An application could not be detected by any available buildpack",
+        ),
+        (
+            vec!["stage", "app", "--buildpack", "buildpacks/hello"],
+            "Staging failed (NoAppDetectedError): App not compatible with buildpack: hello",
+        ),
+        // Before the staging log exists.
+        (
+            vec![
+                "stage",
+                "app",
+                "--buildpack",
+                "buildpacks/hello",
+                "--stack",
+                "nope",
+            ],
+            "Staging failed (StagingError): Error staging: Stack nope does not exist",
+        ),
+    ] {
+        let out = dea_in(cwd.path(), &args);
+        let all = both(&out);
+        assert_eq!(out.status.code(), Some(1), "{all}");
+        assert_eq!(all.matches("Staging failed").count(), 1, "{args:?}:\n{all}");
+        // On stderr, where a script looks for errors; the log before it on stdout.
+        assert!(text(&out.stderr).contains(expected), "{args:?}:\n{all}");
+        let logged = text(&out.stdout).contains("-----> Downloaded app package");
+        assert_eq!(logged, !args.contains(&"nope"), "{args:?}:\n{all}");
+    }
 }

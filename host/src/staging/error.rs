@@ -1,4 +1,4 @@
-//! Why a staging failed.
+//! Why a staging failed, and how its log says so.
 
 use crate::buildpack::BuildpackError;
 use crate::buildpack::wasm::PhaseError;
@@ -47,6 +47,15 @@ pub enum StagingError {
     },
     #[error("Staging timed out after {0} seconds")]
     Timeout(u64),
+}
+
+/// How the line that ends a failed staging's log starts. A watcher that reports the error
+/// itself (the CLI, on stderr) leaves that line out of what it shows.
+pub const FAILURE_LINE_PREFIX: &str = "Staging failed (";
+
+/// The line that ends a failed staging's log: the Cloud Foundry error type and the error.
+pub fn failure_line(error: &StagingError) -> String {
+    format!("{FAILURE_LINE_PREFIX}{}): {error}\n", error.cf_type())
 }
 
 impl StagingError {

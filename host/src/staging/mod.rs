@@ -5,14 +5,14 @@
 //! classic buildpack still runs its own detect), the chosen buildpacks compile in order, the
 //! last one releases, and the staged tree is packed into a droplet laid out like Cloud
 //! Foundry's. Everything the user should see goes to the staging log, which ships inside
-//! the droplet. The workspace is removed whatever happens.
+//! the droplet; a failure is its last line. The workspace is removed whatever happens.
 
 mod classic_setup;
 mod error;
 mod log;
 pub mod procfile;
 
-pub use error::StagingError;
+pub use error::{FAILURE_LINE_PREFIX, StagingError, failure_line};
 pub use log::{LogWatcher, StagingLog};
 
 use crate::buildpack::classic::{self, ClassicLimits, ClassicMode, Script};
@@ -168,7 +168,9 @@ impl Stager {
         loaded
     }
 
-    /// Stages `request` within the configured staging time limit.
+    /// Stages `request` within the configured staging time limit. Once the staging log
+    /// exists, a failure is its last line ([`failure_line`]), so that the log read alone
+    /// (in the droplet's directory, or streamed to a controller) says how it ended.
     pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
         let limit = self.config.staging.max_staging_duration_secs;
         let deadline = Instant::now() + Duration::from_secs(limit);
@@ -177,12 +179,7 @@ impl Stager {
             .prefix("task-")
             .tempdir_in(self.config.staging_dir())?
             .keep();
-        let result = tokio::time::timeout(
-            Duration::from_secs(limit),
-            self.stage_in(&workspace, request, deadline),
-        )
-        .await
-        .unwrap_or(Err(StagingError::Timeout(limit)));
+        let result = self.stage_in(&workspace, request, deadline).await;
         // Buildpacks wrote into the workspace, so it goes the way every tenant tree goes:
         // without following links, however deep, off the async workers.
         tenant_fs::remove_tree_off_thread(workspace).await;
@@ -210,11 +207,17 @@ impl Stager {
             request.watcher.clone(),
             self.config.staging.max_log_mb << 20,
         )?;
-        let result = self
-            .run_buildpacks(workspace, &staged, &app, &stack, &request, &log, deadline)
-            .await;
+        // The time limit is applied here, inside the log's life, so that a staging that ran
+        // out of time says so in its log like any other failure.
+        let limit = self.config.staging.max_staging_duration_secs;
+        let result = tokio::time::timeout_at(
+            deadline.into(),
+            self.run_buildpacks(workspace, &staged, &app, &stack, &request, &log, deadline),
+        )
+        .await
+        .unwrap_or(Err(StagingError::Timeout(limit)));
         if let Err(error) = &result {
-            log.write_raw(format!("Staging failed: {error}\n").as_bytes());
+            log.write_raw(failure_line(error).as_bytes());
         }
         result
     }
