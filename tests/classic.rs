@@ -6,6 +6,9 @@ use dea::staging::StagingError;
 use dea_tests::*;
 use std::path::Path;
 
+#[path = "classic_compat.rs"]
+mod compat;
+
 fn report(droplet: &Path, file: &str) -> String {
     droplet_file(droplet, &format!("./app/{file}")).unwrap_or_else(|| {
         panic!(

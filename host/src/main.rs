@@ -11,6 +11,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+// A module of the binary, not of the library.
+mod cli_paths;
+
 #[derive(Parser)]
 #[command(
     name = "dea",
@@ -268,9 +271,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(base) = &cli.base_dir {
         config.base_dir = base.clone();
     }
-    // runc resolves paths relative to the bundle, so everything the agent hands it is absolute.
-    config.base_dir = std::path::absolute(&config.base_dir)
-        .with_context(|| format!("resolving base_dir {}", config.base_dir.display()))?;
+    cli_paths::absolute_config_paths(&mut config)?;
     Ok(config)
 }
 
@@ -544,7 +545,8 @@ async fn main() -> Result<()> {
         // Colour codes only for a terminal: logs that land in files or build output stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli_paths::absolute_cli_paths(&mut cli)?;
     let config = load_config(&cli)?;
     // Needs no buildpacks: answered before they are read.
     if let Command::Files { command } = &cli.command {
@@ -596,6 +598,14 @@ async fn main() -> Result<()> {
                     bp.kind_name(),
                     bp.dir.display()
                 );
+            }
+            // What could not be read is listed too: an operator looking for a buildpack
+            // that is not used should find out why here.
+            for skipped in buildpacks.skipped() {
+                println!("skipped {}:", skipped.path.display());
+                for line in skipped.reason.to_string().lines() {
+                    println!("    {line}");
+                }
             }
             if buildpacks.is_empty() {
                 bail!(
@@ -760,6 +770,7 @@ async fn main() -> Result<()> {
             let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
             let grant = match buildpack {
                 Some(name) => {
+                    let name = cli_paths::buildpack_arg(name, &buildpacks)?;
                     let bp = buildpacks.find(&name, &config.buildpack_unpack_dir())?;
                     FetchGrant {
                         buildpack: bp.id,
@@ -799,8 +810,18 @@ async fn main() -> Result<()> {
                     config.buildpack_dirs
                 );
             }
+            let named = named
+                .into_iter()
+                .map(|name| cli_paths::buildpack_arg(name, &buildpacks))
+                .collect::<Result<Vec<_>>>()?;
             let stager = build_stager(config, buildpacks)?;
+            // The log goes to stdout as it is written, except the line that ends a failed
+            // staging: the error is said once, on stderr, below (and also when the log did
+            // not exist yet, or had reached its size limit).
             let watcher: dea::staging::LogWatcher = Arc::new(|bytes: &[u8]| {
+                if bytes.starts_with(dea::staging::FAILURE_LINE_PREFIX.as_bytes()) {
+                    return;
+                }
                 let mut out = std::io::stdout().lock();
                 let _ = out.write_all(bytes);
                 let _ = out.flush();
@@ -827,7 +848,7 @@ async fn main() -> Result<()> {
                     }
                 }
                 Err(error) => {
-                    eprintln!("Staging failed ({}): {error}", error.cf_type());
+                    eprint!("{}", dea::staging::failure_line(&error));
                     std::process::exit(1);
                 }
             }

@@ -1,9 +1,13 @@
 //! Installed buildpacks and their order.
 //!
-//! A buildpack is a directory with a `buildpack.toml` (id, name, version, what it may fetch,
-//! extra environment) and, for a wasm buildpack, its component (`buildpack.wasm`). The
-//! configured directories are scanned in order; `buildpack_order` can put ids first. Detection
-//! runs in that order and the first match wins.
+//! A directory with an executable `bin/detect`, `bin/supply` or `bin/finalize` is a classic
+//! buildpack, whatever else it holds: many public Heroku buildpacks ship a `buildpack.toml` of
+//! Heroku's own (`[buildpack] name`, `[publish.Ignore]`, no `id`), which may give the name and
+//! version but never decides the kind. Otherwise a directory with a `buildpack.toml` naming a
+//! component (id, name, version, what it may fetch, extra environment) is a wasm buildpack.
+//! The configured directories are scanned in order; `buildpack_order` can put ids first.
+//! Detection runs in that order and the first match wins. A buildpack that cannot be read is
+//! skipped (and reported) rather than failing every staging.
 
 pub mod bindings;
 pub mod check;
@@ -16,10 +20,16 @@ pub mod wasm;
 use crate::tenant_fs::{Links, TenantDir};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 /// Largest `buildpack.toml` or `VERSION` read.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// The scripts whose presence makes a directory a classic buildpack (Heroku's `detect`,
+/// Cloud Foundry's `supply`/`finalize`; a CF buildpack may have no detect at all).
+const CLASSIC_SCRIPTS: [&str; 3] = ["bin/detect", "bin/supply", "bin/finalize"];
 
 /// Why the installed buildpacks could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +43,16 @@ pub enum BuildpackError {
     Manifest { path: PathBuf, message: String },
     #[error("buildpack {path} has no component {component}")]
     MissingComponent { path: PathBuf, component: String },
-    #[error("{path} is neither a wasm buildpack (buildpack.toml) nor a classic one (bin/detect)")]
+    #[error(
+        "{path} is neither a wasm buildpack (buildpack.toml) nor a classic one (bin/detect, bin/supply or bin/finalize)"
+    )]
     NotABuildpack { path: PathBuf },
     #[error("unpacking buildpack archive {path}: {message}")]
     Archive { path: PathBuf, message: String },
     #[error("no buildpack named {name:?} is installed (installed: {installed})")]
     NotFound { name: String, installed: String },
+    #[error("another buildpack has the id {id:?} ({kept})", kept = kept.display())]
+    Duplicate { id: String, kept: PathBuf },
 }
 
 /// `buildpack.toml` as the host reads it. Buildpacks may keep more tables (such as
@@ -100,8 +114,9 @@ pub struct Buildpack {
 }
 
 impl Buildpack {
-    /// Reads the buildpack in `dir`: a wasm buildpack if it has a `buildpack.toml`, else a
-    /// classic one if it has `bin/detect`.
+    /// Reads the buildpack in `dir`: a classic one if it has an executable `bin/detect`,
+    /// `bin/supply` or `bin/finalize`; else a wasm one if it has a `buildpack.toml`; else a
+    /// classic one if it has those scripts at all (not executable: running them says so).
     pub fn load(dir: &Path) -> Result<Buildpack, BuildpackError> {
         let dir = &dir.canonicalize().map_err(|source| BuildpackError::Read {
             path: dir.to_path_buf(),
@@ -114,6 +129,10 @@ impl Buildpack {
             source: std::io::Error::other(e.to_string()),
         };
         let root = TenantDir::open(dir).map_err(read_err)?;
+        let scripts = classic_scripts(&root);
+        if scripts.executable {
+            return Ok(Self::load_classic(dir, &root));
+        }
         let text = root
             .read_string(
                 Path::new("buildpack.toml"),
@@ -122,7 +141,12 @@ impl Buildpack {
             )
             .map_err(read_err)?;
         let Some(text) = text else {
-            return Self::load_classic(dir, &root);
+            if scripts.present {
+                return Ok(Self::load_classic(dir, &root));
+            }
+            return Err(BuildpackError::NotABuildpack {
+                path: dir.to_path_buf(),
+            });
         };
         let manifest: Manifest = toml::from_str(&text).map_err(|e| BuildpackError::Manifest {
             path: manifest_path.clone(),
@@ -170,39 +194,39 @@ impl Buildpack {
         })
     }
 
-    fn load_classic(dir: &Path, root: &TenantDir) -> Result<Buildpack, BuildpackError> {
+    /// A classic buildpack: named after its directory; a `buildpack.toml` (Heroku's own
+    /// format) or `VERSION` may add a display name and version, and nothing in them can make
+    /// loading fail.
+    fn load_classic(dir: &Path, root: &TenantDir) -> Buildpack {
         let has = |script: &str| root.open_file(Path::new(script), Links::Beneath).is_ok();
-        if !has("bin/detect") {
-            return Err(BuildpackError::NotABuildpack {
-                path: dir.to_path_buf(),
-            });
-        }
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "classic".into());
+        let heroku = heroku_manifest(dir, root);
         let version = root
             .read_string(Path::new("VERSION"), Links::Beneath, MAX_MANIFEST_BYTES)
             .ok()
             .flatten()
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
+            .or(heroku.version)
             .unwrap_or_else(|| "unknown".into());
         let mode = if has("bin/supply") || has("bin/finalize") {
             classic::ClassicMode::CloudFoundry
         } else {
             classic::ClassicMode::Heroku
         };
-        Ok(Buildpack {
-            name: id.clone(),
+        Buildpack {
+            name: heroku.name.unwrap_or_else(|| id.clone()),
             id,
             version,
-            description: String::new(),
+            description: heroku.description.unwrap_or_default(),
             dir: dir.to_path_buf(),
             kind: BuildpackKind::Classic { mode },
             fetch_allow: Vec::new(),
             env: Vec::new(),
-        })
+        }
     }
 
     /// Unpacks a classic buildpack archive (`.zip`, `.tgz`) into `unpack_root/<sha256>`
@@ -255,8 +279,12 @@ impl Buildpack {
                 .trim_end_matches(".tgz")
                 .trim_end_matches(".tar.gz")
                 .to_string();
-            buildpack.id = stem.clone();
-            buildpack.name = stem;
+            // A name from the buildpack's own manifest is kept; the unpacked directory's
+            // (a digest) is not a name.
+            if buildpack.name == buildpack.id {
+                buildpack.name = stem.clone();
+            }
+            buildpack.id = stem;
         }
         Ok(buildpack)
     }
@@ -278,26 +306,120 @@ impl Buildpack {
         path.is_file()
             && (name.ends_with(".zip") || name.ends_with(".tgz") || name.ends_with(".tar.gz"))
     }
+
+    /// Whether `dir` looks like a buildpack directory of either kind (a cheap check before
+    /// [`Buildpack::load`], which decides).
+    fn looks_like_dir(dir: &Path) -> bool {
+        dir.join("buildpack.toml").is_file()
+            || CLASSIC_SCRIPTS
+                .iter()
+                .any(|script| dir.join(script).is_file())
+    }
 }
 
-/// The installed buildpacks, in detection order.
+/// Which classic scripts a directory holds.
+struct ClassicScripts {
+    /// At least one is a regular file (beneath the directory).
+    present: bool,
+    /// At least one of those is executable.
+    executable: bool,
+}
+
+fn classic_scripts(root: &TenantDir) -> ClassicScripts {
+    let mut found = ClassicScripts {
+        present: false,
+        executable: false,
+    };
+    for script in CLASSIC_SCRIPTS {
+        if let Ok(file) = root.open_file(Path::new(script), Links::Beneath) {
+            found.present = true;
+            found.executable |= file
+                .metadata()
+                .is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+        }
+    }
+    found
+}
+
+/// What a classic buildpack's optional `buildpack.toml` may say about it.
+#[derive(Default)]
+struct HerokuManifest {
+    name: Option<String>,
+    version: Option<String>,
+    description: Option<String>,
+}
+
+/// Reads the `[buildpack]` table of a classic buildpack's `buildpack.toml` (Heroku's format:
+/// `name`, maybe `version`, `description`, beside tables such as `[publish.Ignore]`). The
+/// file is the buildpack author's, not a contract with this host: anything unreadable in it
+/// is ignored (and logged), never a reason to refuse the buildpack.
+fn heroku_manifest(dir: &Path, root: &TenantDir) -> HerokuManifest {
+    let text = match root.read_string(
+        Path::new("buildpack.toml"),
+        Links::Beneath,
+        MAX_MANIFEST_BYTES,
+    ) {
+        Ok(Some(text)) => text,
+        Ok(None) => return HerokuManifest::default(),
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), "ignoring the classic buildpack's buildpack.toml: {e}");
+            return HerokuManifest::default();
+        }
+    };
+    let table = match text.parse::<toml::Table>() {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::debug!(dir = %dir.display(), "ignoring the classic buildpack's buildpack.toml: {e}");
+            return HerokuManifest::default();
+        }
+    };
+    let Some(buildpack) = table.get("buildpack").and_then(toml::Value::as_table) else {
+        return HerokuManifest::default();
+    };
+    let field = |key: &str| {
+        buildpack
+            .get(key)
+            .and_then(toml::Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    HerokuManifest {
+        name: field("name"),
+        version: field("version"),
+        description: field("description"),
+    }
+}
+
+/// A buildpack in a buildpack directory that could not be read: left out, with the reason.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub reason: Arc<BuildpackError>,
+}
+
+/// The installed buildpacks, in detection order, and those left out.
 #[derive(Debug, Clone, Default)]
 pub struct BuildpackSet {
     buildpacks: Vec<Buildpack>,
+    skipped: Vec<Skipped>,
 }
 
 impl BuildpackSet {
-    /// Scans `dirs` (each holding one sub-directory per buildpack, in name order), then moves
-    /// the ids in `order` to the front. A later buildpack with an id already seen is skipped.
+    /// Scans `dirs` (each holding one sub-directory or archive per buildpack, in name order,
+    /// or being one buildpack itself), then moves the ids in `order` to the front. A
+    /// buildpack that cannot be read, or whose id was already seen, is logged and skipped:
+    /// one broken buildpack must not stop every app from staging. Only a directory that
+    /// cannot be listed at all is an error.
     pub fn discover(
         dirs: &[PathBuf],
         order: &[String],
         unpack_root: &Path,
     ) -> Result<BuildpackSet, BuildpackError> {
-        let mut buildpacks: Vec<Buildpack> = Vec::new();
+        let mut set = BuildpackSet::default();
         for dir in dirs {
-            if dir.join("buildpack.toml").is_file() || dir.join("bin/detect").is_file() {
-                push_unique(&mut buildpacks, Buildpack::load(dir)?);
+            if Buildpack::looks_like_dir(dir) {
+                set.add(dir, Buildpack::load(dir));
                 continue;
             }
             let entries = std::fs::read_dir(dir).map_err(|source| BuildpackError::Read {
@@ -307,22 +429,19 @@ impl BuildpackSet {
             let mut subdirs: Vec<PathBuf> = entries
                 .filter_map(Result::ok)
                 .map(|e| e.path())
-                .filter(|p| {
-                    p.join("buildpack.toml").is_file()
-                        || p.join("bin/detect").is_file()
-                        || Buildpack::is_archive(p)
-                })
+                .filter(|p| Buildpack::looks_like_dir(p) || Buildpack::is_archive(p))
                 .collect();
             subdirs.sort();
             for subdir in subdirs {
-                let buildpack = if Buildpack::is_archive(&subdir) {
-                    Buildpack::load_archive(&subdir, unpack_root)?
+                let loaded = if Buildpack::is_archive(&subdir) {
+                    Buildpack::load_archive(&subdir, unpack_root)
                 } else {
-                    Buildpack::load(&subdir)?
+                    Buildpack::load(&subdir)
                 };
-                push_unique(&mut buildpacks, buildpack);
+                set.add(&subdir, loaded);
             }
         }
+        let mut buildpacks = std::mem::take(&mut set.buildpacks);
         let rank = |bp: &Buildpack| {
             order
                 .iter()
@@ -331,11 +450,42 @@ impl BuildpackSet {
         };
         // Stable sort: unnamed buildpacks keep directory order.
         buildpacks.sort_by_key(rank);
-        Ok(BuildpackSet { buildpacks })
+        set.buildpacks = buildpacks;
+        Ok(set)
+    }
+
+    /// Keeps a loaded buildpack, or records (and logs) why `path` was left out.
+    fn add(&mut self, path: &Path, loaded: Result<Buildpack, BuildpackError>) {
+        let reason = match loaded {
+            Ok(buildpack) => match self.buildpacks.iter().find(|bp| bp.id == buildpack.id) {
+                None => {
+                    self.buildpacks.push(buildpack);
+                    return;
+                }
+                Some(existing) => BuildpackError::Duplicate {
+                    id: buildpack.id,
+                    kept: existing.dir.clone(),
+                },
+            },
+            Err(error) => error,
+        };
+        tracing::warn!(path = %path.display(), "skipping buildpack: {reason}");
+        self.skipped.push(Skipped {
+            path: path.to_path_buf(),
+            reason: Arc::new(reason),
+        });
     }
 
     pub fn from_list(buildpacks: Vec<Buildpack>) -> BuildpackSet {
-        BuildpackSet { buildpacks }
+        BuildpackSet {
+            buildpacks,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// The buildpacks [`BuildpackSet::discover`] left out, and why.
+    pub fn skipped(&self) -> &[Skipped] {
+        &self.skipped
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Buildpack> {
@@ -356,7 +506,7 @@ impl BuildpackSet {
             return Ok(bp.clone());
         }
         let path = Path::new(name);
-        if path.join("buildpack.toml").is_file() || path.join("bin/detect").is_file() {
+        if Buildpack::looks_like_dir(path) {
             return Buildpack::load(path);
         }
         if Buildpack::is_archive(path) {
@@ -372,17 +522,4 @@ impl BuildpackSet {
                 .join(", "),
         })
     }
-}
-
-fn push_unique(list: &mut Vec<Buildpack>, buildpack: Buildpack) {
-    if let Some(existing) = list.iter().find(|bp| bp.id == buildpack.id) {
-        tracing::warn!(
-            id = %buildpack.id,
-            kept = %existing.dir.display(),
-            skipped = %buildpack.dir.display(),
-            "duplicate buildpack id"
-        );
-        return;
-    }
-    list.push(buildpack);
 }

@@ -1,26 +1,31 @@
 //! A staging task: app source in, droplet out.
 //!
 //! The source is unpacked safely into a fresh workspace, every buildpack's detect runs at
-//! once (the first match in order wins, unless buildpacks are named), the chosen buildpacks
-//! compile in order, the last one releases, and the staged tree is packed into a droplet
-//! laid out like Cloud Foundry's. Everything the user should see goes to the staging log,
-//! which ships inside the droplet. The workspace is removed whatever happens.
+//! once (the first match in order wins, unless buildpacks are named; a named Heroku-style
+//! classic buildpack still runs its own detect), the chosen buildpacks compile in order, the
+//! last one releases, and the staged tree is packed into a droplet laid out like Cloud
+//! Foundry's. Everything the user should see goes to the staging log, which ships inside
+//! the droplet; a failure is its last line. The workspace is removed whatever happens.
 
+mod classic_setup;
+mod error;
 mod log;
 pub mod procfile;
 
+pub use error::{FAILURE_LINE_PREFIX, StagingError, failure_line};
 pub use log::{LogWatcher, StagingLog};
 
-use crate::buildpack::classic::{self, ClassicDirs, ClassicLimits, ClassicMode, Script};
+use crate::buildpack::classic::{self, ClassicLimits, ClassicMode, Script};
 use crate::buildpack::wasm::{
     PhaseDirs, PhaseError, PhaseOutput, ReleaseInfo, SandboxSpec, WasmRuntime,
 };
-use crate::buildpack::{Buildpack, BuildpackError, BuildpackKind, BuildpackSet};
+use crate::buildpack::{Buildpack, BuildpackKind, BuildpackSet};
 use crate::config::Config;
 use crate::container::Runc;
-use crate::droplet::{self, PackError, PackedDroplet, StagingInfo, UnpackError, UnpackLimits};
+use crate::droplet::{self, PackedDroplet, StagingInfo, UnpackLimits};
 use crate::fetch::{FetchGrant, FetchService};
-use crate::tenant_fs::{self, Links, TenantDir, TenantFsError, WalkLimits};
+use crate::tenant_fs::{self, Links, TenantDir, WalkLimits};
+use classic_setup::classic_build_script;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,59 +33,6 @@ use std::time::{Duration, Instant};
 
 /// Largest Procfile, buildpack `export` file or `VERSION` the agent reads from a tenant.
 const MAX_SMALL_FILE: u64 = 1 << 20;
-
-/// Why a staging failed. `cf_type` gives Cloud Foundry's error type for the controller.
-#[derive(Debug, thiserror::Error)]
-pub enum StagingError {
-    #[error("An application could not be detected by any available buildpack")]
-    NoAppDetected,
-    #[error("detect of buildpack {buildpack} failed: {source}")]
-    DetectFailed {
-        buildpack: String,
-        source: PhaseError,
-    },
-    #[error("Buildpack compilation step failed: buildpack {buildpack}: {source}")]
-    CompileFailed {
-        buildpack: String,
-        source: PhaseError,
-    },
-    #[error("Release info failed:\nbuildpack {buildpack}: {source}")]
-    ReleaseFailed {
-        buildpack: String,
-        source: PhaseError,
-    },
-    #[error("Error staging: Stack {0} does not exist")]
-    UnknownStack(String),
-    #[error("invalid app source: {0}")]
-    Source(#[from] UnpackError),
-    #[error(transparent)]
-    Buildpack(#[from] BuildpackError),
-    #[error("loading buildpack {buildpack}: {message}")]
-    Load { buildpack: String, message: String },
-    #[error("writing droplet: {0}")]
-    Pack(#[from] PackError),
-    #[error("staging workspace: {0}")]
-    Workspace(#[from] std::io::Error),
-    #[error("{what}: {source}")]
-    TenantFile {
-        what: &'static str,
-        source: TenantFsError,
-    },
-    #[error("Staging timed out after {0} seconds")]
-    Timeout(u64),
-}
-
-impl StagingError {
-    /// Cloud Foundry's `error_info.type` for this failure.
-    pub fn cf_type(&self) -> &'static str {
-        match self {
-            StagingError::NoAppDetected | StagingError::DetectFailed { .. } => "NoAppDetectedError",
-            StagingError::CompileFailed { .. } => "BuildpackCompileFailed",
-            StagingError::ReleaseFailed { .. } => "BuildpackReleaseFailed",
-            _ => "StagingError",
-        }
-    }
-}
 
 /// What to stage.
 pub struct StagingRequest {
@@ -216,7 +168,9 @@ impl Stager {
         loaded
     }
 
-    /// Stages `request` within the configured staging time limit.
+    /// Stages `request` within the configured staging time limit. Once the staging log
+    /// exists, a failure is its last line ([`failure_line`]), so that the log read alone
+    /// (in the droplet's directory, or streamed to a controller) says how it ended.
     pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
         let limit = self.config.staging.max_staging_duration_secs;
         let deadline = Instant::now() + Duration::from_secs(limit);
@@ -225,12 +179,7 @@ impl Stager {
             .prefix("task-")
             .tempdir_in(self.config.staging_dir())?
             .keep();
-        let result = tokio::time::timeout(
-            Duration::from_secs(limit),
-            self.stage_in(&workspace, request, deadline),
-        )
-        .await
-        .unwrap_or(Err(StagingError::Timeout(limit)));
+        let result = self.stage_in(&workspace, request, deadline).await;
         // Buildpacks wrote into the workspace, so it goes the way every tenant tree goes:
         // without following links, however deep, off the async workers.
         tenant_fs::remove_tree_off_thread(workspace).await;
@@ -258,11 +207,17 @@ impl Stager {
             request.watcher.clone(),
             self.config.staging.max_log_mb << 20,
         )?;
-        let result = self
-            .run_buildpacks(workspace, &staged, &app, &stack, &request, &log, deadline)
-            .await;
+        // The time limit is applied here, inside the log's life, so that a staging that ran
+        // out of time says so in its log like any other failure.
+        let limit = self.config.staging.max_staging_duration_secs;
+        let result = tokio::time::timeout_at(
+            deadline.into(),
+            self.run_buildpacks(workspace, &staged, &app, &stack, &request, &log, deadline),
+        )
+        .await
+        .unwrap_or(Err(StagingError::Timeout(limit)));
         if let Err(error) = &result {
-            log.write_raw(format!("Staging failed: {error}\n").as_bytes());
+            log.write_raw(failure_line(error).as_bytes());
         }
         result
     }
@@ -327,43 +282,56 @@ impl Stager {
                 .buildpacks
                 .find(name, &self.config.buildpack_unpack_dir()),
         };
+        let named: Vec<Buildpack> = request
+            .buildpacks
+            .iter()
+            .map(|name| named(name))
+            .collect::<Result<_, _>>()?;
         let is_classic = |bp: &Buildpack| matches!(bp.kind, BuildpackKind::Classic { .. });
-        let uses_classic = request.buildpacks.is_empty() && candidates.iter().any(is_classic)
-            || request
-                .buildpacks
-                .iter()
-                .any(|name| named(name).is_ok_and(|bp| is_classic(&bp)));
+        let uses_classic = if named.is_empty() {
+            candidates.iter().any(is_classic)
+        } else {
+            named.iter().any(is_classic)
+        };
         if uses_classic {
             self.prepare_classic(&ctx, true).await?;
         }
 
-        // Choose: named buildpacks skip detection; otherwise the first match in order.
-        let (chosen, detection_name, detected_version) = if request.buildpacks.is_empty() {
+        // Choose: the first match in order, or the named buildpacks. Of those, the ones that
+        // run detect anyway (Heroku-style classic) name the app when they do, each right
+        // before its compile; the others are named after their id.
+        let (chosen, mut detection_name, detected_version) = if named.is_empty() {
             let (buildpack, detection) = self.detect(&ctx).await?;
             (vec![buildpack], detection.name, detection.version)
         } else {
-            let chosen = request
-                .buildpacks
-                .iter()
-                .map(|name| named(name))
-                .collect::<Result<Vec<_>, _>>()?;
-            let last = chosen.last().map(|bp| bp.id.clone()).unwrap_or_default();
-            (chosen, last, None)
+            let last = named.last().map(|bp| bp.id.clone()).unwrap_or_default();
+            (named, last, None)
         };
+        let explicit = !request.buildpacks.is_empty();
         let final_buildpack = chosen.last().cloned().ok_or(StagingError::NoAppDetected)?;
-        log.step(&format!(
-            "Detected {detection_name}{} (buildpack {} {})",
-            detected_version
-                .as_deref()
-                .map(|v| format!(" {v}"))
-                .unwrap_or_default(),
-            final_buildpack.id,
-            final_buildpack.version
-        ));
+        let final_detects =
+            explicit && self.classic_mode(&final_buildpack) == Some(ClassicMode::Heroku);
+        if !final_detects {
+            log.step(&format!(
+                "Detected {detection_name}{} (buildpack {} {})",
+                detected_version
+                    .as_deref()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                final_buildpack.id,
+                final_buildpack.version
+            ));
+        }
 
         for (index, buildpack) in chosen.iter().enumerate() {
             let started = Instant::now();
             let last = index + 1 == chosen.len();
+            if explicit
+                && let Some(name) = self.detect_named(&ctx, index, buildpack).await?
+                && last
+            {
+                detection_name = name;
+            }
             let script = self
                 .classic_mode(buildpack)
                 .map(|mode| classic_build_script(buildpack, mode, last));
@@ -458,6 +426,10 @@ impl Stager {
         app: &Path,
         env: &[(String, String)],
     ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
+        // Classic detect bind-mounts the app as it is, and runc resolves a relative mount
+        // source against the bundle, not the caller's directory.
+        let app = std::path::absolute(app)?;
+        let app = app.as_path();
         let mut full_env = vec![
             ("STACK".to_string(), self.config.default_stack().to_string()),
             (
@@ -724,132 +696,6 @@ impl Stager {
         }
     }
 
-    /// A classic buildpack's protocol: its own, unless `classic.cloud_foundry` names it.
-    fn classic_mode(&self, buildpack: &Buildpack) -> Option<ClassicMode> {
-        match buildpack.kind {
-            BuildpackKind::Classic { .. }
-                if self.config.classic.cloud_foundry.contains(&buildpack.id) =>
-            {
-                Some(ClassicMode::CloudFoundry)
-            }
-            BuildpackKind::Classic { mode } => Some(mode),
-            BuildpackKind::Wasm { .. } => None,
-        }
-    }
-
-    fn has_classic(&self) -> bool {
-        self.buildpacks
-            .iter()
-            .any(|bp| matches!(bp.kind, BuildpackKind::Classic { .. }))
-    }
-
-    /// Creates the directories classic scripts see and hands them to the build user.
-    async fn prepare_classic(
-        &self,
-        ctx: &PhaseContext<'_>,
-        own_app: bool,
-    ) -> Result<(), StagingError> {
-        let user_env: Vec<(String, String)> = ctx
-            .env
-            .iter()
-            .filter(|(k, _)| k != "STACK" && k != "CF_STACK")
-            .cloned()
-            .collect();
-        classic::write_env_dir(&ctx.workspace.join("env"), &user_env)?;
-        for dir in ["exports", "buildpacks"] {
-            std::fs::create_dir_all(ctx.workspace.join(dir))?;
-        }
-        if let Some(ca) = &self.proxy_ca {
-            std::fs::write(ctx.workspace.join("proxy-ca.pem"), ca.pem())?;
-        }
-        // Only a staging's own copy of the app is handed over; `dea detect` reads the
-        // user's directory in place (read-only) and must not change its owner.
-        if own_app {
-            let (uid, gid) = (self.config.classic.uid, self.config.classic.gid);
-            let dirs = [
-                (ctx.app.to_path_buf(), "app"),
-                (ctx.cache.to_path_buf(), "cache"),
-            ];
-            let limits = self.walk_limits(ctx.deadline);
-            blocking(move || {
-                dirs.iter().try_for_each(|(dir, label)| {
-                    TenantDir::open(dir)?
-                        .labeled(*label)
-                        .chown_tree(uid, gid, limits)
-                })
-            })
-            .await?
-            .map_err(|source| StagingError::TenantFile {
-                what: "handing the app and cache to the build user",
-                source,
-            })?;
-        }
-        Ok(())
-    }
-
-    /// This staging's directories for the classic buildpack at `index`; the buildpack is
-    /// copied into the workspace (once) when they are prepared.
-    fn classic_dirs(
-        &self,
-        ctx: &PhaseContext<'_>,
-        index: usize,
-        buildpack: &Buildpack,
-    ) -> ClassicSetup {
-        let copy = ctx
-            .workspace
-            .join("buildpacks")
-            .join(format!("{index:02}-{}", buildpack.id));
-        let dirs = ClassicDirs {
-            app: ctx.app.to_path_buf(),
-            cache: ctx.cache.to_path_buf(),
-            env_dir: ctx.workspace.join("env"),
-            deps: ctx.staged.join("deps"),
-            profile_d: ctx.staged.join("profile.d"),
-            exports: ctx.workspace.join("exports"),
-            buildpack_copy: copy,
-        };
-        ClassicSetup {
-            dirs,
-            source: buildpack.dir.clone(),
-            buildpack_id: buildpack.id.clone(),
-            uid: self.config.classic.uid,
-            gid: self.config.classic.gid,
-            cf_index: (self.classic_mode(buildpack) == Some(ClassicMode::CloudFoundry))
-                .then_some(index),
-        }
-    }
-
-    /// After a Heroku-style compile, keeps the buildpack's `export` file for later ones. The
-    /// file is the buildpack's to write, so it is read beneath its copy, capped.
-    async fn collect_export(
-        &self,
-        ctx: &PhaseContext<'_>,
-        index: usize,
-        buildpack: &Buildpack,
-    ) -> Result<(), StagingError> {
-        if !matches!(buildpack.kind, BuildpackKind::Classic { .. }) {
-            return Ok(());
-        }
-        let name = format!("{index:02}-{}", buildpack.id);
-        let copy = ctx.workspace.join("buildpacks").join(&name);
-        let export = blocking(move || {
-            TenantDir::open(&copy)?.labeled("buildpack").read(
-                Path::new("export"),
-                Links::Beneath,
-                MAX_SMALL_FILE,
-            )
-        })
-        .await?
-        .map_err(|source| StagingError::TenantFile {
-            what: "reading the buildpack's export file",
-            source,
-        })?;
-        if let Some(bytes) = export {
-            std::fs::write(ctx.workspace.join("exports").join(name), bytes)?;
-        }
-        Ok(())
-    }
-
     /// Caps for walking a tree buildpacks wrote, ending at the staging's deadline.
     fn walk_limits(&self, deadline: Instant) -> WalkLimits {
         WalkLimits {
@@ -864,77 +710,6 @@ impl Stager {
         droplet::PackLimits {
             max_bytes: self.config.instances.max_droplet_mb << 20,
             walk: self.walk_limits(deadline),
-        }
-    }
-}
-
-/// The directories of one classic buildpack in one staging, before they exist.
-struct ClassicSetup {
-    dirs: ClassicDirs,
-    /// The installed buildpack, copied to `dirs.buildpack_copy`.
-    source: PathBuf,
-    buildpack_id: String,
-    uid: u32,
-    gid: u32,
-    /// Cloud Foundry mode: this buildpack's index under `deps/`.
-    cf_index: Option<usize>,
-}
-
-impl ClassicSetup {
-    /// Copies the buildpack (the first time), makes the CF directories, and hands them to
-    /// the build user: all on the blocking pool, descriptor-relative.
-    async fn prepare(self, limits: WalkLimits) -> Result<ClassicDirs, PhaseError> {
-        let fail = |message: String| PhaseError::Instantiate {
-            phase: "prepare",
-            message,
-        };
-        let ClassicSetup {
-            dirs,
-            source,
-            buildpack_id,
-            uid,
-            gid,
-            cf_index,
-        } = self;
-        let result = tokio::task::spawn_blocking(move || -> Result<ClassicDirs, String> {
-            let copy = &dirs.buildpack_copy;
-            if !copy.exists() {
-                let parent = copy.parent().unwrap_or(Path::new("."));
-                let temp = tempfile::Builder::new()
-                    .prefix(".copy-")
-                    .tempdir_in(parent)
-                    .map_err(|e| e.to_string())?;
-                let target = TenantDir::open(temp.path()).map_err(|e| e.to_string())?;
-                TenantDir::open(&source)
-                    .and_then(|from| from.copy_tree_into(&target, limits, 1 << 30))
-                    .and_then(|_| target.chown_tree(uid, gid, limits))
-                    .map_err(|e| format!("copying buildpack {buildpack_id}: {e}"))?;
-                match std::fs::rename(temp.path(), copy) {
-                    Ok(()) => {
-                        let _ = temp.keep();
-                    }
-                    // Another phase copied it first.
-                    Err(_) if copy.is_dir() => {}
-                    Err(e) => return Err(format!("copying buildpack {buildpack_id}: {e}")),
-                }
-            }
-            if let Some(index) = cf_index {
-                let deps = TenantDir::create(&dirs.deps).map_err(|e| e.to_string())?;
-                deps.ensure_dir(Path::new(&index.to_string()))
-                    .map_err(|e| e.to_string())?;
-                let profile_d = TenantDir::create(&dirs.profile_d).map_err(|e| e.to_string())?;
-                for dir in [deps, profile_d] {
-                    dir.chown_tree(uid, gid, limits)
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            Ok(dirs)
-        })
-        .await;
-        match result {
-            Ok(Ok(dirs)) => Ok(dirs),
-            Ok(Err(message)) => Err(fail(message)),
-            Err(e) => Err(fail(e.to_string())),
         }
     }
 }
@@ -971,22 +746,6 @@ struct PhaseContext<'a> {
     candidates: &'a [Buildpack],
     /// When the staging's time is up: walks of tenant trees give up then.
     deadline: Instant,
-}
-
-/// The build script a classic buildpack runs at its place in the order: in Cloud Foundry
-/// mode earlier buildpacks `supply` and the last one `finalize`s (or `compile`s if it has no
-/// finalize); Heroku-mode buildpacks always `compile`.
-fn classic_build_script(buildpack: &Buildpack, mode: ClassicMode, last: bool) -> Script {
-    let has = |script: &str| {
-        TenantDir::open(&buildpack.dir)
-            .and_then(|dir| dir.open_file(&Path::new("bin").join(script), Links::Beneath))
-            .is_ok()
-    };
-    match (mode, last) {
-        (ClassicMode::CloudFoundry, false) if has("supply") => Script::Supply,
-        (ClassicMode::CloudFoundry, true) if has("finalize") => Script::Finalize,
-        _ => Script::Compile,
-    }
 }
 
 /// Combines the release's process types with the app's Procfile (which wins) and picks the
