@@ -11,6 +11,7 @@ pub mod classic;
 pub mod componentize;
 pub mod contract;
 pub mod scaffold;
+pub mod store;
 pub mod wasm;
 
 use crate::tenant_fs::{Links, TenantDir};
