@@ -493,7 +493,11 @@ async fn main() -> Result<()> {
     // `--buildpacks DIR` means exactly those; otherwise the installed ones, then
     // `buildpack_dirs`.
     let only_dirs = !cli.buildpack_dirs.is_empty();
-    let buildpacks = cli::buildpacks::detection_buildpacks(&config, only_dirs)?;
+    // `dea run` starts a staged droplet: it needs no buildpacks (nor their first set-up).
+    let buildpacks = match cli.command {
+        Command::Run { .. } => BuildpackSet::default(),
+        _ => cli::buildpacks::detection_buildpacks(&config, only_dirs)?,
+    };
 
     match cli.command {
         Command::Serve { nats_servers } => {
