@@ -528,6 +528,22 @@ mod tests {
     }
 
     #[test]
+    fn root_gets_the_system_paths() {
+        // The tests run as root; a user's XDG paths are tested with `dea` run as `nobody`
+        // (host/tests/install.rs).
+        if is_root() {
+            assert_eq!(
+                default_config_path(),
+                Some(PathBuf::from("/etc/dea/dea.yml"))
+            );
+            assert_eq!(Config::default().base_dir, PathBuf::from("/var/lib/dea"));
+            assert!(Config::default().buildpack_dirs.is_empty());
+        } else {
+            assert!(default_config_path().is_none_or(|path| path.ends_with("dea/dea.yml")));
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         assert!(Config::from_yaml("wasm:\n  memory_limt_mb: 64\n").is_err());
     }
