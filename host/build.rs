@@ -23,14 +23,14 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let manifest_dir =
         PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let source = match std::env::var_os("DEA_DEFAULT_BUILDPACKS") {
-        Some(dir) if dir.is_empty() => None,
-        Some(dir) => Some(PathBuf::from(dir)),
-        None => Some(manifest_dir.join("../target/buildpacks")),
+    let (source, ours) = match std::env::var_os("DEA_DEFAULT_BUILDPACKS") {
+        Some(dir) if dir.is_empty() => (None, false),
+        Some(dir) => (Some(PathBuf::from(dir)), false),
+        None => (Some(manifest_dir.join("../target/buildpacks")), true),
     };
     let found = match &source {
         Some(dir) => {
-            watch(dir);
+            watch(dir, ours);
             buildpacks_in(dir)
         }
         None => Vec::new(),
@@ -60,7 +60,7 @@ fn main() {
         source
             .as_deref()
             .map(|dir| dir.display().to_string())
-            .unwrap_or_else(|| "(DEA_DEFAULT_BUILDPACKS is empty)".into())
+            .unwrap_or_else(|| "nowhere (DEA_DEFAULT_BUILDPACKS was empty)".into())
     );
     std::fs::write(out_dir.join("default_buildpacks.rs"), code).expect("writing OUT_DIR");
     if found.is_empty() {
@@ -71,11 +71,13 @@ fn main() {
 }
 
 /// Tells cargo to build again when the directory changes. A path that does not exist would
-/// make cargo rebuild this package on every build, so a missing directory is created (it
-/// is the build output `scripts/build-plugins` fills): its first buildpacks then trigger a
-/// rebuild that embeds them. If it cannot be created, only build.rs is watched.
-fn watch(dir: &Path) {
-    if dir.is_dir() || std::fs::create_dir_all(dir).is_ok() {
+/// make cargo rebuild this package on every build, so the workspace's own
+/// `target/buildpacks` (`ours`, the build output `scripts/build-plugins` fills) is created
+/// when missing: its first buildpacks then trigger a rebuild that embeds them. A directory
+/// named in DEA_DEFAULT_BUILDPACKS is not made; missing, it is not watched (changing the
+/// variable rebuilds).
+fn watch(dir: &Path, ours: bool) {
+    if dir.is_dir() || (ours && std::fs::create_dir_all(dir).is_ok()) {
         println!("cargo:rerun-if-changed={}", dir.display());
     }
 }

@@ -98,7 +98,7 @@ pub fn none_found(config: &Config) -> String {
     message.push_str("; install one with `dea buildpacks add PATH|URL`");
     if DEFAULT_BUILDPACKS.is_empty() {
         message.push_str(&format!(
-            " (this dea was built without default buildpacks: none were in {SOURCE}; \
+            " (this dea was built without default buildpacks, looked for in {SOURCE}: \
              run scripts/build-plugins in a dea checkout, then build dea again)"
         ));
     } else {
@@ -194,7 +194,7 @@ pub async fn manage(config: &Config, command: &BuildpacksCommand) -> Result<()> 
         BuildpacksCommand::InstallDefaults => {
             if DEFAULT_BUILDPACKS.is_empty() {
                 bail!(
-                    "this dea was built without default buildpacks (none were in {SOURCE}): \
+                    "this dea was built without default buildpacks, looked for in {SOURCE}: \
                      run scripts/build-plugins in a dea checkout, then build dea again"
                 );
             }
