@@ -227,7 +227,36 @@ impl BuildpackStore {
             path,
             source: e.into(),
         })?;
+        self.sweep_leftovers();
         Ok(StoreLock { _file: file })
+    }
+
+    /// Scratch copies and order files are only made under the lock, so any found by the
+    /// holder of the lock were left by a command that was killed midway. Downloads happen
+    /// before the lock is taken: one a day old is surely abandoned.
+    fn sweep_leftovers(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        let day_old = |entry: &std::fs::DirEntry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() > 24 * 3600)
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let stale = name.to_str().is_some_and(|n| {
+                n.starts_with(".incoming-")
+                    || n.starts_with(".order-")
+                    || (n.starts_with(".download-") && day_old(&entry))
+            });
+            if stale && let Err(error) = crate::tenant_fs::remove_tree(&self.dir, &name) {
+                tracing::warn!("removing leftover {}: {error}", entry.path().display());
+            }
+        }
     }
 
     /// A scratch directory inside the store: on its file system, so what is made there is

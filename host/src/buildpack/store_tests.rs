@@ -100,6 +100,12 @@ fn add_move_remove_keep_the_order_in_the_order_file() {
         scratch_left(&store)
     );
 
+    // A command killed midway leaves its scratch copy; the next change sweeps it.
+    let left = store.dir().join(".incoming-killed");
+    std::fs::create_dir_all(left.join("copy/bin")).expect("leftover");
+    store.move_to("hello", 1).expect("move");
+    assert!(!left.exists(), "leftover scratch copy swept");
+
     // The file itself, as a reader (or an operator) sees it.
     let text = std::fs::read_to_string(store.dir().join(ORDER_FILE)).expect("order file");
     let json: serde_json::Value = serde_json::from_str(&text).expect("json");
