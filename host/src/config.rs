@@ -1,5 +1,8 @@
 //! The agent's configuration: one typed struct, loaded from YAML, with defaults that work on a
-//! fresh machine (everything lives under `base_dir`, buildpacks come from `buildpacks/`).
+//! fresh machine from any directory: everything lives under `base_dir` (installed buildpacks
+//! in its `buildpacks/`), which follows XDG for a user and is `/var/lib/dea` for root, and the
+//! file itself is read from `$XDG_CONFIG_HOME/dea/dea.yml` (root: `/etc/dea/dea.yml`) when
+//! no `--config` or `DEA_CONFIG` names one.
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -24,13 +27,16 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Root of the agent's state: staging workspaces, caches, droplets.
+    /// Root of the agent's state: installed buildpacks (`buildpacks/`), staging workspaces,
+    /// caches, droplets.
     pub base_dir: PathBuf,
-    /// Directories holding installed buildpacks, one sub-directory per buildpack. Their
-    /// order, then the sub-directory names in order, is the detection order unless
+    /// More directories of buildpacks, one sub-directory (or archive) per buildpack, detected
+    /// after the installed ones (`<base_dir>/buildpacks`, managed with `dea buildpacks`). Their
+    /// order, then the sub-directory names in order, is their detection order unless
     /// `buildpack_order` says otherwise.
     pub buildpack_dirs: Vec<PathBuf>,
-    /// Explicit detection order by buildpack id; buildpacks not named follow in directory order.
+    /// Detection order by id among the buildpacks of `buildpack_dirs`; those not named follow
+    /// in directory order. Installed buildpacks keep the positions `dea buildpacks` gives them.
     pub buildpack_order: Vec<String>,
     /// Stacks this agent can stage for and run on; the first is the default. A name with a
     /// root filesystem (in `stack_rootfs`, or built by `dea stack build` under
@@ -313,7 +319,9 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             base_dir: default_base_dir(),
-            buildpack_dirs: vec![PathBuf::from("target/buildpacks")],
+            // Installed buildpacks live in the state directory, so `dea` works from anywhere;
+            // a build output such as a checkout's `target/buildpacks` is an extra directory.
+            buildpack_dirs: Vec::new(),
             // The built-in buildpacks, most specific first; Procfile is the generic fallback.
             buildpack_order: vec![
                 "staticfile".into(),
@@ -381,15 +389,43 @@ impl Default for FetchConfig {
     }
 }
 
-/// `$XDG_STATE_HOME/dea`, else `~/.local/state/dea`, else `/var/lib/dea`.
+/// Whether this process runs as root (directly or through sudo): its defaults are then the
+/// system's, not a user's.
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A user's XDG base directory: `$<var>` when set to an absolute path (the specification
+/// says relative ones are to be ignored), else `$HOME/<fallback>`.
+fn xdg_dir(var: &str, fallback: &str) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os(var).map(PathBuf::from)
+        && dir.is_absolute()
+    {
+        return Some(dir);
+    }
+    std::env::var_os("HOME")
+        .filter(|home| !home.is_empty())
+        .map(|home| PathBuf::from(home).join(fallback))
+}
+
+/// Root: `/var/lib/dea`. A user: `$XDG_STATE_HOME/dea`, else `~/.local/state/dea`.
 fn default_base_dir() -> PathBuf {
-    if let Some(state) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(state).join("dea");
+    if is_root() {
+        return PathBuf::from("/var/lib/dea");
     }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => PathBuf::from(home).join(".local/state/dea"),
-        None => PathBuf::from("/var/lib/dea"),
+    xdg_dir("XDG_STATE_HOME", ".local/state")
+        .map(|dir| dir.join("dea"))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/dea"))
+}
+
+/// Where the configuration is read from when neither `--config` nor `DEA_CONFIG` names a
+/// file. Root: `/etc/dea/dea.yml`. A user: `$XDG_CONFIG_HOME/dea/dea.yml`, else
+/// `~/.config/dea/dea.yml`.
+pub fn default_config_path() -> Option<PathBuf> {
+    if is_root() {
+        return Some(PathBuf::from("/etc/dea/dea.yml"));
     }
+    xdg_dir("XDG_CONFIG_HOME", ".config").map(|dir| dir.join("dea/dea.yml"))
 }
 
 impl Config {
@@ -403,6 +439,15 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })
+    }
+
+    /// The file at [`default_config_path`] if there is one, else the defaults: a fresh
+    /// machine needs no configuration file.
+    pub fn load_default() -> Result<Config, ConfigError> {
+        match default_config_path() {
+            Some(path) if path.exists() => Self::load(&path),
+            _ => Ok(Config::default()),
+        }
     }
 
     /// Parses YAML text; an empty document gives the defaults.
@@ -438,6 +483,11 @@ impl Config {
             .cache_dir
             .clone()
             .unwrap_or_else(|| self.base_dir.join("fetch-cache"))
+    }
+
+    /// Where installed buildpacks are kept (`dea buildpacks add|remove|move`).
+    pub fn installed_buildpacks_dir(&self) -> PathBuf {
+        self.base_dir.join("buildpacks")
     }
 
     /// Where classic buildpack archives are unpacked.
@@ -485,6 +535,22 @@ mod tests {
         assert_eq!(config.wasm.memory_limit_mb, 64);
         assert_eq!(config.wasm.detect_cpu_ms, 2_000);
         assert_eq!(config.fetch.mirrors.len(), 1);
+    }
+
+    #[test]
+    fn root_gets_the_system_paths() {
+        // The tests run as root; a user's XDG paths are tested with `dea` run as `nobody`
+        // (host/tests/install.rs).
+        if is_root() {
+            assert_eq!(
+                default_config_path(),
+                Some(PathBuf::from("/etc/dea/dea.yml"))
+            );
+            assert_eq!(Config::default().base_dir, PathBuf::from("/var/lib/dea"));
+            assert!(Config::default().buildpack_dirs.is_empty());
+        } else {
+            assert!(default_config_path().is_none_or(|path| path.ends_with("dea/dea.yml")));
+        }
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-// A module of the binary, not of the library.
+// Modules of the binary, not of the library.
+mod cli;
 mod cli_paths;
 
 #[derive(Parser)]
@@ -88,8 +89,12 @@ enum Command {
         #[arg(long = "nats", value_name = "URL")]
         nats_servers: Vec<String>,
     },
-    /// List the installed buildpacks in detection order.
-    Buildpacks,
+    /// List the buildpacks in detection order (installed ones, then `buildpack_dirs`), or
+    /// install, remove and order them.
+    Buildpacks {
+        #[command(subcommand)]
+        command: Option<cli::buildpacks::BuildpacksCommand>,
+    },
     /// Show which buildpack would build an app directory, without staging it.
     Detect {
         app: PathBuf,
@@ -263,7 +268,7 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 fn load_config(cli: &Cli) -> Result<Config> {
     let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
-        None => Config::default(),
+        None => Config::load_default()?,
     };
     if !cli.buildpack_dirs.is_empty() {
         config.buildpack_dirs = cli.buildpack_dirs.clone();
@@ -318,6 +323,8 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
     };
     let agent = dea::nats::Agent::start(config, instances, stager, links).await?;
     println!("DEA {} serving", agent.id());
+    // Subscribed: systemd (`Type=notify`) may start what is ordered after the agent.
+    cli::notify::tell(&format!("READY=1\nSTATUS=DEA {} serving", agent.id()));
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
@@ -336,6 +343,7 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
             _ = agent.wait() => return Ok(()),
         }
     }
+    cli::notify::tell("STOPPING=1\nSTATUS=shutting down");
     // Every step of the shutdown is bounded; a second signal ends it at once all the same
     // (the operator's call: instances still running are left, and recovered on restart).
     let shutdown = agent.shutdown();
@@ -558,22 +566,20 @@ async fn main() -> Result<()> {
     if let Command::Buildpack(command) = &cli.command {
         return buildpack_command(command, &config);
     }
-    // A missing buildpack directory (such as the default `target/buildpacks` outside a dea
-    // checkout) holds no buildpacks; `--buildpack PATH` still works.
-    let mut config = config;
-    config.buildpack_dirs.retain(|dir| {
-        let exists = dir.exists();
-        if !exists {
-            tracing::warn!(dir = %dir.display(), "buildpack directory does not exist");
-        }
-        exists
-    });
-    let buildpacks = BuildpackSet::discover(
-        &config.buildpack_dirs,
-        &config.buildpack_order,
-        &config.buildpack_unpack_dir(),
-    )
-    .context("reading installed buildpacks")?;
+    if let Command::Buildpacks {
+        command: Some(command),
+    } = &cli.command
+    {
+        return cli::buildpacks::manage(&config, command).await;
+    }
+    // `--buildpacks DIR` means exactly those; otherwise the installed ones, then
+    // `buildpack_dirs`.
+    let only_dirs = !cli.buildpack_dirs.is_empty();
+    // `dea run` starts a staged droplet: it needs no buildpacks (nor their first set-up).
+    let buildpacks = match cli.command {
+        Command::Run { .. } => BuildpackSet::default(),
+        _ => cli::buildpacks::detection_buildpacks(&config, only_dirs)?,
+    };
 
     match cli.command {
         Command::Serve { nats_servers } => {
@@ -584,36 +590,7 @@ async fn main() -> Result<()> {
             serve(config, buildpacks).await?;
         }
         Command::Files { .. } => {}
-        Command::Buildpacks => {
-            println!(
-                "{:<4} {:<16} {:<10} {:<6} PATH",
-                "#", "ID", "VERSION", "KIND"
-            );
-            for (index, bp) in buildpacks.iter().enumerate() {
-                println!(
-                    "{:<4} {:<16} {:<10} {:<6} {}",
-                    index + 1,
-                    bp.id,
-                    bp.version,
-                    bp.kind_name(),
-                    bp.dir.display()
-                );
-            }
-            // What could not be read is listed too: an operator looking for a buildpack
-            // that is not used should find out why here.
-            for skipped in buildpacks.skipped() {
-                println!("skipped {}:", skipped.path.display());
-                for line in skipped.reason.to_string().lines() {
-                    println!("    {line}");
-                }
-            }
-            if buildpacks.is_empty() {
-                bail!(
-                    "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
-                    config.buildpack_dirs
-                );
-            }
-        }
+        Command::Buildpacks { .. } => cli::buildpacks::list(&config, &buildpacks, only_dirs)?,
         Command::Run {
             droplet,
             port,
@@ -805,10 +782,7 @@ async fn main() -> Result<()> {
             start_command,
         } => {
             if buildpacks.is_empty() && named.is_empty() {
-                bail!(
-                    "no buildpacks found in {:?}; run scripts/build-plugins or pass --buildpacks DIR",
-                    config.buildpack_dirs
-                );
+                bail!("{}", cli::buildpacks::none_found(&config));
             }
             let named = named
                 .into_iter()

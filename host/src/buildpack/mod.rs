@@ -15,6 +15,7 @@ pub mod classic;
 pub mod componentize;
 pub mod contract;
 pub mod scaffold;
+pub mod store;
 pub mod wasm;
 
 use crate::tenant_fs::{Links, TenantDir};
@@ -480,6 +481,14 @@ impl BuildpackSet {
         BuildpackSet {
             buildpacks,
             skipped: Vec::new(),
+        }
+    }
+
+    /// `buildpacks`, with what a discovery left out carried along (for listings).
+    pub fn with_skipped(buildpacks: Vec<Buildpack>, skipped: Vec<Skipped>) -> BuildpackSet {
+        BuildpackSet {
+            buildpacks,
+            skipped,
         }
     }
 

@@ -160,6 +160,10 @@ impl Runc {
             .save(bundle.join("config.json"))
             .map_err(|e| ContainerError::Bundle(e.to_string()))?;
         let child = tokio::process::Command::new(&self.binary)
+            // Under systemd (`Type=notify`) the agent has NOTIFY_SOCKET; runc given it
+            // proxies the socket into the container and waits for the app's READY=1, so
+            // `runc run` never returns after the app exits. Apps do not speak sd_notify.
+            .env_remove("NOTIFY_SOCKET")
             .arg("--root")
             .arg(&self.state_dir)
             .arg("run")
@@ -298,6 +302,7 @@ impl Runc {
             .map_err(|e| ContainerError::Bundle(e.to_string()))?;
 
         let mut child = tokio::process::Command::new(&self.binary)
+            .env_remove("NOTIFY_SOCKET") // as in `spawn`: runc would wait for READY=1
             .arg("--root")
             .arg(&self.state_dir)
             .arg("run")
