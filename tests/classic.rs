@@ -187,7 +187,7 @@ async fn writes_outside_and_unmounted_host_files_are_refused() {
     )
     .await;
     let error = result.expect_err("writes outside fail");
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackCompileFailed");
     assert!(log.contains("all writes outside were refused"), "{log}");
     assert!(!log.contains("ESCAPED"), "{log}");
     assert!(!target.exists());
@@ -232,7 +232,7 @@ async fn fork_bomb_memory_and_timeout_are_contained() {
         stage(&good, request(&beside_app, &base.path().join("beside.tgz")))
     );
     let error = bomb.expect_err("fork bomb fails");
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackCompileFailed");
     assert!(
         bomb_log.contains("Resource temporarily unavailable"),
         "{bomb_log}"

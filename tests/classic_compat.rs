@@ -160,7 +160,7 @@ async fn named_heroku_buildpacks_still_run_detect() {
         matches!(&error, StagingError::NotCompatible { buildpack } if buildpack == "hello"),
         "{error:?}"
     );
-    assert_eq!(error.cf_type(), "NoAppDetectedError");
+    assert_eq!(error.cf_type().as_str(), "NoAppDetectedError");
     assert!(
         log.contains("no hello.txt here"),
         "detect's stderr is shown:\n{log}"
@@ -310,7 +310,7 @@ async fn an_archive_buildpack_first_in_a_chain_exports_to_the_next() {
     req.buildpacks = chain;
     let (result, log) = stage(&stager, req).await;
     let error = result.expect_err("APP_BASE is required");
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackCompileFailed");
     assert!(log.contains("APP_BASE was not set. Aborting"), "{log}");
     assert!(!log.contains("Apt app detected"), "{log}");
 }
@@ -375,7 +375,7 @@ async fn a_stack_checking_buildpack_downloads_its_stack_binary_through_a_mirror(
     req.stack = Some("cflinuxfs4".into());
     let (result, log) = stage(&stager, req).await;
     let error = result.expect_err("cflinuxfs4 is not supported");
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackCompileFailed");
     assert!(
         log.contains("Stack cflinuxfs4 is not supported by this buildpack"),
         "{log}"

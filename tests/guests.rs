@@ -178,7 +178,11 @@ async fn python_buildpack_installs_a_pinned_runtime_through_the_hosts_fetch() {
     write_app(&other, &[("runtime.txt", "python-2.7\n"), ("app.py", "")]);
     let (result, log) = stage(&stager, request(&other, &base.path().join("o.tgz"))).await;
     let error = result.expect_err("python 2.7 is not offered");
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed", "{error}\n{log}");
+    assert_eq!(
+        error.cf_type().as_str(),
+        "BuildpackCompileFailed",
+        "{error}\n{log}"
+    );
     assert!(
         error
             .to_string()

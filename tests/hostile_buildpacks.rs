@@ -83,7 +83,7 @@ async fn memory_bomb_hits_the_memory_limit() {
         ),
         "{error:?}"
     );
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackCompileFailed");
 }
 
 #[tokio::test]
@@ -114,7 +114,7 @@ async fn traps_and_exits_are_reported() {
         matches!(phase_error(&error), PhaseError::Trap { .. }),
         "{error:?}"
     );
-    assert_eq!(error.cf_type(), "BuildpackReleaseFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackReleaseFailed");
 
     let (result, _) = stage_hostile(base.path(), "exit", "compile", &[]).await;
     // WASI p2's exit carries only success or failure, so exit(3) arrives as status 1.
@@ -211,9 +211,12 @@ async fn components_that_import_sockets_load_but_every_socket_call_is_denied() {
     let PhaseError::Buildpack(failure) = &error else {
         panic!("expected the guest's own error, got {error}");
     };
-    let dea::buildpack::wasm::GuestError::Io(message) = &failure.error else {
-        panic!("expected an i/o error, got {error}");
-    };
+    assert_eq!(
+        failure.kind,
+        dea::phase::FailureKind::Io,
+        "expected an i/o error, got {error}"
+    );
+    let message = &failure.message;
     assert!(
         message.starts_with(&format!("connect {target}:")),
         "{message}"

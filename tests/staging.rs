@@ -112,7 +112,7 @@ async fn no_match_is_cf_no_app_detected_error() {
     let (result, log) = stage(&stager, request(&app, &out)).await;
     let error = result.expect_err("nothing detects a README");
     assert!(matches!(error, StagingError::NoAppDetected), "{error:?}");
-    assert_eq!(error.cf_type(), "NoAppDetectedError");
+    assert_eq!(error.cf_type().as_str(), "NoAppDetectedError");
     assert_eq!(
         error.to_string(),
         "An application could not be detected by any available buildpack"
@@ -301,7 +301,7 @@ async fn node_download_with_wrong_checksum_or_outside_allowlist_fails() {
     write_app(&app, &[("package.json", "{}")]);
     let (result, log) = stage(&stager, request(&app, &base.path().join("x.tgz"))).await;
     let error = result.expect_err("checksum mismatch fails");
-    assert_eq!(error.cf_type(), "BuildpackCompileFailed");
+    assert_eq!(error.cf_type().as_str(), "BuildpackCompileFailed");
     assert!(error.to_string().contains("checksum mismatch"), "{error}");
     assert!(log.contains(upstream), "log names the URL: {log}");
 

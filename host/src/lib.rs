@@ -14,6 +14,7 @@ pub mod files;
 pub mod instance;
 pub mod nats;
 pub mod netns;
+pub mod phase;
 pub mod proxy;
 pub mod stack;
 pub mod staging;

@@ -14,6 +14,7 @@ pub mod check;
 pub mod classic;
 pub mod componentize;
 pub mod contract;
+pub mod runners;
 pub mod scaffold;
 pub mod store;
 pub mod wasm;

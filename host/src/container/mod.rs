@@ -142,6 +142,19 @@ impl RunningContainer {
 }
 
 impl Runc {
+    /// The runtime `config` describes: its binary, state and bundles under the base
+    /// directory (made absolute: runc resolves bundle paths itself), the stack's rootfs.
+    pub fn from_config(config: &crate::config::Config) -> Runc {
+        let base =
+            std::path::absolute(&config.base_dir).unwrap_or_else(|_| config.base_dir.clone());
+        Runc {
+            binary: config.classic.runc.clone(),
+            state_dir: base.join("runc"),
+            bundles_dir: base.join("bundles"),
+            rootfs: config.classic.rootfs.clone(),
+        }
+    }
+
     /// Starts `spec` and returns at once; stdout and stderr go to the given files.
     pub async fn spawn(
         &self,

@@ -38,9 +38,9 @@ impl From<StagingError> for Failure {
     fn from(error: StagingError) -> Failure {
         let message = error.to_string();
         let info = match error.cf_type() {
-            "StagingError" => None,
+            crate::staging::CfErrorType::StagingError => None,
             kind => Some(ErrorInfo {
-                kind: kind.to_string(),
+                kind: kind.as_str().to_string(),
                 message: message.clone(),
             }),
         };

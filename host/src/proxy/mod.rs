@@ -17,7 +17,7 @@
 pub mod ca;
 
 use crate::fetch::{FetchError, FetchGrant, FetchService};
-use crate::staging::StagingLog;
+use crate::phase::StagingLog;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};

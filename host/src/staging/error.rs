@@ -1,8 +1,8 @@
 //! Why a staging failed, and how its log says so.
 
 use crate::buildpack::BuildpackError;
-use crate::buildpack::wasm::PhaseError;
 use crate::droplet::{PackError, UnpackError};
+use crate::phase::PhaseError;
 use crate::tenant_fs::TenantFsError;
 
 /// Why a staging failed. `cf_type` gives Cloud Foundry's error type for the controller.
@@ -34,8 +34,6 @@ pub enum StagingError {
     Source(#[from] UnpackError),
     #[error(transparent)]
     Buildpack(#[from] BuildpackError),
-    #[error("loading buildpack {buildpack}: {message}")]
-    Load { buildpack: String, message: String },
     #[error("writing droplet: {0}")]
     Pack(#[from] PackError),
     #[error("staging workspace: {0}")]
@@ -58,16 +56,44 @@ pub fn failure_line(error: &StagingError) -> String {
     format!("{FAILURE_LINE_PREFIX}{}): {error}\n", error.cf_type())
 }
 
+/// Cloud Foundry's error types for a failed staging (`error_info.type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CfErrorType {
+    NoAppDetectedError,
+    BuildpackCompileFailed,
+    BuildpackReleaseFailed,
+    /// Anything else: the platform's fault rather than the buildpacks' (no `error_info`).
+    StagingError,
+}
+
+impl CfErrorType {
+    /// The name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CfErrorType::NoAppDetectedError => "NoAppDetectedError",
+            CfErrorType::BuildpackCompileFailed => "BuildpackCompileFailed",
+            CfErrorType::BuildpackReleaseFailed => "BuildpackReleaseFailed",
+            CfErrorType::StagingError => "StagingError",
+        }
+    }
+}
+
+impl std::fmt::Display for CfErrorType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl StagingError {
     /// Cloud Foundry's `error_info.type` for this failure.
-    pub fn cf_type(&self) -> &'static str {
+    pub fn cf_type(&self) -> CfErrorType {
         match self {
             StagingError::NoAppDetected
             | StagingError::NotCompatible { .. }
-            | StagingError::DetectFailed { .. } => "NoAppDetectedError",
-            StagingError::CompileFailed { .. } => "BuildpackCompileFailed",
-            StagingError::ReleaseFailed { .. } => "BuildpackReleaseFailed",
-            _ => "StagingError",
+            | StagingError::DetectFailed { .. } => CfErrorType::NoAppDetectedError,
+            StagingError::CompileFailed { .. } => CfErrorType::BuildpackCompileFailed,
+            StagingError::ReleaseFailed { .. } => CfErrorType::BuildpackReleaseFailed,
+            _ => CfErrorType::StagingError,
         }
     }
 }

@@ -7,25 +7,22 @@
 //! Foundry's. Everything the user should see goes to the staging log, which ships inside
 //! the droplet; a failure is its last line. The workspace is removed whatever happens.
 
-mod classic_setup;
 mod error;
-mod log;
 pub mod procfile;
 
-pub use error::{FAILURE_LINE_PREFIX, StagingError, failure_line};
-pub use log::{LogWatcher, StagingLog};
+pub use crate::phase::{LogWatcher, StagingLog};
+pub use error::{CfErrorType, FAILURE_LINE_PREFIX, StagingError, failure_line};
 
-use crate::buildpack::classic::{self, ClassicLimits, ClassicMode, Script};
-use crate::buildpack::wasm::{
-    PhaseDirs, PhaseError, PhaseOutput, ReleaseInfo, SandboxSpec, WasmRuntime,
-};
-use crate::buildpack::{Buildpack, BuildpackKind, BuildpackSet};
+use crate::buildpack::runners::Runners;
+use crate::buildpack::wasm::WasmRuntime;
+use crate::buildpack::{Buildpack, BuildpackSet};
 use crate::config::Config;
-use crate::container::Runc;
 use crate::droplet::{self, PackedDroplet, StagingInfo, UnpackLimits};
-use crate::fetch::{FetchGrant, FetchService};
+use crate::fetch::FetchService;
+use crate::phase::{
+    Detection, Phase, PhaseError, PhaseOutput, PhaseRunner, Position, ReleaseInfo, StagingContext,
+};
 use crate::tenant_fs::{self, Links, TenantDir, WalkLimits};
-use classic_setup::classic_build_script;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -86,12 +83,8 @@ pub struct Staged {
 pub struct Stager {
     config: Config,
     buildpacks: BuildpackSet,
-    wasm: Arc<WasmRuntime>,
-    fetch: Arc<FetchService>,
-    runc: Arc<Runc>,
-    classic_limits: Arc<ClassicLimits>,
-    /// Signs the fetch proxy's per-host certificates; made once per agent.
-    proxy_ca: Option<Arc<crate::proxy::CertificateAuthority>>,
+    /// What runs each buildpack's phases (the only place that knows their kinds).
+    runners: Runners,
 }
 
 impl Stager {
@@ -106,37 +99,12 @@ impl Stager {
         if let Ok(absolute) = std::path::absolute(&config.base_dir) {
             config.base_dir = absolute;
         }
-        let runc = Arc::new(Runc {
-            binary: config.classic.runc.clone(),
-            state_dir: config.base_dir.join("runc"),
-            bundles_dir: config.base_dir.join("bundles"),
-            rootfs: config.classic.rootfs.clone(),
-        });
-        let classic_limits = Arc::new(ClassicLimits {
-            uid: config.classic.uid,
-            gid: config.classic.gid,
-            memory_limit_mb: config.classic.memory_limit_mb,
-            pids_limit: config.classic.pids_limit,
-            detect_timeout: std::time::Duration::from_secs(config.classic.detect_timeout_secs),
-            compile_timeout: std::time::Duration::from_secs(config.classic.compile_timeout_secs),
-            tmp_size_mb: config.classic.tmp_size_mb,
-        });
         crate::netns::remove_stale();
-        let proxy_ca = match crate::proxy::CertificateAuthority::generate() {
-            Ok(ca) => Some(Arc::new(ca)),
-            Err(e) => {
-                tracing::warn!("classic buildpacks will have no download proxy: {e}");
-                None
-            }
-        };
+        let runners = Runners::new(&config, wasm, fetch);
         Stager {
             config,
             buildpacks,
-            wasm,
-            fetch,
-            runc,
-            classic_limits,
-            proxy_ca,
+            runners,
         }
     }
 
@@ -153,19 +121,9 @@ impl Stager {
     }
 
     /// Loads every installed wasm buildpack (compiling it into the disk cache the first
-    /// time); blocking. Returns how many loaded; failures are logged, and a staging that
-    /// needs a broken buildpack reports it then.
+    /// time); blocking. Returns how many loaded.
     pub fn preload(&self) -> usize {
-        let mut loaded = 0;
-        for buildpack in self.buildpacks.iter() {
-            if let BuildpackKind::Wasm { component } = &buildpack.kind {
-                match self.wasm.load(component) {
-                    Ok(_) => loaded += 1,
-                    Err(e) => tracing::warn!(buildpack = %buildpack.id, "preloading: {e}"),
-                }
-            }
-        }
-        loaded
+        self.runners.preload(self.buildpacks.iter())
     }
 
     /// Stages `request` within the configured staging time limit. Once the staging log
@@ -257,6 +215,18 @@ impl Stager {
             ("CF_STACK".into(), stack.to_string()),
         ];
         env.extend(request.env.iter().cloned());
+        let ctx = Arc::new(StagingContext {
+            workspace: workspace.to_path_buf(),
+            app: app.to_path_buf(),
+            cache,
+            staged: staged.to_path_buf(),
+            env,
+            log: log.clone(),
+            stack: stack.to_string(),
+            stack_rootfs: self.stack_rootfs(stack),
+            app_is_copy: true,
+            deadline,
+        });
         let installed: Vec<Buildpack>;
         let candidates: &[Buildpack] = match &request.candidates {
             Some(list) => list,
@@ -264,17 +234,6 @@ impl Stager {
                 installed = self.buildpacks.iter().cloned().collect();
                 &installed
             }
-        };
-        let ctx = PhaseContext {
-            workspace,
-            app,
-            cache: &cache,
-            env: &env,
-            log,
-            stack,
-            staged,
-            candidates,
-            deadline,
         };
         let named = |name: &str| match candidates.iter().find(|bp| bp.id == name) {
             Some(bp) => Ok(bp.clone()),
@@ -287,30 +246,22 @@ impl Stager {
             .iter()
             .map(|name| named(name))
             .collect::<Result<_, _>>()?;
-        let is_classic = |bp: &Buildpack| matches!(bp.kind, BuildpackKind::Classic { .. });
-        let uses_classic = if named.is_empty() {
-            candidates.iter().any(is_classic)
-        } else {
-            named.iter().any(is_classic)
-        };
-        if uses_classic {
-            self.prepare_classic(&ctx, true).await?;
-        }
 
         // Choose: the first match in order, or the named buildpacks. Of those, the ones that
         // run detect anyway (Heroku-style classic) name the app when they do, each right
         // before its compile; the others are named after their id.
+        let explicit = !named.is_empty();
         let (chosen, mut detection_name, detected_version) = if named.is_empty() {
-            let (buildpack, detection) = self.detect(&ctx).await?;
+            let (buildpack, detection) = self.detect(&ctx, candidates).await?;
             (vec![buildpack], detection.name, detection.version)
         } else {
             let last = named.last().map(|bp| bp.id.clone()).unwrap_or_default();
             (named, last, None)
         };
-        let explicit = !request.buildpacks.is_empty();
         let final_buildpack = chosen.last().cloned().ok_or(StagingError::NoAppDetected)?;
-        let final_detects =
-            explicit && self.classic_mode(&final_buildpack) == Some(ClassicMode::Heroku);
+        let runners: Vec<Arc<dyn PhaseRunner>> =
+            chosen.iter().map(|bp| self.runners.runner(bp)).collect();
+        let final_detects = explicit && runners.last().is_some_and(|r| r.detects_when_named());
         if !final_detects {
             log.step(&format!(
                 "Detected {detection_name}{} (buildpack {} {})",
@@ -323,50 +274,52 @@ impl Stager {
             ));
         }
 
-        for (index, buildpack) in chosen.iter().enumerate() {
+        for (index, runner) in runners.iter().enumerate() {
             let started = Instant::now();
-            let last = index + 1 == chosen.len();
+            let at = Position {
+                index,
+                last: index + 1 == runners.len(),
+            };
+            let compile_failed = |source| StagingError::CompileFailed {
+                buildpack: runner.id().to_string(),
+                source,
+            };
+            runner
+                .clone()
+                .prepare(ctx.clone(), at)
+                .await
+                .map_err(compile_failed)?;
             if explicit
-                && let Some(name) = self.detect_named(&ctx, index, buildpack).await?
-                && last
+                && runner.detects_when_named()
+                && let Some(name) = detect_named(runner, &ctx, at).await?
+                && at.last
             {
                 detection_name = name;
             }
-            let script = self
-                .classic_mode(buildpack)
-                .map(|mode| classic_build_script(buildpack, mode, last));
-            self.phase_task(
-                buildpack,
-                crate::buildpack::wasm::Phase::Compile,
-                &ctx,
-                index,
-                script,
-            )
-            .await
-            .map_err(|source| StagingError::CompileFailed {
-                buildpack: buildpack.id.clone(),
-                source,
-            })?;
-            self.collect_export(&ctx, index, buildpack).await?;
-            tracing::debug!(buildpack = %buildpack.id, elapsed = ?started.elapsed(), "compiled");
+            runner
+                .clone()
+                .run(Phase::Compile, ctx.clone(), at)
+                .await
+                .map_err(compile_failed)?;
+            runner
+                .clone()
+                .after_compile(ctx.clone(), at)
+                .await
+                .map_err(compile_failed)?;
+            tracing::debug!(buildpack = %runner.id(), elapsed = ?started.elapsed(), "compiled");
         }
 
-        let release = match self
-            .phase_task(
-                &final_buildpack,
-                crate::buildpack::wasm::Phase::Release,
-                &ctx,
-                chosen.len() - 1,
-                Some(Script::Release),
-            )
+        let last = Position {
+            index: runners.len() - 1,
+            last: true,
+        };
+        let release = match runners[last.index]
+            .clone()
+            .run(Phase::Release, ctx.clone(), last)
             .await
         {
             Ok(PhaseOutput::Release(release)) => release,
-            Ok(_) => ReleaseInfo {
-                process_types: Vec::new(),
-                config_vars: Vec::new(),
-                addons: Vec::new(),
-            },
+            Ok(_) => ReleaseInfo::default(),
             Err(source) => {
                 return Err(StagingError::ReleaseFailed {
                     buildpack: final_buildpack.id.clone(),
@@ -419,66 +372,65 @@ impl Stager {
         })
     }
 
+    /// The root filesystem of stack `name`, if it has one of its own.
+    fn stack_rootfs(&self, name: &str) -> Option<PathBuf> {
+        self.config
+            .stacks()
+            .get(name)
+            .and_then(|s| s.rootfs.clone())
+    }
+
     /// Detects which installed buildpack would build the app in `app` (a directory), without
     /// staging it: what `dea detect` shows.
     pub async fn detect_app(
         &self,
         app: &Path,
         env: &[(String, String)],
-    ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
+    ) -> Result<(Buildpack, Detection), StagingError> {
         // Classic detect bind-mounts the app as it is, and runc resolves a relative mount
         // source against the bundle, not the caller's directory.
         let app = std::path::absolute(app)?;
-        let app = app.as_path();
+        let stack = self.config.default_stack().to_string();
         let mut full_env = vec![
-            ("STACK".to_string(), self.config.default_stack().to_string()),
-            (
-                "CF_STACK".to_string(),
-                self.config.default_stack().to_string(),
-            ),
+            ("STACK".to_string(), stack.clone()),
+            ("CF_STACK".to_string(), stack.clone()),
         ];
         full_env.extend(env.iter().cloned());
-        let log = StagingLog::detached(None);
-        let installed: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
-        // Wasm detect mounts only the app and the buildpack; classic detect needs a
-        // workspace for its buildpack copies.
-        let scratch = if self.has_classic() {
-            std::fs::create_dir_all(self.config.staging_dir())?;
-            Some(
-                tempfile::Builder::new()
-                    .prefix("detect-")
-                    .tempdir_in(self.config.staging_dir())?,
-            )
-        } else {
-            None
-        };
-        let workspace = scratch.as_ref().map_or(app, |s| s.path());
-        let ctx = PhaseContext {
-            workspace,
+        // A scratch workspace for whatever a buildpack's detect needs beside the app (the
+        // classic adapter's buildpack copies); the app itself is read in place.
+        std::fs::create_dir_all(self.config.staging_dir())?;
+        let scratch = tempfile::Builder::new()
+            .prefix("detect-")
+            .tempdir_in(self.config.staging_dir())?
+            .keep();
+        let ctx = Arc::new(StagingContext {
+            workspace: scratch.clone(),
             app,
-            cache: workspace,
-            env: &full_env,
-            log: &log,
-            stack: self.config.default_stack(),
-            staged: workspace,
-            candidates: &installed,
+            cache: scratch.clone(),
+            staged: scratch.clone(),
+            env: full_env,
+            log: StagingLog::detached(None),
+            stack_rootfs: self.stack_rootfs(&stack),
+            stack,
+            app_is_copy: false,
             deadline: Instant::now()
                 + Duration::from_secs(self.config.staging.max_staging_duration_secs),
-        };
-        if scratch.is_some() {
-            self.prepare_classic(&ctx, false).await?;
-        }
-        self.detect(&ctx).await
+        });
+        let installed: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
+        let result = self.detect(&ctx, &installed).await;
+        tenant_fs::remove_tree_off_thread(scratch).await;
+        result
     }
 
-    /// Runs every buildpack's detect at once and picks the first match in order. A detect
+    /// Runs every candidate's detect at once and picks the first match in order. A detect
     /// that fails (rather than saying no) ahead of the match fails the staging: the order
     /// would otherwise depend on a broken buildpack.
     async fn detect(
         &self,
-        ctx: &PhaseContext<'_>,
-    ) -> Result<(Buildpack, crate::buildpack::wasm::Detection), StagingError> {
-        let buildpacks: Vec<Buildpack> = ctx.candidates.to_vec();
+        ctx: &Arc<StagingContext>,
+        candidates: &[Buildpack],
+    ) -> Result<(Buildpack, Detection), StagingError> {
+        let buildpacks: Vec<Buildpack> = candidates.to_vec();
         let results = Arc::new(std::sync::Mutex::new(
             (0..buildpacks.len())
                 .map(|_| None)
@@ -494,14 +446,9 @@ impl Stager {
         let runs: Vec<Option<_>> = buildpacks
             .iter()
             .enumerate()
-            .map(|(i, bp)| {
-                Some(self.phase_task(
-                    bp,
-                    crate::buildpack::wasm::Phase::Detect,
-                    ctx,
-                    i,
-                    Some(Script::Detect),
-                ))
+            .map(|(index, bp)| {
+                let at = Position { index, last: true };
+                Some(self.runners.runner(bp).run(Phase::Detect, ctx.clone(), at))
             })
             .collect();
         let runs = Arc::new(std::sync::Mutex::new(runs));
@@ -565,137 +512,6 @@ impl Stager {
         Err(first_failure.unwrap_or(StagingError::NoAppDetected))
     }
 
-    /// A phase run as an owned future (so detect can spawn one task per buildpack).
-    fn phase_task(
-        &self,
-        buildpack: &Buildpack,
-        phase: crate::buildpack::wasm::Phase,
-        ctx: &PhaseContext<'_>,
-        index: usize,
-        script: Option<Script>,
-    ) -> impl std::future::Future<Output = Result<PhaseOutput, PhaseError>> + Send + 'static {
-        let runc = self.runc.clone();
-        let classic_limits = self.classic_limits.clone();
-        let classic_mode = self.classic_mode(buildpack);
-        let classic_dirs = classic_mode.map(|_| self.classic_dirs(ctx, index, buildpack));
-        let walk_limits = self.walk_limits(ctx.deadline);
-        let stack = ctx.stack.to_string();
-        // Classic scripts run on the stack's root filesystem (wasm buildpacks see only
-        // `STACK`: their sandbox has no stack).
-        let stack_rootfs = self
-            .config
-            .stacks()
-            .get(&stack)
-            .and_then(|s| s.rootfs.clone());
-        let app_env: Vec<(String, String)> = ctx.env.to_vec();
-        let proxy = self.proxy_ca.as_ref().map(|ca| classic::ProxyAccess {
-            fetch: self.fetch.clone(),
-            ca: ca.clone(),
-            ca_file: ctx.workspace.join("proxy-ca.pem"),
-        });
-        let wasm = self.wasm.clone();
-        let fetch = self.fetch.clone();
-        let unpack_limits = self.unpack_limits();
-        let buildpack = buildpack.clone();
-        let workspace = ctx.workspace.to_path_buf();
-        let app = ctx.app.to_path_buf();
-        let cache = ctx.cache.to_path_buf();
-        let mut env = ctx.env.to_vec();
-        let log = ctx.log.clone();
-        async move {
-            match &buildpack.kind {
-                BuildpackKind::Wasm { component } => {
-                    // Reading and (the first time) compiling a component takes milliseconds
-                    // to seconds: the blocking pool's work, not an async worker's.
-                    let (runtime, path) = (wasm.clone(), component.clone());
-                    let loaded = tokio::task::spawn_blocking(move || runtime.load(&path))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r.map_err(|e| e.to_string()))
-                        .map_err(|message| PhaseError::Instantiate {
-                            phase: phase.name(),
-                            message,
-                        })?;
-                    // Compile gets a private scratch directory, removed when it ends (with
-                    // the workspace, should the phase be abandoned).
-                    let tmp = match phase {
-                        crate::buildpack::wasm::Phase::Compile => Some(
-                            tempfile::Builder::new()
-                                .prefix("phase-tmp-")
-                                .tempdir_in(&workspace)
-                                .map_err(|e| PhaseError::Instantiate {
-                                    phase: phase.name(),
-                                    message: format!("scratch directory: {e}"),
-                                })?
-                                .keep(),
-                        ),
-                        _ => None,
-                    };
-                    env.extend(buildpack.env.iter().cloned());
-                    let spec = SandboxSpec {
-                        dirs: PhaseDirs {
-                            tmp: tmp.clone().unwrap_or_else(|| app.clone()),
-                            app,
-                            cache,
-                            buildpack: buildpack.dir.clone(),
-                        },
-                        env,
-                        log,
-                        unpack_limits,
-                        fetch: Some((
-                            fetch,
-                            FetchGrant {
-                                buildpack: buildpack.id.clone(),
-                                declared: buildpack.fetch_allow.clone(),
-                                any_request: false,
-                            },
-                        )),
-                    };
-                    let result = wasm.run(&loaded, phase, spec).await;
-                    if let Some(tmp) = tmp {
-                        tenant_fs::remove_tree_off_thread(tmp).await;
-                    }
-                    result
-                }
-                BuildpackKind::Classic { .. } => {
-                    let script = script.unwrap_or(match phase {
-                        crate::buildpack::wasm::Phase::Detect => Script::Detect,
-                        crate::buildpack::wasm::Phase::Compile => Script::Compile,
-                        crate::buildpack::wasm::Phase::Release => Script::Release,
-                    });
-                    let mode = classic_mode.unwrap_or(ClassicMode::Heroku);
-                    let dirs = classic_dirs.ok_or_else(|| PhaseError::Instantiate {
-                        phase: phase.name(),
-                        message: "classic directories missing".into(),
-                    })?;
-                    let dirs = dirs.prepare(walk_limits).await?;
-                    let run = classic::ScriptRun {
-                        proxy: proxy.as_ref(),
-                        buildpack_id: &buildpack.id,
-                        runc: &runc,
-                        limits: &classic_limits,
-                        dirs: &dirs,
-                        script,
-                        mode,
-                        index,
-                        stack: &stack,
-                        rootfs: stack_rootfs.as_deref(),
-                        app_env: &app_env,
-                        log: &log,
-                    };
-                    let mut output = run.run().await?;
-                    // Classic detect with empty stdout is named after the buildpack.
-                    if let PhaseOutput::Detect(Some(detection)) = &mut output
-                        && detection.name.is_empty()
-                    {
-                        detection.name = buildpack.id.clone();
-                    }
-                    Ok(output)
-                }
-            }
-        }
-    }
-
     /// Caps for walking a tree buildpacks wrote, ending at the staging's deadline.
     fn walk_limits(&self, deadline: Instant) -> WalkLimits {
         WalkLimits {
@@ -732,20 +548,28 @@ fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// What every phase of one staging shares.
-struct PhaseContext<'a> {
-    workspace: &'a Path,
-    app: &'a Path,
-    cache: &'a Path,
-    env: &'a [(String, String)],
-    log: &'a StagingLog,
-    stack: &'a str,
-    /// Where the droplet's tree is assembled (`deps/` and `profile.d/` for CF buildpacks).
-    staged: &'a Path,
-    /// The buildpacks detection runs over, in order.
-    candidates: &'a [Buildpack],
-    /// When the staging's time is up: walks of tenant trees give up then.
-    deadline: Instant,
+/// Detect for a buildpack the request names, run right before its compile so that it sees
+/// the app as the earlier buildpacks left it. Heroku runs it even for buildpacks set
+/// explicitly: its stdout names the app, and "no" fails the build rather than compiling an
+/// app the buildpack does not support. The detected name.
+async fn detect_named(
+    runner: &Arc<dyn PhaseRunner>,
+    ctx: &Arc<StagingContext>,
+    at: Position,
+) -> Result<Option<String>, StagingError> {
+    match runner.clone().run(Phase::Detect, ctx.clone(), at).await {
+        Ok(PhaseOutput::Detect(Some(detection))) => {
+            ctx.log.step(&format!("{} app detected", detection.name));
+            Ok(Some(detection.name))
+        }
+        Ok(_) => Err(StagingError::NotCompatible {
+            buildpack: runner.id().to_string(),
+        }),
+        Err(source) => Err(StagingError::DetectFailed {
+            buildpack: runner.id().to_string(),
+            source,
+        }),
+    }
 }
 
 /// Combines the release's process types with the app's Procfile (which wins) and picks the

@@ -11,6 +11,7 @@
 //! also covers time blocked in host calls.
 
 mod output;
+pub mod runner;
 mod sandbox;
 
 pub use output::{LogOutput, OutputBudget};
@@ -26,15 +27,24 @@ use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
-wasmtime::component::bindgen!({
-    path: "../wit",
-    world: "dea:buildpack/buildpack",
-    imports: { default: async | trappable },
-    exports: { default: async },
-    with: { "wasi": wasmtime_wasi::p2::bindings },
-});
+/// The contract's generated bindings, kept to themselves: the host speaks in the phase types
+/// of [`crate::phase`], converted at this edge.
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "dea:buildpack/buildpack",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: { "wasi": wasmtime_wasi::p2::bindings },
+    });
+}
 
-pub use self::dea::buildpack::types::Error as GuestError;
+use bindings::BuildpackPre;
+use bindings::dea::buildpack::types as guest;
+
+pub use crate::phase::{
+    BuildpackFailure, Detection, FailureKind, Phase, PhaseError, PhaseOutput, ReleaseInfo,
+};
 
 /// Components kept loaded (compiled code mapped, an instance-pre each).
 const LOADED_COMPONENTS: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(64) {
@@ -63,32 +73,6 @@ pub(crate) const ALLOWED_IMPORTS: &[&str] = &[
     "dea:buildpack/",
 ];
 
-/// The three phases of a buildpack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Detect,
-    Compile,
-    Release,
-}
-
-impl Phase {
-    pub fn name(self) -> &'static str {
-        match self {
-            Phase::Detect => "detect",
-            Phase::Compile => "compile",
-            Phase::Release => "release",
-        }
-    }
-}
-
-/// What a phase returned.
-#[derive(Debug, Clone)]
-pub enum PhaseOutput {
-    Detect(Option<Detection>),
-    Compile,
-    Release(ReleaseInfo),
-}
-
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -110,64 +94,6 @@ pub enum LoadError {
     },
     #[error("wasm engine: {0}")]
     Engine(String),
-}
-
-/// Why a phase did not produce a result.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum PhaseError {
-    #[error("{phase} did not finish within {limit:?}")]
-    Timeout {
-        phase: &'static str,
-        limit: Duration,
-    },
-    #[error("{phase} used more than its CPU-time limit of {limit:?}")]
-    CpuLimit {
-        phase: &'static str,
-        limit: Duration,
-    },
-    #[error("{phase} used more than its memory limit of {limit_mb} MiB")]
-    MemoryLimit { phase: &'static str, limit_mb: u64 },
-    #[error("{phase} wrote more than its output limit of {limit} bytes")]
-    OutputLimit { phase: &'static str, limit: u64 },
-    #[error("{phase} exited with status {status}")]
-    Exit { phase: &'static str, status: i32 },
-    #[error("{phase}: bin/{script} exited with status {status}")]
-    ScriptFailed {
-        phase: &'static str,
-        script: &'static str,
-        status: i32,
-    },
-    #[error("{phase} crashed: {message}")]
-    Trap {
-        phase: &'static str,
-        message: String,
-    },
-    #[error("{phase} could not start: {message}")]
-    Instantiate {
-        phase: &'static str,
-        message: String,
-    },
-    #[error("{0}")]
-    Buildpack(GuestFailure),
-}
-
-/// A buildpack's own error, with the phase it came from.
-#[derive(Debug, Clone)]
-pub struct GuestFailure {
-    pub phase: &'static str,
-    pub error: GuestError,
-}
-
-impl std::fmt::Display for GuestFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (kind, message) = match &self.error {
-            GuestError::Unsupported(m) => ("not supported", m),
-            GuestError::Failed(m) => ("build failed", m),
-            GuestError::Io(m) => ("i/o error", m),
-            GuestError::Denied(m) => ("denied", m),
-        };
-        write!(f, "{} {kind}: {message}", self.phase)
-    }
 }
 
 /// Where a loaded component's machine code came from.
@@ -212,12 +138,12 @@ impl WasmRuntime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        dea::buildpack::host::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
+        bindings::dea::buildpack::host::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
             &mut linker,
             |state| state,
         )
         .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        dea::buildpack::types::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
+        bindings::dea::buildpack::types::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
             &mut linker,
             |state| state,
         )
@@ -446,10 +372,7 @@ impl WasmRuntime {
                 limit: wall_limit,
             }),
             Ok(Ok(Ok(output))) => Ok(output),
-            Ok(Ok(Err(error))) => Err(PhaseError::Buildpack(GuestFailure {
-                phase: phase_name,
-                error,
-            })),
+            Ok(Ok(Err(error))) => Err(PhaseError::Buildpack(failure(phase_name, error))),
             Ok(Err(CallError::Instantiate(e))) => Err(PhaseError::Instantiate {
                 phase: phase_name,
                 message: format!("{e:#}"),
@@ -517,26 +440,50 @@ async fn call_phase(
     pre: &BuildpackPre<SandboxState>,
     store: &mut Store<SandboxState>,
     phase: Phase,
-) -> Result<Result<PhaseOutput, GuestError>, CallError> {
+) -> Result<Result<PhaseOutput, guest::Error>, CallError> {
     let bindings = pre
         .instantiate_async(&mut *store)
         .await
         .map_err(CallError::Instantiate)?;
     let result = match phase {
-        Phase::Detect => bindings
-            .call_detect(&mut *store)
-            .await
-            .map(|r| r.map(PhaseOutput::Detect)),
+        Phase::Detect => bindings.call_detect(&mut *store).await.map(|r| {
+            r.map(|found| {
+                PhaseOutput::Detect(found.map(|d| Detection {
+                    name: d.name,
+                    version: d.version,
+                }))
+            })
+        }),
         Phase::Compile => bindings
             .call_compile(&mut *store)
             .await
             .map(|r| r.map(|()| PhaseOutput::Compile)),
-        Phase::Release => bindings
-            .call_release(&mut *store)
-            .await
-            .map(|r| r.map(PhaseOutput::Release)),
+        Phase::Release => bindings.call_release(&mut *store).await.map(|r| {
+            r.map(|release| {
+                PhaseOutput::Release(ReleaseInfo {
+                    process_types: release.process_types,
+                    config_vars: release.config_vars,
+                    addons: release.addons,
+                })
+            })
+        }),
     };
     result.map_err(CallError::Trap)
+}
+
+/// A guest's own error, in the contract's terms.
+fn failure(phase: &'static str, error: guest::Error) -> BuildpackFailure {
+    let (kind, message) = match error {
+        guest::Error::Unsupported(m) => (FailureKind::Unsupported, m),
+        guest::Error::Failed(m) => (FailureKind::Failed, m),
+        guest::Error::Io(m) => (FailureKind::Io, m),
+        guest::Error::Denied(m) => (FailureKind::Denied, m),
+    };
+    BuildpackFailure {
+        phase,
+        kind,
+        message,
+    }
 }
 
 /// Turns a trap into the limit or fault that caused it.

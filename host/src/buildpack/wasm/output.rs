@@ -4,7 +4,7 @@
 //! spin until its CPU limit either: once the phase's budget is spent the next write traps the
 //! guest, and the phase fails with a message that says why.
 
-use crate::staging::StagingLog;
+use crate::phase::StagingLog;
 use bytes::Bytes;
 use std::pin::Pin;
 use std::sync::Arc;

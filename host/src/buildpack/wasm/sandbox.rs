@@ -7,11 +7,11 @@
 //! inherited environment or stdin.
 
 use super::Phase;
-use super::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
+use super::bindings::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
 use super::output::{LogOutput, OutputBudget};
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
-use crate::staging::StagingLog;
+use crate::phase::StagingLog;
 use crate::tenant_fs::{Kind, Links, TenantDir, TenantFsError};
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -219,7 +219,7 @@ impl WasiView for SandboxState {
     }
 }
 
-impl super::dea::buildpack::types::Host for SandboxState {}
+impl super::bindings::dea::buildpack::types::Host for SandboxState {}
 
 impl host::Host for SandboxState {
     async fn log(&mut self, kind: LogKind, message: String) -> wasmtime::Result<()> {

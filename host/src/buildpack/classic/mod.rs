@@ -16,12 +16,14 @@
 //! The buildpack is copied per staging so that it can write its own `export` file (the Heroku
 //! convention) without the installed buildpack ever being writable.
 
-use super::wasm::{PhaseError, PhaseOutput, ReleaseInfo};
+pub mod runner;
+
 use crate::container::{BindMount, ContainerError, ContainerExit, ContainerSpec, OutputSink, Runc};
 use crate::fetch::{FetchGrant, FetchService};
 use crate::netns::NetNamespace;
+use crate::phase::StagingLog;
+use crate::phase::{Detection, PhaseError, PhaseOutput, ReleaseInfo};
 use crate::proxy::{CertificateAuthority, ProxyContext};
-use crate::staging::StagingLog;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -281,7 +283,7 @@ impl ScriptRun<'_> {
                     return Ok(PhaseOutput::Detect(None));
                 }
                 let name = String::from_utf8_lossy(&exit.stdout).trim().to_string();
-                Ok(PhaseOutput::Detect(Some(super::wasm::Detection {
+                Ok(PhaseOutput::Detect(Some(Detection {
                     name: name.lines().next().unwrap_or_default().to_string(),
                     version: None,
                 })))
