@@ -67,22 +67,6 @@ impl InstanceState {
             InstanceState::Evacuating => "EVACUATING",
         }
     }
-
-    /// Parses a wire name; `None` for anything else.
-    pub fn from_name(name: &str) -> Option<InstanceState> {
-        [
-            InstanceState::Born,
-            InstanceState::Starting,
-            InstanceState::Running,
-            InstanceState::Stopping,
-            InstanceState::Stopped,
-            InstanceState::Crashed,
-            InstanceState::Resuming,
-            InstanceState::Evacuating,
-        ]
-        .into_iter()
-        .find(|s| s.name() == name)
-    }
 }
 
 /// Why an instance could not be started or stopped.

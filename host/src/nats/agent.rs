@@ -2,16 +2,17 @@
 //! lifecycle (shutdown, evacuation). Handlers live in `handlers` (instances) and
 //! `staging_task` (staging); this file decides what runs when.
 
-use super::messages::{self, Advertise, DirectoryRegistration, Goodbye, Heartbeat, Hello};
+use super::cmd;
+use super::messages::{self, Hello};
 use crate::config::Config;
-use crate::instance::{InstanceInfo, InstanceManager, InstanceState};
+use crate::instance::InstanceManager;
 use crate::staging::Stager;
 use crate::transfer::Transfers;
 use async_nats::Subject;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -88,15 +89,15 @@ pub struct Agent {
     pub(super) stagings: Mutex<HashMap<String, StagingHandle>>,
     /// One admin buildpack download at a time (the DEA's global mutex).
     pub(super) admin_buildpacks: tokio::sync::Mutex<()>,
-    mode: Mutex<Mode>,
-    advertising: AtomicBool,
-    heartbeating: AtomicBool,
+    pub(super) mode: Mutex<Mode>,
+    pub(super) advertising: AtomicBool,
+    pub(super) heartbeating: AtomicBool,
     /// Ends the subscriptions and the periodic loops.
-    stopping: CancellationToken,
+    pub(super) stopping: CancellationToken,
     /// Messages dropped because they did not parse or validate.
-    rejected: AtomicU64,
+    pub(super) rejected: AtomicU64,
     /// Set once shutdown has finished.
-    finished: tokio::sync::watch::Sender<bool>,
+    pub(super) finished: tokio::sync::watch::Sender<bool>,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -292,21 +293,24 @@ impl Agent {
             Inbox::Start => self.parse(&subject, &payload).map(|start| {
                 tokio::spawn(async move { agent.handle_start(start).await });
             }),
-            Inbox::Stop => self.parse(&subject, &payload).and_then(|filter| {
-                let only_droplet = only_key(&payload, "droplet");
-                let matcher = self.matcher(&subject, filter)?;
-                tokio::spawn(async move { agent.handle_stop(matcher, only_droplet).await });
-                Some(())
-            }),
+            Inbox::Stop => self
+                .parse::<messages::InstanceFilter>(&subject, &payload)
+                .map(|filter| {
+                    let only_droplet = only_key(&payload, "droplet");
+                    let matcher = cmd::filter::Matcher::from(filter);
+                    tokio::spawn(async move { agent.handle_stop(matcher, only_droplet).await });
+                }),
             Inbox::Update => self.parse(&subject, &payload).map(|update| {
                 tokio::spawn(async move { agent.handle_update(update).await });
             }),
-            Inbox::FindDroplet => self.parse(&subject, &payload).and_then(|filter| {
-                let matcher = self.matcher(&subject, filter)?;
-                let reply = self.reply_to(&subject, reply)?;
-                tokio::spawn(async move { agent.handle_find(matcher, reply).await });
-                Some(())
-            }),
+            Inbox::FindDroplet => self
+                .parse::<messages::InstanceFilter>(&subject, &payload)
+                .and_then(|filter| {
+                    let matcher = cmd::filter::Matcher::from(filter);
+                    let reply = self.reply_to(&subject, reply)?;
+                    tokio::spawn(async move { agent.handle_find(matcher, reply).await });
+                    Some(())
+                }),
             Inbox::Status => self.reply_to(&subject, reply).map(|reply| {
                 tokio::spawn(async move { agent.handle_status(reply).await });
             }),
@@ -417,347 +421,11 @@ impl Agent {
     }
 
     /// Flushes, giving up after [`NATS_TIMEOUT`] (the server may be gone).
-    async fn flush(&self) {
+    pub(super) async fn flush(&self) {
         match tokio::time::timeout(NATS_TIMEOUT, self.client.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("flushing NATS: {e}"),
             Err(_) => tracing::warn!("flushing NATS: no answer in {NATS_TIMEOUT:?}; going on"),
-        }
-    }
-
-    /// `dea.advertise` and `staging.advertise`, unless the agent stopped advertising.
-    pub(super) async fn advertise(&self) {
-        self.advertise_dea().await;
-        self.advertise_staging().await;
-    }
-
-    async fn advertise_dea(&self) {
-        if !self.advertising.load(Ordering::Relaxed) {
-            return;
-        }
-        let (available_memory, available_disk) = self.instances.remaining();
-        let message = Advertise {
-            id: self.id.clone(),
-            stacks: self.config.stacks.clone(),
-            url: None,
-            available_memory,
-            available_disk,
-            app_id_to_count: self.instances.app_id_to_count(),
-            placement_properties: BTreeMap::from([(
-                "zone".to_string(),
-                self.config.agent.zone.clone(),
-            )]),
-        };
-        self.publish("dea.advertise", &message).await;
-    }
-
-    async fn advertise_staging(&self) {
-        if !self.advertising.load(Ordering::Relaxed) || !self.config.agent.staging_enabled {
-            return;
-        }
-        let (available_memory, available_disk) = self.instances.remaining();
-        let message = messages::StagingAdvertise {
-            id: self.id.clone(),
-            stacks: self.config.stacks.clone(),
-            available_memory,
-            available_disk,
-        };
-        self.publish("staging.advertise", &message).await;
-    }
-
-    /// `dea.heartbeat`: every instance in STARTING, RUNNING, CRASHED or EVACUATING.
-    pub(super) async fn heartbeat(&self) {
-        let droplets = self
-            .instances
-            .list()
-            .into_iter()
-            .filter(|i| {
-                matches!(
-                    i.state,
-                    InstanceState::Starting
-                        | InstanceState::Running
-                        | InstanceState::Crashed
-                        | InstanceState::Evacuating
-                )
-            })
-            .map(|i| messages::HeartbeatInstance {
-                cc_partition: i.cc_partition.clone(),
-                droplet: i.application_id.clone(),
-                version: i.application_version.clone(),
-                instance: i.instance_id.clone(),
-                index: i.instance_index,
-                state: i.state.name().to_string(),
-                state_timestamp: i.state_timestamp,
-            })
-            .collect();
-        let message = Heartbeat {
-            dea: self.id.clone(),
-            droplets,
-        };
-        self.publish("dea.heartbeat", &message).await;
-    }
-
-    /// The router message for an instance's `uris`.
-    pub(super) fn registration(
-        &self,
-        info: &InstanceInfo,
-        uris: Vec<String>,
-    ) -> messages::RouterRegistration {
-        messages::RouterRegistration {
-            dea: Some(self.id.clone()),
-            app: Some(info.application_id.clone()),
-            uris,
-            host: self.local_ip.clone(),
-            port: info.host_port,
-            tags: BTreeMap::from([(
-                "component".to_string(),
-                format!("dea-{}", self.config.agent.index),
-            )]),
-            private_instance_id: Some(info.private_instance_id.clone()),
-        }
-    }
-
-    fn directory_registration(&self) -> Option<DirectoryRegistration> {
-        let (host, port) = self.links.as_ref()?.route()?;
-        Some(DirectoryRegistration {
-            host: self.local_ip.clone(),
-            port,
-            uris: vec![host],
-            tags: BTreeMap::from([(
-                "component".to_string(),
-                format!("directory-server-{}", self.config.agent.index),
-            )]),
-        })
-    }
-
-    /// Registers every RUNNING or EVACUATING instance with routes, and the directory server.
-    pub(super) async fn register_routes(&self) {
-        if self.mode() == Mode::ShuttingDown {
-            return;
-        }
-        for info in self.instances.list() {
-            let routed = matches!(
-                info.state,
-                InstanceState::Running | InstanceState::Evacuating
-            );
-            if routed && !info.application_uris.is_empty() {
-                let message = self.registration(&info, info.application_uris.clone());
-                self.publish("router.register", &message).await;
-            }
-        }
-        if let Some(message) = self.directory_registration() {
-            self.publish("router.register", &message).await;
-        }
-    }
-
-    /// Routes, heartbeats and `droplet.exited` follow the instances' state changes.
-    fn follow_instances(self: Arc<Self>) {
-        let mut events = self.instances.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let info = match events.recv().await {
-                    Ok(info) => info,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!("missed {n} instance events; re-registering routes");
-                        self.register_routes().await;
-                        continue;
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                };
-                self.on_instance_change(info).await;
-            }
-        });
-    }
-
-    async fn on_instance_change(&self, info: InstanceInfo) {
-        match info.state {
-            InstanceState::Running => {
-                if !info.application_uris.is_empty() {
-                    let message = self.registration(&info, info.application_uris.clone());
-                    self.publish("router.register", &message).await;
-                }
-                self.heartbeat().await;
-            }
-            InstanceState::Stopping | InstanceState::Crashed => {
-                if !info.application_uris.is_empty() {
-                    let message = self.registration(&info, info.application_uris.clone());
-                    self.publish("router.unregister", &message).await;
-                }
-                if info.state == InstanceState::Crashed {
-                    let message = messages::DropletExited {
-                        cc_partition: info.cc_partition.clone(),
-                        droplet: info.application_id.clone(),
-                        version: info.application_version.clone(),
-                        instance: info.instance_id.clone(),
-                        index: info.instance_index,
-                        reason: "CRASHED".into(),
-                        exit_status: info.exit_status.map_or(-1, i64::from),
-                        exit_description: info.exit_description.clone().unwrap_or_default(),
-                        crash_timestamp: Some(info.state_timestamp as i64),
-                    };
-                    self.publish("droplet.exited", &message).await;
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Advertising, heartbeats and route registration on their intervals.
-    fn periodic(self: Arc<Self>) {
-        let every = |secs: u64| {
-            let mut interval = tokio::time::interval(Duration::from_secs(secs.max(1)));
-            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            interval
-        };
-        let agent = self.clone();
-        let mut advertise = every(self.config.agent.advertise_interval_secs);
-        let mut heartbeat = every(self.config.agent.heartbeat_interval_secs);
-        let mut register = every(self.config.agent.router_register_interval_secs);
-        let mut reap = every(10);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = advertise.tick() => agent.advertise().await,
-                    _ = heartbeat.tick() => {
-                        if agent.heartbeating.load(Ordering::Relaxed) {
-                            agent.heartbeat().await;
-                        }
-                    }
-                    _ = register.tick() => agent.register_routes().await,
-                    _ = reap.tick() => agent.instances.reap_crashes(),
-                    _ = agent.stopping.cancelled() => break,
-                }
-            }
-        });
-    }
-
-    fn goodbye(&self) -> Goodbye {
-        Goodbye {
-            id: self.id.clone(),
-            ip: self.local_ip.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            app_id_to_count: self.instances.app_id_to_count(),
-        }
-    }
-
-    /// SIGUSR1: say goodbye and stop advertising, but keep running.
-    pub async fn quiesce(&self) {
-        self.advertising.store(false, Ordering::Relaxed);
-        self.publish("dea.shutdown", &self.goodbye()).await;
-        self.flush().await;
-    }
-
-    /// SIGUSR2: drain. Stops advertising, marks instances EVACUATING (their routes stay, so
-    /// traffic goes on until the controller has replacements and stops them), then shuts
-    /// down once nothing is left running or the bail-out time passes.
-    pub async fn evacuate(self: &Arc<Self>) {
-        let serving = {
-            let mut mode = lock(&self.mode);
-            let serving = *mode == Mode::Serving;
-            if serving {
-                *mode = Mode::Evacuating;
-            }
-            serving
-        };
-        if !serving {
-            return;
-        }
-        tracing::info!("evacuating");
-        self.quiesce().await;
-        self.instances.evacuate();
-        // The classic health manager learns of evacuation from droplet.exited.
-        for info in self.instances.list() {
-            if info.state == InstanceState::Evacuating {
-                let message = messages::DropletExited {
-                    cc_partition: info.cc_partition.clone(),
-                    droplet: info.application_id.clone(),
-                    version: info.application_version.clone(),
-                    instance: info.instance_id.clone(),
-                    index: info.instance_index,
-                    reason: "DEA_EVACUATION".into(),
-                    exit_status: -1,
-                    exit_description: String::new(),
-                    crash_timestamp: None,
-                };
-                self.publish("droplet.exited", &message).await;
-            }
-        }
-        self.heartbeat().await;
-        self.heartbeating.store(false, Ordering::Relaxed);
-        let bail_out = tokio::time::Instant::now()
-            + Duration::from_secs(self.config.agent.evacuation_bail_out_secs);
-        let check = Duration::from_secs(self.config.agent.evacuation_check_interval_secs.max(1));
-        loop {
-            let drained = self.instances.list().iter().all(|i| {
-                matches!(
-                    i.state,
-                    InstanceState::Stopping | InstanceState::Stopped | InstanceState::Crashed
-                )
-            }) && lock(&self.stagings).is_empty();
-            if drained || tokio::time::Instant::now() >= bail_out {
-                break;
-            }
-            tokio::time::sleep(check).await;
-        }
-        self.shutdown().await;
-    }
-
-    /// SIGTERM: goodbye, stop advertising, unsubscribe, unregister the directory server, stop
-    /// every instance and staging, flush.
-    pub async fn shutdown(self: &Arc<Self>) {
-        let already = {
-            let mut mode = lock(&self.mode);
-            std::mem::replace(&mut *mode, Mode::ShuttingDown) == Mode::ShuttingDown
-        };
-        if already {
-            return self.wait().await;
-        }
-        tracing::info!("shutting down");
-        self.publish("dea.shutdown", &self.goodbye()).await;
-        self.advertising.store(false, Ordering::Relaxed);
-        self.stopping.cancel();
-        if let Some(message) = self.directory_registration() {
-            self.publish("router.unregister", &message).await;
-        }
-        let stagings: Vec<String> = lock(&self.stagings)
-            .values()
-            .map(|t| t.app_id.clone())
-            .collect();
-        for app_id in stagings {
-            self.stop_stagings(&app_id);
-        }
-        let mut stops = tokio::task::JoinSet::new();
-        for info in self.instances.list() {
-            let instances = self.instances.clone();
-            stops.spawn(async move { instances.stop(&info.instance_id).await });
-        }
-        // Each stop is TERM, the grace period, then KILL; past that something is stuck
-        // (runc, the kernel), and shutting down must still finish.
-        let limit = self.instances.settings().stop_grace + Duration::from_secs(15);
-        let all_stopped = async { while stops.join_next().await.is_some() {} };
-        if tokio::time::timeout(limit, all_stopped).await.is_err() {
-            tracing::warn!("instances still stopping after {limit:?}; shutting down anyway");
-        }
-        // Staging tasks answer their controller before they go.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !lock(&self.stagings).is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.instances.release_network_if_idle().await;
-        // Let the instance events (unregistrations) go out before the final flush.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        self.flush().await;
-        let _ = self.finished.send(true);
-        tracing::info!("shut down");
-    }
-
-    /// Waits until a shutdown has finished.
-    pub async fn wait(&self) {
-        let mut finished = self.finished.subscribe();
-        while !*finished.borrow() {
-            if finished.changed().await.is_err() {
-                break;
-            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! (unknown fields ignored, optional fields optional) and strictly where it was strict
 //! (`limits` must hold integers); a malformed message is a [`MessageError`], never a panic.
 
+use crate::instance::InstanceState;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -281,8 +282,9 @@ pub struct InstanceFilter {
     pub instance_ids: Option<Vec<String>>,
     #[serde(default)]
     pub indices: Option<Vec<u32>>,
+    /// An unknown state name makes the whole message malformed, as in the DEA.
     #[serde(default)]
-    pub states: Option<Vec<String>>,
+    pub states: Option<Vec<InstanceState>>,
     #[serde(default)]
     pub include_stats: Option<bool>,
     #[serde(default)]
@@ -297,7 +299,7 @@ pub struct FindDropletResponse {
     pub version: String,
     pub instance: String,
     pub index: u32,
-    pub state: String,
+    pub state: InstanceState,
     pub state_timestamp: f64,
     pub staged: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -329,7 +331,7 @@ pub struct HeartbeatInstance {
     pub version: String,
     pub instance: String,
     pub index: u32,
-    pub state: String,
+    pub state: InstanceState,
     pub state_timestamp: f64,
 }
 

@@ -2,13 +2,17 @@
 //! host a DEA that a controller, router and health manager drive.
 //!
 //! [`messages`] has one serde struct per message in dea_ng's wire format; [`Agent`] holds
-//! the connection, subscriptions, periodic messages and lifecycle; instance commands are in
-//! `handlers`, staging requests in `staging_task`, and `directory` ties the agent to the
-//! directory server (which files a URL may read, and the signed links the agent hands out).
+//! the connection, subscriptions and dispatch; `announce` what it publishes on its own,
+//! `lifecycle` goodbye, evacuation and shutdown; `cmd` one file per instance command;
+//! `staging_task` the staging request's protocol (admission, the two replies); and
+//! `directory` ties the agent to the directory server (which files a URL may read, and the
+//! signed links the agent hands out).
 
 mod agent;
+mod announce;
+mod cmd;
 mod directory;
-mod handlers;
+mod lifecycle;
 pub mod messages;
 mod staging_task;
 

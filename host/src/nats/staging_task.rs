@@ -580,7 +580,7 @@ fn staging_env(
         ("VCAP_APPLICATION".to_string(), vcap_application),
         (
             "VCAP_SERVICES".to_string(),
-            super::handlers::vcap_services(&request.properties.services).to_string(),
+            super::cmd::start::vcap_services(&request.properties.services).to_string(),
         ),
         ("MEMORY_LIMIT".to_string(), format!("{memory_mb}m")),
         ("STAGING_TIMEOUT".to_string(), format!("{timeout_secs}.0")),
