@@ -7,7 +7,7 @@ use super::messages::{self, Hello};
 use crate::config::Config;
 use crate::instance::InstanceManager;
 use crate::staging::Stager;
-use crate::transfer::Transfers;
+use crate::staging::remote::RemoteStager;
 use async_nats::Subject;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -83,12 +83,10 @@ pub struct Agent {
     pub(super) local_ip: String,
     pub(super) client: async_nats::Client,
     pub(super) instances: Arc<InstanceManager>,
-    pub(super) stager: Arc<Stager>,
-    pub(super) transfers: Transfers,
+    /// Stagings for the controller (downloads, staging, uploads).
+    pub(super) remote: RemoteStager,
     pub(super) links: Option<Arc<dyn FileLinks>>,
     pub(super) stagings: Mutex<HashMap<String, StagingHandle>>,
-    /// One admin buildpack download at a time (the DEA's global mutex).
-    pub(super) admin_buildpacks: tokio::sync::Mutex<()>,
     pub(super) mode: Mutex<Mode>,
     pub(super) advertising: AtomicBool,
     pub(super) heartbeating: AtomicBool,
@@ -153,17 +151,16 @@ impl Agent {
                 message: e.to_string(),
             })?;
         let local_ip = local_ip(&config);
+        let remote = RemoteStager::new(&config, stager);
         let agent = Arc::new(Agent {
             id: uuid::Uuid::new_v4().to_string(),
             config,
             local_ip,
             client,
             instances,
-            stager,
-            transfers: Transfers::new(),
+            remote,
             links,
             stagings: Mutex::new(HashMap::new()),
-            admin_buildpacks: tokio::sync::Mutex::new(()),
             mode: Mutex::new(Mode::Serving),
             advertising: AtomicBool::new(true),
             heartbeating: AtomicBool::new(true),
@@ -174,7 +171,7 @@ impl Agent {
         agent.subscribe_all().await?;
         // Compile (or map from the disk cache) every installed wasm buildpack now, in the
         // background, so the first staging does not wait for it.
-        let stager = agent.stager.clone();
+        let stager = agent.remote.stager().clone();
         tokio::task::spawn_blocking(move || stager.preload());
         agent.clone().follow_instances();
         agent.clone().periodic();

@@ -4,9 +4,9 @@
 //! `<uuid>.<domain>`.
 
 use super::agent::FileLinks;
-use super::staging_task::task_dir;
 use crate::files::{DirectoryServer, DirectoryServerConfig, FileRoot, FileRoots, UrlSigner};
 use crate::instance::{InstanceManager, InstanceState};
+use crate::staging::remote::task_dir;
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -16,6 +16,6 @@ mod lifecycle;
 pub mod messages;
 mod staging_task;
 
+pub use crate::staging::remote::{STAGING_LOG_PATH, task_dir};
 pub use agent::{Agent, AgentError, FileLinks};
 pub use directory::{AgentFiles, DirectoryLinks, start_directory_server};
-pub use staging_task::{STAGING_LOG_PATH, task_dir};

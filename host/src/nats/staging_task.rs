@@ -1,22 +1,18 @@
-//! A staging request from the bus (reference dea_ng.md §3): admission by reserved memory and
-//! disk, the app package and buildpack cache downloaded, admin buildpacks fetched once per
-//! key, the setup reply (with the streaming log URL), staging, droplet and cache uploads,
-//! the completion reply, then the app started if the request carried a start message.
-//!
-//! The task's directory stands for the DEA's staging container root: its log is at
-//! `tmp/staged/logs/staging_task.log`, where the directory server finds it while it grows.
+//! A staging request from the bus (reference dea_ng.md §3), as protocol: the request checked
+//! whole (and answered even when refused), admission by reserved memory and disk, the setup
+//! reply once the package is in (with the streaming log URL), the completion reply, the
+//! droplet kept so a start right after needs no download, then the app started if the
+//! request carried a start message. The staging itself is [`crate::staging::remote`].
 
 use super::agent::{Agent, Mode, StagingHandle, lock};
 use super::messages::{self, ErrorInfo, StagingCompletionReply, StagingSetupReply};
-use crate::buildpack::Buildpack;
-use crate::staging::{LogWatcher, StagingError, StagingLog, StagingRequest};
+use crate::staging::CfErrorType;
+use crate::staging::remote::{
+    AdminBuildpack, RemoteFailure, RemoteOutcome, RemoteRequest, STAGING_LOG_PATH, task_dir,
+};
 use async_nats::Subject;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
-
-/// The staging log inside a task's directory, as the container path the DEA signs URLs for.
-pub const STAGING_LOG_PATH: &str = "/tmp/staged/logs/staging_task.log";
 
 /// How a staging task ended badly: the reply's `error`, and `error_info` when the
 /// buildpacks (not the agent) failed.
@@ -34,30 +30,23 @@ impl Failure {
     }
 }
 
-impl From<StagingError> for Failure {
-    fn from(error: StagingError) -> Failure {
-        let message = error.to_string();
-        let info = match error.cf_type() {
-            crate::staging::CfErrorType::StagingError => None,
-            kind => Some(ErrorInfo {
-                kind: kind.as_str().to_string(),
-                message: message.clone(),
-            }),
-        };
+impl From<RemoteFailure> for Failure {
+    fn from(failure: RemoteFailure) -> Failure {
+        let info = failure
+            .staging
+            .as_ref()
+            .and_then(|error| match error.cf_type() {
+                CfErrorType::StagingError => None,
+                kind => Some(ErrorInfo {
+                    kind: kind.as_str().to_string(),
+                    message: error.to_string(),
+                }),
+            });
         Failure {
-            error: format!("Error staging: {message}"),
+            error: failure.error,
             info,
         }
     }
-}
-
-/// What a finished staging tells the controller.
-struct Outcome {
-    detected_buildpack: Option<String>,
-    buildpack_key: Option<String>,
-    droplet_sha1: String,
-    start_command: Option<String>,
-    procfile: std::collections::BTreeMap<String, String>,
 }
 
 impl Agent {
@@ -141,14 +130,14 @@ impl Agent {
         tracing::info!(task = %task_id, app = %request.app_id, "staging");
         let started = std::time::Instant::now();
         let result = tokio::select! {
-            result = self.stage_task(&request, &dir, &reply, memory_mb) => result,
+            result = self.stage_task(&request, &reply, memory_mb) => result,
             _ = cancel.cancelled() => Err(Failure::agent("Error staging: task stopped")),
         };
         let completion = match &result {
             Ok(outcome) => StagingCompletionReply {
                 task_id: task_id.clone(),
                 app_id: request.app_id.clone(),
-                detected_buildpack: outcome.detected_buildpack.clone(),
+                detected_buildpack: Some(outcome.detected_buildpack.clone()),
                 buildpack_key: outcome.buildpack_key.clone(),
                 droplet_sha1: Some(outcome.droplet_sha1.clone()),
                 detected_start_command: outcome.start_command.clone(),
@@ -189,131 +178,72 @@ impl Agent {
         }
     }
 
-    /// Everything between admission and the completion reply.
+    /// Everything between admission and the completion reply: the staging, then the
+    /// droplet kept in the store for a start.
     async fn stage_task(
         &self,
         request: &messages::StagingRequest,
-        dir: &Path,
         reply: &Subject,
         memory_mb: u64,
-    ) -> Result<Outcome, Failure> {
-        let io = |e: std::io::Error| Failure::agent(format!("Error staging: {e}"));
-        crate::tenant_fs::remove_tree_off_thread(dir.to_path_buf()).await;
-        let log_path = dir.join(STAGING_LOG_PATH.trim_start_matches('/'));
-        let log = Arc::new(StagingLog::create(&log_path, None).map_err(io)?);
-        log.step(&format!(
-            "Got staging request for app with id {}",
-            request.app_id
-        ));
-        let max_bytes = self.config.agent.max_download_mb << 20;
-        let package = dir.join("app.zip");
-        let cache_archive = dir.join("buildpack_cache.tgz");
-        let (downloaded, cache) = tokio::join!(
-            self.transfers
-                .download(&request.download_uri, &package, max_bytes),
-            async {
-                match &request.buildpack_cache_download_uri {
-                    Some(uri) => Some(
-                        self.transfers
-                            .download(uri, &cache_archive, max_bytes)
-                            .await,
-                    ),
-                    None => None,
-                }
-            }
-        );
+    ) -> Result<RemoteOutcome, Failure> {
+        let remote = RemoteRequest {
+            task_id: request.task_id.clone(),
+            app_id: request.app_id.clone(),
+            download_uri: request.download_uri.clone(),
+            upload_uri: request.upload_uri.clone(),
+            cache_download_uri: request.buildpack_cache_download_uri.clone(),
+            cache_upload_uri: request.buildpack_cache_upload_uri.clone(),
+            admin_buildpacks: request
+                .admin_buildpacks
+                .iter()
+                .map(|admin| AdminBuildpack {
+                    key: admin.key.clone(),
+                    url: admin.url.clone(),
+                })
+                .collect(),
+            buildpack_key: request.properties.buildpack_key.clone(),
+            buildpack: request
+                .properties
+                .buildpack
+                .clone()
+                .or(request.properties.buildpack_git_url.clone()),
+            env: staging_env(
+                request,
+                memory_mb,
+                self.config.staging.max_staging_duration_secs,
+            ),
+            stack: request.stack.clone(),
+            start_command: request.properties.custom_command(),
+        };
         let log_url = self
             .links
             .as_ref()
             .map(|links| links.staging_file(&request.task_id, STAGING_LOG_PATH));
-        if let Err(e) = downloaded {
-            let error = format!("Error downloading: {e}");
-            log.warning(&error);
-            self.reply_setup(reply, &request.task_id, log_url.as_deref(), Some(&error))
+        let (setup_tx, setup_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+        let setup_reply = async {
+            if let Ok(setup) = setup_rx.await {
+                let error = setup.err();
+                self.reply_setup(
+                    reply,
+                    &request.task_id,
+                    log_url.as_deref(),
+                    error.as_deref(),
+                )
                 .await;
-            return Err(Failure::agent(error));
-        }
-        self.reply_setup(reply, &request.task_id, log_url.as_deref(), None)
-            .await;
-
-        // A broken cache never fails a staging (the DEA learned that the hard way, #143).
-        let cache_dir = dir.join("cache");
-        tokio::fs::create_dir_all(&cache_dir).await.map_err(io)?;
-        match cache {
-            Some(Ok((bytes, _))) => {
-                let (from, to) = (cache_archive.clone(), cache_dir.clone());
-                let limits = crate::droplet::UnpackLimits {
-                    max_bytes,
-                    max_files: 1_000_000,
-                    max_depth: self.config.staging.max_dir_depth,
-                };
-                let unpacked = tokio::task::spawn_blocking(move || {
-                    crate::droplet::unpack_source(&from, &to, limits)
-                })
-                .await;
-                match unpacked {
-                    Ok(Ok(_)) => log.step(&format!(
-                        "Downloaded app buildpack cache ({})",
-                        crate::staging::human_size(bytes)
-                    )),
-                    Ok(Err(e)) => log.warning(&format!("Ignoring the buildpack cache: {e}")),
-                    Err(e) => log.warning(&format!("Ignoring the buildpack cache: {e}")),
-                }
             }
-            Some(Err(e)) => log.warning(&format!("No buildpack cache: {e}")),
-            None => {}
-        }
-
-        let admin = self.admin_buildpacks(&request.admin_buildpacks).await?;
-        let named = self.named_buildpacks(request, &admin)?;
-        let env = staging_env(
-            request,
-            memory_mb,
-            self.config.staging.max_staging_duration_secs,
-        );
-        let task_log = log.clone();
-        let watcher: LogWatcher = Arc::new(move |bytes: &[u8]| task_log.write_raw(bytes));
-        let droplet_path = dir.join("droplet.tgz");
-        let staging = StagingRequest {
-            source: package,
-            output: droplet_path.clone(),
-            buildpacks: named,
-            env,
-            stack: request.stack.clone(),
-            cache_dir: Some(cache_dir.clone()),
-            start_command: request.properties.custom_command(),
-            watcher: Some(watcher),
-            candidates: (!admin.is_empty()).then(|| admin.clone()),
         };
-        let staged = self.stager.stage(staging).await?;
-
+        let (outcome, ()) = tokio::join!(self.remote.stage(&remote, setup_tx), setup_reply);
+        let outcome = outcome?;
         // Keep the droplet so a start right after staging needs no download.
-        let sha1 = staged.droplet.sha1.clone();
         self.instances
             .droplets()
-            .get(&droplet_path.display().to_string(), Some(&sha1))
+            .get(
+                &outcome.droplet.display().to_string(),
+                Some(&outcome.droplet_sha1),
+            )
             .await
             .map_err(|e| Failure::agent(format!("Error staging: {e}")))?;
-        self.transfers
-            .upload(&request.upload_uri, &droplet_path)
-            .await
-            .map_err(|e| Failure::agent(format!("Error uploading: ({e})")))?;
-        if let Some(uri) = &request.buildpack_cache_upload_uri {
-            self.upload_cache(uri, &cache_dir, dir, &log).await;
-        }
-        let buildpack_key = request.properties.buildpack_key.clone().or_else(|| {
-            admin
-                .iter()
-                .any(|bp| bp.id == staged.info.buildpack_key)
-                .then(|| staged.info.buildpack_key.clone())
-        });
-        Ok(Outcome {
-            detected_buildpack: Some(staged.info.detected_buildpack.clone()),
-            buildpack_key,
-            droplet_sha1: sha1,
-            start_command: staged.info.start_command.clone(),
-            procfile: staged.info.effective_procfile.clone(),
-        })
+        Ok(outcome)
     }
 
     /// Answers a staging request that will not be staged at all (malformed, or failing its
@@ -353,157 +283,6 @@ impl Agent {
             error: error.map(str::to_string),
         };
         self.publish(reply.to_string(), &message).await;
-    }
-
-    /// The admin buildpacks of a request, in its order: each downloaded once per key into
-    /// `admin_buildpacks/` and unpacked (safely) like any buildpack archive.
-    async fn admin_buildpacks(
-        &self,
-        wanted: &[messages::AdminBuildpack],
-    ) -> Result<Vec<Buildpack>, Failure> {
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        let _one_at_a_time = self.admin_buildpacks.lock().await;
-        let root = self.config.base_dir.join("admin_buildpacks");
-        tokio::fs::create_dir_all(&root)
-            .await
-            .map_err(|e| Failure::agent(format!("Error staging: {e}")))?;
-        let mut buildpacks = Vec::new();
-        for admin in wanted {
-            let archive = root.join(format!("{}.zip", admin.key));
-            if !archive.is_file() {
-                let partial = root.join(format!(".{}.zip.part", admin.key));
-                let mut last_error = None;
-                // Three attempts, as the DEA.
-                for _ in 0..3 {
-                    match self
-                        .transfers
-                        .download(
-                            &admin.url,
-                            &partial,
-                            self.config.agent.max_download_mb << 20,
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            last_error = None;
-                            break;
-                        }
-                        Err(e) => last_error = Some(e),
-                    }
-                }
-                if let Some(e) = last_error {
-                    return Err(Failure::agent(format!(
-                        "Error staging: downloading admin buildpack {}: {e}",
-                        admin.key
-                    )));
-                }
-                tokio::fs::rename(&partial, &archive)
-                    .await
-                    .map_err(|e| Failure::agent(format!("Error staging: {e}")))?;
-            }
-            let unpack_root = self.config.buildpack_unpack_dir();
-            let key = admin.key.clone();
-            let loaded = tokio::task::spawn_blocking(move || {
-                Buildpack::load_archive(&archive, &unpack_root)
-            })
-            .await
-            .map_err(|e| Failure::agent(format!("Error staging: {e}")))?;
-            let mut buildpack = loaded.map_err(|e| {
-                Failure::agent(format!("Error staging: admin buildpack {key}: {e}"))
-            })?;
-            // The controller names admin buildpacks by key (`buildpack_key`).
-            buildpack.id = key;
-            buildpacks.push(buildpack);
-        }
-        Ok(buildpacks)
-    }
-
-    /// The buildpacks a request names (skipping detection): `buildpack_key`, or
-    /// `buildpack` when it names an installed buildpack. Git URLs are not fetched: this
-    /// agent has no route out but its mirrors.
-    fn named_buildpacks(
-        &self,
-        request: &messages::StagingRequest,
-        admin: &[Buildpack],
-    ) -> Result<Vec<String>, Failure> {
-        if let Some(key) = request
-            .properties
-            .buildpack_key
-            .as_ref()
-            .filter(|key| !key.is_empty())
-        {
-            return if admin.iter().any(|bp| bp.id == *key)
-                || self.stager.buildpacks().iter().any(|bp| bp.id == *key)
-            {
-                Ok(vec![key.clone()])
-            } else {
-                Err(Failure::agent(format!(
-                    "Error staging: no buildpack with key {key}"
-                )))
-            };
-        }
-        let custom = request
-            .properties
-            .buildpack
-            .as_ref()
-            .or(request.properties.buildpack_git_url.as_ref())
-            .filter(|b| !b.is_empty());
-        match custom {
-            None => Ok(Vec::new()),
-            Some(url) if url.contains("://") || url.starts_with("git@") => {
-                Err(Failure::agent(format!(
-                    "Error staging: custom buildpack {url} cannot be fetched by this DEA; \
-                     install it as an admin buildpack"
-                )))
-            }
-            Some(name) => {
-                let known = admin.iter().any(|bp| bp.id == *name)
-                    || self.stager.buildpacks().iter().any(|bp| bp.id == *name);
-                if known {
-                    Ok(vec![name.clone()])
-                } else {
-                    Err(Failure::agent(format!(
-                        "Error staging: no buildpack named {name}"
-                    )))
-                }
-            }
-        }
-    }
-
-    /// Packs and uploads the buildpack cache; a failure is only a warning.
-    async fn upload_cache(&self, uri: &str, cache_dir: &Path, dir: &Path, log: &StagingLog) {
-        let archive = dir.join("buildpack_cache.tgz");
-        let (tree, output) = (cache_dir.to_path_buf(), archive.clone());
-        // The cache is what the buildpacks left: packed within the download limit and the
-        // depth and entry caps, so an upload can never be larger than a download may be.
-        let limits = crate::droplet::PackLimits {
-            max_bytes: self.config.agent.max_download_mb << 20,
-            walk: crate::tenant_fs::WalkLimits {
-                max_depth: self.config.staging.max_dir_depth,
-                max_entries: 1_000_000,
-                deadline: Some(
-                    std::time::Instant::now()
-                        + std::time::Duration::from_secs(
-                            self.config.staging.max_staging_duration_secs,
-                        ),
-                ),
-            },
-        };
-        let packed = tokio::task::spawn_blocking(move || {
-            crate::droplet::pack_tree_limited(&tree, &output, 1, 1, limits)
-        })
-        .await;
-        match packed {
-            Ok(Ok(_)) => {
-                if let Err(e) = self.transfers.upload(uri, &archive).await {
-                    log.warning(&format!("Uploading the buildpack cache: {e}"));
-                }
-            }
-            Ok(Err(e)) => log.warning(&format!("Packing the buildpack cache: {e}")),
-            Err(e) => log.warning(&format!("Packing the buildpack cache: {e}")),
-        }
     }
 
     /// `staging.stop` (or a `dea.stop` naming only the app): stops its stagings, each of
@@ -587,9 +366,4 @@ fn staging_env(
     ];
     env.extend(request.properties.env_pairs());
     env
-}
-
-/// The directory of a staging task, for tests and the directory server.
-pub fn task_dir(base_dir: &Path, task_id: &str) -> PathBuf {
-    base_dir.join("tasks").join(task_id)
 }

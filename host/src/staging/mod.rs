@@ -9,6 +9,7 @@
 
 mod error;
 pub mod procfile;
+pub mod remote;
 
 pub use crate::phase::{LogWatcher, StagingLog};
 pub use error::{CfErrorType, FAILURE_LINE_PREFIX, StagingError, failure_line};
