@@ -540,7 +540,7 @@ mod tests {
     #[test]
     fn root_gets_the_system_paths() {
         // The tests run as root; a user's XDG paths are tested with `dea` run as `nobody`
-        // (host/tests/install.rs).
+        // (cli/tests/install.rs).
         if is_root() {
             assert_eq!(
                 default_config_path(),

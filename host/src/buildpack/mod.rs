@@ -9,13 +9,8 @@
 //! Detection runs in that order and the first match wins. A buildpack that cannot be read is
 //! skipped (and reported) rather than failing every staging.
 
-pub mod bindings;
-pub mod check;
 pub mod classic;
-pub mod componentize;
-pub mod contract;
 pub mod runners;
-pub mod scaffold;
 pub mod store;
 pub mod wasm;
 

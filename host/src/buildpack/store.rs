@@ -16,7 +16,6 @@
 //! implements the buildpack world) in a scratch directory inside the store, then renamed into
 //! place: a half-copied buildpack is never visible.
 
-use super::check::{self, CheckError};
 use super::{Buildpack, BuildpackError, BuildpackKind, BuildpackSet};
 use crate::droplet::{UnpackError, UnpackLimits, unpack_source};
 use crate::transfer::{TransferError, Transfers};
@@ -46,6 +45,21 @@ pub struct EmbeddedBuildpack<'a> {
     pub files: &'a [(&'a str, &'a [u8])],
 }
 
+/// What [`BuildpackStore::add`] asks of a wasm buildpack's component before installing it: that
+/// it implements the buildpack world, so one that could never be staged with is refused now
+/// rather than at its first staging. Deciding that means reading the component's WIT, which
+/// the agent itself never needs; the caller brings the check (`dea buildpacks add` passes
+/// `dea_buildpack_tools::check::WorldCheck`) so that this library carries no WIT parser.
+pub trait ComponentCheck {
+    /// The ways `component` differs from the buildpack world, one sentence each (none: it may
+    /// be installed), or why it could not be checked at all (not a component, say).
+    fn problems(&self, component: &[u8]) -> Result<Vec<String>, ComponentCheckError>;
+}
+
+/// Why a [`ComponentCheck`] could not check a component: the checker's own error, kept as
+/// the source of [`StoreError::Component`].
+pub type ComponentCheckError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why installed buildpacks could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -71,7 +85,10 @@ pub enum StoreError {
         source: BuildpackError,
     },
     #[error("{} cannot be installed: {source}", path.display())]
-    Component { path: PathBuf, source: CheckError },
+    Component {
+        path: PathBuf,
+        source: ComponentCheckError,
+    },
     #[error("{} does not implement the buildpack world: {problems}", path.display())]
     WrongWorld { path: PathBuf, problems: String },
     #[error("a wasm buildpack is named by its buildpack.toml ({id}), not --name {name}")]
@@ -403,11 +420,13 @@ impl BuildpackStore {
     /// Installs the buildpack at `source` (a directory, `.zip` or `.tgz`) at `position`
     /// (1-based; past the end, or none, means last). A wasm buildpack is named by its
     /// `buildpack.toml`; a classic one by `name`, else by the directory or archive it came in.
+    /// A wasm buildpack's component must pass `check` first.
     pub fn add(
         &self,
         source: &Path,
         name: Option<&str>,
         position: Option<usize>,
+        check: &dyn ComponentCheck,
     ) -> Result<Buildpack, StoreError> {
         if position == Some(0) {
             return Err(StoreError::Position(0));
@@ -448,7 +467,7 @@ impl BuildpackStore {
                         name: name.to_string(),
                     });
                 }
-                check_component(component, source)?;
+                check_component(component, source, check)?;
                 loaded.id.clone()
             }
             BuildpackKind::Classic { .. } => match name {
@@ -529,23 +548,24 @@ impl BuildpackStore {
 
 /// The component against the buildpack world, before it is installed: one that could never
 /// be staged with is refused now rather than at its first staging.
-fn check_component(component: &Path, source: &Path) -> Result<(), StoreError> {
+fn check_component(
+    component: &Path,
+    source: &Path,
+    check: &dyn ComponentCheck,
+) -> Result<(), StoreError> {
     let bytes = std::fs::read(component).map_err(io_err(component))?;
-    let report = check::check(&bytes).map_err(|e| StoreError::Component {
-        path: source.to_path_buf(),
-        source: e,
-    })?;
-    if report.ok() {
+    let problems = check
+        .problems(&bytes)
+        .map_err(|source_error| StoreError::Component {
+            path: source.to_path_buf(),
+            source: source_error,
+        })?;
+    if problems.is_empty() {
         return Ok(());
     }
     Err(StoreError::WrongWorld {
         path: source.to_path_buf(),
-        problems: report
-            .problems
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join("; "),
+        problems: problems.join("; "),
     })
 }
 

@@ -1,5 +1,6 @@
 //! The store on real files: classic buildpacks from `tests/classic`, made-up wasm ones (their
-//! component is only checked on `add`), archives built here.
+//! component is only checked on `add`, here by a check with a fixed answer), archives built
+//! here.
 
 use super::*;
 use std::os::unix::fs::PermissionsExt;
@@ -9,6 +10,22 @@ fn classic(name: &str) -> PathBuf {
         .join("../tests/classic")
         .join(name)
 }
+
+/// A component check with a fixed answer: how the store acts on one is tested here, the world
+/// check itself with `dea-buildpack-tools` (which also tests `add` with it on real components).
+struct Answer(Result<&'static [&'static str], &'static str>);
+
+impl ComponentCheck for Answer {
+    fn problems(&self, _component: &[u8]) -> Result<Vec<String>, ComponentCheckError> {
+        match self.0 {
+            Ok(problems) => Ok(problems.iter().map(|p| p.to_string()).collect()),
+            Err(message) => Err(message.into()),
+        }
+    }
+}
+
+/// Passes every component (classic buildpacks never reach it).
+const ACCEPT: Answer = Answer(Ok(&[]));
 
 fn store(base: &Path) -> BuildpackStore {
     BuildpackStore::new(base.join("buildpacks"))
@@ -44,7 +61,9 @@ fn add_move_remove_keep_the_order_in_the_order_file() {
         "a new store is not set up"
     );
 
-    let hello = store.add(&classic("hello"), None, None).expect("add hello");
+    let hello = store
+        .add(&classic("hello"), None, None, &ACCEPT)
+        .expect("add hello");
     assert_eq!(
         (hello.id.as_str(), hello.version.as_str()),
         ("hello", "1.2.3")
@@ -54,10 +73,10 @@ fn add_move_remove_keep_the_order_in_the_order_file() {
         store.dir().join("hello").canonicalize().expect("dir")
     );
     store
-        .add(&classic("cf-final"), None, Some(1))
+        .add(&classic("cf-final"), None, Some(1), &ACCEPT)
         .expect("add cf-final first");
     store
-        .add(&classic("hello"), Some("hello-again"), Some(99))
+        .add(&classic("hello"), Some("hello-again"), Some(99), &ACCEPT)
         .expect("add under another name, past the end");
     assert_eq!(ids(&store), ["cf-final", "hello", "hello-again"]);
     // The scripts keep their modes (a classic buildpack is run, not read).
@@ -68,7 +87,7 @@ fn add_move_remove_keep_the_order_in_the_order_file() {
     assert_eq!(mode & 0o111, 0o111, "{mode:o}");
 
     assert!(matches!(
-        store.add(&classic("hello"), None, None),
+        store.add(&classic("hello"), None, None, &ACCEPT),
         Err(StoreError::AlreadyInstalled { id }) if id == "hello"
     ));
     store.move_to("hello-again", 1).expect("move");
@@ -129,7 +148,9 @@ fn a_link_out_of_the_buildpack_is_refused_and_nothing_is_installed() {
     }
     std::os::unix::fs::symlink("/etc/passwd", source.join("passwords")).expect("link");
     let store = store(base.path());
-    let error = store.add(&source, None, None).expect_err("refused");
+    let error = store
+        .add(&source, None, None, &ACCEPT)
+        .expect_err("refused");
     assert!(
         matches!(
             &error,
@@ -151,7 +172,7 @@ fn a_link_out_of_the_buildpack_is_refused_and_nothing_is_installed() {
     // A link that stays inside is kept as a link, not followed into a copy of its target.
     std::fs::remove_file(source.join("passwords")).expect("unlink");
     std::os::unix::fs::symlink("bin/detect", source.join("detect-link")).expect("link");
-    store.add(&source, None, None).expect("add");
+    store.add(&source, None, None, &ACCEPT).expect("add");
     let kept = std::fs::symlink_metadata(store.dir().join("sneaky/detect-link")).expect("link");
     assert!(kept.file_type().is_symlink());
 }
@@ -174,7 +195,9 @@ fn an_archive_in_one_folder_is_named_after_the_archive() {
             .expect("sync");
     }
     let store = store(base.path());
-    let installed = store.add(&archive, None, None).expect("add archive");
+    let installed = store
+        .add(&archive, None, None, &ACCEPT)
+        .expect("add archive");
     assert_eq!(installed.id, "ruby_buildpack-v1.2");
     assert_eq!(installed.kind_name(), "classic");
     assert!(store.dir().join("ruby_buildpack-v1.2/bin/detect").is_file());
@@ -182,7 +205,9 @@ fn an_archive_in_one_folder_is_named_after_the_archive() {
     // Not a buildpack at all: said so, naming what was given.
     let empty = base.path().join("empty");
     std::fs::create_dir(&empty).expect("dir");
-    let error = store.add(&empty, None, None).expect_err("not a buildpack");
+    let error = store
+        .add(&empty, None, None, &ACCEPT)
+        .expect_err("not a buildpack");
     assert!(
         matches!(&error, StoreError::NotABuildpack { path } if *path == empty),
         "{error}"
@@ -190,7 +215,7 @@ fn an_archive_in_one_folder_is_named_after_the_archive() {
 }
 
 #[test]
-fn a_wasm_buildpack_must_hold_a_component_of_the_buildpack_world() {
+fn a_wasm_buildpack_is_installed_only_when_its_component_passes_the_check() {
     let base = tempfile::tempdir().expect("tempdir");
     let source = base.path().join("fake");
     std::fs::create_dir(&source).expect("dir");
@@ -198,13 +223,39 @@ fn a_wasm_buildpack_must_hold_a_component_of_the_buildpack_world() {
     std::fs::write(source.join("buildpack.toml"), toml).expect("toml");
     std::fs::write(source.join("buildpack.wasm"), wasm).expect("wasm");
     let store = store(base.path());
-    let error = store.add(&source, None, None).expect_err("not a component");
-    assert!(matches!(&error, StoreError::Component { .. }), "{error}");
+    let unreadable = Answer(Err("not a WebAssembly component"));
+    let error = store
+        .add(&source, None, None, &unreadable)
+        .expect_err("not a component");
+    assert!(
+        matches!(&error, StoreError::Component { path, .. } if *path == source),
+        "{error}"
+    );
+    assert!(error.to_string().ends_with("not a WebAssembly component"));
+    let wrong = Answer(Ok(&[
+        "missing export `release`",
+        "imports `wasi:http/types`",
+    ]));
+    let error = store
+        .add(&source, None, None, &wrong)
+        .expect_err("wrong world");
+    assert!(
+        matches!(&error, StoreError::WrongWorld { problems, .. }
+            if problems == "missing export `release`; imports `wasi:http/types`"),
+        "{error}"
+    );
     assert!(matches!(
-        store.add(&source, Some("other"), None),
+        store.add(&source, Some("other"), None, &ACCEPT),
         Err(StoreError::NameMismatch { id, name }) if id == "fake" && name == "other"
     ));
     assert_eq!(store.order().expect("order"), None);
+    assert!(
+        scratch_left(&store).is_empty(),
+        "{:?}",
+        scratch_left(&store)
+    );
+    let installed = store.add(&source, None, None, &ACCEPT).expect("passes");
+    assert_eq!(installed.id, "fake");
 }
 
 #[test]
@@ -237,7 +288,9 @@ fn defaults_seed_a_new_store_once_and_install_defaults_updates_in_place() {
     assert!(store.seed(&defaults).expect("seed again").is_empty());
 
     // The operator's choices stand: a removed default is not brought back by seeding.
-    store.add(&classic("hello"), None, Some(1)).expect("add");
+    store
+        .add(&classic("hello"), None, Some(1), &ACCEPT)
+        .expect("add");
     store.remove("alpha").expect("remove");
     assert!(store.seed(&defaults).expect("seed again").is_empty());
     assert_eq!(ids(&store), ["hello", "beta"]);
@@ -307,7 +360,9 @@ fn an_order_file_naming_a_path_is_refused() {
 fn installed_buildpacks_come_before_extra_directories_and_win_on_ids() {
     let base = tempfile::tempdir().expect("tempdir");
     let store = store(base.path());
-    store.add(&classic("hello"), None, None).expect("add");
+    store
+        .add(&classic("hello"), None, None, &ACCEPT)
+        .expect("add");
     let set = detection_set(
         Some(&store),
         &[classic(""), base.path().join("missing")],

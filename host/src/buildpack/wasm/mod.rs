@@ -62,8 +62,9 @@ const EPOCH_TICK: Duration = Duration::from_millis(10);
 /// time. `wasi:sockets` is linked because guest toolchains import it whether or not the
 /// buildpack uses it (componentize-py's CPython does), but every phase's WASI context grants
 /// no network: each socket call fails with `access-denied` and name lookup is off (see
-/// [`sandbox`]), so the only way out is still the host's `fetch`.
-pub(crate) const ALLOWED_IMPORTS: &[&str] = &[
+/// [`sandbox`]), so the only way out is still the host's `fetch`. Public because `dea buildpack
+/// check` (`dea-buildpack-tools`) holds a component to the same list before it is installed.
+pub const ALLOWED_IMPORTS: &[&str] = &[
     "wasi:cli/",
     "wasi:io/",
     "wasi:clocks/",

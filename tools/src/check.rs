@@ -2,11 +2,13 @@
 //!
 //! The component's own world is decoded from its binary (`wit-component`) and compared with
 //! the built-in contract: every export the world has (`detect`, `compile`, `release`) must be
-//! there with the same type, every import must be one the host provides, and functions it
-//! imports from `dea:buildpack/host` must have the contract's types. Types are compared
+//! there with the same type, every import must be one the host provides (the runtime's own
+//! list, [`dea::buildpack::wasm::ALLOWED_IMPORTS`]), and functions it imports from
+//! `dea:buildpack/host` must have the contract's types. Types are compared
 //! structurally, as the component model links them; messages print them as WIT.
 
-use super::contract;
+use crate::contract;
+use dea::buildpack::store::{ComponentCheck, ComponentCheckError};
 use std::fmt;
 use wit_parser::{Function, Resolve, Type, TypeDefKind, TypeId, WorldId, WorldItem, WorldKey};
 
@@ -141,6 +143,18 @@ pub fn check(bytes: &[u8]) -> Result<Report, CheckError> {
     })
 }
 
+/// [`check`] as the installed-buildpack store asks for it: `dea buildpacks add` refuses a wasm
+/// buildpack whose component does not implement the buildpack world, naming each problem.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorldCheck;
+
+impl ComponentCheck for WorldCheck {
+    fn problems(&self, component: &[u8]) -> Result<Vec<String>, ComponentCheckError> {
+        let report = check(component)?;
+        Ok(report.problems.iter().map(ToString::to_string).collect())
+    }
+}
+
 /// A resolve and the world in it.
 struct Side<'a> {
     resolve: &'a Resolve,
@@ -266,7 +280,7 @@ fn check_imports(found: &Side<'_>, expected: &Side<'_>) -> Vec<Problem> {
             }
             WorldItem::Interface { id, .. } => *id,
         };
-        if !super::wasm::ALLOWED_IMPORTS
+        if !dea::buildpack::wasm::ALLOWED_IMPORTS
             .iter()
             .any(|prefix| name.starts_with(prefix))
         {

@@ -11,31 +11,28 @@ pub const WORLD: &str = "dea:buildpack/buildpack@0.1.0";
 /// The WIT files as they sit under `wit/`, dependencies before their users (the order
 /// [`resolve`] pushes them in).
 pub const FILES: &[(&str, &str)] = &[
-    (
-        "deps/io/io.wit",
-        include_str!("../../../wit/deps/io/io.wit"),
-    ),
+    ("deps/io/io.wit", include_str!("../../wit/deps/io/io.wit")),
     (
         "deps/clocks/clocks.wit",
-        include_str!("../../../wit/deps/clocks/clocks.wit"),
+        include_str!("../../wit/deps/clocks/clocks.wit"),
     ),
     (
         "deps/random/random.wit",
-        include_str!("../../../wit/deps/random/random.wit"),
+        include_str!("../../wit/deps/random/random.wit"),
     ),
     (
         "deps/filesystem/filesystem.wit",
-        include_str!("../../../wit/deps/filesystem/filesystem.wit"),
+        include_str!("../../wit/deps/filesystem/filesystem.wit"),
     ),
     (
         "deps/sockets/sockets.wit",
-        include_str!("../../../wit/deps/sockets/sockets.wit"),
+        include_str!("../../wit/deps/sockets/sockets.wit"),
     ),
     (
         "deps/cli/cli.wit",
-        include_str!("../../../wit/deps/cli/cli.wit"),
+        include_str!("../../wit/deps/cli/cli.wit"),
     ),
-    ("buildpack.wit", include_str!("../../../wit/buildpack.wit")),
+    ("buildpack.wit", include_str!("../../wit/buildpack.wit")),
 ];
 
 /// Why a WIT contract could not be read.

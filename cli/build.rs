@@ -1,5 +1,5 @@
 //! Embeds the default buildpacks in the `dea` binary, so an installed `dea` (`cargo install
-//! --path host`) stages apps with no checkout around. They are what `scripts/build-plugins`
+//! --path cli`) stages apps with no checkout around. They are what `scripts/build-plugins`
 //! installed into the workspace's `target/buildpacks/<id>/` (or the directory
 //! `DEA_DEFAULT_BUILDPACKS` names; set it empty for a binary without them).
 //!

@@ -62,7 +62,7 @@ pub enum ScaffoldError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Contract(#[from] super::contract::ContractError),
+    Contract(#[from] crate::contract::ContractError),
 }
 
 /// The SDK next to the source this binary was built from, if it is still there.
@@ -140,7 +140,7 @@ pub fn create(project: &NewProject) -> Result<Vec<PathBuf>, ScaffoldError> {
             ]);
         }
         Lang::Python => {
-            super::contract::write_to(&dir.join("wit"))?;
+            crate::contract::write_to(&dir.join("wit"))?;
             files.extend([
                 ("app.py".into(), fill(PYTHON_APP, name, ""), false),
                 ("build.sh".into(), PYTHON_BUILD_SH.into(), true),

@@ -11,7 +11,7 @@ use wit_bindgen_core::Files;
 #[derive(Debug, thiserror::Error)]
 pub enum BindingsError {
     #[error(transparent)]
-    Contract(#[from] super::contract::ContractError),
+    Contract(#[from] crate::contract::ContractError),
     #[error("generating C bindings: {0}")]
     Generate(String),
     #[error("writing {path}: {source}")]
@@ -25,8 +25,8 @@ pub enum BindingsError {
 /// `out`, returning the files written.
 pub fn write_c(out: &Path, wit: Option<(&Path, &str)>) -> Result<Vec<PathBuf>, BindingsError> {
     let (mut resolve, world) = match wit {
-        Some((dir, world)) => super::contract::resolve_dir(dir, world)?,
-        None => super::contract::resolve()?,
+        Some((dir, world)) => crate::contract::resolve_dir(dir, world)?,
+        None => crate::contract::resolve()?,
     };
     let mut files = Files::default();
     wit_bindgen_c::Opts::default()

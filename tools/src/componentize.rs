@@ -21,7 +21,7 @@ pub enum ComponentizeError {
     #[error("this is already a component; `dea buildpack check` it instead")]
     AlreadyComponent,
     #[error(transparent)]
-    Contract(#[from] super::contract::ContractError),
+    Contract(#[from] crate::contract::ContractError),
     #[error("embedding the world in the module: {0}")]
     Embed(String),
     #[error("building the component: {0}")]
@@ -57,8 +57,8 @@ pub fn componentize(
     let mut module = module.to_vec();
     let embed = match world {
         WorldSource::Embedded if shape.has_component_type => None,
-        WorldSource::Embedded => Some(super::contract::resolve()?),
-        WorldSource::Dir { dir, world } => Some(super::contract::resolve_dir(dir, world)?),
+        WorldSource::Embedded => Some(crate::contract::resolve()?),
+        WorldSource::Dir { dir, world } => Some(crate::contract::resolve_dir(dir, world)?),
     };
     let embedded_world = embed.is_some();
     if let Some((resolve, world)) = embed {

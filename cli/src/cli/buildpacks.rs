@@ -8,6 +8,7 @@ use clap::Subcommand;
 use dea::buildpack::BuildpackSet;
 use dea::buildpack::store::{BuildpackStore, detection_set};
 use dea::config::Config;
+use dea_buildpack_tools::check::WorldCheck;
 use std::path::Path;
 
 #[derive(Subcommand)]
@@ -172,9 +173,9 @@ pub async fn manage(config: &Config, command: &BuildpacksCommand) -> Result<()> 
                     .download(source, config.agent.max_download_mb << 20)
                     .await?;
                 let name = name.clone().or_else(|| downloaded.name.clone());
-                store.add(&downloaded.path, name.as_deref(), position)?
+                store.add(&downloaded.path, name.as_deref(), position, &WorldCheck)?
             } else {
-                store.add(Path::new(source), name.as_deref(), position)?
+                store.add(Path::new(source), name.as_deref(), position, &WorldCheck)?
             };
             let at = store
                 .order()?

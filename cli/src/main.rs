@@ -205,8 +205,8 @@ enum BuildpackCommand {
         /// The buildpack id (lowercase letters, digits, '-').
         name: String,
         /// Language: rust, python or c.
-        #[arg(long, value_parser = clap::value_parser!(dea::buildpack::scaffold::Lang))]
-        lang: dea::buildpack::scaffold::Lang,
+        #[arg(long, value_parser = clap::value_parser!(dea_buildpack_tools::scaffold::Lang))]
+        lang: dea_buildpack_tools::scaffold::Lang,
         /// Project directory (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -234,7 +234,7 @@ enum BuildpackCommand {
         #[arg(long, value_name = "DIR")]
         wit: Option<PathBuf>,
         /// The world to use from `--wit`.
-        #[arg(long, default_value = dea::buildpack::contract::WORLD)]
+        #[arg(long, default_value = dea_buildpack_tools::contract::WORLD)]
         world: String,
         /// Where to write the component.
         #[arg(short, long, default_value = "buildpack.wasm")]
@@ -378,7 +378,7 @@ fn check_component(path: &std::path::Path, no_link: bool, config: &Config) -> Re
     };
     let bytes =
         std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
-    let report = dea::buildpack::check::check(&bytes)
+    let report = dea_buildpack_tools::check::check(&bytes)
         .with_context(|| format!("checking {}", component.display()))?;
     println!("{}", component.display());
     println!("  exports: {}", report.exports.join(", "));
@@ -390,12 +390,15 @@ fn check_component(path: &std::path::Path, no_link: bool, config: &Config) -> Re
         bail!(
             "{} does not implement {} ({} problem{})",
             component.display(),
-            dea::buildpack::contract::WORLD,
+            dea_buildpack_tools::contract::WORLD,
             report.problems.len(),
             if report.problems.len() == 1 { "" } else { "s" }
         );
     }
-    println!("  world:   implements {}", dea::buildpack::contract::WORLD);
+    println!(
+        "  world:   implements {}",
+        dea_buildpack_tools::contract::WORLD
+    );
     if !no_link {
         let runtime = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
         let started = std::time::Instant::now();
@@ -417,7 +420,7 @@ fn check_component(path: &std::path::Path, no_link: bool, config: &Config) -> Re
 
 /// `dea buildpack ...`: tools for writing buildpacks; none needs installed buildpacks.
 fn buildpack_command(command: &BuildpackCommand, config: &Config) -> Result<()> {
-    use dea::buildpack::{bindings, componentize, contract, scaffold};
+    use dea_buildpack_tools::{bindings, componentize, contract, scaffold};
     match command {
         BuildpackCommand::New {
             name,
