@@ -19,3 +19,4 @@ pub mod stack;
 pub mod staging;
 pub mod tenant_fs;
 pub mod transfer;
+pub mod units;
