@@ -8,6 +8,7 @@
 pub mod buildpack;
 pub mod config;
 pub mod container;
+pub mod download;
 pub mod droplet;
 pub mod fetch;
 pub mod files;
