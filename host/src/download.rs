@@ -105,13 +105,13 @@ pub enum Step {
 /// (the callers show these to people as single lines).
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("building the HTTP client for downloads: {}", chain(.source))]
+    #[error("building the HTTP client for downloads: {}", error_chain(.source))]
     Client {
         #[source]
         source: reqwest::Error,
     },
     /// Connecting, sending, or reading the body failed, timeouts included.
-    #[error("{url}: {}", chain(.source))]
+    #[error("{url}: {}", error_chain(.source))]
     Request {
         url: String,
         #[source]
@@ -291,7 +291,7 @@ fn request_error(url: &Url, error: reqwest::Error) -> DownloadError {
 
 /// An error and its causes on one line, each said once (reqwest's top-level message alone
 /// hides the reason, and some errors repeat their source in their own text).
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
