@@ -374,26 +374,13 @@ impl Agent {
             let archive = root.join(format!("{}.zip", admin.key));
             if !archive.is_file() {
                 let partial = root.join(format!(".{}.zip.part", admin.key));
-                let mut last_error = None;
-                // Three attempts, as the DEA.
-                for _ in 0..3 {
-                    match self
-                        .transfers
-                        .download(
-                            &admin.url,
-                            &partial,
-                            self.config.agent.max_download_mb << 20,
-                        )
-                        .await
-                    {
-                        Ok(_) => {
-                            last_error = None;
-                            break;
-                        }
-                        Err(e) => last_error = Some(e),
-                    }
-                }
-                if let Some(e) = last_error {
+                // Three attempts, as the DEA (with back-off between them).
+                let max_bytes = self.config.agent.max_download_mb << 20;
+                if let Err(e) = self
+                    .transfers
+                    .download_with_retries(&admin.url, &partial, max_bytes, 3)
+                    .await
+                {
                     return Err(Failure::agent(format!(
                         "Error staging: downloading admin buildpack {}: {e}",
                         admin.key
