@@ -317,3 +317,6 @@ fn limit_text(max_bytes: u64) -> String {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+pub(crate) mod test_server;

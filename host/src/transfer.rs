@@ -81,7 +81,11 @@ impl Transfers {
         let outcome = self.downloader.download(&parsed, &options, &mut file).await;
         drop(file);
         match outcome {
-            Ok(done) => Ok((done.size, done.sha1.unwrap_or_default())),
+            // Asked for above; a missing one would be a bug in the helper, not a transfer.
+            Ok(done) => match done.sha1 {
+                Some(sha1) => Ok((done.size, sha1)),
+                None => Err(std::io::Error::other("the download computed no SHA-1").into()),
+            },
             Err(error) => {
                 // Part of a body is nobody's file.
                 let _ = tokio::fs::remove_file(dest).await;
@@ -214,59 +218,23 @@ impl Transfers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// A server on 127.0.0.1 giving the n-th request (from 0) `answer(n)` as raw bytes.
-    async fn server(answer: fn(usize) -> Vec<u8>) -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let hits = Arc::new(AtomicUsize::new(0));
-        let counter = hits.clone();
-        tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                let n = counter.fetch_add(1, Ordering::SeqCst);
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(read) => head.extend_from_slice(&buf[..read]),
-                    }
-                }
-                let _ = socket.write_all(&answer(n)).await;
-                let _ = socket.shutdown().await;
-            }
-        });
-        (base, hits)
-    }
-
-    fn reply(status: &str, body: &str) -> Vec<u8> {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-        .into_bytes()
-    }
+    use crate::download::test_server::{ok, serve, status};
 
     #[tokio::test]
     async fn downloads_are_retried_with_back_off_until_one_succeeds() {
-        let (base, hits) = server(|n| match n {
-            0 | 1 => reply("503 Service Unavailable", ""),
-            _ => reply("200 OK", "buildpack"),
+        let server = serve(|_, n| match n {
+            0 | 1 => status("503 Service Unavailable", ""),
+            _ => ok(b"buildpack"),
         })
         .await;
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("bp.zip");
         let started = std::time::Instant::now();
         let (size, sha1) = Transfers::new()
-            .download_with_retries(&format!("{base}/bp.zip"), &dest, 1 << 20, 3)
+            .download_with_retries(&server.url("/bp.zip"), &dest, 1 << 20, 3)
             .await
             .expect("the third attempt succeeds");
-        assert_eq!(hits.load(Ordering::SeqCst), 3);
+        assert_eq!(server.hits(), 3);
         // 250 ms, then 500 ms.
         assert!(started.elapsed() >= Duration::from_millis(750));
         assert_eq!(size, 9);
@@ -276,11 +244,11 @@ mod tests {
 
     #[tokio::test]
     async fn failures_leave_no_file_and_a_too_large_body_is_not_retried() {
-        let (base, hits) = server(|_| reply("200 OK", "0123456789")).await;
+        let server = serve(|_, _| ok(b"0123456789")).await;
         let dir = tempfile::tempdir().expect("tempdir");
         let dest = dir.path().join("bp.zip");
         let error = Transfers::new()
-            .download_with_retries(&format!("{base}/bp.zip"), &dest, 5, 3)
+            .download_with_retries(&server.url("/bp.zip"), &dest, 5, 3)
             .await
             .expect_err("over the cap");
         assert!(
@@ -290,16 +258,16 @@ mod tests {
             ),
             "{error:?}"
         );
-        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        assert_eq!(server.hits(), 1);
         assert!(!dest.exists());
 
-        let (base, hits) = server(|_| reply("404 Not Found", "")).await;
+        let server = serve(|_, _| status("404 Not Found", "")).await;
         let error = Transfers::new()
-            .download_with_retries(&format!("{base}/missing"), &dest, 5, 2)
+            .download_with_retries(&server.url("/missing"), &dest, 5, 2)
             .await
             .expect_err("missing");
         assert!(error.to_string().contains("answered HTTP 404"), "{error}");
-        assert_eq!(hits.load(Ordering::SeqCst), 2);
+        assert_eq!(server.hits(), 2);
         assert!(!dest.exists());
 
         let error = Transfers::new()

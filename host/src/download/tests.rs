@@ -1,93 +1,20 @@
-//! The helper against a real HTTP server on 127.0.0.1: a tokio listener that answers each
-//! path with raw bytes, so lengths, chunking and stalls are exactly what a test says.
+//! The helper against a real HTTP server on 127.0.0.1 ([`super::test_server`]), so lengths,
+//! chunking and stalls are exactly what a test says.
 
+use super::test_server::{Answer, chunked, ok, status};
 use super::*;
 use std::net::SocketAddr;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 
-/// How the test server answers one path.
-#[derive(Clone)]
-enum Answer {
-    /// These bytes, then the connection is closed.
-    Raw(Vec<u8>),
-    /// Headers announcing `length` bytes, then silence until the client gives up.
-    Stall { length: u64 },
-    /// A 200 with `bytes` sent one at a time, `every` apart, and no length.
-    Trickle { bytes: Vec<u8>, every: Duration },
-}
-
-/// A server answering `routes` (path, answer) until the test ends; unknown paths are 404s.
+/// A server answering `routes` (path, answer); unknown paths are 404s.
 async fn server(routes: Vec<(&'static str, Answer)>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let routes = routes.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let text = String::from_utf8_lossy(&head);
-                let path = text.split(' ').nth(1).unwrap_or("/").to_string();
-                let answer = routes.iter().find(|(p, _)| *p == path).map(|(_, a)| a);
-                match answer {
-                    Some(Answer::Raw(bytes)) => {
-                        let _ = socket.write_all(bytes).await;
-                    }
-                    Some(Answer::Stall { length }) => {
-                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {length}\r\n\r\n");
-                        let _ = socket.write_all(head.as_bytes()).await;
-                        tokio::time::sleep(Duration::from_secs(30)).await;
-                    }
-                    Some(Answer::Trickle { bytes, every }) => {
-                        let head = "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n";
-                        let _ = socket.write_all(head.as_bytes()).await;
-                        for byte in bytes {
-                            tokio::time::sleep(*every).await;
-                            if socket.write_all(&[*byte]).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    None => {
-                        let reply = "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
-                        let _ = socket.write_all(reply.as_bytes()).await;
-                    }
-                }
-                let _ = socket.shutdown().await;
-            });
-        }
-    });
-    addr
-}
-
-fn ok(body: &[u8]) -> Answer {
-    let mut bytes = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    bytes.extend_from_slice(body);
-    Answer::Raw(bytes)
-}
-
-fn status(line: &str, headers: &str) -> Answer {
-    Answer::Raw(format!("HTTP/1.1 {line}\r\n{headers}Content-Length: 0\r\n\r\n").into_bytes())
-}
-
-/// A chunked 200 without Content-Length: only counting the bytes can catch its size.
-fn chunked(body: &[u8]) -> Answer {
-    let mut bytes = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
-    bytes.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
-    bytes.extend_from_slice(body);
-    bytes.extend_from_slice(b"\r\n0\r\n\r\n");
-    Answer::Raw(bytes)
+    super::test_server::serve(move |path, _| {
+        routes
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map_or_else(|| status("404 Not Found", ""), |(_, answer)| answer.clone())
+    })
+    .await
+    .addr
 }
 
 fn url(addr: SocketAddr, path: &str) -> Url {
