@@ -308,7 +308,7 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// `1 MiB` for whole mebibytes (how limits are configured), else bytes.
 fn limit_text(max_bytes: u64) -> String {
     const MIB: u64 = 1 << 20;
-    if max_bytes >= MIB && max_bytes % MIB == 0 {
+    if max_bytes >= MIB && max_bytes.is_multiple_of(MIB) {
         format!("{} MiB", max_bytes / MIB)
     } else {
         format!("{max_bytes} bytes")
