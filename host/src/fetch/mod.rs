@@ -152,7 +152,7 @@ impl FetchService {
         let timeouts = Timeouts {
             connect: Duration::from_secs(30),
             read: timeout,
-            // Each attempt, redirects included, as a whole.
+            // Each request (one redirect hop), from connecting to its last byte.
             overall: Some(timeout),
         };
         let downloader = Downloader::from_builder(builder, timeouts).map_err(FetchError::Client)?;
@@ -519,6 +519,48 @@ mod tests {
         assert!(!oldest.exists(), "the least recently used goes first");
         assert!(!old.exists(), "then the next, until under the size");
         assert!(kept.exists() && hot.exists());
+    }
+
+    #[tokio::test]
+    async fn network_errors_are_retried_with_back_off_and_refusals_are_not() {
+        use crate::download::test_server::{ok, serve, status};
+        let server = serve(|path, n| match (path, n) {
+            ("/flaky.tgz", 0 | 1) => status("503 Service Unavailable", ""),
+            ("/flaky.tgz", _) => ok(b"content"),
+            _ => status("404 Not Found", ""),
+        })
+        .await;
+        let base = server.url("/");
+        let config = FetchConfig {
+            attempts: 3,
+            ..test_config(&[], &[&base])
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let service = FetchService::new(config, dir.path().to_path_buf()).expect("service");
+        let grant = FetchGrant {
+            any_request: true,
+            ..FetchGrant::default()
+        };
+        let started = std::time::Instant::now();
+        let fetched = service
+            .fetch(&server.url("/flaky.tgz"), None, &grant)
+            .await
+            .expect("the third attempt succeeds");
+        assert_eq!(server.hits(), 3);
+        // 250 ms, then 500 ms.
+        assert!(started.elapsed() >= Duration::from_millis(750));
+        assert_eq!(fetched.size, 7);
+        assert_eq!(fetched.sha256, hex::encode(Sha256::digest(b"content")));
+
+        let error = service
+            .fetch(&server.url("/missing.tgz"), None, &grant)
+            .await
+            .expect_err("404");
+        assert!(
+            matches!(error, FetchError::Status { status: 404, .. }),
+            "{error:?}"
+        );
+        assert_eq!(server.hits(), 4, "a 404 is not asked again");
     }
 
     #[test]
