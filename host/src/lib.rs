@@ -8,6 +8,7 @@
 pub mod buildpack;
 pub mod config;
 pub mod container;
+pub mod download;
 pub mod droplet;
 pub mod fetch;
 pub mod files;
@@ -20,3 +21,4 @@ pub mod stack;
 pub mod staging;
 pub mod tenant_fs;
 pub mod transfer;
+pub mod units;

@@ -1,12 +1,13 @@
 //! Moving files to and from a Cloud Controller the way the DEA did (reference dea_ng.md §3.6):
-//! downloads must answer 200 and are streamed to disk with a size cap and their SHA-1;
-//! uploads are `multipart/form-data` with one part named `upload[droplet]`, and a reply that
-//! names a job (`metadata.url`) is polled until the job finishes.
+//! downloads must answer 200 and are streamed to disk with a size cap and their SHA-1 (by
+//! [`crate::download`]); uploads are `multipart/form-data` with one part named
+//! `upload[droplet]`, and a reply that names a job (`metadata.url`) is polled until the job
+//! finishes.
 
-use sha1::{Digest, Sha1};
+use crate::download::{Accept, DownloadError, Downloader, Options, Timeouts};
+use backon::Retryable;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 
 /// Why a transfer failed. The text is what a controller shows its user.
 #[derive(Debug, thiserror::Error)]
@@ -15,8 +16,9 @@ pub enum TransferError {
     Url(String),
     #[error("{url}: {message}")]
     Http { url: String, message: String },
-    #[error("{url}: larger than {limit_mb} MiB")]
-    TooLarge { url: String, limit_mb: u64 },
+    /// A download failed; the error names the URL and keeps its cause.
+    #[error(transparent)]
+    Download(#[from] DownloadError),
     #[error("{url}: the upload job failed: {message}")]
     JobFailed { url: String, message: String },
     #[error("{url}: the upload job did not finish within {0:?}", limit)]
@@ -28,7 +30,8 @@ pub enum TransferError {
 /// An HTTP client for controller transfers; cheap to clone.
 #[derive(Clone)]
 pub struct Transfers {
-    client: reqwest::Client,
+    /// Downloads, and the client that uploads and job polls share.
+    downloader: Downloader,
     /// How long an upload job is polled before giving up.
     pub job_timeout: Duration,
     /// Time between polls of an upload job.
@@ -43,66 +46,80 @@ impl Default for Transfers {
 
 impl Transfers {
     pub fn new() -> Transfers {
-        let client = reqwest::Client::builder()
-            // The DEA's inactivity timeout: a stalled transfer fails, a slow one goes on.
-            .read_timeout(Duration::from_secs(30))
-            .connect_timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default();
+        // The DEA's inactivity timeout: a stalled transfer fails, a slow one goes on.
+        let downloader = Downloader::new(Timeouts::DEA).unwrap_or_else(|error| {
+            // Building fails only when the TLS backend cannot start; reqwest's default
+            // client is what this always fell back to.
+            tracing::error!("{error}; using reqwest's default client");
+            Downloader::with_client(reqwest::Client::default(), None)
+        });
         Transfers {
-            client,
+            downloader,
             job_timeout: Duration::from_secs(300),
             job_poll_interval: Duration::from_secs(1),
         }
     }
 
     /// Streams `url` into `dest`; returns the byte count and the SHA-1 (hex). Anything but
-    /// 200 is an error, and so is a body over `max_bytes`.
+    /// 200 is an error, and so is a body over `max_bytes`; after an error `dest` is gone.
     pub async fn download(
         &self,
         url: &str,
         dest: &Path,
         max_bytes: u64,
     ) -> Result<(u64, String), TransferError> {
-        let http = |message: String| TransferError::Http {
-            url: url.to_string(),
-            message,
-        };
         let parsed = reqwest::Url::parse(url).map_err(|_| TransferError::Url(url.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(TransferError::Url(url.to_string()));
         }
-        let mut response = self
-            .client
-            .get(parsed)
-            .send()
-            .await
-            .map_err(|e| http(error_chain(&e)))?;
-        if response.status() != reqwest::StatusCode::OK {
-            return Err(http(format!("HTTP {}", response.status())));
-        }
-        let too_large = || TransferError::TooLarge {
-            url: url.to_string(),
-            limit_mb: max_bytes >> 20,
+        let options = Options {
+            max_bytes,
+            digests: crate::download::Digests::SHA1,
+            accept: Accept::Ok,
         };
-        if response.content_length().is_some_and(|n| n > max_bytes) {
-            return Err(too_large());
-        }
         let mut file = tokio::fs::File::create(dest).await?;
-        let mut hasher = Sha1::new();
-        let mut total = 0u64;
-        while let Some(chunk) = response.chunk().await.map_err(|e| http(error_chain(&e)))? {
-            total += chunk.len() as u64;
-            if total > max_bytes {
-                drop(file);
+        let outcome = self.downloader.download(&parsed, &options, &mut file).await;
+        drop(file);
+        match outcome {
+            // Asked for above; a missing one would be a bug in the helper, not a transfer.
+            Ok(done) => match done.sha1 {
+                Some(sha1) => Ok((done.size, sha1)),
+                None => Err(std::io::Error::other("the download computed no SHA-1").into()),
+            },
+            Err(error) => {
+                // Part of a body is nobody's file.
                 let _ = tokio::fs::remove_file(dest).await;
-                return Err(too_large());
+                Err(error.into())
             }
-            hasher.update(&chunk);
-            file.write_all(&chunk).await?;
         }
-        file.flush().await?;
-        Ok((total, hex::encode(hasher.finalize())))
+    }
+
+    /// [`Transfers::download`] with up to `attempts` tries, the first retry after 250 ms and
+    /// each later one after twice the wait before (the DEA retried admin buildpack downloads
+    /// three times at once). A URL that is not http(s) and a body over the size cap are not
+    /// tried again: another try could only end the same way.
+    pub async fn download_with_retries(
+        &self,
+        url: &str,
+        dest: &Path,
+        max_bytes: u64,
+        attempts: usize,
+    ) -> Result<(u64, String), TransferError> {
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_times(attempts.saturating_sub(1));
+        (|| self.download(url, dest, max_bytes))
+            .retry(backoff)
+            .when(|error| {
+                !matches!(
+                    error,
+                    TransferError::Url(_) | TransferError::Download(DownloadError::TooLarge { .. })
+                )
+            })
+            .notify(|error, delay| {
+                tracing::warn!("download failed, retrying in {delay:?}: {error}");
+            })
+            .await
     }
 
     /// POSTs `file` to `url?async=true` as the multipart part `upload[droplet]`; when the reply
@@ -133,12 +150,13 @@ impl Transfers {
         .map_err(|e| http(e.to_string()))?;
         let form = reqwest::multipart::Form::new().part("upload[droplet]", part);
         let response = self
-            .client
+            .downloader
+            .client()
             .post(target.clone())
             .multipart(form)
             .send()
             .await
-            .map_err(|e| http(error_chain(&e)))?;
+            .map_err(|e| http(crate::download::error_chain(&e)))?;
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         if status.as_u16() >= 300 {
@@ -160,10 +178,16 @@ impl Transfers {
     async fn wait_for_job(&self, url: &str, job_url: reqwest::Url) -> Result<(), TransferError> {
         let deadline = tokio::time::Instant::now() + self.job_timeout;
         loop {
-            let job: serde_json::Value = match self.client.get(job_url.clone()).send().await {
+            let job: serde_json::Value = match self
+                .downloader
+                .client()
+                .get(job_url.clone())
+                .send()
+                .await
+            {
                 Ok(response) => response.json().await.unwrap_or_default(),
                 Err(e) => {
-                    tracing::warn!(%job_url, "polling upload job: {}", error_chain(&e));
+                    tracing::warn!(%job_url, "polling upload job: {}", crate::download::error_chain(&e));
                     serde_json::Value::Null
                 }
             };
@@ -191,14 +215,65 @@ impl Transfers {
     }
 }
 
-/// An error and its causes on one line (reqwest's top-level message alone hides the reason).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::test_server::{ok, serve, status};
+
+    #[tokio::test]
+    async fn downloads_are_retried_with_back_off_until_one_succeeds() {
+        let server = serve(|_, n| match n {
+            0 | 1 => status("503 Service Unavailable", ""),
+            _ => ok(b"buildpack"),
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("bp.zip");
+        let started = std::time::Instant::now();
+        let (size, sha1) = Transfers::new()
+            .download_with_retries(&server.url("/bp.zip"), &dest, 1 << 20, 3)
+            .await
+            .expect("the third attempt succeeds");
+        assert_eq!(server.hits(), 3);
+        // 250 ms, then 500 ms.
+        assert!(started.elapsed() >= Duration::from_millis(750));
+        assert_eq!(size, 9);
+        assert_eq!(sha1.len(), 40);
+        assert_eq!(std::fs::read(&dest).expect("dest"), b"buildpack");
     }
-    text
+
+    #[tokio::test]
+    async fn failures_leave_no_file_and_a_too_large_body_is_not_retried() {
+        let server = serve(|_, _| ok(b"0123456789")).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let dest = dir.path().join("bp.zip");
+        let error = Transfers::new()
+            .download_with_retries(&server.url("/bp.zip"), &dest, 5, 3)
+            .await
+            .expect_err("over the cap");
+        assert!(
+            matches!(
+                error,
+                TransferError::Download(DownloadError::TooLarge { .. })
+            ),
+            "{error:?}"
+        );
+        assert_eq!(server.hits(), 1);
+        assert!(!dest.exists());
+
+        let server = serve(|_, _| status("404 Not Found", "")).await;
+        let error = Transfers::new()
+            .download_with_retries(&server.url("/missing"), &dest, 5, 2)
+            .await
+            .expect_err("missing");
+        assert!(error.to_string().contains("answered HTTP 404"), "{error}");
+        assert_eq!(server.hits(), 2);
+        assert!(!dest.exists());
+
+        let error = Transfers::new()
+            .download("file:///etc/passwd", &dest, 5)
+            .await
+            .expect_err("not http");
+        assert!(matches!(error, TransferError::Url(_)), "{error:?}");
+    }
 }

@@ -18,6 +18,8 @@ mod transfer;
 pub(crate) mod url_rules;
 
 use crate::config::{FetchConfig, MirrorRule};
+use crate::download::{Downloader, Timeouts};
+use backon::{ExponentialBuilder, Retryable};
 use policy::{Rules, Via};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -66,7 +68,7 @@ pub enum FetchError {
     #[error("fetch configuration: {entry}: {reason}")]
     Config { entry: String, reason: String },
     #[error("building the fetch service's HTTP client")]
-    Client(#[source] reqwest::Error),
+    Client(#[source] crate::download::DownloadError),
     #[error("download cache i/o error: {0}")]
     Cache(#[from] std::io::Error),
 }
@@ -125,7 +127,7 @@ pub struct FetchService {
     config: FetchConfig,
     rules: Rules,
     cache_dir: PathBuf,
-    client: reqwest::Client,
+    downloader: Downloader,
     inflight: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
 }
 
@@ -142,19 +144,23 @@ impl FetchService {
         });
         // Redirects are followed by hand in `transfer`, each hop checked against the rules;
         // reqwest's own policy could only see the hop, not who asked.
-        let client = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .dns_resolver(resolver)
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(config.timeout_secs.max(1)))
-            .no_proxy()
-            .build()
-            .map_err(FetchError::Client)?;
+            .no_proxy();
+        let timeout = Duration::from_secs(config.timeout_secs.max(1));
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(30),
+            read: timeout,
+            // Each request (one redirect hop), from connecting to its last byte.
+            overall: Some(timeout),
+        };
+        let downloader = Downloader::from_builder(builder, timeouts).map_err(FetchError::Client)?;
         Ok(FetchService {
             config,
             rules,
             cache_dir,
-            client,
+            downloader,
             inflight: Mutex::new(HashMap::new()),
         })
     }
@@ -333,36 +339,42 @@ impl FetchService {
         }
     }
 
+    /// Up to `fetch.attempts` tries, 250 ms apart and then doubling; only network errors
+    /// (a broken connection, a timeout, a 5xx) are tried again.
     async fn download_with_retries(&self, target: &Target<'_>) -> Result<Downloaded, FetchError> {
         let attempts = self.config.attempts.max(1);
         let limits = Limits {
             max_bytes: self.config.max_download_mb << 20,
             limit_mb: self.config.max_download_mb,
-            timeout: Duration::from_secs(self.config.timeout_secs.max(1)),
         };
-        let mut delay = Duration::from_millis(250);
-        let mut attempt = 1;
-        loop {
-            let partial = tempfile::NamedTempFile::new_in(self.cache_dir.join("partial"))?;
-            let outcome = if target.url_used.scheme() == "file" {
-                transfer::download_file(target, limits, partial).await
-            } else {
-                transfer::download_http(&self.client, target, limits, partial).await
-            };
-            match outcome {
-                Err(error @ FetchError::Network { .. }) if attempt < attempts => {
-                    // Plain text, no structured fields: the line reads the same in a terminal,
-                    // a journal or a log file, and the cause (already escaped) is in it.
-                    tracing::warn!(
-                        "download attempt {attempt} of {attempts} failed, retrying in {delay:?}: \
-                         {error}"
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                other => return other,
-            }
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_factor(2.0)
+            .without_max_delay()
+            .with_max_times(usize::try_from(attempts - 1).unwrap_or(usize::MAX));
+        let mut attempt = 0;
+        (|| self.attempt(target, limits))
+            .retry(backoff)
+            .when(|error| matches!(error, FetchError::Network { .. }))
+            .notify(|error, delay| {
+                attempt += 1;
+                // Plain text, no structured fields: the line reads the same in a terminal, a
+                // journal or a log file, and the cause (already escaped) is in it.
+                tracing::warn!(
+                    "download attempt {attempt} of {attempts} failed, retrying in {delay:?}: \
+                     {error}"
+                );
+            })
+            .await
+    }
+
+    /// One try, into a fresh partial file (dropped, and so deleted, if the try fails).
+    async fn attempt(&self, target: &Target<'_>, limits: Limits) -> Result<Downloaded, FetchError> {
+        let partial = tempfile::NamedTempFile::new_in(self.cache_dir.join("partial"))?;
+        if target.url_used.scheme() == "file" {
+            transfer::download_file(target, limits, partial).await
+        } else {
+            transfer::download_http(&self.downloader, target, limits, partial).await
         }
     }
 }
@@ -507,6 +519,48 @@ mod tests {
         assert!(!oldest.exists(), "the least recently used goes first");
         assert!(!old.exists(), "then the next, until under the size");
         assert!(kept.exists() && hot.exists());
+    }
+
+    #[tokio::test]
+    async fn network_errors_are_retried_with_back_off_and_refusals_are_not() {
+        use crate::download::test_server::{ok, serve, status};
+        let server = serve(|path, n| match (path, n) {
+            ("/flaky.tgz", 0 | 1) => status("503 Service Unavailable", ""),
+            ("/flaky.tgz", _) => ok(b"content"),
+            _ => status("404 Not Found", ""),
+        })
+        .await;
+        let base = server.url("/");
+        let config = FetchConfig {
+            attempts: 3,
+            ..test_config(&[], &[&base])
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let service = FetchService::new(config, dir.path().to_path_buf()).expect("service");
+        let grant = FetchGrant {
+            any_request: true,
+            ..FetchGrant::default()
+        };
+        let started = std::time::Instant::now();
+        let fetched = service
+            .fetch(&server.url("/flaky.tgz"), None, &grant)
+            .await
+            .expect("the third attempt succeeds");
+        assert_eq!(server.hits(), 3);
+        // 250 ms, then 500 ms.
+        assert!(started.elapsed() >= Duration::from_millis(750));
+        assert_eq!(fetched.size, 7);
+        assert_eq!(fetched.sha256, hex::encode(Sha256::digest(b"content")));
+
+        let error = service
+            .fetch(&server.url("/missing.tgz"), None, &grant)
+            .await
+            .expect_err("404");
+        assert!(
+            matches!(error, FetchError::Status { status: 404, .. }),
+            "{error:?}"
+        );
+        assert_eq!(server.hits(), 4, "a 404 is not asked again");
     }
 
     #[test]

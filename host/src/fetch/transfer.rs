@@ -1,17 +1,17 @@
-//! Moving the bytes: HTTP with redirects followed by hand (each hop checked against the
-//! policy), operator `file:` mirrors read beneath their directory, and a DNS resolver that
-//! keeps buildpack-chosen names off loopback and link-local addresses.
+//! Moving the bytes: HTTP through the shared [`crate::download`] helper with redirects
+//! followed by hand (each hop checked against the policy), operator `file:` mirrors read
+//! beneath their directory, and a DNS resolver that keeps buildpack-chosen names off loopback
+//! and link-local addresses.
 
 use super::policy::Rules;
 use super::url_rules::{self, Prefix};
 use super::{FetchError, FetchGrant};
-use futures_util::StreamExt;
+use crate::download::{Accept, Digests, DownloadError, Downloader, Options, Step};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Component, Path};
-use std::time::Duration;
 use tempfile::NamedTempFile;
 use url::Url;
 
@@ -29,12 +29,11 @@ pub(crate) struct Target<'a> {
     pub rules: &'a Rules,
 }
 
-/// Size and time limits for one attempt.
+/// The size limit for one attempt (its time limits are the downloader's).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub max_bytes: u64,
     pub limit_mb: u64,
-    pub timeout: Duration,
 }
 
 /// What a finished attempt left: the content (not yet in the cache), its digest and size.
@@ -67,30 +66,28 @@ impl Target<'_> {
 /// Downloads `target.url_used` over HTTP(S) into `partial`, following at most
 /// [`MAX_REDIRECTS`] redirects, each of them resolved, normalised and checked first.
 pub(crate) async fn download_http(
-    client: &reqwest::Client,
+    downloader: &Downloader,
     target: &Target<'_>,
     limits: Limits,
-    mut partial: NamedTempFile,
+    partial: NamedTempFile,
 ) -> Result<Downloaded, FetchError> {
+    let options = Options {
+        max_bytes: limits.max_bytes,
+        digests: Digests::SHA256,
+        accept: Accept::Success,
+    };
+    let mut out = tokio::fs::File::from_std(partial.as_file().try_clone()?);
     let mut current = target.url_used.clone();
     let mut hops = 0;
-    let response = loop {
-        let response = client
-            .get(current.clone())
-            .timeout(limits.timeout)
-            .send()
+    let done = loop {
+        let step = downloader
+            .download_or_redirect(&current, &options, &mut out)
             .await
-            .map_err(|e| target.network(describe_error(&e)))?;
-        let status = response.status().as_u16();
-        if !matches!(status, 301 | 302 | 303 | 307 | 308) {
-            break response;
-        }
-        let location = response
-            .headers()
-            .get(reqwest::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        drop(response);
+            .map_err(|e| fetch_error(target, &current, limits, e))?;
+        let (status, location) = match step {
+            Step::Done(done) => break done,
+            Step::Redirect { status, location } => (status, location),
+        };
         let Some(location) = location else {
             return Err(FetchError::Status {
                 url_used: current.to_string(),
@@ -118,36 +115,35 @@ pub(crate) async fn download_http(
         }
         current = next;
     };
-    let status = response.status();
-    if !status.is_success() {
-        return Err(if status.is_server_error() {
+    // Only SHA-256 was asked for; without it there is nothing to verify or store under.
+    let sha256 = done
+        .sha256
+        .ok_or_else(|| std::io::Error::other("the download computed no SHA-256"))?;
+    Ok((partial, sha256, done.size))
+}
+
+/// The fetch service's error for a failed hop to `current`: a server error or a broken
+/// connection is a network error (tried again), any other refusal is final.
+fn fetch_error(
+    target: &Target<'_>,
+    current: &Url,
+    limits: Limits,
+    error: DownloadError,
+) -> FetchError {
+    match error {
+        DownloadError::Status { status, .. } if status.is_server_error() => {
             target.network(format!("{current} answered HTTP {status}"))
-        } else {
-            FetchError::Status {
-                url_used: current.to_string(),
-                status: status.as_u16(),
-            }
-        });
-    }
-    if response
-        .content_length()
-        .is_some_and(|len| len > limits.max_bytes)
-    {
-        return Err(target.too_large(limits));
-    }
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut body = response.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| target.network(describe_error(&e)))?;
-        size += chunk.len() as u64;
-        if size > limits.max_bytes {
-            return Err(target.too_large(limits));
         }
-        hasher.update(&chunk);
-        partial.write_all(&chunk)?;
+        DownloadError::Status { status, .. } => FetchError::Status {
+            url_used: current.to_string(),
+            status: status.as_u16(),
+        },
+        DownloadError::TooLarge { .. } => target.too_large(limits),
+        DownloadError::Request { source, .. } | DownloadError::Client { source } => {
+            target.network(describe_error(&source))
+        }
+        DownloadError::Write { source, .. } => FetchError::Cache(source),
     }
-    Ok((partial, hex::encode(hasher.finalize()), size))
 }
 
 /// Why a file beneath a mirror directory could not be read.

@@ -154,47 +154,37 @@ enum Range {
 /// The one range a `Range: bytes=…` header asks for. Other units and several ranges are
 /// answered with the whole file, which HTTP allows (Go would send multipart/byteranges; no DEA
 /// client asks for several). A malformed or unsatisfiable `bytes` range is a 416, as in Go.
+///
+/// The range itself is parsed and clamped to the file by `http-range-header` (RFC 9110
+/// §14.1.2: a suffix or last position past the end selects up to the last byte). It is
+/// stricter than Go where RFC 9110 is (whitespace inside a range, `bytes=0 - 9`, is malformed
+/// here) and more lenient where it is (a position beyond u64, only digits, is past the end).
 fn requested_range(request: &HeaderMap, size: u64) -> Range {
-    let Some(spec) = request
+    let Some(value) = request
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("bytes="))
+        .map(str::trim)
     else {
+        return Range::Full;
+    };
+    // The crate takes the unit in any case; Go and this server answer only `bytes=`, and
+    // anything else with the whole file.
+    let Some(spec) = value.strip_prefix("bytes=") else {
         return Range::Full;
     };
     if spec.contains(',') {
         return Range::Full;
     }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return Range::Unsatisfiable;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    let number = |text: &str| {
-        // `u64::from_str` would also take a leading `+`.
-        if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
-            text.parse::<u64>().ok()
-        } else {
-            None
-        }
-    };
+    // An empty file has no byte to point at; the crate would answer a suffix range there
+    // with no range at all.
     if size == 0 {
         return Range::Unsatisfiable;
     }
-    match (first.is_empty(), number(first), number(last)) {
-        // `bytes=-n`: the last n bytes.
-        (true, _, Some(suffix)) if suffix > 0 => Range::Partial {
-            start: size.saturating_sub(suffix),
-            end: size - 1,
-        },
-        // `bytes=a-`
-        (false, Some(start), None) if last.is_empty() && start < size => Range::Partial {
-            start,
-            end: size - 1,
-        },
-        // `bytes=a-b`
-        (false, Some(start), Some(end)) if start <= end && start < size => Range::Partial {
-            start,
-            end: end.min(size - 1),
+    let ranges = http_range_header::parse_range_header(value).and_then(|r| r.validate(size));
+    match ranges.as_deref() {
+        Ok([range]) => Range::Partial {
+            start: *range.start(),
+            end: *range.end(),
         },
         _ => Range::Unsatisfiable,
     }
@@ -265,6 +255,22 @@ mod tests {
         assert_eq!(range("bytes=x-1", 100), Range::Unsatisfiable);
         assert_eq!(range("bytes=+1-2", 100), Range::Unsatisfiable);
         assert_eq!(range("bytes=0-0", 0), Range::Unsatisfiable);
+        assert_eq!(range("bytes=-1", 0), Range::Unsatisfiable);
+        assert_eq!(range("bytes=", 100), Range::Unsatisfiable);
+        assert_eq!(range("bytes=5", 100), Range::Unsatisfiable);
+        assert_eq!(range("bytes=1-2-3", 100), Range::Unsatisfiable);
+        assert_eq!(range("bytes=0 - 9", 100), Range::Unsatisfiable);
+        assert_eq!(
+            range("bytes= 0-9", 100),
+            Range::Partial { start: 0, end: 9 }
+        );
+        assert_eq!(range("bytes=007-", 10), Range::Partial { start: 7, end: 9 });
+        assert_eq!(range("Bytes=0-1", 100), Range::Full);
+        // A last position too big for u64 is still past the end (Go's parser refuses it).
+        assert_eq!(
+            range("bytes=0-99999999999999999999", 100),
+            Range::Partial { start: 0, end: 99 }
+        );
         assert_eq!(range("bytes=0-1,5-6", 100), Range::Full);
         assert_eq!(range("items=0-1", 100), Range::Full);
         assert_eq!(requested_range(&HeaderMap::new(), 100), Range::Full);

@@ -3,6 +3,7 @@
 //! for directories and `NB`, `N.NK`, `N.NM`, `N.NG` or `N.NT` (1024 base) otherwise, sorted by
 //! name as Go's `ioutil.ReadDir` sorts.
 
+use crate::units::human_size;
 use rustix::fs::{AtFlags, Dir, FileType};
 use std::os::fd::AsFd;
 
@@ -42,32 +43,9 @@ pub(crate) fn line(name: &str, is_dir: bool, size: u64) -> String {
     }
 }
 
-/// Go's `fileSizeFormat`: bytes below 1 KiB, else one decimal in the largest unit reached.
-pub(crate) fn human_size(size: u64) -> String {
-    const UNITS: [(u32, char); 4] = [(40, 'T'), (30, 'G'), (20, 'M'), (10, 'K')];
-    for (shift, unit) in UNITS {
-        if size >= 1 << shift {
-            return format!("{:.1}{unit}", size as f64 / (1u64 << shift) as f64);
-        }
-    }
-    format!("{size}B")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_follow_go() {
-        assert_eq!(human_size(0), "0B");
-        assert_eq!(human_size(1023), "1023B");
-        assert_eq!(human_size(1024), "1.0K");
-        assert_eq!(human_size(1536), "1.5K");
-        assert_eq!(human_size(1024 * 1024 - 1), "1024.0K");
-        assert_eq!(human_size(3 << 20), "3.0M");
-        assert_eq!(human_size(5 << 30), "5.0G");
-        assert_eq!(human_size((1 << 40) + (1 << 39)), "1.5T");
-    }
 
     #[test]
     fn lines_are_padded_like_go() {

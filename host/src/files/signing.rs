@@ -98,8 +98,10 @@ impl UrlSigner {
     ) -> bool {
         // The DEA compared lowercase hex strings, so anything that is not 128 lowercase hex
         // digits is a mismatch; the shape of the input says nothing about the key.
+        // (`hex` alone would also take uppercase digits.)
         let mut given = [0u8; 64];
-        if hmac.len() != 128 || !decode_lowercase_hex(hmac, &mut given) {
+        let lowercase_hex = hmac.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !lowercase_hex || hex::decode_to_slice(hmac, &mut given).is_err() {
             return false;
         }
         // `verify_slice` compares in constant time.
@@ -122,25 +124,6 @@ impl UrlSigner {
         form_encode_with(timestamp, |piece| mac.update(piece));
         mac
     }
-}
-
-/// Decodes exactly `out.len() * 2` lowercase hex digits; false on any other character.
-fn decode_lowercase_hex(hex: &[u8], out: &mut [u8]) -> bool {
-    if hex.len() != out.len() * 2 {
-        return false;
-    }
-    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
-        let digit = |d: u8| match d {
-            b'0'..=b'9' => Some(d - b'0'),
-            b'a'..=b'f' => Some(d - b'a' + 10),
-            _ => None,
-        };
-        match (digit(pair[0]), digit(pair[1])) {
-            (Some(high), Some(low)) => *byte = high << 4 | low,
-            _ => return false,
-        }
-    }
-    true
 }
 
 fn keyed_hmac(key: &[u8]) -> HmacSha512 {
@@ -172,74 +155,29 @@ pub(crate) fn staging_url_path(task_id: &str) -> String {
 }
 
 /// Ruby's `URI.encode_www_form_component`: `*-._0-9A-Za-z` kept, space → `+`, every other
-/// byte `%XX` with uppercase hex.
+/// byte `%XX` with uppercase hex. `form_urlencoded::byte_serialize` is exactly that (the
+/// WHATWG `application/x-www-form-urlencoded` serializer keeps the same set);
+/// `every_byte_encodes_as_ruby_does` pins it byte by byte.
 pub fn form_encode(bytes: &[u8]) -> String {
-    let mut out = Vec::with_capacity(bytes.len() * 3);
-    form_encode_with(bytes, |piece| out.extend_from_slice(piece));
-    // Only ASCII was written.
-    String::from_utf8(out).unwrap_or_default()
+    form_urlencoded::byte_serialize(bytes).collect()
 }
 
-/// [`form_encode`] as a series of pieces handed to `sink`: runs of kept bytes as they are,
-/// each other byte as its escape.
+/// [`form_encode`] as a series of pieces handed to `sink`, so the MAC is fed without building
+/// the string.
 fn form_encode_with(bytes: &[u8], mut sink: impl FnMut(&[u8])) {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let kept = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'*' | b'-' | b'.' | b'_');
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let run = rest.iter().position(|&b| !kept(b)).unwrap_or(rest.len());
-        if run > 0 {
-            sink(&rest[..run]);
-        }
-        let Some(&byte) = rest.get(run) else {
-            break;
-        };
-        if byte == b' ' {
-            sink(b"+");
-        } else {
-            sink(&[
-                b'%',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 0x0f)],
-            ]);
-        }
-        rest = &rest[run + 1..];
+    for piece in form_urlencoded::byte_serialize(bytes) {
+        sink(piece.as_bytes());
     }
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component to bytes: `+` is a space, `%XX`
 /// a byte. A `%` not followed by two hex digits is kept as it is.
+///
+/// This is `form_urlencoded::parse`'s own decoding (`+` first, then percent-decoding), which
+/// that crate keeps private and only offers as lossy UTF-8: a Linux path is bytes, and a byte
+/// lost to U+FFFD would make the signed path differ from the one opened.
 pub fn form_decode(text: &str) -> Vec<u8> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let high = bytes.get(i + 1).copied().and_then(hex_value);
-                let low = bytes.get(i + 2).copied().and_then(hex_value);
-                if let (Some(high), Some(low)) = (high, low) {
-                    out.push(high << 4 | low);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    out
-}
-
-fn hex_value(digit: u8) -> Option<u8> {
-    match digit {
-        b'0'..=b'9' => Some(digit - b'0'),
-        b'a'..=b'f' => Some(digit - b'a' + 10),
-        b'A'..=b'F' => Some(digit - b'A' + 10),
-        _ => None,
-    }
+    percent_encoding::percent_decode(text.replace('+', " ").as_bytes()).collect()
 }
 
 /// Seconds since the Unix epoch.
@@ -320,6 +258,62 @@ mod tests {
         assert_eq!(form_encode(b"*-._09AZaz"), "*-._09AZaz");
         assert_eq!(form_encode("é?&=+%".as_bytes()), "%C3%A9%3F%26%3D%2B%25");
         assert_eq!(form_encode(&[0xff, 0x00]), "%FF%00");
+    }
+
+    /// Ruby's `URI.encode_www_form_component`, spelled out from its table: the oracle the
+    /// crate's encoder is checked against for every byte.
+    fn ruby_encode_byte(byte: u8) -> String {
+        match byte {
+            b'*' | b'-' | b'.' | b'_' | b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' => {
+                char::from(byte).to_string()
+            }
+            b' ' => "+".to_string(),
+            other => format!("%{other:02X}"),
+        }
+    }
+
+    #[test]
+    fn every_byte_encodes_as_ruby_does() {
+        let mut all = Vec::new();
+        let mut expected = String::new();
+        let mut lowercase_escapes = String::new();
+        for byte in 0..=u8::MAX {
+            assert_eq!(
+                form_encode(&[byte]),
+                ruby_encode_byte(byte),
+                "byte {byte:#04x}"
+            );
+            all.push(byte);
+            expected.push_str(&ruby_encode_byte(byte));
+            lowercase_escapes.push_str(&match ruby_encode_byte(byte) {
+                escape if escape.starts_with('%') => escape.to_lowercase(),
+                kept => kept,
+            });
+        }
+        // Runs of kept bytes and escapes together, and the piecewise form the MAC is fed.
+        assert_eq!(form_encode(&all), expected);
+        let mut pieces = Vec::new();
+        form_encode_with(&all, |piece| pieces.extend_from_slice(piece));
+        assert_eq!(pieces, expected.as_bytes());
+        // Decoding gives every byte back, whatever the case of the hex digits.
+        assert_eq!(form_decode(&expected), all);
+        assert_eq!(form_decode(&lowercase_escapes), all);
+    }
+
+    #[test]
+    fn hmacs_are_lowercase_hex_of_the_right_length_only() {
+        let signer = UrlSigner::new("key");
+        let good = signer.sign("/p", "x", 1);
+        assert!(signer.verify("/p", "x", "1", &good));
+        for bad in [
+            good.to_uppercase(),
+            good.replacen(|c: char| c.is_ascii_hexdigit(), "g", 1),
+            format!(" {}", &good[1..]),
+            String::new(),
+            "0".repeat(128),
+        ] {
+            assert!(!signer.verify("/p", "x", "1", &bad), "{bad}");
+        }
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Droplets on this host: one copy per SHA-1 under `<base_dir>/droplets/<sha1>/droplet.tgz`,
-//! fetched from a local path or over HTTP, verified, and shared by concurrent starts.
+//! fetched from a local path or over HTTP (by [`crate::download`]), verified, and shared by
+//! concurrent starts.
 
+use crate::download::{Accept, DownloadError, Downloader, Options, Timeouts};
 use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::Write;
@@ -12,8 +14,11 @@ use std::sync::{Arc, Mutex, Weak};
 pub enum DropletError {
     #[error("droplet {0} does not exist")]
     Missing(String),
-    #[error("downloading droplet {uri}: {message}")]
-    Download { uri: String, message: String },
+    #[error("droplet URI {0} is not a valid URL")]
+    BadUri(String),
+    /// The HTTP download failed; the error names the URL and keeps its cause.
+    #[error("downloading droplet: {0}")]
+    Download(#[source] DownloadError),
     #[error("SHA1 mismatch for droplet {uri}: expected {expected}, got {actual}")]
     Sha1Mismatch {
         uri: String,
@@ -31,7 +36,7 @@ pub struct DropletStore {
     /// One gate per droplet being fetched; entries go when nobody holds them, so a stream of
     /// distinct URIs cannot grow the map.
     gates: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-    client: reqwest::Client,
+    downloader: Downloader,
     /// Largest droplet fetched, in bytes.
     max_bytes: u64,
 }
@@ -47,11 +52,12 @@ impl DropletStore {
             dir,
             gates: Mutex::new(HashMap::new()),
             // A stalled transfer fails (the DEA's inactivity timeout); a slow one goes on.
-            client: reqwest::Client::builder()
-                .connect_timeout(std::time::Duration::from_secs(30))
-                .read_timeout(std::time::Duration::from_secs(30))
-                .build()
-                .unwrap_or_default(),
+            downloader: Downloader::new(Timeouts::DEA).unwrap_or_else(|error| {
+                // Building fails only when the TLS backend cannot start; reqwest's default
+                // client is what this always fell back to.
+                tracing::error!("{error}; using reqwest's default client");
+                Downloader::with_client(reqwest::Client::default(), None)
+            }),
             max_bytes,
         }
     }
@@ -99,39 +105,25 @@ impl DropletStore {
         }
         std::fs::create_dir_all(&self.dir)?;
         let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        let mut hasher = Sha1::new();
-        let mut total = 0u64;
-        let too_large = || DropletError::TooLarge {
-            uri: source.to_string(),
-            limit_mb: self.max_bytes >> 20,
-        };
-        if source.starts_with("http://") || source.starts_with("https://") {
-            let download = |message: String| DropletError::Download {
-                uri: source.to_string(),
-                message,
+        let actual = if source.starts_with("http://") || source.starts_with("https://") {
+            let url = url::Url::parse(source).map_err(|_| DropletError::BadUri(source.into()))?;
+            let options = Options {
+                max_bytes: self.max_bytes,
+                digests: crate::download::Digests::SHA1,
+                accept: Accept::Ok,
             };
-            let mut response = self
-                .client
-                .get(source)
-                .send()
+            let mut out = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+            let done = self
+                .downloader
+                .download(&url, &options, &mut out)
                 .await
-                .map_err(|e| download(e.to_string()))?;
-            if response.status() != reqwest::StatusCode::OK {
-                return Err(download(format!("HTTP {}", response.status())));
-            }
-            while let Some(chunk) = response
-                .chunk()
-                .await
-                .map_err(|e| download(e.to_string()))?
-            {
-                total += chunk.len() as u64;
-                if total > self.max_bytes {
-                    return Err(too_large());
-                }
-                hasher.update(&chunk);
-                temp.write_all(&chunk)?;
-            }
+                .map_err(DropletError::Download)?;
+            // Asked for above; a missing one would be a bug in the helper, not a droplet.
+            done.sha1
+                .ok_or_else(|| std::io::Error::other("the download computed no SHA-1"))?
         } else {
+            let mut hasher = Sha1::new();
+            let mut total = 0u64;
             let path = Path::new(source);
             let mut file =
                 std::fs::File::open(path).map_err(|_| DropletError::Missing(source.into()))?;
@@ -143,13 +135,16 @@ impl DropletStore {
                 }
                 total += n as u64;
                 if total > self.max_bytes {
-                    return Err(too_large());
+                    return Err(DropletError::TooLarge {
+                        uri: source.to_string(),
+                        limit_mb: self.max_bytes >> 20,
+                    });
                 }
                 hasher.update(&buf[..n]);
                 temp.write_all(&buf[..n])?;
             }
-        }
-        let actual = hex::encode(hasher.finalize());
+            hex::encode(hasher.finalize())
+        };
         if let Some(expected) = expected_sha1
             && expected != actual
         {
@@ -163,5 +158,110 @@ impl DropletStore {
         std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
         temp.persist(&path).map_err(|e| e.error)?;
         Ok((path, actual))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::download::test_server::{chunked, ok, serve, status};
+
+    const DROPLET: &[u8] = b"not really a tgz";
+    /// Well formed, and not the droplet's.
+    const WRONG_SHA1: &str = "1a2c5bb7c6d6e0a2a49a2f7bd4c6e27ba1e0b8e5";
+
+    fn sha1_of(bytes: &[u8]) -> String {
+        hex::encode(Sha1::digest(bytes))
+    }
+
+    #[tokio::test]
+    async fn http_droplets_are_stored_by_sha1_and_verified() {
+        let server = serve(|path, _| match path {
+            "/droplet" => ok(DROPLET),
+            _ => status("404 Not Found", ""),
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DropletStore::new(dir.path().join("droplets"));
+        let sha1 = sha1_of(DROPLET);
+        let (path, got) = store
+            .get(&server.url("/droplet"), Some(&sha1))
+            .await
+            .expect("stored");
+        assert_eq!(got, sha1);
+        assert_eq!(path, store.path_for(&sha1));
+        assert_eq!(std::fs::read(&path).expect("read"), DROPLET);
+        // Stored: asked again, the server is not.
+        store
+            .get(&server.url("/droplet"), Some(&sha1))
+            .await
+            .expect("from the store");
+        assert_eq!(server.hits(), 1);
+
+        let error = store
+            .get(&server.url("/droplet"), Some(WRONG_SHA1))
+            .await
+            .expect_err("wrong digest");
+        assert!(
+            matches!(error, DropletError::Sha1Mismatch { .. }),
+            "{error}"
+        );
+        assert!(!store.path_for(WRONG_SHA1).exists());
+
+        let error = store
+            .get(&server.url("/missing"), None)
+            .await
+            .expect_err("404");
+        let text = error.to_string();
+        assert!(
+            text.contains(&server.url("/missing")) && text.contains("HTTP 404"),
+            "{text}"
+        );
+        // Nothing but the one stored droplet is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("droplets"))
+            .expect("dir")
+            .filter_map(Result::ok)
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from(&sha1)]);
+    }
+
+    #[tokio::test]
+    async fn droplets_over_the_limit_are_refused() {
+        let server = serve(|path, _| match path {
+            "/announced" => ok(&[0u8; 2048]),
+            _ => chunked(&[0u8; 2048]),
+        })
+        .await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = DropletStore::with_limit(dir.path().to_path_buf(), 1024);
+        for path in ["/announced", "/chunked"] {
+            let error = store
+                .get(&server.url(path), None)
+                .await
+                .expect_err("too large");
+            assert!(
+                matches!(
+                    error,
+                    DropletError::Download(DownloadError::TooLarge {
+                        max_bytes: 1024,
+                        ..
+                    })
+                ),
+                "{error:?}"
+            );
+        }
+        let local = dir.path().join("local.tgz");
+        std::fs::write(&local, [0u8; 2048]).expect("write");
+        let error = store
+            .get(&local.display().to_string(), None)
+            .await
+            .expect_err("too large");
+        assert!(matches!(error, DropletError::TooLarge { .. }), "{error:?}");
+        let error = store
+            .get("http://[not a host/x", None)
+            .await
+            .expect_err("bad URL");
+        assert!(matches!(error, DropletError::BadUri(_)), "{error:?}");
     }
 }

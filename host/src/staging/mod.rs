@@ -24,6 +24,7 @@ use crate::phase::{
     Detection, Phase, PhaseError, PhaseOutput, PhaseRunner, Position, ReleaseInfo, StagingContext,
 };
 use crate::tenant_fs::{self, Links, TenantDir, WalkLimits};
+use crate::units::human_size;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -597,20 +598,4 @@ fn staging_info(
         effective_procfile: processes,
         config_vars: release.config_vars.iter().cloned().collect(),
     })
-}
-
-/// `1.2M`-style sizes, as `du -h` prints them in Cloud Foundry's log lines.
-pub fn human_size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes}B")
-    } else {
-        format!("{value:.1}{}", UNITS[unit])
-    }
 }

@@ -4,12 +4,13 @@
 //! the cache uploaded back. What the NATS layer does around it — admission, the two replies,
 //! keeping the droplet for a start — is protocol; this is staging.
 
-use super::{LogWatcher, Stager, StagingError, StagingLog, StagingRequest, human_size};
+use super::{LogWatcher, Stager, StagingError, StagingLog, StagingRequest};
 use crate::buildpack::Buildpack;
 use crate::config::Config;
 use crate::droplet::{PackLimits, UnpackLimits, pack_tree_limited, unpack_source};
 use crate::tenant_fs::WalkLimits;
 use crate::transfer::Transfers;
+use crate::units::human_size;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,22 +250,12 @@ impl RemoteStager {
             let archive = root.join(format!("{}.zip", admin.key));
             if !archive.is_file() {
                 let partial = root.join(format!(".{}.zip.part", admin.key));
-                let mut last_error = None;
-                // Three attempts, as the DEA.
-                for _ in 0..3 {
-                    match self
-                        .transfers
-                        .download(&admin.url, &partial, self.max_download)
-                        .await
-                    {
-                        Ok(_) => {
-                            last_error = None;
-                            break;
-                        }
-                        Err(e) => last_error = Some(e),
-                    }
-                }
-                if let Some(e) = last_error {
+                // Three attempts, as the DEA (with back-off between them).
+                if let Err(e) = self
+                    .transfers
+                    .download_with_retries(&admin.url, &partial, self.max_download, 3)
+                    .await
+                {
                     return Err(RemoteFailure::agent(format!(
                         "Error staging: downloading admin buildpack {}: {e}",
                         admin.key
