@@ -3,9 +3,9 @@
 use dea::staging::StagingError;
 use dea_tests::*;
 
-fn info(droplet: &std::path::Path) -> serde_yaml::Value {
+fn info(droplet: &std::path::Path) -> serde_yaml_ng::Value {
     let text = droplet_file(droplet, "./staging_info.yml").expect("staging_info.yml in droplet");
-    serde_yaml::from_str(&text).expect("staging_info.yml is YAML")
+    serde_yaml_ng::from_str(&text).expect("staging_info.yml is YAML")
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ pub enum ConfigError {
     #[error("invalid config {path}: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: serde_yaml_ng::Error,
     },
 }
 
@@ -451,11 +451,11 @@ impl Config {
     }
 
     /// Parses YAML text; an empty document gives the defaults.
-    pub fn from_yaml(text: &str) -> Result<Config, serde_yaml::Error> {
+    pub fn from_yaml(text: &str) -> Result<Config, serde_yaml_ng::Error> {
         if text.trim().is_empty() {
             return Ok(Config::default());
         }
-        serde_yaml::from_str(text)
+        serde_yaml_ng::from_str(text)
     }
 
     /// The configured stacks, resolved to their root filesystems.

@@ -50,7 +50,7 @@ impl PreparedHome {
                 Links::Beneath,
                 MAX_STAGING_INFO,
             )?
-            .and_then(|text| serde_yaml::from_str::<serde_yaml::Value>(&text).ok())
+            .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
             .and_then(|v| v["start_command"].as_str().map(str::to_string));
         dir.remove_file("exit_status")?;
         let logs = dir.open_dir(Path::new("logs"), Links::Refuse)?;

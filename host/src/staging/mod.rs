@@ -351,7 +351,7 @@ impl Stager {
             &release,
             request.start_command.as_deref(),
         )?;
-        let yaml = serde_yaml::to_string(&info).map_err(std::io::Error::other)?;
+        let yaml = serde_yaml_ng::to_string(&info).map_err(std::io::Error::other)?;
         std::fs::write(staged.join("staging_info.yml"), yaml)?;
         match &info.start_command {
             Some(command) => log.step(&format!("Start command: {command}")),

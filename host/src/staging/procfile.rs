@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 
 /// Process types in `text`.
 pub fn parse(text: &str) -> BTreeMap<String, String> {
-    if let Ok(map) = serde_yaml::from_str::<BTreeMap<String, serde_yaml::Value>>(text) {
+    if let Ok(map) = serde_yaml_ng::from_str::<BTreeMap<String, serde_yaml_ng::Value>>(text) {
         let as_strings: Option<BTreeMap<String, String>> = map
             .into_iter()
             .map(|(k, v)| match v {
-                serde_yaml::Value::String(s) => Some((k, s)),
-                serde_yaml::Value::Number(n) => Some((k, n.to_string())),
+                serde_yaml_ng::Value::String(s) => Some((k, s)),
+                serde_yaml_ng::Value::Number(n) => Some((k, n.to_string())),
                 _ => None,
             })
             .collect();

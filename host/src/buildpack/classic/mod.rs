@@ -137,9 +137,9 @@ struct ReleaseYaml {
     #[serde(default)]
     default_process_types: Option<BTreeMap<String, String>>,
     #[serde(default)]
-    config_vars: Option<BTreeMap<String, serde_yaml::Value>>,
+    config_vars: Option<BTreeMap<String, serde_yaml_ng::Value>>,
     #[serde(default)]
-    addons: Option<Vec<serde_yaml::Value>>,
+    addons: Option<Vec<serde_yaml_ng::Value>>,
 }
 
 impl ScriptRun<'_> {
@@ -435,16 +435,16 @@ fn parse_release(stdout: &[u8]) -> Result<ReleaseInfo, PhaseError> {
     let release: ReleaseYaml = if text.trim().is_empty() {
         ReleaseYaml::default()
     } else {
-        serde_yaml::from_str::<Option<ReleaseYaml>>(&text)
+        serde_yaml_ng::from_str::<Option<ReleaseYaml>>(&text)
             .map_err(|e| PhaseError::Trap {
                 phase: "release",
                 message: format!("bin/release printed invalid YAML: {e}"),
             })?
             .unwrap_or_default()
     };
-    let scalar = |v: serde_yaml::Value| match v {
-        serde_yaml::Value::String(s) => s,
-        other => serde_yaml::to_string(&other)
+    let scalar = |v: serde_yaml_ng::Value| match v {
+        serde_yaml_ng::Value::String(s) => s,
+        other => serde_yaml_ng::to_string(&other)
             .unwrap_or_default()
             .trim()
             .to_string(),
