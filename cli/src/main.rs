@@ -281,47 +281,22 @@ fn load_config(cli: &Cli) -> Result<Config> {
 }
 
 fn build_stager(config: Config, buildpacks: BuildpackSet) -> Result<Stager> {
-    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
-    let fetch = Arc::new(FetchService::new(
-        config.fetch.clone(),
-        config.fetch_cache_dir(),
-    )?);
-    Ok(Stager::new(config, buildpacks, wasm, fetch))
-}
-
-/// The runc settings for app instances.
-fn instance_runc(config: &Config) -> dea::container::Runc {
-    dea::container::Runc {
-        binary: config.classic.runc.clone(),
-        state_dir: config.base_dir.join("runc"),
-        bundles_dir: config.base_dir.join("bundles"),
-        rootfs: config.classic.rootfs.clone(),
-    }
+    Ok(Stager::from_config(config, buildpacks)?)
 }
 
 /// `dea serve`: re-attach to the instances a previous run left, start the NATS agent, and
 /// follow the DEA's signals: TERM/INT/QUIT shut down, USR1 says goodbye, USR2 evacuates.
 async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let instances = dea::instance::InstanceManager::recover(
-        dea::instance::InstanceSettings::from_config(&config),
-        instance_runc(&config),
-    )
-    .await
-    .context("instance manager")?;
-    let stager = Arc::new(build_stager(config.clone(), buildpacks)?);
-    let (directory, links) = if config.directory_server.enabled {
-        let (server, links) = dea::nats::start_directory_server(&config, instances.clone()).await?;
+    let node = dea::node::Node::start(config, buildpacks).await?;
+    if let Some((server, links)) = &node.directory {
         println!(
             "Directory server on {} ({})",
             server.local_addr,
             links.base()
         );
-        (Some(server), Some(links as Arc<dyn dea::nats::FileLinks>))
-    } else {
-        (None, None)
-    };
-    let agent = dea::nats::Agent::start(config, instances, stager, links).await?;
+    }
+    let agent = node.agent.clone();
     println!("DEA {} serving", agent.id());
     // Subscribed: systemd (`Type=notify`) may start what is ordered after the agent.
     cli::notify::tell(&format!("READY=1\nSTATUS=DEA {} serving", agent.id()));
@@ -346,16 +321,13 @@ async fn serve(config: Config, buildpacks: BuildpackSet) -> Result<()> {
     cli::notify::tell("STOPPING=1\nSTATUS=shutting down");
     // Every step of the shutdown is bounded; a second signal ends it at once all the same
     // (the operator's call: instances still running are left, and recovered on restart).
-    let shutdown = agent.shutdown();
+    let shutdown = node.shutdown();
     tokio::pin!(shutdown);
     tokio::select! {
         _ = &mut shutdown => {}
         _ = term.recv() => bail!("second signal during shutdown: exiting now"),
         _ = int.recv() => bail!("second signal during shutdown: exiting now"),
         _ = quit.recv() => bail!("second signal during shutdown: exiting now"),
-    }
-    if let Some(directory) = directory {
-        directory.shutdown(std::time::Duration::from_secs(2)).await;
     }
     Ok(())
 }
@@ -647,7 +619,7 @@ async fn main() -> Result<()> {
             }
             let manager = dea::instance::InstanceManager::new(
                 dea::instance::InstanceSettings::from_config(&config),
-                instance_runc(&config),
+                dea::container::Runc::from_config(&config),
             )
             .context("instance manager")?;
             let grace = manager.settings().stop_grace;

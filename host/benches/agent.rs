@@ -11,16 +11,11 @@
 //! runc and nats-server installed. Exits non-zero only if a setup step fails.
 
 use dea::buildpack::BuildpackSet;
-use dea::buildpack::wasm::WasmRuntime;
 use dea::config::Config;
-use dea::fetch::FetchService;
-use dea::instance::{InstanceManager, InstanceSettings};
-use dea::nats::Agent;
-use dea::staging::{Stager, StagingRequest};
+use dea::staging::StagingRequest;
 use futures_util::StreamExt;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type BoxError = Box<dyn std::error::Error>;
@@ -68,22 +63,9 @@ async fn run() -> Result<(), BoxError> {
     if buildpacks.is_empty() {
         return Err("target/buildpacks is empty: run scripts/build-plugins".into());
     }
-    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
-    let fetch = Arc::new(FetchService::new(
-        config.fetch.clone(),
-        config.fetch_cache_dir(),
-    )?);
-    let stager = Arc::new(Stager::new(config.clone(), buildpacks, wasm, fetch));
-    let instances = InstanceManager::new(
-        InstanceSettings::from_config(&config),
-        dea::container::Runc {
-            binary: "runc".into(),
-            state_dir: config.base_dir.join("runc"),
-            bundles_dir: config.base_dir.join("bundles"),
-            rootfs: None,
-        },
-    )?;
-    let agent = Agent::start(config, instances, stager.clone(), None).await?;
+    config.directory_server.enabled = false;
+    let node = dea::node::Node::start(config, buildpacks).await?;
+    let (agent, stager) = (node.agent.clone(), node.stager.clone());
     let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await?;
     let subject = format!("staging.{}.start", agent.id());
     // The agent connects in the background: its first advertisement says it is listening.

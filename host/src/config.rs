@@ -94,6 +94,8 @@ pub struct InstanceConfig {
     /// Seconds between checks that a running instance (with routes) still accepts
     /// connections; three failures in a row crash it.
     pub health_check_interval_secs: u64,
+    /// Seconds between measurements of a running instance's disk use against its limit.
+    pub disk_check_interval_secs: u64,
 }
 
 /// One egress rule, as Cloud Foundry's application security groups write them.
@@ -138,6 +140,7 @@ impl Default for InstanceConfig {
             port_range: [61001, 65535],
             egress_rules: Vec::new(),
             health_check_interval_secs: 10,
+            disk_check_interval_secs: 5,
         }
     }
 }

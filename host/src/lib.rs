@@ -15,6 +15,7 @@ pub mod files;
 pub mod instance;
 pub mod nats;
 pub mod netns;
+pub mod node;
 pub mod phase;
 pub mod proxy;
 pub mod stack;

@@ -440,26 +440,15 @@ pub async fn start_agent(
     config.instances.disk_capacity_mb = 8192;
     config.instances.stop_grace_secs = 3;
     config.directory_server.port = 0;
-    let mut settings = dea::instance::InstanceSettings::from_config(&config);
-    settings.disk_check_interval = Duration::from_secs(1);
-    let instances = dea::instance::InstanceManager::new(
-        settings,
-        dea::container::Runc {
-            binary: "runc".into(),
-            state_dir: base.join("runc"),
-            bundles_dir: base.join("bundles"),
-            rootfs: None,
-        },
+    config.instances.disk_check_interval_secs = 1;
+    let node = dea::node::Node::start(
+        config,
+        dea::buildpack::BuildpackSet::from_list(crate::default_buildpacks()),
     )
-    .expect("instance manager");
-    let stager = Arc::new(crate::stager(config.clone(), crate::default_buildpacks()));
-    let (directory, links) = dea::nats::start_directory_server(&config, instances.clone())
-        .await
-        .expect("directory server starts");
-    let agent = dea::nats::Agent::start(config, instances, stager, Some(links))
-        .await
-        .expect("agent starts");
-    (agent, directory)
+    .await
+    .expect("agent starts");
+    let (directory, _links) = node.directory.expect("directory server enabled");
+    (node.agent, directory)
 }
 
 /// A signed URL from the agent, pointed at the directory server's real address (the router

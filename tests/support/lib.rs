@@ -3,10 +3,8 @@
 
 pub mod controller;
 
-use dea::buildpack::wasm::WasmRuntime;
 use dea::buildpack::{Buildpack, BuildpackSet};
 use dea::config::{Config, MirrorRule};
-use dea::fetch::FetchService;
 use dea::staging::{Staged, Stager, StagingError, StagingLog, StagingRequest};
 use std::collections::HashMap;
 use std::io::Read;
@@ -74,11 +72,7 @@ pub fn test_config(base: &Path) -> Config {
 
 /// A stager over `buildpacks` with `config`.
 pub fn stager(config: Config, buildpacks: Vec<Buildpack>) -> Stager {
-    let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir()).expect("runtime");
-    let fetch = Arc::new(
-        FetchService::new(config.fetch.clone(), config.fetch_cache_dir()).expect("fetch service"),
-    );
-    Stager::new(config, BuildpackSet::from_list(buildpacks), wasm, fetch)
+    Stager::from_config(config, BuildpackSet::from_list(buildpacks)).expect("stager")
 }
 
 /// Collects the staging log in memory as well, for assertions.

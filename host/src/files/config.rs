@@ -94,9 +94,10 @@ mod tests {
         assert_eq!(config.streaming_timeout(), Duration::from_secs(60));
         assert_eq!(config.url_lifetime(), Duration::from_secs(3600));
         assert_eq!(config.external_base("u1"), "http://u1.dea.local");
-        let config: DirectoryServerConfig =
-            serde_yaml_ng::from_str("streaming_timeout_secs: 0\nhmac_key: s3cret\nlisten: 0.0.0.0\n")
-                .expect("parses");
+        let config: DirectoryServerConfig = serde_yaml_ng::from_str(
+            "streaming_timeout_secs: 0\nhmac_key: s3cret\nlisten: 0.0.0.0\n",
+        )
+        .expect("parses");
         assert_eq!(config.streaming_timeout(), Duration::from_secs(60));
         assert_eq!(config.signer().key(), b"s3cret");
         assert_eq!(config.local_base(8), "http://127.0.0.1:8");

@@ -275,7 +275,7 @@ impl InstanceSettings {
             disk_capacity_mb: instances.disk_capacity_mb,
             disk_overcommit_factor: instances.disk_overcommit_factor,
             crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
-            disk_check_interval: Duration::from_secs(5),
+            disk_check_interval: Duration::from_secs(instances.disk_check_interval_secs.max(1)),
             network: NetworkSettings {
                 subnet: instances.network.clone(),
                 port_range: (instances.port_range[0], instances.port_range[1]),

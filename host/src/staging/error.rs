@@ -97,3 +97,12 @@ impl StagingError {
         }
     }
 }
+
+/// Why a stager could not be assembled from its config.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("wasm runtime: {0}")]
+    Wasm(#[from] crate::buildpack::wasm::LoadError),
+    #[error("fetch service: {0}")]
+    Fetch(#[from] crate::fetch::FetchError),
+}

@@ -12,7 +12,7 @@ pub mod procfile;
 pub mod remote;
 
 pub use crate::phase::{LogWatcher, StagingLog};
-pub use error::{CfErrorType, FAILURE_LINE_PREFIX, StagingError, failure_line};
+pub use error::{CfErrorType, FAILURE_LINE_PREFIX, SetupError, StagingError, failure_line};
 
 use crate::buildpack::runners::Runners;
 use crate::buildpack::wasm::WasmRuntime;
@@ -108,6 +108,16 @@ impl Stager {
             buildpacks,
             runners,
         }
+    }
+
+    /// A stager with the wasm runtime and fetch service `config` describes.
+    pub fn from_config(config: Config, buildpacks: BuildpackSet) -> Result<Stager, SetupError> {
+        let wasm = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())?;
+        let fetch = Arc::new(FetchService::new(
+            config.fetch.clone(),
+            config.fetch_cache_dir(),
+        )?);
+        Ok(Stager::new(config, buildpacks, wasm, fetch))
     }
 
     fn unpack_limits(&self) -> UnpackLimits {
