@@ -351,3 +351,23 @@ impl RemoteStager {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::RemoteFailure;
+    use crate::staging::StagingError;
+
+    /// The reply's `error` is the DEA's text (dea_ng.md §3.2), said once.
+    #[test]
+    fn failures_read_as_the_dea_words_them() {
+        let stack = RemoteFailure::from(StagingError::UnknownStack("cflinuxfs9".into()));
+        assert_eq!(
+            stack.to_string(),
+            "Error staging: Stack cflinuxfs9 does not exist"
+        );
+        assert!(stack.staging().is_some());
+        let key = RemoteFailure::UnknownKey("java".into());
+        assert_eq!(key.to_string(), "Error staging: no buildpack with key java");
+        assert!(key.staging().is_none());
+    }
+}
