@@ -17,6 +17,7 @@ pub mod nats;
 pub mod netns;
 pub mod node;
 pub mod phase;
+pub mod private_dir;
 pub mod proxy;
 pub mod stack;
 pub mod staging;

@@ -27,12 +27,11 @@ impl InstanceManager {
             .collect();
         let snapshot = serde_json::json!({ "instances": instances });
         let path = self.snapshot_path();
-        let written =
-            crate::config::ensure_private_dir(path.parent().unwrap_or(&self.settings.base_dir))
-                .and_then(|()| {
-                    let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-                    crate::fetch::write_atomic(&path, &bytes)
-                });
+        let written = crate::private_dir::ensure(path.parent().unwrap_or(&self.settings.base_dir))
+            .and_then(|()| {
+                let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
+                crate::fetch::write_atomic(&path, &bytes)
+            });
         if let Err(e) = written {
             tracing::warn!("saving instance snapshot {}: {e}", path.display());
         }
