@@ -83,6 +83,25 @@ pub struct ContainerExit {
     pub stdout: Vec<u8>,
 }
 
+/// A signal for every process of a container (`runc kill --all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Asks the processes to end (an instance's stop, before its grace period runs out).
+    Term,
+    /// Ends them at once (a stop past its grace, a failed health check, a timeout).
+    Kill,
+}
+
+impl Signal {
+    /// The name `runc kill` takes.
+    pub fn runc_name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+        }
+    }
+}
+
 /// What a container's output is passed to, chunk by chunk, as it is written.
 pub type OutputSink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
@@ -124,8 +143,8 @@ impl RunningContainer {
         }
     }
 
-    /// Sends `signal` (e.g. `TERM`, `KILL`) to every process in the container.
-    pub async fn signal(&self, signal: &str) {
+    /// Sends `signal` to every process in the container.
+    pub async fn signal(&self, signal: Signal) {
         self.runc.signal(&self.id, signal).await;
     }
 
@@ -199,11 +218,11 @@ impl Runc {
         })
     }
 
-    async fn signal(&self, id: &str, signal: &str) {
+    async fn signal(&self, id: &str, signal: Signal) {
         let _ = tokio::process::Command::new(&self.binary)
             .arg("--root")
             .arg(&self.state_dir)
-            .args(["kill", "--all", id, signal])
+            .args(["kill", "--all", id, signal.runc_name()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -211,7 +230,7 @@ impl Runc {
     }
 
     /// Sends `signal` to every process of container `id`.
-    pub async fn signal_container(&self, id: &str, signal: &str) {
+    pub async fn signal_container(&self, id: &str, signal: Signal) {
         self.signal(id, signal).await;
     }
 
@@ -482,7 +501,7 @@ impl Runc {
     }
 
     async fn kill(&self, id: &str) {
-        self.signal(id, "KILL").await;
+        self.signal(id, Signal::Kill).await;
     }
 
     async fn delete(&self, id: &str) {

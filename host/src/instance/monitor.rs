@@ -4,7 +4,7 @@
 
 use super::network::{Attached, PortReservation};
 use super::{Handle, InstanceManager, InstanceState, disk, lock};
-use crate::container::{Runc, RunningContainer};
+use crate::container::{Runc, RunningContainer, Signal};
 use crate::netns::NetNamespace;
 use crate::tenant_fs::{Links, TenantDir};
 use std::path::{Path, PathBuf};
@@ -62,7 +62,7 @@ impl Process {
         }
     }
 
-    async fn signal(&self, signal: &str) {
+    async fn signal(&self, signal: Signal) {
         match self {
             Process::Child(container) => container.signal(signal).await,
             Process::Adopted { runc, id, .. } => runc.signal_container(id, signal).await,
@@ -171,7 +171,7 @@ impl InstanceManager {
                 lock(&handle.info).exit_description = Some(format!(
                     "Instance {index} failed to start accepting connections"
                 ));
-                container.signal("KILL").await;
+                container.signal(Signal::Kill).await;
                 Ending::Exited(container.wait().await)
             }
             Health::Exited(code) => Ending::Exited(code),
@@ -213,10 +213,10 @@ impl InstanceManager {
             }
             Ending::Ordered(Control::Stop) => {
                 self.enter(&handle, InstanceState::Stopping);
-                container.signal("TERM").await;
+                container.signal(Signal::Term).await;
                 let exited = tokio::time::timeout(self.settings.stop_grace, container.wait()).await;
                 if exited.is_err() {
-                    container.signal("KILL").await;
+                    container.signal(Signal::Kill).await;
                     container.wait().await;
                 }
                 self.enter(&handle, InstanceState::Stopped);
@@ -281,7 +281,7 @@ impl InstanceManager {
             };
             if let Some(reason) = problem {
                 lock(&handle.info).exit_description = Some(reason);
-                container.signal("KILL").await;
+                container.signal(Signal::Kill).await;
                 return Ending::Exited(container.wait().await);
             }
         }

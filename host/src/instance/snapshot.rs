@@ -7,7 +7,7 @@ use super::monitor::{Process, Running, Watch};
 use super::{
     Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState, lock,
 };
-use crate::container::Runc;
+use crate::container::{Runc, Signal};
 use crate::netns::NetNamespace;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -128,7 +128,9 @@ impl InstanceManager {
                     info.set_state(InstanceState::Crashed);
                 }
                 if alive {
-                    self.runc.signal_container(&info.container_id, "KILL").await;
+                    self.runc
+                        .signal_container(&info.container_id, Signal::Kill)
+                        .await;
                     self.runc.remove_container(&info.container_id).await;
                 }
                 let _ = done_tx.send(true);
