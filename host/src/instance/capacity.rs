@@ -1,7 +1,7 @@
 //! What this host can still take: memory and disk offered to instances (overcommitted as
 //! configured), less what instances and staging tasks hold (reference dea_ng.md §4.6).
 
-use super::{Handle, InstanceManager, InstanceState, StartRequest, lock};
+use super::{Handle, InstanceManager, InstanceState, StartRequest};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ impl InstanceManager {
     fn remaining_in(&self, instances: &HashMap<String, Arc<Handle>>) -> (u64, u64) {
         let (mut memory, mut disk) = (0u64, 0u64);
         for handle in instances.values() {
-            let info = lock(&handle.info);
+            let info = handle.info.lock();
             if info.holds_resources() {
                 memory += info.memory_mb;
             }
@@ -43,7 +43,7 @@ impl InstanceManager {
                 disk += info.disk_mb;
             }
         }
-        for reservation in lock(&self.staging).values() {
+        for reservation in self.staging.lock().values() {
             memory += reservation.memory_mb;
             disk += reservation.disk_mb;
         }
@@ -58,7 +58,7 @@ impl InstanceManager {
 
     /// Memory and disk (MiB) still free for new instances and stagings.
     pub fn remaining(&self) -> (u64, u64) {
-        let instances = lock(&self.instances);
+        let instances = self.instances.read();
         self.remaining_in(&instances)
     }
 
@@ -69,7 +69,7 @@ impl InstanceManager {
         memory_mb: u64,
         disk_mb: u64,
     ) -> Result<(), String> {
-        let instances = lock(&self.instances);
+        let instances = self.instances.write();
         let (memory, disk) = self.remaining_in(&instances);
         if memory_mb > memory {
             return Err("Not enough memory resources available".into());
@@ -77,11 +77,13 @@ impl InstanceManager {
         if disk_mb > disk {
             return Err("Not enough disk resources available".into());
         }
-        lock(&self.staging).insert(task_id.to_string(), Reservation { memory_mb, disk_mb });
+        self.staging
+            .lock()
+            .insert(task_id.to_string(), Reservation { memory_mb, disk_mb });
         Ok(())
     }
 
     pub fn release_staging(&self, task_id: &str) {
-        lock(&self.staging).remove(task_id);
+        self.staging.lock().remove(task_id);
     }
 }

@@ -30,10 +30,11 @@ use crate::container::Runc;
 use crate::droplet::{self, UnpackLimits};
 use crate::netns::NetNamespace;
 pub use droplet_store::{DropletError, DropletStore};
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use network::CONTAINER_PORT;
@@ -302,18 +303,11 @@ pub struct InstanceManager {
     /// Instance networking, shared with the blocking pool.
     network: Arc<Network>,
     droplets: DropletStore,
-    instances: Mutex<HashMap<String, Arc<Handle>>>,
+    instances: RwLock<HashMap<String, Arc<Handle>>>,
     /// Staging tasks' reservations, by task id.
     staging: Mutex<HashMap<String, Reservation>>,
     /// Every state change, for the NATS agent (routes, heartbeats, `droplet.exited`).
     events: tokio::sync::broadcast::Sender<InstanceInfo>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl InstanceManager {
@@ -339,7 +333,7 @@ impl InstanceManager {
             runc,
             network: Arc::new(network),
             droplets,
-            instances: Mutex::new(HashMap::new()),
+            instances: RwLock::new(HashMap::new()),
             staging: Mutex::new(HashMap::new()),
             events: tokio::sync::broadcast::channel(4096).0,
         }))
@@ -361,7 +355,7 @@ impl InstanceManager {
     /// Moves an instance to `state`, saves the snapshot and tells subscribers.
     fn enter(&self, handle: &Handle, state: InstanceState) {
         let info = {
-            let mut info = lock(&handle.info);
+            let mut info = handle.info.lock();
             info.set_state(state);
             info.clone()
         };
@@ -370,13 +364,14 @@ impl InstanceManager {
     }
 
     pub fn get(&self, id: &str) -> Option<InstanceInfo> {
-        lock(&self.instances).get(id).map(|h| lock(&h.info).clone())
+        self.instances.read().get(id).map(|h| h.info.lock().clone())
     }
 
     pub fn list(&self) -> Vec<InstanceInfo> {
-        lock(&self.instances)
+        self.instances
+            .read()
             .values()
-            .map(|h| lock(&h.info).clone())
+            .map(|h| h.info.lock().clone())
             .collect()
     }
 
@@ -423,7 +418,7 @@ impl InstanceManager {
         });
         // Reserve under the registry lock, so concurrent starts cannot both fit.
         let refused = {
-            let mut instances = lock(&self.instances);
+            let mut instances = self.instances.write();
             let refused = request
                 .refusal
                 .clone()
@@ -432,21 +427,21 @@ impl InstanceManager {
             refused
         };
         if let Some(message) = refused {
-            lock(&handle.info).exit_description = Some(message);
+            handle.info.lock().exit_description = Some(message);
             self.enter(&handle, InstanceState::Crashed);
             let _ = done_tx.send(true);
-            return Ok(lock(&handle.info).clone());
+            return Ok(handle.info.lock().clone());
         }
         self.enter(&handle, InstanceState::Starting);
 
         let running = match self.prepare(&handle, &request).await {
             Ok(running) => running,
             Err(error) => {
-                lock(&handle.info).exit_description = Some(error.to_string());
+                handle.info.lock().exit_description = Some(error.to_string());
                 self.enter(&handle, InstanceState::Crashed);
                 self.release(&handle, None, None).await;
                 let _ = done_tx.send(true);
-                return Ok(lock(&handle.info).clone());
+                return Ok(handle.info.lock().clone());
             }
         };
         let manager = self.clone();
@@ -463,7 +458,7 @@ impl InstanceManager {
             let _ = done_tx.send(true);
         });
         let _ = ready_rx.await;
-        Ok(lock(&handle.info).clone())
+        Ok(handle.info.lock().clone())
     }
 
     /// Droplet, directories, network and container: everything up to a running process.
@@ -475,7 +470,9 @@ impl InstanceManager {
         let setup = |e: &dyn std::fmt::Display| InstanceError::Setup(e.to_string());
         let timer = std::time::Instant::now();
         let record = |step: &str, since: std::time::Instant| {
-            lock(&handle.info)
+            handle
+                .info
+                .lock()
                 .start_timings_ms
                 .insert(step.to_string(), since.elapsed().as_secs_f64() * 1000.0);
         };
@@ -485,7 +482,7 @@ impl InstanceManager {
             .await?;
         record("droplet", timer);
         let timer = std::time::Instant::now();
-        let dir = lock(&handle.info).dir.clone();
+        let dir = handle.info.lock().dir.clone();
         let home = dir.join("home");
         let limits = UnpackLimits {
             max_bytes: self.settings.max_droplet_mb << 20,
@@ -512,7 +509,7 @@ impl InstanceManager {
         let timer = std::time::Instant::now();
 
         let (netns_name, instance_id) = {
-            let info = lock(&handle.info);
+            let info = handle.info.lock();
             (info.netns.clone(), info.instance_id.clone())
         };
         let _ = NetNamespace::existing(&netns_name); // a stale one from an earlier agent goes
@@ -528,7 +525,7 @@ impl InstanceManager {
         .await
         .map_err(|e| setup(&e))??;
         {
-            let mut info = lock(&handle.info);
+            let mut info = handle.info.lock();
             info.droplet_sha1 = sha1;
             info.host_port = network.host_port;
             info.network = Some(network.clone());
@@ -536,7 +533,7 @@ impl InstanceManager {
         }
         // Saved before the container starts, so a restarted agent can always tear it down.
         self.save_snapshot();
-        let info = lock(&handle.info).clone();
+        let info = handle.info.lock().clone();
         let spec =
             spec::container_spec(&self.settings, &info, request, &home, &namespace, &command);
         let container = match self
@@ -567,11 +564,11 @@ impl InstanceManager {
         let lifetime = self.settings.crash_lifetime.as_secs_f64();
         let now = now_secs();
         let pruned = {
-            let mut instances = lock(&self.instances);
+            let mut instances = self.instances.write();
             let mut latest: HashMap<String, (f64, String)> = HashMap::new();
             let mut expired = Vec::new();
             for (id, handle) in instances.iter() {
-                let info = lock(&handle.info);
+                let info = handle.info.lock();
                 if info.state != InstanceState::Crashed {
                     continue;
                 }
@@ -614,7 +611,7 @@ impl InstanceManager {
 
     async fn keep_crash_logs(&self, handle: &Handle) {
         self.reap_crashes();
-        let info = lock(&handle.info).clone();
+        let info = handle.info.lock().clone();
         let target = self
             .settings
             .base_dir
@@ -648,10 +645,10 @@ impl InstanceManager {
 
     /// Marks every live instance EVACUATING (they keep running and keep their routes).
     pub fn evacuate(&self) {
-        let handles: Vec<Arc<Handle>> = lock(&self.instances).values().cloned().collect();
+        let handles: Vec<Arc<Handle>> = self.instances.read().values().cloned().collect();
         for handle in handles {
             let live = matches!(
-                lock(&handle.info).state,
+                handle.info.lock().state,
                 InstanceState::Born
                     | InstanceState::Starting
                     | InstanceState::Resuming
@@ -666,10 +663,10 @@ impl InstanceManager {
     /// Applies `dea.update` to one instance: new routes, and a new version, which (as in the
     /// DEA) gives the instance a new id. Returns the updated info.
     pub fn update(&self, id: &str, uris: &[String], version: Option<&str>) -> Option<InstanceInfo> {
-        let mut instances = lock(&self.instances);
+        let mut instances = self.instances.write();
         let handle = instances.get(id).cloned()?;
         let info = {
-            let mut info = lock(&handle.info);
+            let mut info = handle.info.lock();
             info.application_uris = uris.to_vec();
             if let Some(version) = version
                 && version != info.application_version
@@ -740,9 +737,9 @@ impl InstanceManager {
     /// Lets go of every instance without stopping it, as an agent that exits (or dies)
     /// does; a later [`InstanceManager::recover`] picks them up.
     pub async fn abandon(&self) {
-        let handles: Vec<Arc<Handle>> = lock(&self.instances).values().cloned().collect();
+        let handles: Vec<Arc<Handle>> = self.instances.read().values().cloned().collect();
         for handle in handles {
-            if let Some(control) = lock(&handle.control).take() {
+            if let Some(control) = handle.control.lock().take() {
                 let _ = control.send(Control::Abandon);
             }
         }
@@ -769,11 +766,13 @@ impl InstanceManager {
 
     /// Stops an instance: TERM, then KILL after the grace period. Returns its final info.
     pub async fn stop(&self, id: &str) -> Result<InstanceInfo, InstanceError> {
-        let handle = lock(&self.instances)
+        let handle = self
+            .instances
+            .read()
             .get(id)
             .cloned()
             .ok_or_else(|| InstanceError::Unknown(id.to_string()))?;
-        if let Some(control) = lock(&handle.control).take() {
+        if let Some(control) = handle.control.lock().take() {
             let _ = control.send(Control::Stop);
         }
         let mut done = handle.done.clone();
@@ -782,12 +781,12 @@ impl InstanceManager {
                 break;
             }
         }
-        Ok(lock(&handle.info).clone())
+        Ok(handle.info.lock().clone())
     }
 
     /// Waits until the instance leaves STARTING/RUNNING (crash or stop), up to `limit`.
     pub async fn wait_until_finished(&self, id: &str, limit: Duration) -> Option<InstanceInfo> {
-        let handle = lock(&self.instances).get(id).cloned()?;
+        let handle = self.instances.read().get(id).cloned()?;
         let mut done = handle.done.clone();
         let _ = tokio::time::timeout(limit, async {
             while !*done.borrow() {
@@ -797,7 +796,7 @@ impl InstanceManager {
             }
         })
         .await;
-        Some(lock(&handle.info).clone())
+        Some(handle.info.lock().clone())
     }
 }
 

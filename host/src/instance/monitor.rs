@@ -3,7 +3,7 @@
 //! the end, crash logs and a clean-up that leaves nothing behind but those logs.
 
 use super::network::{Attached, PortReservation};
-use super::{Handle, InstanceManager, InstanceState, disk, lock};
+use super::{Handle, InstanceManager, InstanceState, disk};
 use crate::container::{Runc, RunningContainer, Signal};
 use crate::netns::NetNamespace;
 use crate::tenant_fs::{Links, TenantDir};
@@ -141,7 +141,7 @@ impl InstanceManager {
         let exit = match healthy {
             Health::Healthy => {
                 let resumed_state = {
-                    let mut info = lock(&handle.info);
+                    let mut info = handle.info.lock();
                     info.start_timings_ms.insert(
                         "health_check".into(),
                         health_started.elapsed().as_secs_f64() * 1000.0,
@@ -167,8 +167,8 @@ impl InstanceManager {
                 .await
             }
             Health::Unhealthy => {
-                let index = lock(&handle.info).instance_id.clone();
-                lock(&handle.info).exit_description = Some(format!(
+                let index = handle.info.lock().instance_id.clone();
+                handle.info.lock().exit_description = Some(format!(
                     "Instance {index} failed to start accepting connections"
                 ));
                 container.signal(Signal::Kill).await;
@@ -193,7 +193,7 @@ impl InstanceManager {
             }
             Ending::Exited(code) => {
                 {
-                    let mut info = lock(&handle.info);
+                    let mut info = handle.info.lock();
                     if info.exit_description.is_none() {
                         info.exit_description = Some(if code == 137 {
                             // The cgroup (and its OOM counter) is gone by now; inside the
@@ -221,8 +221,8 @@ impl InstanceManager {
                 }
                 self.enter(&handle, InstanceState::Stopped);
                 // Stopped instances leave the registry, as in the DEA.
-                let id = lock(&handle.info).instance_id.clone();
-                lock(&self.instances).remove(&id);
+                let id = handle.info.lock().instance_id.clone();
+                self.instances.write().remove(&id);
             }
         }
         container.remove().await;
@@ -243,7 +243,7 @@ impl InstanceManager {
         reachability: bool,
     ) -> Ending {
         let (home, limit_mb, container_id) = {
-            let info = lock(&handle.info);
+            let info = handle.info.lock();
             (
                 info.dir.join("home"),
                 info.disk_mb,
@@ -280,7 +280,7 @@ impl InstanceManager {
                 }
             };
             if let Some(reason) = problem {
-                lock(&handle.info).exit_description = Some(reason);
+                handle.info.lock().exit_description = Some(reason);
                 container.signal(Signal::Kill).await;
                 return Ending::Exited(container.wait().await);
             }
@@ -326,7 +326,7 @@ impl InstanceManager {
             let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
         }
         drop(namespace);
-        let dir = lock(&handle.info).dir.clone();
+        let dir = handle.info.lock().dir.clone();
         crate::tenant_fs::remove_tree_off_thread(dir).await;
     }
 }

@@ -5,12 +5,13 @@
 
 use super::monitor::{Process, Running, Watch};
 use super::{
-    Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState, lock,
+    Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState,
 };
 use crate::container::{Runc, Signal};
 use crate::netns::NetNamespace;
+use parking_lot::Mutex;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 impl InstanceManager {
     fn snapshot_path(&self) -> PathBuf {
@@ -95,7 +96,9 @@ impl InstanceManager {
                     control: Mutex::new(Some(control_tx)),
                     done: done_rx,
                 });
-                lock(&self.instances).insert(info.instance_id.clone(), handle.clone());
+                self.instances
+                    .write()
+                    .insert(info.instance_id.clone(), handle.clone());
                 let running = Running {
                     process: Process::Adopted {
                         runc: self.runc.clone(),
@@ -145,7 +148,9 @@ impl InstanceManager {
                     self.keep_crash_logs(&handle).await;
                 }
                 self.release(&handle, network, namespace).await;
-                lock(&self.instances).insert(info.instance_id.clone(), handle);
+                self.instances
+                    .write()
+                    .insert(info.instance_id.clone(), handle);
             }
         }
     }
