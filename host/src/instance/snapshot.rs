@@ -9,7 +9,6 @@ use super::{
 };
 use crate::container::{Runc, Signal};
 use crate::netns::NetNamespace;
-use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -61,8 +60,6 @@ impl InstanceManager {
     async fn recover_one(self: &Arc<Self>, mut info: InstanceInfo) {
         let alive = self.runc.pid_of(&info.container_id).await.is_some();
         let namespace = NetNamespace::existing(&info.netns);
-        let (control_tx, control_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let resumable = alive
             && matches!(
                 info.state,
@@ -90,12 +87,11 @@ impl InstanceManager {
                 if was == InstanceState::Evacuating {
                     info.state = InstanceState::Evacuating;
                 }
-                let reachability = !info.application_uris.is_empty();
-                let handle = Arc::new(Handle {
-                    info: Mutex::new(info.clone()),
-                    control: Mutex::new(Some(control_tx)),
-                    done: done_rx,
-                });
+                let watch = Watch {
+                    health: None,
+                    reachability: !info.application_uris.is_empty(),
+                };
+                let (handle, lifeline) = Handle::new(info.clone());
                 self.instances
                     .write()
                     .insert(info.instance_id.clone(), handle.clone());
@@ -109,19 +105,7 @@ impl InstanceManager {
                     network,
                     port,
                 };
-                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                let monitor = self.clone();
-                tokio::spawn(async move {
-                    let watch = Watch {
-                        health: None,
-                        reachability,
-                    };
-                    monitor
-                        .monitor(handle, running, control_rx, watch, ready_tx)
-                        .await;
-                    let _ = done_tx.send(true);
-                });
-                let _ = ready_rx.await;
+                self.watch_over(handle, lifeline, running, watch).await;
             }
             (namespace, _, network) => {
                 let was_live = info.holds_resources();
@@ -136,12 +120,7 @@ impl InstanceManager {
                         .await;
                     self.runc.remove_container(&info.container_id).await;
                 }
-                let _ = done_tx.send(true);
-                let handle = Arc::new(Handle {
-                    info: Mutex::new(info.clone()),
-                    control: Mutex::new(None),
-                    done: done_rx,
-                });
+                let handle = Handle::finished(info.clone());
                 // What it held goes; a CRASHED one keeps its crash logs (copied at crash
                 // time, or now if it died while the agent was away).
                 if was_live {
