@@ -1,25 +1,47 @@
-//! Instance ids, in the DEA's shapes (reference dea_ng.md §1): `instance_id` is 32 lowercase
-//! hex digits, `private_instance_id` (sent to routers for sticky sessions) two of them.
+//! Instance ids, in the DEA's shapes (reference dea_ng.md §1): `instance_id` is `secure_uuid`,
+//! a random UUID without its dashes (32 lowercase hex digits); `private_instance_id`, sent to
+//! routers for sticky sessions, is two of them joined (64).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use uuid::Uuid;
 
-/// A fresh `instance_id`.
+/// A fresh `instance_id` (also given anew when `dea.update` changes the version).
 pub(super) fn new_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:016x}{:016x}", rand_u64(), rand_u64() ^ nanos)
+    Uuid::new_v4().simple().to_string()
 }
 
-/// A fresh `private_instance_id`: two ids joined, as the DEA makes it.
+/// A fresh `private_instance_id`.
 pub(super) fn new_private_id() -> String {
     format!("{}{}", new_id(), new_id())
 }
 
-/// 64 random bits from the standard library's per-instance SipHash keys.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(u64::from(std::process::id()));
-    hasher.finish()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lowercase_hex(id: &str) -> bool {
+        id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    }
+
+    #[test]
+    fn an_instance_id_is_32_lowercase_hex_digits() {
+        let id = new_id();
+        assert_eq!(id.len(), 32, "{id}");
+        assert!(lowercase_hex(&id), "{id}");
+        // A version 4 UUID: the version nibble is 4 (the 13th digit).
+        assert_eq!(&id[12..13], "4", "{id}");
+    }
+
+    #[test]
+    fn a_private_instance_id_is_64_lowercase_hex_digits() {
+        let id = new_private_id();
+        assert_eq!(id.len(), 64, "{id}");
+        assert!(lowercase_hex(&id), "{id}");
+        assert_ne!(id[..32], id[32..]);
+    }
+
+    #[test]
+    fn ids_do_not_repeat() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_id()).collect();
+        assert_eq!(ids.len(), 1000);
+    }
 }
