@@ -44,13 +44,14 @@ mod spec;
 mod start;
 mod usage;
 
-use capacity::Reservation;
+use capacity::StagingReservations;
 use monitor::Control;
 use network::{Attached, Network};
 
 use crate::config::EgressRule;
 use crate::container::Runc;
 use crate::droplet;
+pub use capacity::CapacityError;
 pub use droplet_store::{DropletError, DropletStore};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -224,6 +225,43 @@ impl InstanceInfo {
     }
 }
 
+/// A fully filled-in instance, for unit tests: every field has a value a test can check.
+#[cfg(test)]
+pub(crate) fn example_info(id: &str, state: InstanceState) -> InstanceInfo {
+    InstanceInfo {
+        instance_id: id.to_string(),
+        application_id: format!("app-of-{id}"),
+        droplet_sha1: "da39a3ee5e6b4b0d3255bfef95601890afd80709".into(),
+        state,
+        state_timestamp: 1_700_000_000.5,
+        state_timestamps: BTreeMap::from([(state.name().to_string(), 1_700_000_000.5)]),
+        host_port: 61001,
+        container_port: CONTAINER_PORT,
+        exit_status: None,
+        exit_description: None,
+        start_command: Some("bundle exec rackup".into()),
+        dir: PathBuf::from("/var/vcap/instances").join(id),
+        container_id: format!("dea-app-{id}"),
+        netns: format!("dea-i-{id}"),
+        memory_mb: 256,
+        disk_mb: 1024,
+        start_timings_ms: BTreeMap::from([("droplet".to_string(), 12.5)]),
+        application_name: "dora".into(),
+        application_version: "v1".into(),
+        application_uris: vec!["dora.example.com".into()],
+        instance_index: 2,
+        cc_partition: "default".into(),
+        private_instance_id: format!("{id}{id}"),
+        network: Some(Attached {
+            host_if: "dea-h-0001".into(),
+            host_ip: "10.254.0.1".into(),
+            container_ip: "10.254.0.2".into(),
+            host_port: 61001,
+            egress: false,
+        }),
+    }
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -288,7 +326,7 @@ pub struct InstanceManager {
     /// reservations from both fitting.
     instances: RwLock<HashMap<String, Arc<Handle>>>,
     /// Staging tasks' reservations, by task id.
-    staging: Mutex<HashMap<String, Reservation>>,
+    staging: Mutex<StagingReservations>,
     /// Every state change, for the NATS agent (routes, heartbeats, `droplet.exited`).
     events: tokio::sync::broadcast::Sender<InstanceInfo>,
 }
@@ -317,7 +355,7 @@ impl InstanceManager {
             network: Arc::new(network),
             droplets,
             instances: RwLock::new(HashMap::new()),
-            staging: Mutex::new(HashMap::new()),
+            staging: Mutex::new(StagingReservations::default()),
             events: tokio::sync::broadcast::channel(4096).0,
         }))
     }
