@@ -5,12 +5,12 @@
 
 use super::monitor::{Process, Running, Watch};
 use super::{
-    Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState, lock,
+    Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState,
 };
-use crate::container::Runc;
+use crate::container::{Runc, Signal};
 use crate::netns::NetNamespace;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 impl InstanceManager {
     fn snapshot_path(&self) -> PathBuf {
@@ -59,8 +59,6 @@ impl InstanceManager {
     async fn recover_one(self: &Arc<Self>, mut info: InstanceInfo) {
         let alive = self.runc.pid_of(&info.container_id).await.is_some();
         let namespace = NetNamespace::existing(&info.netns);
-        let (control_tx, control_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let resumable = alive
             && matches!(
                 info.state,
@@ -88,13 +86,14 @@ impl InstanceManager {
                 if was == InstanceState::Evacuating {
                     info.state = InstanceState::Evacuating;
                 }
-                let reachability = !info.application_uris.is_empty();
-                let handle = Arc::new(Handle {
-                    info: Mutex::new(info.clone()),
-                    control: Mutex::new(Some(control_tx)),
-                    done: done_rx,
-                });
-                lock(&self.instances).insert(info.instance_id.clone(), handle.clone());
+                let watch = Watch {
+                    health: None,
+                    reachability: !info.application_uris.is_empty(),
+                };
+                let (handle, lifeline) = Handle::new(info.clone());
+                self.instances
+                    .write()
+                    .insert(info.instance_id.clone(), handle.clone());
                 let running = Running {
                     process: Process::Adopted {
                         runc: self.runc.clone(),
@@ -105,19 +104,7 @@ impl InstanceManager {
                     network,
                     port,
                 };
-                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                let monitor = self.clone();
-                tokio::spawn(async move {
-                    let watch = Watch {
-                        health: None,
-                        reachability,
-                    };
-                    monitor
-                        .monitor(handle, running, control_rx, watch, ready_tx)
-                        .await;
-                    let _ = done_tx.send(true);
-                });
-                let _ = ready_rx.await;
+                self.watch_over(handle, lifeline, running, watch).await;
             }
             (namespace, _, network) => {
                 let was_live = info.holds_resources();
@@ -127,22 +114,21 @@ impl InstanceManager {
                     info.set_state(InstanceState::Crashed);
                 }
                 if alive {
-                    self.runc.signal_container(&info.container_id, "KILL").await;
+                    self.runc
+                        .signal_container(&info.container_id, Signal::Kill)
+                        .await;
                     self.runc.remove_container(&info.container_id).await;
                 }
-                let _ = done_tx.send(true);
-                let handle = Arc::new(Handle {
-                    info: Mutex::new(info.clone()),
-                    control: Mutex::new(None),
-                    done: done_rx,
-                });
+                let handle = Handle::finished(info.clone());
                 // What it held goes; a CRASHED one keeps its crash logs (copied at crash
                 // time, or now if it died while the agent was away).
                 if was_live {
                     self.keep_crash_logs(&handle).await;
                 }
                 self.release(&handle, network, namespace).await;
-                lock(&self.instances).insert(info.instance_id.clone(), handle);
+                self.instances
+                    .write()
+                    .insert(info.instance_id.clone(), handle);
             }
         }
     }

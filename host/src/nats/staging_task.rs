@@ -94,7 +94,7 @@ impl Agent {
                 Err(None)
             } else {
                 match self.instances.reserve_staging(&task_id, memory_mb, disk_mb) {
-                    Err(refusal) => Err(Some(refusal)),
+                    Err(refusal) => Err(Some(refusal.to_string())),
                     Ok(()) => {
                         stagings.insert(
                             task_id.clone(),
