@@ -9,8 +9,32 @@ use super::{
 };
 use crate::container::{Runc, Signal};
 use crate::netns::NetNamespace;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The file's shape: `{"instances": [...]}`, as the DEA's `instances.json`.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    instances: Vec<InstanceInfo>,
+}
+
+/// The registry as saved: STOPPED instances are gone from it, as in the DEA.
+fn encode(instances: &[InstanceInfo]) -> Vec<u8> {
+    let snapshot = Snapshot {
+        instances: instances
+            .iter()
+            .filter(|info| info.state != InstanceState::Stopped)
+            .cloned()
+            .collect(),
+    };
+    // Plain data (strings, numbers, maps with string keys) always serialises.
+    serde_json::to_vec_pretty(&snapshot).unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<InstanceInfo>, serde_json::Error> {
+    serde_json::from_slice::<Snapshot>(bytes).map(|s| s.instances)
+}
 
 impl InstanceManager {
     fn snapshot_path(&self) -> PathBuf {
@@ -20,18 +44,10 @@ impl InstanceManager {
     /// Writes the registry to `db/instances.json` (atomically) so a restarted agent can
     /// find its instances. STOPPED ones are gone from the registry, as in the DEA.
     pub(super) fn save_snapshot(&self) {
-        let instances: Vec<InstanceInfo> = self
-            .list()
-            .into_iter()
-            .filter(|info| info.state != InstanceState::Stopped)
-            .collect();
-        let snapshot = serde_json::json!({ "instances": instances });
+        let bytes = encode(&self.list());
         let path = self.snapshot_path();
         let written = crate::private_dir::ensure(path.parent().unwrap_or(&self.settings.base_dir))
-            .and_then(|()| {
-                let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-                crate::fetch::write_atomic(&path, &bytes)
-            });
+            .and_then(|()| crate::fetch::write_atomic(&path, &bytes));
         if let Err(e) = written {
             tracing::warn!("saving instance snapshot {}: {e}", path.display());
         }
@@ -44,11 +60,20 @@ impl InstanceManager {
         runc: Runc,
     ) -> Result<Arc<InstanceManager>, InstanceError> {
         let manager = InstanceManager::new(settings, runc)?;
-        let text = std::fs::read_to_string(manager.snapshot_path()).unwrap_or_default();
-        let saved: Vec<InstanceInfo> = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| serde_json::from_value(v["instances"].clone()).ok())
-            .unwrap_or_default();
+        let path = manager.snapshot_path();
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => decode(&bytes).unwrap_or_else(|e| {
+                // Nothing to adopt from it; the containers it named are left to the
+                // operator (the file is replaced by the next save).
+                tracing::error!("instance snapshot {} unreadable: {e}", path.display());
+                Vec::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::error!("reading instance snapshot {}: {e}", path.display());
+                Vec::new()
+            }
+        };
         for info in saved {
             manager.recover_one(info).await;
         }
@@ -131,5 +156,63 @@ impl InstanceManager {
                     .insert(info.instance_id.clone(), handle);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::example_info;
+
+    #[test]
+    fn a_snapshot_round_trips_every_field_and_drops_stopped_instances() {
+        let running = example_info("a1", InstanceState::Running);
+        let crashed = example_info("c1", InstanceState::Crashed);
+        let stopped = example_info("s1", InstanceState::Stopped);
+        let bytes = encode(&[running.clone(), stopped, crashed.clone()]);
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back.len(), 2);
+        for (saved, original) in back.iter().zip([&running, &crashed]) {
+            // Compare as JSON: every field, including the network and the timings.
+            assert_eq!(
+                serde_json::to_value(saved).expect("test data"),
+                serde_json::to_value(original).expect("test data")
+            );
+        }
+        let text = String::from_utf8(bytes).expect("test data");
+        assert!(text.contains("\"state\": \"RUNNING\""), "{text}");
+    }
+
+    #[test]
+    fn a_snapshot_from_an_older_agent_fills_new_fields_with_defaults() {
+        let mut value =
+            serde_json::to_value(example_info("o1", InstanceState::Running)).expect("test data");
+        let object = value.as_object_mut().expect("test data");
+        for field in [
+            "network",
+            "private_instance_id",
+            "application_uris",
+            "start_timings_ms",
+        ] {
+            object.remove(field);
+        }
+        let bytes =
+            serde_json::to_vec(&serde_json::json!({ "instances": [value] })).expect("test data");
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back[0].instance_id, "o1");
+        assert!(back[0].network.is_none());
+        assert!(back[0].application_uris.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error_not_an_empty_registry_in_silence() {
+        assert!(decode(b"{\"instances\": [{\"instance_id\": 7}]}").is_err());
+        assert!(decode(b"not json").is_err());
+        assert!(decode(&[0xff; 16]).is_err());
+        assert!(
+            decode(b"{\"instances\": []}")
+                .expect("test data")
+                .is_empty()
+        );
     }
 }
