@@ -65,36 +65,7 @@ pub use usage::Usage;
 
 pub use network::CONTAINER_PORT;
 
-/// An instance's state, as the DEA names them on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum InstanceState {
-    Born,
-    Starting,
-    Running,
-    Stopping,
-    Stopped,
-    Crashed,
-    Resuming,
-    /// The agent is draining (SIGUSR2): still serving, to be stopped at shutdown.
-    Evacuating,
-}
-
-impl InstanceState {
-    /// The wire name (`RUNNING`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            InstanceState::Born => "BORN",
-            InstanceState::Starting => "STARTING",
-            InstanceState::Running => "RUNNING",
-            InstanceState::Stopping => "STOPPING",
-            InstanceState::Stopped => "STOPPED",
-            InstanceState::Crashed => "CRASHED",
-            InstanceState::Resuming => "RESUMING",
-            InstanceState::Evacuating => "EVACUATING",
-        }
-    }
-}
+pub use dea_protocol::InstanceState;
 
 /// Why an instance could not be started or stopped.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,6 @@
+//! The platform around `dea` agents, on NATS as the one distributed engine (issue 16):
+//! shared state on JetStream (the blobstore for app packages and droplets, desired app state
+//! in a key-value bucket), the controller that stages and places apps through agents, the
+//! router that proxies HTTP to instances from `router.register`, and `dea ctl`.
+//!
+//! It depends on the agents only through the wire contract in `dea-protocol`.
