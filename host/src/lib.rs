@@ -11,8 +11,9 @@
 //!   and checksum).
 //! - Isolation: [`netns`] (network namespaces), [`container`] (OCI bundles run with `runc`),
 //!   [`stack`] (the root filesystems scripts and apps run on).
-//! - Archives: [`droplet`] (safe unpacking, packing, `staging_info.yml`) and [`transfer`]
-//!   (files to and from a Cloud Controller).
+//! - Archives: [`droplet`] (safe unpacking, packing, `staging_info.yml`), [`blobstore`] (the
+//!   platform's JetStream object stores) and [`transfer`] (files to and from a Cloud
+//!   Controller or the blobstore).
 //! - Staging: [`phase`] (the contract any buildpack meets, whatever it is made of),
 //!   [`fetch`] (the one road from a buildpack to the network: mirrors, allowlist, checksums,
 //!   cache) with [`proxy`] (how unmodified classic buildpacks reach it), [`buildpack`]
@@ -25,6 +26,7 @@
 //!   that work), [`nats`] (Cloud Foundry's DEA protocol: parse, validate, call, reply) and
 //!   [`node`] (one node assembled from one [`config::Config`]).
 
+pub mod blobstore;
 pub mod buildpack;
 pub mod config;
 pub mod container;

@@ -2,10 +2,13 @@
 //! downloads must answer 200 and are streamed to disk with a size cap and their SHA-1 (by
 //! [`crate::download`]); uploads are `multipart/form-data` with one part named
 //! `upload[droplet]`, and a reply that names a job (`metadata.url`) is polled until the job
-//! finishes.
+//! finishes. A `dea-blob://` URI names a blob in the platform's JetStream object stores
+//! instead, moved by [`crate::blobstore`] when the agent has one.
 
+use crate::blobstore::{BlobError, BlobStore};
 use crate::download::{Accept, DownloadError, Downloader, Options, Timeouts};
 use backon::Retryable;
+use dea_protocol::blob::{BlobUri, BlobUriError};
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,6 +28,12 @@ pub enum TransferError {
     JobTimeout { url: String, limit: Duration },
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    BlobUri(#[from] BlobUriError),
+    #[error("{0}: this agent has no blobstore (it is not connected to NATS)")]
+    NoBlobStore(String),
+    #[error(transparent)]
+    Blob(#[from] BlobError),
 }
 
 /// An HTTP client for controller transfers; cheap to clone.
@@ -36,6 +45,8 @@ pub struct Transfers {
     pub job_timeout: Duration,
     /// Time between polls of an upload job.
     pub job_poll_interval: Duration,
+    /// For `dea-blob://` URIs.
+    blobs: Option<BlobStore>,
 }
 
 impl Default for Transfers {
@@ -57,7 +68,23 @@ impl Transfers {
             downloader,
             job_timeout: Duration::from_secs(300),
             job_poll_interval: Duration::from_secs(1),
+            blobs: None,
         }
+    }
+
+    /// Transfers that also reach the platform's blobstore (`dea-blob://`).
+    pub fn with_blobs(mut self, blobs: BlobStore) -> Transfers {
+        self.blobs = Some(blobs);
+        self
+    }
+
+    fn blob(&self, url: &str) -> Result<(BlobUri, &BlobStore), TransferError> {
+        let uri = BlobUri::parse(url)?;
+        let blobs = self
+            .blobs
+            .as_ref()
+            .ok_or_else(|| TransferError::NoBlobStore(url.to_string()))?;
+        Ok((uri, blobs))
     }
 
     /// Streams `url` into `dest`; returns the byte count and the SHA-1 (hex). Anything but
@@ -68,6 +95,11 @@ impl Transfers {
         dest: &Path,
         max_bytes: u64,
     ) -> Result<(u64, String), TransferError> {
+        if BlobUri::is_blob(url) {
+            let (uri, blobs) = self.blob(url)?;
+            let fetched = blobs.download_to(&uri, dest, max_bytes).await?;
+            return Ok((fetched.size, fetched.sha1));
+        }
         let parsed = reqwest::Url::parse(url).map_err(|_| TransferError::Url(url.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(TransferError::Url(url.to_string()));
@@ -113,7 +145,11 @@ impl Transfers {
             .when(|error| {
                 !matches!(
                     error,
-                    TransferError::Url(_) | TransferError::Download(DownloadError::TooLarge { .. })
+                    TransferError::Url(_)
+                        | TransferError::BlobUri(_)
+                        | TransferError::NoBlobStore(_)
+                        | TransferError::Blob(BlobError::TooLarge { .. })
+                        | TransferError::Download(DownloadError::TooLarge { .. })
                 )
             })
             .notify(|error, delay| {
@@ -124,7 +160,13 @@ impl Transfers {
 
     /// POSTs `file` to `url?async=true` as the multipart part `upload[droplet]`; when the reply
     /// names a job, waits for it to finish.
+    /// A `dea-blob://` URI stores the file in the blobstore instead.
     pub async fn upload(&self, url: &str, file: &Path) -> Result<(), TransferError> {
+        if BlobUri::is_blob(url) {
+            let (uri, blobs) = self.blob(url)?;
+            blobs.upload(&uri, file).await?;
+            return Ok(());
+        }
         let http = |message: String| TransferError::Http {
             url: url.to_string(),
             message,

@@ -5,6 +5,9 @@
 //! optional fields optional) and strictly where it was strict (`limits` must hold integers);
 //! a malformed message is a [`MessageError`], never a panic.
 
+pub mod blob;
+pub use blob::{BlobUri, Bucket};
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 

@@ -1,14 +1,16 @@
 //! Droplets on this host: one copy per SHA-1 under `<base_dir>/droplets/<sha1>/droplet.tgz`,
-//! fetched from a local path or over HTTP (by [`crate::download`]), verified, and shared by
-//! concurrent starts.
+//! fetched from a local path, over HTTP (by [`crate::download`]) or from the platform's
+//! blobstore (`dea-blob://`, by [`crate::blobstore`]), verified, and shared by concurrent
+//! starts. Over NATS only the last two are accepted; a local path is the operator's (`dea run`).
 
+use crate::blobstore::{BlobError, BlobStore};
 use crate::download::{Accept, DownloadError, Downloader, Options, Timeouts};
 use parking_lot::Mutex;
 use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 
 /// Why a droplet could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,12 @@ pub enum DropletError {
     TooLarge { uri: String, limit_mb: u64 },
     #[error("droplet store: {0}")]
     Io(#[from] std::io::Error),
+    #[error("droplet URI {0}: this agent has no blobstore")]
+    NoBlobStore(String),
+    #[error("droplet URI: {0}")]
+    BlobUri(#[from] dea_protocol::blob::BlobUriError),
+    #[error("downloading droplet: {0}")]
+    Blob(#[source] BlobError),
 }
 
 pub struct DropletStore {
@@ -40,6 +48,8 @@ pub struct DropletStore {
     downloader: Downloader,
     /// Largest droplet fetched, in bytes.
     max_bytes: u64,
+    /// The platform's object stores, once the agent is connected to NATS.
+    blobs: OnceLock<BlobStore>,
 }
 
 impl DropletStore {
@@ -60,7 +70,13 @@ impl DropletStore {
                 Downloader::with_client(reqwest::Client::default(), None)
             }),
             max_bytes,
+            blobs: OnceLock::new(),
         }
+    }
+
+    /// Lets `dea-blob://` droplets be fetched (the agent calls it once connected).
+    pub fn attach_blobs(&self, blobs: BlobStore) {
+        let _ = self.blobs.set(blobs);
     }
 
     /// Where the droplet with this SHA-1 is (or would be) stored.
@@ -103,7 +119,25 @@ impl DropletStore {
         }
         std::fs::create_dir_all(&self.dir)?;
         let mut temp = tempfile::NamedTempFile::new_in(&self.dir)?;
-        let actual = if source.starts_with("http://") || source.starts_with("https://") {
+        let actual = if dea_protocol::BlobUri::is_blob(source) {
+            let uri = dea_protocol::BlobUri::parse(source)?;
+            let blobs = self
+                .blobs
+                .get()
+                .ok_or_else(|| DropletError::NoBlobStore(source.to_string()))?;
+            let mut out = tokio::fs::File::from_std(temp.as_file().try_clone()?);
+            let fetched = blobs
+                .download(&uri, &mut out, self.max_bytes)
+                .await
+                .map_err(|error| match error {
+                    BlobError::TooLarge { .. } => DropletError::TooLarge {
+                        uri: source.to_string(),
+                        limit_mb: self.max_bytes >> 20,
+                    },
+                    error => DropletError::Blob(error),
+                })?;
+            fetched.sha1
+        } else if source.starts_with("http://") || source.starts_with("https://") {
             let url = url::Url::parse(source).map_err(|_| DropletError::BadUri(source.into()))?;
             let options = Options {
                 max_bytes: self.max_bytes,

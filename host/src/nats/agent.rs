@@ -145,7 +145,11 @@ impl Agent {
                 message: e.to_string(),
             })?;
         let local_ip = local_ip(&config);
-        let remote = RemoteStager::new(&config, stager);
+        // Packages and droplets named `dea-blob://` come from (and go to) the platform's
+        // object stores over this same connection.
+        let blobs = crate::blobstore::BlobStore::new(client.clone());
+        let remote = RemoteStager::new(&config, stager).with_blobs(blobs.clone());
+        instances.droplets().attach_blobs(blobs);
         let agent = Arc::new(Agent {
             id: uuid::Uuid::new_v4().to_string(),
             config,

@@ -300,7 +300,7 @@ enum Refusal {
     TaskId(String),
     #[error("staging request without app_id")]
     NoAppId,
-    #[error("{0} is not an http(s) URL")]
+    #[error("{0} is neither an http(s) URL nor a dea-blob:// URI of the platform's blobstore")]
     NotHttp(&'static str),
     #[error("unusable admin buildpack key {0:?}")]
     AdminKey(String),
@@ -316,7 +316,8 @@ const MAX_ENV: usize = 10_000;
 
 /// Checks what becomes a path or a URL the agent acts on: a task id or admin buildpack key
 /// becomes a directory name and part of a URL (letters, digits, `-` and `_` only); every
-/// URL must parse as http(s).
+/// URL must parse as http(s) or name a blob of the platform's (`dea-blob://`; admin
+/// buildpacks are http(s) only).
 fn check_request(request: &messages::StagingRequest) -> Result<(), Refusal> {
     let safe = |s: &str| {
         !s.is_empty()
@@ -346,6 +347,7 @@ fn check_request(request: &messages::StagingRequest) -> Result<(), Refusal> {
     ] {
         if let Some(uri) = uri
             && !http(uri)
+            && messages::BlobUri::parse(uri).is_err()
         {
             return Err(Refusal::NotHttp(name));
         }
@@ -430,9 +432,11 @@ mod tests {
     }
 
     #[test]
-    fn every_url_must_parse_as_http() {
+    fn every_url_must_parse_as_http_or_name_a_platform_blob() {
         for (field, bad) in [
             ("download_uri", "file:///etc/shadow"),
+            ("download_uri", "dea-blob://dea-packages/../../etc/shadow"),
+            ("upload_uri", "dea-blob://KV_dea-apps/x"),
             ("upload_uri", "ftp://cc/droplet"),
             ("buildpack_cache_download_uri", "http://"),
             ("buildpack_cache_upload_uri", "/relative/path"),
@@ -444,6 +448,11 @@ mod tests {
             v["admin_buildpacks"] = json!([{"key": "java", "url": "git@github.com:x/y"}])
         }));
         assert_eq!(refused, Err(Refusal::AdminUrl("java".into())));
+        let blobs = check_request(&request(|v| {
+            v["download_uri"] = json!("dea-blob://dea-packages/shop-1.zip");
+            v["upload_uri"] = json!("dea-blob://dea-droplets/");
+        }));
+        assert_eq!(blobs, Ok(()));
         // Absent and null cache URIs mean "no cache", not an empty URL.
         assert_eq!(
             check_request(&request(|v| v["buildpack_cache_upload_uri"] = json!(null))),

@@ -138,6 +138,12 @@ impl RemoteStager {
         }
     }
 
+    /// A stager that also moves `dea-blob://` packages, caches and droplets.
+    pub fn with_blobs(mut self, blobs: crate::blobstore::BlobStore) -> RemoteStager {
+        self.transfers = self.transfers.with_blobs(blobs);
+        self
+    }
+
     pub fn stager(&self) -> &Arc<Stager> {
         &self.stager
     }

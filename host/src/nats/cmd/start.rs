@@ -77,7 +77,11 @@ impl Agent {
             .filter(|path| path.is_file());
         let droplet = match (stored, &start.executable_uri) {
             (Some(path), _) => path.display().to_string(),
-            (None, Some(uri)) if uri.starts_with("http://") || uri.starts_with("https://") => {
+            (None, Some(uri))
+                if uri.starts_with("http://")
+                    || uri.starts_with("https://")
+                    || crate::nats::messages::BlobUri::parse(uri).is_ok() =>
+            {
                 uri.clone()
             }
             _ => {
