@@ -10,14 +10,16 @@
 //! CPU-time budget counted in epoch ticks, an output budget, and a wall-clock timeout that
 //! also covers time blocked in host calls.
 
+mod limiter;
 mod output;
 pub mod runner;
 mod sandbox;
 
-pub use output::{LogOutput, OutputBudget};
+pub use output::{LogOutput, OutputBudget, OutputExceeded};
 pub use sandbox::{PhaseDirs, SandboxSpec};
 
 use crate::config::WasmConfig;
+use limiter::GrowRefused;
 use sandbox::SandboxState;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
@@ -342,9 +344,9 @@ impl WasmRuntime {
         };
         let budget = OutputBudget::new(self.limits.output_limit_bytes);
         let state = SandboxState::new(phase, spec, &self.limits, budget.clone(), cpu_limit)
-            .map_err(|message| PhaseError::Instantiate {
+            .map_err(|e| PhaseError::Instantiate {
                 phase: phase_name,
-                message,
+                message: e.to_string(),
             })?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -367,6 +369,11 @@ impl WasmRuntime {
         let outcome =
             tokio::time::timeout(wall_limit, call_phase(&component.pre, &mut store, phase)).await;
         let state = store.data();
+        let stopped = Stopped {
+            cpu: state.cpu_exceeded,
+            output: budget.exceeded(),
+            growth: state.limits.refused(),
+        };
         match outcome {
             Err(_) => Err(PhaseError::Timeout {
                 phase: phase_name,
@@ -381,10 +388,9 @@ impl WasmRuntime {
             Ok(Err(CallError::Trap(e))) => Err(classify_trap(
                 phase_name,
                 &e,
-                state,
-                &budget,
+                stopped,
+                &self.limits,
                 cpu_limit,
-                self.limits.memory_limit_mb,
             )),
         }
     }
@@ -487,25 +493,34 @@ fn failure(phase: &'static str, error: guest::Error) -> BuildpackFailure {
     }
 }
 
-/// Turns a trap into the limit or fault that caused it.
+/// The limits the host enforced during a phase, each recorded by the code that enforced it
+/// (the epoch callback, the output budget, the store's limiter) at the moment it did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stopped {
+    cpu: bool,
+    output: bool,
+    growth: Option<GrowRefused>,
+}
+
+/// Turns a trap into the limit or fault that caused it. The host's own records decide, and
+/// then the error's type (a WASI exit); its text is only ever reported, never matched.
 fn classify_trap(
     phase: &'static str,
     error: &wasmtime::Error,
-    state: &SandboxState,
-    budget: &OutputBudget,
+    stopped: Stopped,
+    limits: &WasmConfig,
     cpu_limit: Duration,
-    memory_limit_mb: u64,
 ) -> PhaseError {
-    if state.cpu_exceeded {
+    if stopped.cpu {
         return PhaseError::CpuLimit {
             phase,
             limit: cpu_limit,
         };
     }
-    if budget.exceeded() {
+    if stopped.output {
         return PhaseError::OutputLimit {
             phase,
-            limit: budget.limit(),
+            limit: limits.output_limit_bytes,
         };
     }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -514,14 +529,16 @@ fn classify_trap(
             status: exit.0,
         };
     }
-    let message = format!("{error:#}");
-    if message.contains("forcing trap when growing memory") {
+    // A refused table growth is a fault like any other trap: the phase has no table limit of
+    // its own to report.
+    if let Some(GrowRefused::Memory { .. }) = stopped.growth {
         return PhaseError::MemoryLimit {
             phase,
-            limit_mb: memory_limit_mb,
+            limit_mb: limits.memory_limit_mb,
         };
     }
     // Keep the first line: the backtrace is for developers, not the staging log.
+    let message = format!("{error:#}");
     let first = message.lines().next().unwrap_or("unknown trap").to_string();
     PhaseError::Trap {
         phase,
@@ -536,4 +553,103 @@ fn deserialize_trusted(engine: &Engine, path: &Path) -> wasmtime::Result<Compone
     // engine with the same compatibility hash (it is in the file name), written atomically
     // into the host's own cache directory. Untrusted bytes are never deserialized.
     unsafe { Component::deserialize_file(engine, path) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limiter::PhaseLimiter;
+    use wasmtime::{Instance, Module};
+
+    /// Runs `body` (a function returning nothing) in a core module with a one-page memory and
+    /// a one-element table bounded at two, under a limiter of four pages; returns the trap and
+    /// what the limiter recorded.
+    fn trap_of(body: &str) -> (wasmtime::Error, Stopped) {
+        let engine = Engine::default();
+        let wat = format!("(module (memory 1) (table 1 2 funcref) (func (export \"run\") {body}))");
+        let module = Module::new(&engine, wat).expect("test module");
+        let mut store = Store::new(&engine, PhaseLimiter::new(4 << 16));
+        store.limiter(|limiter| limiter);
+        let instance = Instance::new(&mut store, &module, &[]).expect("instance");
+        let run = instance
+            .get_typed_func::<(), ()>(&mut store, "run")
+            .expect("run");
+        let error = run.call(&mut store, ()).expect_err("a trap");
+        let stopped = Stopped {
+            growth: store.data().refused(),
+            ..Stopped::default()
+        };
+        (error, stopped)
+    }
+
+    fn classify(error: &wasmtime::Error, stopped: Stopped) -> PhaseError {
+        let limits = WasmConfig {
+            memory_limit_mb: 64,
+            output_limit_bytes: 1000,
+            ..WasmConfig::default()
+        };
+        classify_trap("compile", error, stopped, &limits, Duration::from_secs(7))
+    }
+
+    #[test]
+    fn a_refused_memory_growth_is_the_memory_limit() {
+        let (error, stopped) = trap_of("(drop (memory.grow (i32.const 100)))");
+        assert!(
+            matches!(
+                classify(&error, stopped),
+                PhaseError::MemoryLimit {
+                    phase: "compile",
+                    limit_mb: 64
+                }
+            ),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn a_refused_table_growth_and_other_traps_are_faults() {
+        let (error, stopped) = trap_of("(drop (table.grow (ref.null func) (i32.const 5)))");
+        assert!(stopped.growth.is_some());
+        let PhaseError::Trap { message, .. } = classify(&error, stopped) else {
+            panic!("{error:#}");
+        };
+        assert!(!message.is_empty());
+
+        let (error, stopped) = trap_of("unreachable");
+        assert!(stopped.growth.is_none());
+        assert!(matches!(classify(&error, stopped), PhaseError::Trap { .. }));
+    }
+
+    #[test]
+    fn the_text_of_a_trap_decides_nothing() {
+        // The words wasmtime's `StoreLimits` used, raised by something else: a fault.
+        let error = wasmtime::format_err!("forcing trap when growing memory to 1 bytes");
+        let PhaseError::Trap { message, .. } = classify(&error, Stopped::default()) else {
+            panic!("classified by its text");
+        };
+        assert_eq!(message, "forcing trap when growing memory to 1 bytes");
+    }
+
+    #[test]
+    fn the_host_s_records_come_before_the_error() {
+        let exit = wasmtime::Error::new(wasmtime_wasi::I32Exit(3));
+        assert!(matches!(
+            classify(&exit, Stopped::default()),
+            PhaseError::Exit { status: 3, .. }
+        ));
+        let all = Stopped {
+            cpu: true,
+            output: true,
+            growth: Some(GrowRefused::Memory { desired: 1 << 30 }),
+        };
+        assert!(matches!(
+            classify(&exit, all),
+            PhaseError::CpuLimit { limit, .. } if limit == Duration::from_secs(7)
+        ));
+        let output = Stopped { cpu: false, ..all };
+        assert!(matches!(
+            classify(&exit, output),
+            PhaseError::OutputLimit { limit: 1000, .. }
+        ));
+    }
 }

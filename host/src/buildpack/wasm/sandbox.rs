@@ -8,6 +8,7 @@
 
 use super::Phase;
 use super::bindings::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
+use super::limiter::PhaseLimiter;
 use super::output::{LogOutput, OutputBudget};
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
@@ -18,7 +19,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Host directories for a phase. Which are mounted, and how, depends on the phase.
@@ -44,10 +44,24 @@ pub struct SandboxSpec {
     pub unpack_limits: crate::droplet::UnpackLimits,
 }
 
+/// Why a phase's sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum SandboxError {
+    #[error("sandbox directory {}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    /// wasmtime's error, shown with its causes on one line as before.
+    #[error("mounting {guest}: {source:#}")]
+    Mount {
+        guest: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
+}
+
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: PhaseLimiter,
     phase: Phase,
     log: StagingLog,
     budget: Arc<OutputBudget>,
@@ -68,7 +82,7 @@ impl SandboxState {
         limits: &WasmConfig,
         budget: Arc<OutputBudget>,
         cpu_limit: Duration,
-    ) -> Result<SandboxState, String> {
+    ) -> Result<SandboxState, SandboxError> {
         let mut builder = WasiCtxBuilder::new();
         let compile = phase == Phase::Compile;
         // Small phases do their few file calls inline instead of hopping to the blocking
@@ -79,28 +93,28 @@ impl SandboxState {
         } else {
             FsPerms::ReadOnly
         };
-        let open = |dir: &Path| -> Result<PathBuf, String> {
-            dir.canonicalize()
-                .map_err(|e| format!("sandbox directory {}: {e}", dir.display()))
+        let open = |dir: &Path| -> Result<PathBuf, SandboxError> {
+            dir.canonicalize().map_err(|source| SandboxError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })
+        };
+        let mut mount = |host: &Path, guest: &'static str, perms: FsPerms| {
+            builder
+                .preopened_dir(host, guest, perms)
+                .map(|_| ())
+                .map_err(|source| SandboxError::Mount { guest, source })
         };
         let app = open(&spec.dirs.app)?;
         let buildpack = open(&spec.dirs.buildpack)?;
-        builder
-            .preopened_dir(&app, "/app", app_perms)
-            .map_err(|e| format!("mounting /app: {e:#}"))?;
-        builder
-            .preopened_dir(&buildpack, "/buildpack", FsPerms::ReadOnly)
-            .map_err(|e| format!("mounting /buildpack: {e:#}"))?;
+        mount(&app, "/app", app_perms)?;
+        mount(&buildpack, "/buildpack", FsPerms::ReadOnly)?;
         let mut writable = Vec::new();
         if compile {
             let cache = open(&spec.dirs.cache)?;
             let tmp = open(&spec.dirs.tmp)?;
-            builder
-                .preopened_dir(&cache, "/cache", FsPerms::ReadWrite)
-                .map_err(|e| format!("mounting /cache: {e:#}"))?;
-            builder
-                .preopened_dir(&tmp, "/tmp", FsPerms::ReadWrite)
-                .map_err(|e| format!("mounting /tmp: {e:#}"))?;
+            mount(&cache, "/cache", FsPerms::ReadWrite)?;
+            mount(&tmp, "/tmp", FsPerms::ReadWrite)?;
             writable = vec![("/app", app), ("/cache", cache), ("/tmp", tmp)];
         }
         // Deny-all network, spelled out rather than left to defaults: creating a TCP or UDP
@@ -120,18 +134,11 @@ impl SandboxState {
         builder.stdout(output.clone());
         builder.stderr(output);
         let memory_limit = (limits.memory_limit_mb << 20) as usize;
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(memory_limit)
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .trap_on_grow_failure(true)
-            .build();
         let ticks = (cpu_limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         Ok(SandboxState {
             wasi: builder.build(),
             table: ResourceTable::new(),
-            limits: store_limits,
+            limits: PhaseLimiter::new(memory_limit),
             phase,
             log: spec.log,
             budget,
@@ -234,12 +241,7 @@ impl host::Host for SandboxState {
             text.push_str(line);
             text.push('\n');
         }
-        if !self.budget.charge(text.len()) {
-            return Err(wasmtime::format_err!(
-                "buildpack output exceeded the limit of {} bytes",
-                self.budget.limit()
-            ));
-        }
+        self.budget.charge(text.len())?;
         self.log.write_raw(text.as_bytes());
         Ok(())
     }
