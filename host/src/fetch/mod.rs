@@ -20,12 +20,13 @@ pub(crate) mod url_rules;
 use crate::config::{FetchConfig, MirrorRule};
 use crate::download::{Downloader, Timeouts};
 use backon::{ExponentialBuilder, Retryable};
+use parking_lot::Mutex;
 use policy::{Rules, Via};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use transfer::{Downloaded, GuardedResolver, Limits, Target};
 use url_rules::sanitize;
@@ -270,10 +271,7 @@ impl FetchService {
     }
 
     fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.inflight.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.inflight.lock();
         map.retain(|_, weak| weak.strong_count() > 0);
         if let Some(gate) = map.get(key).and_then(Weak::upgrade) {
             return gate;

@@ -20,11 +20,12 @@ pub use sandbox::{PhaseDirs, SandboxSpec};
 
 use crate::config::WasmConfig;
 use limiter::GrowRefused;
+use parking_lot::Mutex;
 use sandbox::SandboxState;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -194,13 +195,14 @@ impl WasmRuntime {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if let Some((len, mtime, loaded)) = self.lock_by_path().get(path)
+        if let Some((len, mtime, loaded)) = self.by_path.lock().get(path)
             && (*len, *mtime) == stamp
         {
             return Ok(loaded.clone());
         }
         let loaded = self.load_uncached(path)?;
-        self.lock_by_path()
+        self.by_path
+            .lock()
             .put(path.to_path_buf(), (stamp.0, stamp.1, loaded.clone()));
         Ok(loaded)
     }
@@ -229,7 +231,7 @@ impl WasmRuntime {
             .map_err(|e| read_err(e.to_string()))?
             .ok_or_else(|| read_err("no such file".into()))?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        if let Some(loaded) = self.lock_loaded().get(&digest) {
+        if let Some(loaded) = self.loaded.lock().get(&digest) {
             return Ok(loaded.clone());
         }
         let (component, origin) = self.compile_cached(path, &bytes, &digest)?;
@@ -246,24 +248,8 @@ impl WasmRuntime {
             origin,
             pre,
         });
-        self.lock_loaded().put(digest, loaded.clone());
+        self.loaded.lock().put(digest, loaded.clone());
         Ok(loaded)
-    }
-
-    fn lock_loaded(
-        &self,
-    ) -> std::sync::MutexGuard<'_, lru::LruCache<String, Arc<LoadedComponent>>> {
-        match self.loaded.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn lock_by_path(&self) -> std::sync::MutexGuard<'_, lru::LruCache<PathBuf, PathEntry>> {
-        match self.by_path.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
     }
 
     fn compile_cached(
