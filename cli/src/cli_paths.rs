@@ -28,16 +28,15 @@ pub fn absolute_cli_paths(cli: &mut Cli) -> Result<()> {
         absolute_in_place(path)?;
     }
     match &mut cli.command {
-        Command::Stage {
-            app, output, cache, ..
-        } => {
-            for path in [app, output].into_iter().chain(cache.iter_mut()) {
+        Command::Stage(args) => {
+            let cache = args.cache.iter_mut();
+            for path in [&mut args.app, &mut args.output].into_iter().chain(cache) {
                 absolute_in_place(path)?;
             }
         }
         Command::Detect { app, .. } => absolute_in_place(app)?,
-        Command::Run { droplet, .. } if !droplet.contains("://") => {
-            *droplet = absolute(Path::new(droplet))?.display().to_string();
+        Command::Run(args) if !args.droplet.contains("://") => {
+            args.droplet = absolute(Path::new(&args.droplet))?.display().to_string();
         }
         _ => {}
     }

@@ -160,7 +160,7 @@ fn a_failed_staging_is_reported_once_with_its_cf_error_type() {
                 "--stack",
                 "nope",
             ],
-            "Staging failed (StagingError): Error staging: Stack nope does not exist",
+            "Staging failed (StagingError): Stack nope does not exist",
         ),
     ] {
         let out = dea_in(cwd.path(), &args);

@@ -503,16 +503,6 @@ impl Config {
     }
 }
 
-/// Creates `dir` (and its parents) for the agent's own state — the instance registry, the
-/// directory server's key — readable by root alone. Defence in depth: the agent never
-/// copies or serves through links (see `tenant_fs`), and nothing here is ever mounted into a
-/// container or under a directory-server root.
-pub fn ensure_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-}
-
 impl WasmConfig {
     pub fn detect_timeout(&self) -> Duration {
         Duration::from_millis(self.detect_timeout_ms)
@@ -559,5 +549,12 @@ mod tests {
     #[test]
     fn unknown_keys_are_rejected() {
         assert!(Config::from_yaml("wasm:\n  memory_limt_mb: 64\n").is_err());
+    }
+
+    #[test]
+    fn the_agent_config_has_the_section() {
+        let config = Config::from_yaml("directory_server:\n  port: 0\n").expect("config parses");
+        assert_eq!(config.directory_server.port, 0);
+        assert!(Config::default().directory_server.enabled);
     }
 }

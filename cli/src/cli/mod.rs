@@ -1,7 +1,22 @@
-//! The command line's own pieces, wired in by `main.rs`: installed-buildpack management
+//! The command line, one module per command (wired in by `main.rs`): `serve`, `run`,
+//! `stage`, `files`, `stack`, `buildpack` (guest tooling), installed-buildpack management
 //! (`dea buildpacks ...`), the default buildpacks built into the binary, and telling systemd
 //! when `dea serve` is ready.
 
+pub mod buildpack;
 pub mod buildpacks;
 pub mod defaults;
+pub mod files;
 pub mod notify;
+pub mod run;
+pub mod serve;
+pub mod stack;
+pub mod stage;
+
+/// A `--env KEY=VALUE` argument.
+pub fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}

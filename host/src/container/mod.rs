@@ -1,21 +1,21 @@
 //! Containers: an OCI bundle written by the host and run with `runc`.
 //!
-//! Used for what must run as a real process: classic buildpack scripts (and, later, app
-//! instances). A container gets the stack's root filesystem read-only (by default the host's
-//! own `/usr`, `/bin`, `/lib*` and `/etc`, bind-mounted read-only), a small writable tmpfs at
-//! `/tmp` with the given directories bind-mounted into it, a non-root user, its own PID,
-//! mount, IPC, UTS, cgroup and network namespaces (the network one has no interfaces, so no
-//! route out), cgroup memory and pids limits, no capabilities, `no_new_privileges`, a seccomp
-//! profile that denies the kernel interfaces a tenant has no business with (see `seccomp.rs`),
-//! and a wall-clock timeout that kills the whole container.
+//! Used for everything that must run as a real process: classic buildpack scripts during
+//! staging ([`Runc::run`], to completion under a timeout) and app instances
+//! ([`Runc::spawn`], watched by [`crate::instance`] and ended with a [`Signal`]). A container
+//! gets the stack's root filesystem read-only (by default the host's own `/usr`, `/bin`,
+//! `/lib*` and `/etc`, bind-mounted read-only), a small writable tmpfs at `/tmp` with the given
+//! directories bind-mounted, a non-root user, its own PID, mount, IPC, UTS, cgroup and network
+//! namespaces (a fresh network one has no interfaces, so no route out; an instance joins one
+//! the host prepared), cgroup memory and pids limits, no capabilities, `no_new_privileges`, and
+//! a seccomp profile that denies the kernel interfaces a tenant has no business with
+//! (`seccomp.rs`). `oci.rs` builds the runtime configuration from a [`ContainerSpec`]; this
+//! file writes bundles and drives runc.
 
+mod oci;
 mod seccomp;
 
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxCapabilities, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
-};
-use std::collections::HashSet;
+use oci::HOST_STACK_DIRS;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -30,7 +30,9 @@ pub enum ContainerError {
         source: std::io::Error,
     },
     #[error("writing the container bundle: {0}")]
-    Bundle(String),
+    Bundle(#[source] std::io::Error),
+    #[error("writing the container bundle: {0}")]
+    Spec(#[from] oci_spec::OciSpecError),
     #[error("container {id} did not finish within {limit:?} and was killed")]
     Timeout { id: String, limit: Duration },
     #[error("container {id} could not start: {message}")]
@@ -83,6 +85,25 @@ pub struct ContainerExit {
     pub stdout: Vec<u8>,
 }
 
+/// A signal for every process of a container (`runc kill --all`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Asks the processes to end (an instance's stop, before its grace period runs out).
+    Term,
+    /// Ends them at once (a stop past its grace, a failed health check, a timeout).
+    Kill,
+}
+
+impl Signal {
+    /// The name `runc kill` takes.
+    pub fn runc_name(self) -> &'static str {
+        match self {
+            Signal::Term => "TERM",
+            Signal::Kill => "KILL",
+        }
+    }
+}
+
 /// What a container's output is passed to, chunk by chunk, as it is written.
 pub type OutputSink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
@@ -97,11 +118,6 @@ pub struct Runc {
     /// Stack root filesystem; `None` means the host's own directories, read-only.
     pub rootfs: Option<PathBuf>,
 }
-
-/// Host directories that make the default stack.
-const HOST_STACK_DIRS: &[&str] = &[
-    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
-];
 
 /// Most stdout kept in [`ContainerExit::stdout`].
 const STDOUT_KEEP: usize = 1 << 20;
@@ -124,8 +140,8 @@ impl RunningContainer {
         }
     }
 
-    /// Sends `signal` (e.g. `TERM`, `KILL`) to every process in the container.
-    pub async fn signal(&self, signal: &str) {
+    /// Sends `signal` to every process in the container.
+    pub async fn signal(&self, signal: Signal) {
         self.runc.signal(&self.id, signal).await;
     }
 
@@ -162,16 +178,13 @@ impl Runc {
         stdout: std::fs::File,
         stderr: std::fs::File,
     ) -> Result<RunningContainer, ContainerError> {
-        let bundle = std::path::absolute(self.bundles_dir.join(&spec.id))
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let bundle =
+            std::path::absolute(self.bundles_dir.join(&spec.id)).map_err(ContainerError::Bundle)?;
         let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(bundle.join("rootfs"))
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        std::fs::create_dir_all(bundle.join("rootfs")).map_err(ContainerError::Bundle)?;
         let rootfs = self.prepare_rootfs(&bundle, spec)?;
-        let config = self.oci_spec(spec, &rootfs)?;
-        config
-            .save(bundle.join("config.json"))
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let host_stack = self.stack_rootfs(spec).is_none();
+        oci::runtime_spec(spec, &rootfs, host_stack)?.save(bundle.join("config.json"))?;
         let child = tokio::process::Command::new(&self.binary)
             // Under systemd (`Type=notify`) the agent has NOTIFY_SOCKET; runc given it
             // proxies the socket into the container and waits for the app's READY=1, so
@@ -199,11 +212,11 @@ impl Runc {
         })
     }
 
-    async fn signal(&self, id: &str, signal: &str) {
+    async fn signal(&self, id: &str, signal: Signal) {
         let _ = tokio::process::Command::new(&self.binary)
             .arg("--root")
             .arg(&self.state_dir)
-            .args(["kill", "--all", id, signal])
+            .args(["kill", "--all", id, signal.runc_name()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
@@ -211,7 +224,7 @@ impl Runc {
     }
 
     /// Sends `signal` to every process of container `id`.
-    pub async fn signal_container(&self, id: &str, signal: &str) {
+    pub async fn signal_container(&self, id: &str, signal: Signal) {
         self.signal(id, signal).await;
     }
 
@@ -254,8 +267,7 @@ impl Runc {
         let rootfs = bundle.join("rootfs");
         for dir in HOST_STACK_DIRS {
             if Path::new("/").join(dir).exists() {
-                std::fs::create_dir_all(rootfs.join(dir))
-                    .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+                std::fs::create_dir_all(rootfs.join(dir)).map_err(ContainerError::Bundle)?;
             }
         }
         // runc gives the /tmp tmpfs the mode of the directory it covers.
@@ -267,7 +279,7 @@ impl Runc {
                     std::fs::Permissions::from_mode(0o1777),
                 )
             })
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+            .map_err(ContainerError::Bundle)?;
         Ok(rootfs)
     }
 
@@ -279,11 +291,10 @@ impl Runc {
         on_stdout: Option<OutputSink>,
         on_stderr: Option<OutputSink>,
     ) -> Result<ContainerExit, ContainerError> {
-        let bundle = std::path::absolute(self.bundles_dir.join(&spec.id))
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let bundle =
+            std::path::absolute(self.bundles_dir.join(&spec.id)).map_err(ContainerError::Bundle)?;
         let _ = std::fs::remove_dir_all(&bundle);
-        std::fs::create_dir_all(bundle.join("rootfs"))
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        std::fs::create_dir_all(bundle.join("rootfs")).map_err(ContainerError::Bundle)?;
         // If this future is dropped (a staging stopped or timed out), killing `runc run`
         // would leave the container running: the guard force-deletes it.
         let mut guard = DeleteOnDrop {
@@ -309,10 +320,8 @@ impl Runc {
         on_stderr: Option<OutputSink>,
     ) -> Result<ContainerExit, ContainerError> {
         let rootfs = self.prepare_rootfs(bundle, spec)?;
-        let config = self.oci_spec(spec, &rootfs)?;
-        config
-            .save(bundle.join("config.json"))
-            .map_err(|e| ContainerError::Bundle(e.to_string()))?;
+        let host_stack = self.stack_rootfs(spec).is_none();
+        oci::runtime_spec(spec, &rootfs, host_stack)?.save(bundle.join("config.json"))?;
 
         let mut child = tokio::process::Command::new(&self.binary)
             .env_remove("NOTIFY_SOCKET") // as in `spawn`: runc would wait for READY=1
@@ -369,103 +378,6 @@ impl Runc {
         })
     }
 
-    fn oci_spec(&self, spec: &ContainerSpec, rootfs: &Path) -> Result<Spec, ContainerError> {
-        let bundle_err = |e: oci_spec::OciSpecError| ContainerError::Bundle(e.to_string());
-        let mut mounts = oci_spec::runtime::get_default_mounts();
-        if self.stack_rootfs(spec).is_none() {
-            for dir in HOST_STACK_DIRS {
-                let source = Path::new("/").join(dir);
-                if source.exists() {
-                    mounts.push(bind(&source, &format!("/{dir}"), true).map_err(bundle_err)?);
-                }
-            }
-        }
-        mounts.push(
-            MountBuilder::default()
-                .destination("/tmp")
-                .typ("tmpfs")
-                .source("tmpfs")
-                .options(vec![
-                    "nosuid".to_string(),
-                    "nodev".to_string(),
-                    "mode=1777".to_string(),
-                    format!("size={}m", spec.tmp_size_mb.max(1)),
-                ])
-                .build()
-                .map_err(bundle_err)?,
-        );
-        for mount in spec.mounts.iter().chain(&spec.file_mounts) {
-            mounts.push(
-                bind(&mount.source, &mount.destination, mount.read_only).map_err(bundle_err)?,
-            );
-        }
-        let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        let no_caps: HashSet<oci_spec::runtime::Capability> = HashSet::new();
-        let caps = LinuxCapabilities::default()
-            .set_bounding(Some(no_caps.clone()))
-            .set_effective(Some(no_caps.clone()))
-            .set_inheritable(Some(no_caps.clone()))
-            .set_permitted(Some(no_caps.clone()))
-            .set_ambient(Some(no_caps))
-            .clone();
-        let process = ProcessBuilder::default()
-            .terminal(false)
-            .user(
-                UserBuilder::default()
-                    .uid(spec.uid)
-                    .gid(spec.gid)
-                    .build()
-                    .map_err(bundle_err)?,
-            )
-            .args(spec.args.clone())
-            .env(env)
-            .cwd(spec.cwd.clone())
-            .no_new_privileges(true)
-            .capabilities(caps)
-            .build()
-            .map_err(bundle_err)?;
-        let resources = LinuxResourcesBuilder::default()
-            .memory(
-                LinuxMemoryBuilder::default()
-                    .limit(spec.memory_limit_bytes)
-                    .swap(spec.memory_limit_bytes)
-                    .build()
-                    .map_err(bundle_err)?,
-            )
-            .pids(
-                LinuxPidsBuilder::default()
-                    .limit(spec.pids_limit)
-                    .build()
-                    .map_err(bundle_err)?,
-            )
-            .build()
-            .map_err(bundle_err)?;
-        let defaults = oci_spec::runtime::Linux::default();
-        let linux = LinuxBuilder::default()
-            .namespaces(namespaces(spec.network_namespace.as_deref()).map_err(bundle_err)?)
-            .resources(resources)
-            .masked_paths(defaults.masked_paths().clone().unwrap_or_default())
-            .readonly_paths(defaults.readonly_paths().clone().unwrap_or_default())
-            .cgroups_path(PathBuf::from(format!("/dea/{}", spec.id)))
-            .seccomp(seccomp::default_profile().map_err(bundle_err)?)
-            .build()
-            .map_err(bundle_err)?;
-        let mut config = Spec::default();
-        config
-            .set_root(Some(
-                RootBuilder::default()
-                    .path(rootfs.to_path_buf())
-                    .readonly(true)
-                    .build()
-                    .map_err(bundle_err)?,
-            ))
-            .set_hostname(Some(spec.hostname.clone()))
-            .set_mounts(Some(mounts))
-            .set_process(Some(process))
-            .set_linux(Some(linux));
-        Ok(config)
-    }
-
     /// Was the container's cgroup hit by the OOM killer? (cgroup v1 and v2.)
     fn oom_killed(&self, id: &str) -> bool {
         let v1 = format!("/sys/fs/cgroup/memory/dea/{id}/memory.oom_control");
@@ -482,7 +394,7 @@ impl Runc {
     }
 
     async fn kill(&self, id: &str) {
-        self.signal(id, "KILL").await;
+        self.signal(id, Signal::Kill).await;
     }
 
     async fn delete(&self, id: &str) {
@@ -523,43 +435,6 @@ impl Drop for DeleteOnDrop {
             let _ = std::fs::remove_dir_all(&bundle);
         });
     }
-}
-
-/// PID, network, IPC, UTS, mount and cgroup namespaces; the network one joined from `netns`
-/// when the host prepared it.
-fn namespaces(
-    netns: Option<&Path>,
-) -> Result<Vec<oci_spec::runtime::LinuxNamespace>, oci_spec::OciSpecError> {
-    use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType};
-    oci_spec::runtime::get_default_namespaces()
-        .into_iter()
-        .map(|ns| match (ns.typ(), netns) {
-            (LinuxNamespaceType::Network, Some(path)) => LinuxNamespaceBuilder::default()
-                .typ(LinuxNamespaceType::Network)
-                .path(path.to_path_buf())
-                .build(),
-            _ => Ok(ns),
-        })
-        .collect()
-}
-
-fn bind(
-    source: &Path,
-    destination: &str,
-    read_only: bool,
-) -> Result<oci_spec::runtime::Mount, oci_spec::OciSpecError> {
-    let mut options = vec![
-        "rbind".to_string(),
-        "nosuid".to_string(),
-        "nodev".to_string(),
-    ];
-    options.push(if read_only { "ro" } else { "rw" }.to_string());
-    MountBuilder::default()
-        .destination(destination)
-        .typ("bind")
-        .source(source)
-        .options(options)
-        .build()
 }
 
 /// Copies a stream to `sink` as it arrives, keeping the first `keep` bytes.

@@ -257,41 +257,23 @@ fn append_named<W: Write>(
 struct ParallelGz {
     buffer: Vec<u8>,
     next_seq: u64,
-    jobs: Option<crossbeam_like::Sender<(u64, Vec<u8>)>>,
+    jobs: Option<crossbeam_channel::Sender<(u64, Vec<u8>)>>,
     workers: Vec<std::thread::JoinHandle<()>>,
     writer: Option<std::thread::JoinHandle<io::Result<(u64, String, String)>>>,
 }
 
-/// The tiny bit of a multi-consumer queue the workers need, built on std.
-mod crossbeam_like {
-    use std::sync::{Arc, Mutex, mpsc};
-
-    pub struct Sender<T>(pub mpsc::SyncSender<T>);
-    #[derive(Clone)]
-    pub struct Receiver<T>(pub Arc<Mutex<mpsc::Receiver<T>>>);
-
-    pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
-        let (tx, rx) = mpsc::sync_channel(capacity);
-        (Sender(tx), Receiver(Arc::new(Mutex::new(rx))))
-    }
-
-    impl<T> Receiver<T> {
-        pub fn recv(&self) -> Option<T> {
-            self.0.lock().ok()?.recv().ok()
-        }
-    }
-}
-
 impl ParallelGz {
     fn new(mut output: File, level: u32, threads: usize) -> ParallelGz {
-        let (job_tx, job_rx) = crossbeam_like::bounded::<(u64, Vec<u8>)>(threads * 2);
+        // Many workers take from one queue: a multi-consumer channel, bounded so a fast tar
+        // walk cannot queue the whole droplet in memory.
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(threads * 2);
         let (done_tx, done_rx) = mpsc::channel::<(u64, io::Result<Vec<u8>>)>();
         let workers = (0..threads)
             .map(|_| {
                 let job_rx = job_rx.clone();
                 let done_tx = done_tx.clone();
                 std::thread::spawn(move || {
-                    while let Some((seq, block)) = job_rx.recv() {
+                    while let Ok((seq, block)) = job_rx.recv() {
                         let mut encoder = GzEncoder::new(
                             Vec::with_capacity(block.len() / 2),
                             Compression::new(level.min(9)),
@@ -350,8 +332,7 @@ impl ParallelGz {
             .jobs
             .as_ref()
             .ok_or_else(|| io::Error::other("droplet writer already finished"))?;
-        jobs.0
-            .send((self.next_seq, block))
+        jobs.send((self.next_seq, block))
             .map_err(|_| io::Error::other("droplet compression stopped"))?;
         self.next_seq += 1;
         Ok(())

@@ -103,12 +103,4 @@ mod tests {
         assert_eq!(config.local_base(8), "http://127.0.0.1:8");
         assert!(serde_yaml_ng::from_str::<DirectoryServerConfig>("prot: http\n").is_err());
     }
-
-    #[test]
-    fn the_agent_config_has_the_section() {
-        let config = crate::config::Config::from_yaml("directory_server:\n  port: 0\n")
-            .expect("config parses");
-        assert_eq!(config.directory_server.port, 0);
-        assert!(crate::config::Config::default().directory_server.enabled);
-    }
 }

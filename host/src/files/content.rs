@@ -112,7 +112,7 @@ impl FileContent {
             Source::File(file) => {
                 let mut file = tokio::fs::File::from_std(file);
                 if let Err(e) = file.seek(SeekFrom::Start(start)).await {
-                    return super::server::server_error(&e.to_string());
+                    return server_error(&e.to_string());
                 }
                 let reader = file.take(length);
                 Body::from_stream(tokio_util::io::ReaderStream::with_capacity(reader, CHUNK))
@@ -218,6 +218,20 @@ pub(crate) fn content_type(path: &Path) -> &'static str {
         Some("tar") => "application/x-tar",
         _ => "application/octet-stream",
     }
+}
+
+/// The Go server's 500: `Can't serve request due to error: …`, no newline.
+pub(crate) fn server_error(message: &str) -> Response {
+    tracing::warn!("file request failed: {message}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        format!("Can't serve request due to error: {message}"),
+    )
+        .into_response()
 }
 
 #[cfg(test)]

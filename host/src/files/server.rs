@@ -1,7 +1,7 @@
 //! The HTTP side: routes, the DEA file API's checks in its order (reference dea_ng.md §5.4),
 //! then the Go server's serving (§5.5), in one axum server.
 
-use super::content::FileContent;
+use super::content::{FileContent, server_error};
 use super::resolve::{Opened, ResolveError, Scope, open_under};
 use super::signing::{form_decode, instance_url_path, now, staging_url_path};
 use super::tail::Tail;
@@ -437,20 +437,6 @@ fn entity_not_found() -> Response {
             ),
         ],
         "Entity not found.\n",
-    )
-        .into_response()
-}
-
-/// The Go server's 500: `Can't serve request due to error: …`, no newline.
-pub(crate) fn server_error(message: &str) -> Response {
-    tracing::warn!("file request failed: {message}");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        )],
-        format!("Can't serve request due to error: {message}"),
     )
         .into_response()
 }

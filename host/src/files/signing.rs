@@ -198,7 +198,7 @@ pub fn key_file_path(base_dir: &Path) -> PathBuf {
 pub fn write_key_file(base_dir: &Path, signer: &UrlSigner) -> std::io::Result<PathBuf> {
     let path = key_file_path(base_dir);
     let dir = base_dir.join("db");
-    crate::config::ensure_private_dir(&dir)?;
+    crate::private_dir::ensure(&dir)?;
     // NamedTempFile creates its file with mode 0600 before anything is written to it.
     let mut file = tempfile::Builder::new()
         .prefix(".directory_server.key")

@@ -3,11 +3,12 @@
 //! concurrent starts.
 
 use crate::download::{Accept, DownloadError, Downloader, Options, Timeouts};
+use parking_lot::Mutex;
 use sha1::{Digest, Sha1};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 /// Why a droplet could not be had.
 #[derive(Debug, thiserror::Error)]
@@ -82,10 +83,7 @@ impl DropletStore {
         }
         let key = expected_sha1.unwrap_or(source).to_string();
         let gate = {
-            let mut gates = match self.gates.lock() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
+            let mut gates = self.gates.lock();
             gates.retain(|_, gate| gate.strong_count() > 0);
             match gates.get(&key).and_then(Weak::upgrade) {
                 Some(gate) => gate,

@@ -1,4 +1,5 @@
-//! Running droplets as instances.
+//! Running droplets as instances: the registry of this host's instances and the types the
+//! rest of the agent sees.
 //!
 //! The [`InstanceManager`] takes a start request through the DEA's sequence (reference
 //! dea_ng.md §4.2–4.4): get the droplet (stored once per SHA-1), unpack it under the
@@ -7,34 +8,60 @@
 //! namespace), run the start script (environment, `.profile.d`, exec of the start command),
 //! publish the app's port on a host port, and health-check it. States go BORN → STARTING →
 //! RUNNING → STOPPING → STOPPED, or CRASHED, each change timestamped. The app's stdout and
-//! stderr are files under the instance's `home/logs/` (`/home/vcap/logs`); a crashed instance's logs are kept under
-//! `crashes/`.
+//! stderr are files under the instance's `home/logs/` (`/home/vcap/logs`); a crashed
+//! instance's logs are kept under `crashes/`.
+//!
+//! This file holds the registry (ids to instances, state changes and who hears of them) and
+//! the public types; each part of an instance's life has its own file:
+//!
+//! | file | holds |
+//! |---|---|
+//! | `settings.rs` | [`InstanceSettings`]: limits and places, from the configuration |
+//! | `start.rs` | the start path: registration, droplet, home, network, container |
+//! | `spec.rs` | the container an instance runs in, and its start script |
+//! | `monitor.rs` | one instance's watch: health check, exit, disk, reachability, clean-up |
+//! | `control.rs` | orders from outside: stop, abandon, evacuate, wait |
+//! | `capacity.rs` | memory and disk left for instances and staging reservations |
+//! | `crashes.rs` | crash logs and the reaper of old crashes |
+//! | `usage.rs` | [`Usage`]: memory, CPU and disk of a running instance |
+//! | `snapshot.rs` | the registry on disk, and recovery after a restart |
+//! | `ids.rs` | instance ids in the DEA's shape |
+//! | `home.rs`, `disk.rs`, `network.rs`, `droplet_store.rs` | the instance's files, disk use, network and droplets |
 
 pub mod droplet_store;
 
 mod capacity;
+mod control;
+mod crashes;
 pub mod disk;
 mod home;
+mod ids;
 mod monitor;
 pub mod network;
+mod settings;
 mod snapshot;
 mod spec;
+mod start;
+mod usage;
 
-use capacity::Reservation;
-use home::PreparedHome;
-use monitor::{Control, Process, Running, Watch};
-use network::{Attached, Network, NetworkSettings};
+use capacity::StagingReservations;
+use monitor::Control;
+use network::{Attached, Network};
 
 use crate::config::EgressRule;
 use crate::container::Runc;
-use crate::droplet::{self, UnpackLimits};
-use crate::netns::NetNamespace;
+use crate::droplet;
+pub use capacity::CapacityError;
 pub use droplet_store::{DropletError, DropletStore};
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
+pub use settings::InstanceSettings;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+pub use usage::Usage;
 
 pub use network::CONTAINER_PORT;
 
@@ -198,100 +225,92 @@ impl InstanceInfo {
     }
 }
 
+/// A fully filled-in instance, for unit tests: every field has a value a test can check.
+#[cfg(test)]
+pub(crate) fn example_info(id: &str, state: InstanceState) -> InstanceInfo {
+    InstanceInfo {
+        instance_id: id.to_string(),
+        application_id: format!("app-of-{id}"),
+        droplet_sha1: "da39a3ee5e6b4b0d3255bfef95601890afd80709".into(),
+        state,
+        state_timestamp: 1_700_000_000.5,
+        state_timestamps: BTreeMap::from([(state.name().to_string(), 1_700_000_000.5)]),
+        host_port: 61001,
+        container_port: CONTAINER_PORT,
+        exit_status: None,
+        exit_description: None,
+        start_command: Some("bundle exec rackup".into()),
+        dir: PathBuf::from("/var/vcap/instances").join(id),
+        container_id: format!("dea-app-{id}"),
+        netns: format!("dea-i-{id}"),
+        memory_mb: 256,
+        disk_mb: 1024,
+        start_timings_ms: BTreeMap::from([("droplet".to_string(), 12.5)]),
+        application_name: "dora".into(),
+        application_version: "v1".into(),
+        application_uris: vec!["dora.example.com".into()],
+        instance_index: 2,
+        cc_partition: "default".into(),
+        private_instance_id: format!("{id}{id}"),
+        network: Some(Attached {
+            host_if: "dea-h-0001".into(),
+            host_ip: "10.254.0.1".into(),
+            container_ip: "10.254.0.2".into(),
+            host_port: 61001,
+            egress: false,
+        }),
+    }
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Resource use of a running instance, for `dea.find.droplet` stats.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Usage {
-    pub mem_bytes: u64,
-    pub disk_bytes: u64,
-    /// Fraction of one core used since the previous sample.
-    pub cpu: f64,
-}
-
+/// One registered instance: its info, and the registry's ends of its monitor's channels.
 struct Handle {
     info: Mutex<InstanceInfo>,
-    control: Mutex<Option<tokio::sync::oneshot::Sender<Control>>>,
-    done: tokio::sync::watch::Receiver<bool>,
+    /// Orders for its monitor; the first order takes it (`None`: no monitor, or already told).
+    control: Mutex<Option<oneshot::Sender<Control>>>,
+    /// Turns true when its monitor has finished (or when it never gets one).
+    done: watch::Receiver<bool>,
 }
 
-/// Limits and places for instances.
-#[derive(Debug, Clone)]
-pub struct InstanceSettings {
-    pub base_dir: PathBuf,
-    pub uid: u32,
-    pub gid: u32,
-    pub pids_limit: i64,
-    pub stop_grace: Duration,
-    pub max_droplet_mb: u64,
-    /// Memory this host offers to instances, in MiB, and how far it may be overcommitted.
-    pub memory_capacity_mb: u64,
-    pub memory_overcommit_factor: f64,
-    /// Disk this host offers to instances, in MiB, and how far it may be overcommitted.
-    pub disk_capacity_mb: u64,
-    pub disk_overcommit_factor: f64,
-    /// How long a crashed instance's logs are kept under `crashes/`.
-    pub crash_lifetime: Duration,
-    /// How often a running instance's disk use is measured against its limit.
-    pub disk_check_interval: Duration,
-    /// Addresses, published ports and egress of instances.
-    pub network: NetworkSettings,
-    /// How often a running instance with routes is checked to accept connections.
-    pub health_check_interval: Duration,
-    /// Most files and directories an instance's home may hold (an inode limit).
-    pub max_files: u64,
-    /// Deepest nesting of directories accepted in a droplet.
-    pub max_dir_depth: usize,
-    /// The stacks instances run on.
-    pub stacks: crate::stack::Stacks,
+/// The monitor's ends of a [`Handle`]'s channels: orders in, "finished" out.
+struct Lifeline {
+    control: oneshot::Receiver<Control>,
+    done: watch::Sender<bool>,
 }
 
-impl InstanceSettings {
-    /// The settings `config` describes (memory capacity defaults to the machine's RAM).
-    pub fn from_config(config: &crate::config::Config) -> InstanceSettings {
-        let instances = &config.instances;
-        let machine_mb = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|text| {
-                text.lines()
-                    .find(|l| l.starts_with("MemTotal:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-            .map_or(4096, |kb| kb / 1024);
-        InstanceSettings {
-            base_dir: config.base_dir.clone(),
-            uid: instances.uid,
-            gid: instances.gid,
-            pids_limit: instances.pids_limit,
-            stop_grace: Duration::from_secs(instances.stop_grace_secs),
-            max_droplet_mb: instances.max_droplet_mb,
-            memory_capacity_mb: instances.memory_capacity_mb.unwrap_or(machine_mb),
-            memory_overcommit_factor: instances.memory_overcommit_factor,
-            disk_capacity_mb: instances.disk_capacity_mb,
-            disk_overcommit_factor: instances.disk_overcommit_factor,
-            crash_lifetime: Duration::from_secs(instances.crash_lifetime_secs),
-            disk_check_interval: Duration::from_secs(instances.disk_check_interval_secs.max(1)),
-            network: NetworkSettings {
-                subnet: instances.network.clone(),
-                port_range: (instances.port_range[0], instances.port_range[1]),
-                // An address that is not IPv4 (a name) publishes on every local address.
-                publish_address: instances
-                    .publish_address
-                    .parse()
-                    .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
-                egress: instances.egress_rules.clone(),
-                table: NetworkSettings::table_for(&config.base_dir),
-            },
-            health_check_interval: Duration::from_secs(instances.health_check_interval_secs.max(1)),
-            max_files: instances.max_files,
-            max_dir_depth: config.staging.max_dir_depth,
-            stacks: config.stacks(),
-        }
+impl Handle {
+    /// A handle for an instance that is to have a monitor, and the monitor's ends.
+    fn new(info: InstanceInfo) -> (Arc<Handle>, Lifeline) {
+        let (control_tx, control) = oneshot::channel();
+        let (done, done_rx) = watch::channel(false);
+        let handle = Arc::new(Handle {
+            info: Mutex::new(info),
+            control: Mutex::new(Some(control_tx)),
+            done: done_rx,
+        });
+        (handle, Lifeline { control, done })
+    }
+
+    /// A handle for an instance that is already finished: no monitor will watch it.
+    fn finished(info: InstanceInfo) -> Arc<Handle> {
+        let (_, done) = watch::channel(true);
+        Arc::new(Handle {
+            info: Mutex::new(info),
+            control: Mutex::new(None),
+            done,
+        })
+    }
+}
+
+impl Lifeline {
+    /// Tells whoever waits on the handle that the instance is finished without a monitor.
+    fn finish(self) {
+        let _ = self.done.send(true);
     }
 }
 
@@ -302,18 +321,14 @@ pub struct InstanceManager {
     /// Instance networking, shared with the blocking pool.
     network: Arc<Network>,
     droplets: DropletStore,
-    instances: Mutex<HashMap<String, Arc<Handle>>>,
+    /// Instances by id. Reads (lookups, listings, capacity) share it; registering,
+    /// unregistering and reserving capacity take it for writing, which keeps concurrent
+    /// reservations from both fitting.
+    instances: RwLock<HashMap<String, Arc<Handle>>>,
     /// Staging tasks' reservations, by task id.
-    staging: Mutex<HashMap<String, Reservation>>,
+    staging: Mutex<StagingReservations>,
     /// Every state change, for the NATS agent (routes, heartbeats, `droplet.exited`).
     events: tokio::sync::broadcast::Sender<InstanceInfo>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl InstanceManager {
@@ -339,8 +354,8 @@ impl InstanceManager {
             runc,
             network: Arc::new(network),
             droplets,
-            instances: Mutex::new(HashMap::new()),
-            staging: Mutex::new(HashMap::new()),
+            instances: RwLock::new(HashMap::new()),
+            staging: Mutex::new(StagingReservations::default()),
             events: tokio::sync::broadcast::channel(4096).0,
         }))
     }
@@ -361,7 +376,7 @@ impl InstanceManager {
     /// Moves an instance to `state`, saves the snapshot and tells subscribers.
     fn enter(&self, handle: &Handle, state: InstanceState) {
         let info = {
-            let mut info = lock(&handle.info);
+            let mut info = handle.info.lock();
             info.set_state(state);
             info.clone()
         };
@@ -370,264 +385,15 @@ impl InstanceManager {
     }
 
     pub fn get(&self, id: &str) -> Option<InstanceInfo> {
-        lock(&self.instances).get(id).map(|h| lock(&h.info).clone())
+        self.instances.read().get(id).map(|h| h.info.lock().clone())
     }
 
     pub fn list(&self) -> Vec<InstanceInfo> {
-        lock(&self.instances)
+        self.instances
+            .read()
             .values()
-            .map(|h| lock(&h.info).clone())
+            .map(|h| h.info.lock().clone())
             .collect()
-    }
-
-    /// Starts an instance; returns once it is RUNNING or CRASHED.
-    pub async fn start(
-        self: &Arc<Self>,
-        request: StartRequest,
-    ) -> Result<InstanceInfo, InstanceError> {
-        let id = new_id();
-        let dir = self.settings.base_dir.join("instances").join(&id);
-        let mut info = InstanceInfo {
-            instance_id: id.clone(),
-            application_id: request.application_id.clone(),
-            droplet_sha1: String::new(),
-            state: InstanceState::Born,
-            state_timestamp: 0.0,
-            state_timestamps: BTreeMap::new(),
-            host_port: 0,
-            container_port: CONTAINER_PORT,
-            exit_status: None,
-            exit_description: None,
-            start_command: None,
-            dir: dir.clone(),
-            container_id: format!("dea-app-{id}"),
-            netns: format!("dea-i-{}", &id[..16.min(id.len())]),
-            memory_mb: request.memory_mb,
-            disk_mb: request.disk_mb,
-            start_timings_ms: BTreeMap::new(),
-            application_name: request.name.clone(),
-            application_version: request.version.clone(),
-            application_uris: request.uris.clone(),
-            instance_index: request.index,
-            cc_partition: request.cc_partition.clone(),
-            private_instance_id: format!("{}{}", new_id(), new_id()),
-            network: None,
-        };
-        info.set_state(InstanceState::Born);
-        let (control_tx, control_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
-        let handle = Arc::new(Handle {
-            info: Mutex::new(info),
-            control: Mutex::new(Some(control_tx)),
-            done: done_rx,
-        });
-        // Reserve under the registry lock, so concurrent starts cannot both fit.
-        let refused = {
-            let mut instances = lock(&self.instances);
-            let refused = request
-                .refusal
-                .clone()
-                .or_else(|| self.refuse_for_resources(&instances, &request));
-            instances.insert(id.clone(), handle.clone());
-            refused
-        };
-        if let Some(message) = refused {
-            lock(&handle.info).exit_description = Some(message);
-            self.enter(&handle, InstanceState::Crashed);
-            let _ = done_tx.send(true);
-            return Ok(lock(&handle.info).clone());
-        }
-        self.enter(&handle, InstanceState::Starting);
-
-        let running = match self.prepare(&handle, &request).await {
-            Ok(running) => running,
-            Err(error) => {
-                lock(&handle.info).exit_description = Some(error.to_string());
-                self.enter(&handle, InstanceState::Crashed);
-                self.release(&handle, None, None).await;
-                let _ = done_tx.send(true);
-                return Ok(lock(&handle.info).clone());
-            }
-        };
-        let manager = self.clone();
-        let monitor_handle = handle.clone();
-        let watch = Watch {
-            health: request.health_check.then_some(request.health_check_timeout),
-            reachability: request.health_check,
-        };
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            manager
-                .monitor(monitor_handle, running, control_rx, watch, ready_tx)
-                .await;
-            let _ = done_tx.send(true);
-        });
-        let _ = ready_rx.await;
-        Ok(lock(&handle.info).clone())
-    }
-
-    /// Droplet, directories, network and container: everything up to a running process.
-    async fn prepare(
-        &self,
-        handle: &Arc<Handle>,
-        request: &StartRequest,
-    ) -> Result<Running, InstanceError> {
-        let setup = |e: &dyn std::fmt::Display| InstanceError::Setup(e.to_string());
-        let timer = std::time::Instant::now();
-        let record = |step: &str, since: std::time::Instant| {
-            lock(&handle.info)
-                .start_timings_ms
-                .insert(step.to_string(), since.elapsed().as_secs_f64() * 1000.0);
-        };
-        let (droplet_path, sha1) = self
-            .droplets
-            .get(&request.droplet, request.sha1.as_deref())
-            .await?;
-        record("droplet", timer);
-        let timer = std::time::Instant::now();
-        let dir = lock(&handle.info).dir.clone();
-        let home = dir.join("home");
-        let limits = UnpackLimits {
-            max_bytes: self.settings.max_droplet_mb << 20,
-            max_files: 1_000_000,
-            max_depth: self.settings.max_dir_depth,
-        };
-        let (uid, gid) = (self.settings.uid, self.settings.gid);
-        let (from, to) = (droplet_path.clone(), home.clone());
-        // The droplet is a tenant's archive: unpacked safely, then every path the agent
-        // itself uses in it is opened beneath the home, never through a link.
-        let prepared =
-            tokio::task::spawn_blocking(move || -> Result<PreparedHome, InstanceError> {
-                droplet::unpack_source(&from, &to, limits)?;
-                PreparedHome::new(&to, uid, gid)
-            })
-            .await
-            .map_err(|e| setup(&e))??;
-        let command = request
-            .start_command
-            .clone()
-            .or(prepared.staged_command)
-            .ok_or(InstanceError::MissingStartCommand)?;
-        record("extract", timer);
-        let timer = std::time::Instant::now();
-
-        let (netns_name, instance_id) = {
-            let info = lock(&handle.info);
-            (info.netns.clone(), info.instance_id.clone())
-        };
-        let _ = NetNamespace::existing(&netns_name); // a stale one from an earlier agent goes
-        let namespace = NetNamespace::create_named(&netns_name).map_err(|e| setup(&e))?;
-        let (manager, requested, egress) = (
-            self.network.clone(),
-            request.host_port,
-            request.egress.clone(),
-        );
-        let (network, port) = tokio::task::spawn_blocking(move || {
-            manager.attach(&netns_name, &instance_id, requested, &egress)
-        })
-        .await
-        .map_err(|e| setup(&e))??;
-        {
-            let mut info = lock(&handle.info);
-            info.droplet_sha1 = sha1;
-            info.host_port = network.host_port;
-            info.network = Some(network.clone());
-            info.start_command = Some(command.clone());
-        }
-        // Saved before the container starts, so a restarted agent can always tear it down.
-        self.save_snapshot();
-        let info = lock(&handle.info).clone();
-        let spec =
-            spec::container_spec(&self.settings, &info, request, &home, &namespace, &command);
-        let container = match self
-            .runc
-            .spawn(&spec, prepared.stdout, prepared.stderr)
-            .await
-        {
-            Ok(container) => container,
-            Err(e) => {
-                let manager = self.network.clone();
-                let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
-                return Err(setup(&e));
-            }
-        };
-        record("container", timer);
-        Ok(Running {
-            process: Process::Child(container),
-            namespace,
-            network,
-            port,
-        })
-    }
-
-    /// Removes kept crash logs older than `crash_lifetime`.
-    /// Also drops CRASHED instances from the registry as the DEA's reaper does: past
-    /// `crash_lifetime`, and all but the most recent crash of each app.
-    pub fn reap_crashes(&self) {
-        let lifetime = self.settings.crash_lifetime.as_secs_f64();
-        let now = now_secs();
-        let pruned = {
-            let mut instances = lock(&self.instances);
-            let mut latest: HashMap<String, (f64, String)> = HashMap::new();
-            let mut expired = Vec::new();
-            for (id, handle) in instances.iter() {
-                let info = lock(&handle.info);
-                if info.state != InstanceState::Crashed {
-                    continue;
-                }
-                if now - info.state_timestamp > lifetime {
-                    expired.push(id.clone());
-                    continue;
-                }
-                let newer = (info.state_timestamp, id.clone());
-                match latest.get_mut(&info.application_id) {
-                    Some(kept) if kept.0 >= newer.0 => expired.push(id.clone()),
-                    Some(kept) => expired.push(std::mem::replace(kept, newer).1),
-                    None => {
-                        latest.insert(info.application_id.clone(), newer);
-                    }
-                }
-            }
-            for id in &expired {
-                instances.remove(id);
-            }
-            !expired.is_empty()
-        };
-        if pruned {
-            self.save_snapshot();
-        }
-        let Ok(entries) = std::fs::read_dir(self.settings.base_dir.join("crashes")) else {
-            return;
-        };
-        for entry in entries.filter_map(Result::ok) {
-            let old = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > self.settings.crash_lifetime);
-            if old {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-
-    async fn keep_crash_logs(&self, handle: &Handle) {
-        self.reap_crashes();
-        let info = lock(&handle.info).clone();
-        let target = self
-            .settings
-            .base_dir
-            .join("crashes")
-            .join(&info.instance_id)
-            .join("logs");
-        let home = info.dir.join("home");
-        let kept = tokio::task::spawn_blocking(move || home::keep_crash_logs(&home, &target)).await;
-        match kept {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(instance = %info.instance_id, "keeping crash logs: {e}"),
-            Err(e) => tracing::warn!(instance = %info.instance_id, "keeping crash logs: {e}"),
-        }
     }
 
     /// The host pid of an instance's main process, while it runs.
@@ -646,36 +412,19 @@ impl InstanceManager {
         counts
     }
 
-    /// Marks every live instance EVACUATING (they keep running and keep their routes).
-    pub fn evacuate(&self) {
-        let handles: Vec<Arc<Handle>> = lock(&self.instances).values().cloned().collect();
-        for handle in handles {
-            let live = matches!(
-                lock(&handle.info).state,
-                InstanceState::Born
-                    | InstanceState::Starting
-                    | InstanceState::Resuming
-                    | InstanceState::Running
-            );
-            if live {
-                self.enter(&handle, InstanceState::Evacuating);
-            }
-        }
-    }
-
     /// Applies `dea.update` to one instance: new routes, and a new version, which (as in the
     /// DEA) gives the instance a new id. Returns the updated info.
     pub fn update(&self, id: &str, uris: &[String], version: Option<&str>) -> Option<InstanceInfo> {
-        let mut instances = lock(&self.instances);
+        let mut instances = self.instances.write();
         let handle = instances.get(id).cloned()?;
         let info = {
-            let mut info = lock(&handle.info);
+            let mut info = handle.info.lock();
             info.application_uris = uris.to_vec();
             if let Some(version) = version
                 && version != info.application_version
             {
                 info.application_version = version.to_string();
-                info.instance_id = new_id();
+                info.instance_id = ids::new_id();
                 instances.remove(id);
                 instances.insert(info.instance_id.clone(), handle.clone());
             }
@@ -685,133 +434,4 @@ impl InstanceManager {
         self.save_snapshot();
         Some(info)
     }
-
-    /// Memory, disk and CPU use of a running instance.
-    pub async fn usage(&self, id: &str) -> Option<Usage> {
-        let info = self.get(id)?;
-        let cgroup = |file: &str| {
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/memory/dea/{}/{file}",
-                info.container_id
-            ))
-            .or_else(|_| {
-                std::fs::read_to_string(format!("/sys/fs/cgroup/dea/{}/{file}", info.container_id))
-            })
-            .ok()
-        };
-        let mem_bytes = cgroup("memory.usage_in_bytes")
-            .or_else(|| cgroup("memory.current"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        let cpu = self.cpu_fraction(&info.container_id).await;
-        let home = info.dir.join("home");
-        let (container_id, max_files) = (info.container_id.clone(), self.settings.max_files);
-        let max_depth = self.settings.max_dir_depth;
-        let disk_bytes = tokio::task::spawn_blocking(move || {
-            disk::usage(&home, &container_id, max_files, max_depth).map_or(0, |u| u.bytes)
-        })
-        .await
-        .unwrap_or(0);
-        Some(Usage {
-            mem_bytes,
-            disk_bytes,
-            cpu,
-        })
-    }
-
-    /// CPU used over a short sample, as a fraction of one core (cgroup cpuacct).
-    async fn cpu_fraction(&self, container_id: &str) -> f64 {
-        let read = || {
-            std::fs::read_to_string(format!(
-                "/sys/fs/cgroup/cpuacct/dea/{container_id}/cpuacct.usage"
-            ))
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        };
-        let Some(before) = read() else {
-            return 0.0;
-        };
-        let window = Duration::from_millis(100);
-        tokio::time::sleep(window).await;
-        let after = read().unwrap_or(before);
-        after.saturating_sub(before) as f64 / window.as_nanos() as f64
-    }
-
-    /// Lets go of every instance without stopping it, as an agent that exits (or dies)
-    /// does; a later [`InstanceManager::recover`] picks them up.
-    pub async fn abandon(&self) {
-        let handles: Vec<Arc<Handle>> = lock(&self.instances).values().cloned().collect();
-        for handle in handles {
-            if let Some(control) = lock(&handle.control).take() {
-                let _ = control.send(Control::Abandon);
-            }
-        }
-        // Give the monitors a moment to release their listeners.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
-    /// When no instance holds a network any more (after a shutdown that stopped them all),
-    /// removes this agent's nftables table: a host the agent has left keeps nothing of it.
-    pub async fn release_network_if_idle(&self) {
-        let idle = self
-            .list()
-            .iter()
-            .all(|info| info.network.is_none() || !info.holds_resources());
-        if idle {
-            let network = self.network.clone();
-            match tokio::task::spawn_blocking(move || network.uninstall()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("removing the instance network table: {e}"),
-                Err(e) => tracing::warn!("removing the instance network table: {e}"),
-            }
-        }
-    }
-
-    /// Stops an instance: TERM, then KILL after the grace period. Returns its final info.
-    pub async fn stop(&self, id: &str) -> Result<InstanceInfo, InstanceError> {
-        let handle = lock(&self.instances)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| InstanceError::Unknown(id.to_string()))?;
-        if let Some(control) = lock(&handle.control).take() {
-            let _ = control.send(Control::Stop);
-        }
-        let mut done = handle.done.clone();
-        while !*done.borrow() {
-            if done.changed().await.is_err() {
-                break;
-            }
-        }
-        Ok(lock(&handle.info).clone())
-    }
-
-    /// Waits until the instance leaves STARTING/RUNNING (crash or stop), up to `limit`.
-    pub async fn wait_until_finished(&self, id: &str, limit: Duration) -> Option<InstanceInfo> {
-        let handle = lock(&self.instances).get(id).cloned()?;
-        let mut done = handle.done.clone();
-        let _ = tokio::time::timeout(limit, async {
-            while !*done.borrow() {
-                if done.changed().await.is_err() {
-                    break;
-                }
-            }
-        })
-        .await;
-        Some(lock(&handle.info).clone())
-    }
-}
-
-fn new_id() -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    format!("{:016x}{:016x}", rand_u64(), rand_u64() ^ nanos)
-}
-
-/// 64 random bits from the standard library's per-instance SipHash keys.
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u64(u64::from(std::process::id()));
-    hasher.finish()
 }

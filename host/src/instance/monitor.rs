@@ -3,13 +3,14 @@
 //! the end, crash logs and a clean-up that leaves nothing behind but those logs.
 
 use super::network::{Attached, PortReservation};
-use super::{Handle, InstanceManager, InstanceState, disk, lock};
-use crate::container::{Runc, RunningContainer};
+use super::{Handle, InstanceManager, InstanceState, Lifeline, disk};
+use crate::container::{Runc, RunningContainer, Signal};
 use crate::netns::NetNamespace;
 use crate::tenant_fs::{Links, TenantDir};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// Consecutive failed reachability checks after which a running instance is crashed.
 const UNREACHABLE_CHECKS: u32 = 3;
@@ -62,7 +63,7 @@ impl Process {
         }
     }
 
-    async fn signal(&self, signal: &str) {
+    async fn signal(&self, signal: Signal) {
         match self {
             Process::Child(container) => container.signal(signal).await,
             Process::Adopted { runc, id, .. } => runc.signal_container(id, signal).await,
@@ -107,184 +108,40 @@ pub(super) struct Watch {
     pub reachability: bool,
 }
 
-impl InstanceManager {
-    /// Health check, then waits for the process to exit or a stop; records the outcome and
-    /// cleans up.
-    pub(super) async fn monitor(
-        &self,
-        handle: Arc<Handle>,
-        running: Running,
-        mut control: tokio::sync::oneshot::Receiver<Control>,
-        watch: Watch,
-        ready: tokio::sync::oneshot::Sender<()>,
-    ) {
-        let Running {
-            process: mut container,
-            namespace,
-            network,
-            port,
-        } = running;
-        let mut ready = Some(ready);
-        let health_started = std::time::Instant::now();
-        let healthy = match watch.health {
-            None => Health::Healthy,
-            Some(limit) => {
-                tokio::select! {
-                    ok = wait_for_app(&network, limit) => {
-                        if ok { Health::Healthy } else { Health::Unhealthy }
-                    }
-                    code = container.wait() => Health::Exited(code),
-                    order = &mut control => Health::Ordered(order.unwrap_or(Control::Abandon)),
-                }
-            }
-        };
-        let exit = match healthy {
-            Health::Healthy => {
-                let resumed_state = {
-                    let mut info = lock(&handle.info);
-                    info.start_timings_ms.insert(
-                        "health_check".into(),
-                        health_started.elapsed().as_secs_f64() * 1000.0,
-                    );
-                    // An instance adopted while the agent was evacuating stays EVACUATING.
-                    if info.state == InstanceState::Evacuating {
-                        InstanceState::Evacuating
-                    } else {
-                        InstanceState::Running
-                    }
-                };
-                self.enter(&handle, resumed_state);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                self.while_running(
-                    &handle,
-                    &mut container,
-                    &mut control,
-                    &network,
-                    watch.reachability,
-                )
-                .await
-            }
-            Health::Unhealthy => {
-                let index = lock(&handle.info).instance_id.clone();
-                lock(&handle.info).exit_description = Some(format!(
-                    "Instance {index} failed to start accepting connections"
-                ));
-                container.signal("KILL").await;
-                Ending::Exited(container.wait().await)
-            }
-            Health::Exited(code) => Ending::Exited(code),
-            Health::Ordered(order) => Ending::Ordered(order),
-        };
-        match exit {
-            Ending::Ordered(Control::Abandon) => {
-                // The agent goes; the container, its network and its files stay, and traffic
-                // keeps reaching it (the kernel publishes its port, not this process).
-                namespace.leak();
-                drop(port);
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                if let Process::Child(child) = container {
-                    std::mem::forget(child);
-                }
-                return;
-            }
-            Ending::Exited(code) => {
-                {
-                    let mut info = lock(&handle.info);
-                    if info.exit_description.is_none() {
-                        info.exit_description = Some(if code == 137 {
-                            // The cgroup (and its OOM counter) is gone by now; inside the
-                            // container nothing else sends SIGKILL.
-                            format!(
-                                "app instance was killed (SIGKILL), most likely out of memory (limit {} MiB)",
-                                info.memory_mb
-                            )
-                        } else {
-                            format!("app instance exited with status {code}")
-                        });
-                    }
-                    info.exit_status = Some(code);
-                }
-                self.keep_crash_logs(&handle).await;
-                self.enter(&handle, InstanceState::Crashed);
-            }
-            Ending::Ordered(Control::Stop) => {
-                self.enter(&handle, InstanceState::Stopping);
-                container.signal("TERM").await;
-                let exited = tokio::time::timeout(self.settings.stop_grace, container.wait()).await;
-                if exited.is_err() {
-                    container.signal("KILL").await;
-                    container.wait().await;
-                }
-                self.enter(&handle, InstanceState::Stopped);
-                // Stopped instances leave the registry, as in the DEA.
-                let id = lock(&handle.info).instance_id.clone();
-                lock(&self.instances).remove(&id);
-            }
-        }
-        container.remove().await;
-        self.release(&handle, Some(network), Some(namespace)).await;
-        drop(port);
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
-    }
+/// One instance's monitor: the instance, the agent's orders to it, and the start waiting for
+/// it to settle. Lives on a task of its own from the start (or adoption) to the end.
+struct Monitor {
+    manager: Arc<InstanceManager>,
+    handle: Arc<Handle>,
+    control: oneshot::Receiver<Control>,
+    /// Told once the start has settled (RUNNING, or finished); `None` once told.
+    ready: Option<oneshot::Sender<()>>,
+}
 
-    /// Waits out a running instance: its exit, an order, its disk limit, its reachability.
-    async fn while_running(
-        &self,
-        handle: &Handle,
-        container: &mut Process,
-        control: &mut tokio::sync::oneshot::Receiver<Control>,
-        network: &Attached,
-        reachability: bool,
-    ) -> Ending {
-        let (home, limit_mb, container_id) = {
-            let info = lock(&handle.info);
-            (
-                info.dir.join("home"),
-                info.disk_mb,
-                info.container_id.clone(),
-            )
+impl InstanceManager {
+    /// Watches a started (or adopted) instance on a task of its own until it ends, then marks
+    /// its handle finished. Returns once the start has settled: the instance RUNNING (or
+    /// EVACUATING), or already finished.
+    pub(super) async fn watch_over(
+        self: &Arc<Self>,
+        handle: Arc<Handle>,
+        lifeline: Lifeline,
+        running: Running,
+        watch: Watch,
+    ) {
+        let (ready, settled) = oneshot::channel();
+        let monitor = Monitor {
+            manager: self.clone(),
+            handle,
+            control: lifeline.control,
+            ready: Some(ready),
         };
-        let mut disk_check = tokio::time::interval(self.settings.disk_check_interval);
-        let mut reach_check = tokio::time::interval(self.settings.health_check_interval);
-        reach_check.tick().await;
-        let mut failures = 0u32;
-        loop {
-            let problem = tokio::select! {
-                code = container.wait() => return Ending::Exited(code),
-                order = &mut *control => return Ending::Ordered(order.unwrap_or(Control::Abandon)),
-                _ = disk_check.tick() => self.disk_problem(&home, &container_id, limit_mb).await,
-                _ = reach_check.tick(), if reachability => {
-                    match reach(network).await {
-                        Reach::Answered => {
-                            failures = 0;
-                            None
-                        }
-                        Reach::NoInterface => Some(format!(
-                            "the instance's network interface {} is gone",
-                            network.host_if
-                        )),
-                        Reach::Refused(error) => {
-                            failures += 1;
-                            (failures >= UNREACHABLE_CHECKS).then(|| format!(
-                                "app instance stopped accepting connections on port {} ({failures} checks in a row: {error})",
-                                super::network::CONTAINER_PORT
-                            ))
-                        }
-                    }
-                }
-            };
-            if let Some(reason) = problem {
-                lock(&handle.info).exit_description = Some(reason);
-                container.signal("KILL").await;
-                return Ending::Exited(container.wait().await);
-            }
-        }
+        let done = lifeline.done;
+        tokio::spawn(async move {
+            monitor.run(running, watch).await;
+            let _ = done.send(true);
+        });
+        let _ = settled.await;
     }
 
     /// Why the instance must be stopped for its disk, if it must.
@@ -326,8 +183,177 @@ impl InstanceManager {
             let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
         }
         drop(namespace);
-        let dir = lock(&handle.info).dir.clone();
+        let dir = handle.info.lock().dir.clone();
         crate::tenant_fs::remove_tree_off_thread(dir).await;
+    }
+}
+
+impl Monitor {
+    /// Lets the start that waits for this instance go on (once).
+    fn settled(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.send(());
+        }
+    }
+
+    /// Health check, then waits for the process to exit or a stop; records the outcome and
+    /// cleans up.
+    async fn run(mut self, running: Running, watch: Watch) {
+        let Running {
+            process: mut container,
+            namespace,
+            network,
+            port,
+        } = running;
+        let health_started = std::time::Instant::now();
+        let healthy = match watch.health {
+            None => Health::Healthy,
+            Some(limit) => {
+                tokio::select! {
+                    ok = wait_for_app(&network, limit) => {
+                        if ok { Health::Healthy } else { Health::Unhealthy }
+                    }
+                    code = container.wait() => Health::Exited(code),
+                    order = &mut self.control => Health::Ordered(order.unwrap_or(Control::Abandon)),
+                }
+            }
+        };
+        let exit = match healthy {
+            Health::Healthy => {
+                let resumed_state = {
+                    let mut info = self.handle.info.lock();
+                    info.start_timings_ms.insert(
+                        "health_check".into(),
+                        health_started.elapsed().as_secs_f64() * 1000.0,
+                    );
+                    // An instance adopted while the agent was evacuating stays EVACUATING.
+                    if info.state == InstanceState::Evacuating {
+                        InstanceState::Evacuating
+                    } else {
+                        InstanceState::Running
+                    }
+                };
+                self.manager.enter(&self.handle, resumed_state);
+                self.settled();
+                self.while_running(&mut container, &network, watch.reachability)
+                    .await
+            }
+            Health::Unhealthy => {
+                let index = self.handle.info.lock().instance_id.clone();
+                self.handle.info.lock().exit_description = Some(format!(
+                    "Instance {index} failed to start accepting connections"
+                ));
+                container.signal(Signal::Kill).await;
+                Ending::Exited(container.wait().await)
+            }
+            Health::Exited(code) => Ending::Exited(code),
+            Health::Ordered(order) => Ending::Ordered(order),
+        };
+        match exit {
+            Ending::Ordered(Control::Abandon) => {
+                // The agent goes; the container, its network and its files stay, and traffic
+                // keeps reaching it (the kernel publishes its port, not this process).
+                namespace.leak();
+                drop(port);
+                self.settled();
+                if let Process::Child(child) = container {
+                    std::mem::forget(child);
+                }
+                return;
+            }
+            Ending::Exited(code) => {
+                {
+                    let mut info = self.handle.info.lock();
+                    if info.exit_description.is_none() {
+                        info.exit_description = Some(if code == 137 {
+                            // The cgroup (and its OOM counter) is gone by now; inside the
+                            // container nothing else sends SIGKILL.
+                            format!(
+                                "app instance was killed (SIGKILL), most likely out of memory (limit {} MiB)",
+                                info.memory_mb
+                            )
+                        } else {
+                            format!("app instance exited with status {code}")
+                        });
+                    }
+                    info.exit_status = Some(code);
+                }
+                self.manager.keep_crash_logs(&self.handle).await;
+                self.manager.enter(&self.handle, InstanceState::Crashed);
+            }
+            Ending::Ordered(Control::Stop) => {
+                self.manager.enter(&self.handle, InstanceState::Stopping);
+                container.signal(Signal::Term).await;
+                let exited =
+                    tokio::time::timeout(self.manager.settings.stop_grace, container.wait()).await;
+                if exited.is_err() {
+                    container.signal(Signal::Kill).await;
+                    container.wait().await;
+                }
+                self.manager.enter(&self.handle, InstanceState::Stopped);
+                // Stopped instances leave the registry, as in the DEA.
+                let id = self.handle.info.lock().instance_id.clone();
+                self.manager.instances.write().remove(&id);
+            }
+        }
+        container.remove().await;
+        self.manager
+            .release(&self.handle, Some(network), Some(namespace))
+            .await;
+        drop(port);
+        self.settled();
+    }
+
+    /// Waits out a running instance: its exit, an order, its disk limit, its reachability.
+    async fn while_running(
+        &mut self,
+        container: &mut Process,
+        network: &Attached,
+        reachability: bool,
+    ) -> Ending {
+        let (home, limit_mb, container_id) = {
+            let info = self.handle.info.lock();
+            (
+                info.dir.join("home"),
+                info.disk_mb,
+                info.container_id.clone(),
+            )
+        };
+        let mut disk_check = tokio::time::interval(self.manager.settings.disk_check_interval);
+        let mut reach_check = tokio::time::interval(self.manager.settings.health_check_interval);
+        reach_check.tick().await;
+        let mut failures = 0u32;
+        loop {
+            let problem = tokio::select! {
+                code = container.wait() => return Ending::Exited(code),
+                order = &mut self.control => return Ending::Ordered(order.unwrap_or(Control::Abandon)),
+                _ = disk_check.tick() => self.manager.disk_problem(&home, &container_id, limit_mb).await,
+                _ = reach_check.tick(), if reachability => {
+                    match reach(network).await {
+                        Reach::Answered => {
+                            failures = 0;
+                            None
+                        }
+                        Reach::NoInterface => Some(format!(
+                            "the instance's network interface {} is gone",
+                            network.host_if
+                        )),
+                        Reach::Refused(error) => {
+                            failures += 1;
+                            (failures >= UNREACHABLE_CHECKS).then(|| format!(
+                                "app instance stopped accepting connections on port {} ({failures} checks in a row: {error})",
+                                super::network::CONTAINER_PORT
+                            ))
+                        }
+                    }
+                }
+            };
+            if let Some(reason) = problem {
+                self.handle.info.lock().exit_description = Some(reason);
+                container.signal(Signal::Kill).await;
+                return Ending::Exited(container.wait().await);
+            }
+        }
     }
 }
 

@@ -5,12 +5,36 @@
 
 use super::monitor::{Process, Running, Watch};
 use super::{
-    Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState, lock,
+    Handle, InstanceError, InstanceInfo, InstanceManager, InstanceSettings, InstanceState,
 };
-use crate::container::Runc;
+use crate::container::{Runc, Signal};
 use crate::netns::NetNamespace;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+/// The file's shape: `{"instances": [...]}`, as the DEA's `instances.json`.
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    instances: Vec<InstanceInfo>,
+}
+
+/// The registry as saved: STOPPED instances are gone from it, as in the DEA.
+fn encode(instances: &[InstanceInfo]) -> Vec<u8> {
+    let snapshot = Snapshot {
+        instances: instances
+            .iter()
+            .filter(|info| info.state != InstanceState::Stopped)
+            .cloned()
+            .collect(),
+    };
+    // Plain data (strings, numbers, maps with string keys) always serialises.
+    serde_json::to_vec_pretty(&snapshot).unwrap_or_default()
+}
+
+fn decode(bytes: &[u8]) -> Result<Vec<InstanceInfo>, serde_json::Error> {
+    serde_json::from_slice::<Snapshot>(bytes).map(|s| s.instances)
+}
 
 impl InstanceManager {
     fn snapshot_path(&self) -> PathBuf {
@@ -20,19 +44,10 @@ impl InstanceManager {
     /// Writes the registry to `db/instances.json` (atomically) so a restarted agent can
     /// find its instances. STOPPED ones are gone from the registry, as in the DEA.
     pub(super) fn save_snapshot(&self) {
-        let instances: Vec<InstanceInfo> = self
-            .list()
-            .into_iter()
-            .filter(|info| info.state != InstanceState::Stopped)
-            .collect();
-        let snapshot = serde_json::json!({ "instances": instances });
+        let bytes = encode(&self.list());
         let path = self.snapshot_path();
-        let written =
-            crate::config::ensure_private_dir(path.parent().unwrap_or(&self.settings.base_dir))
-                .and_then(|()| {
-                    let bytes = serde_json::to_vec_pretty(&snapshot).unwrap_or_default();
-                    crate::fetch::write_atomic(&path, &bytes)
-                });
+        let written = crate::private_dir::ensure(path.parent().unwrap_or(&self.settings.base_dir))
+            .and_then(|()| crate::fetch::write_atomic(&path, &bytes));
         if let Err(e) = written {
             tracing::warn!("saving instance snapshot {}: {e}", path.display());
         }
@@ -45,11 +60,20 @@ impl InstanceManager {
         runc: Runc,
     ) -> Result<Arc<InstanceManager>, InstanceError> {
         let manager = InstanceManager::new(settings, runc)?;
-        let text = std::fs::read_to_string(manager.snapshot_path()).unwrap_or_default();
-        let saved: Vec<InstanceInfo> = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| serde_json::from_value(v["instances"].clone()).ok())
-            .unwrap_or_default();
+        let path = manager.snapshot_path();
+        let saved = match std::fs::read(&path) {
+            Ok(bytes) => decode(&bytes).unwrap_or_else(|e| {
+                // Nothing to adopt from it; the containers it named are left to the
+                // operator (the file is replaced by the next save).
+                tracing::error!("instance snapshot {} unreadable: {e}", path.display());
+                Vec::new()
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                tracing::error!("reading instance snapshot {}: {e}", path.display());
+                Vec::new()
+            }
+        };
         for info in saved {
             manager.recover_one(info).await;
         }
@@ -60,8 +84,6 @@ impl InstanceManager {
     async fn recover_one(self: &Arc<Self>, mut info: InstanceInfo) {
         let alive = self.runc.pid_of(&info.container_id).await.is_some();
         let namespace = NetNamespace::existing(&info.netns);
-        let (control_tx, control_rx) = tokio::sync::oneshot::channel();
-        let (done_tx, done_rx) = tokio::sync::watch::channel(false);
         let resumable = alive
             && matches!(
                 info.state,
@@ -89,13 +111,14 @@ impl InstanceManager {
                 if was == InstanceState::Evacuating {
                     info.state = InstanceState::Evacuating;
                 }
-                let reachability = !info.application_uris.is_empty();
-                let handle = Arc::new(Handle {
-                    info: Mutex::new(info.clone()),
-                    control: Mutex::new(Some(control_tx)),
-                    done: done_rx,
-                });
-                lock(&self.instances).insert(info.instance_id.clone(), handle.clone());
+                let watch = Watch {
+                    health: None,
+                    reachability: !info.application_uris.is_empty(),
+                };
+                let (handle, lifeline) = Handle::new(info.clone());
+                self.instances
+                    .write()
+                    .insert(info.instance_id.clone(), handle.clone());
                 let running = Running {
                     process: Process::Adopted {
                         runc: self.runc.clone(),
@@ -106,19 +129,7 @@ impl InstanceManager {
                     network,
                     port,
                 };
-                let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-                let monitor = self.clone();
-                tokio::spawn(async move {
-                    let watch = Watch {
-                        health: None,
-                        reachability,
-                    };
-                    monitor
-                        .monitor(handle, running, control_rx, watch, ready_tx)
-                        .await;
-                    let _ = done_tx.send(true);
-                });
-                let _ = ready_rx.await;
+                self.watch_over(handle, lifeline, running, watch).await;
             }
             (namespace, _, network) => {
                 let was_live = info.holds_resources();
@@ -128,23 +139,80 @@ impl InstanceManager {
                     info.set_state(InstanceState::Crashed);
                 }
                 if alive {
-                    self.runc.signal_container(&info.container_id, "KILL").await;
+                    self.runc
+                        .signal_container(&info.container_id, Signal::Kill)
+                        .await;
                     self.runc.remove_container(&info.container_id).await;
                 }
-                let _ = done_tx.send(true);
-                let handle = Arc::new(Handle {
-                    info: Mutex::new(info.clone()),
-                    control: Mutex::new(None),
-                    done: done_rx,
-                });
+                let handle = Handle::finished(info.clone());
                 // What it held goes; a CRASHED one keeps its crash logs (copied at crash
                 // time, or now if it died while the agent was away).
                 if was_live {
                     self.keep_crash_logs(&handle).await;
                 }
                 self.release(&handle, network, namespace).await;
-                lock(&self.instances).insert(info.instance_id.clone(), handle);
+                self.instances
+                    .write()
+                    .insert(info.instance_id.clone(), handle);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::instance::example_info;
+
+    #[test]
+    fn a_snapshot_round_trips_every_field_and_drops_stopped_instances() {
+        let running = example_info("a1", InstanceState::Running);
+        let crashed = example_info("c1", InstanceState::Crashed);
+        let stopped = example_info("s1", InstanceState::Stopped);
+        let bytes = encode(&[running.clone(), stopped, crashed.clone()]);
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back.len(), 2);
+        for (saved, original) in back.iter().zip([&running, &crashed]) {
+            // Compare as JSON: every field, including the network and the timings.
+            assert_eq!(
+                serde_json::to_value(saved).expect("test data"),
+                serde_json::to_value(original).expect("test data")
+            );
+        }
+        let text = String::from_utf8(bytes).expect("test data");
+        assert!(text.contains("\"state\": \"RUNNING\""), "{text}");
+    }
+
+    #[test]
+    fn a_snapshot_from_an_older_agent_fills_new_fields_with_defaults() {
+        let mut value =
+            serde_json::to_value(example_info("o1", InstanceState::Running)).expect("test data");
+        let object = value.as_object_mut().expect("test data");
+        for field in [
+            "network",
+            "private_instance_id",
+            "application_uris",
+            "start_timings_ms",
+        ] {
+            object.remove(field);
+        }
+        let bytes =
+            serde_json::to_vec(&serde_json::json!({ "instances": [value] })).expect("test data");
+        let back = decode(&bytes).expect("decodes");
+        assert_eq!(back[0].instance_id, "o1");
+        assert!(back[0].network.is_none());
+        assert!(back[0].application_uris.is_empty());
+    }
+
+    #[test]
+    fn a_damaged_snapshot_is_an_error_not_an_empty_registry_in_silence() {
+        assert!(decode(b"{\"instances\": [{\"instance_id\": 7}]}").is_err());
+        assert!(decode(b"not json").is_err());
+        assert!(decode(&[0xff; 16]).is_err());
+        assert!(
+            decode(b"{\"instances\": []}")
+                .expect("test data")
+                .is_empty()
+        );
     }
 }

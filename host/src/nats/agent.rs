@@ -11,11 +11,12 @@ use crate::staging::remote::RemoteStager;
 use async_nats::Subject;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -96,13 +97,6 @@ pub struct Agent {
     pub(super) rejected: AtomicU64,
     /// Set once shutdown has finished.
     pub(super) finished: tokio::sync::watch::Sender<bool>,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Agent {
@@ -215,11 +209,11 @@ impl Agent {
 
     /// The host directory standing for a staging task's container root, while it runs.
     pub fn staging_task_dir(&self, task_id: &str) -> Option<PathBuf> {
-        lock(&self.stagings).get(task_id).map(|t| t.dir.clone())
+        self.stagings.lock().get(task_id).map(|t| t.dir.clone())
     }
 
     pub(super) fn mode(&self) -> Mode {
-        *lock(&self.mode)
+        *self.mode.lock()
     }
 
     async fn subscribe_all(self: &Arc<Self>) -> Result<(), AgentError> {

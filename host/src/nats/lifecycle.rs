@@ -1,7 +1,7 @@
 //! The agent's life after start (reference dea_ng.md §2.9): SIGUSR1 says goodbye, SIGUSR2
 //! evacuates, SIGTERM shuts down — every step bounded, since NATS may be gone.
 
-use super::agent::{Agent, Mode, lock};
+use super::agent::{Agent, Mode};
 use super::messages::{self, Goodbye};
 use crate::instance::InstanceState;
 use std::sync::Arc;
@@ -30,7 +30,7 @@ impl Agent {
     /// down once nothing is left running or the bail-out time passes.
     pub async fn evacuate(self: &Arc<Self>) {
         let serving = {
-            let mut mode = lock(&self.mode);
+            let mut mode = self.mode.lock();
             let serving = *mode == Mode::Serving;
             if serving {
                 *mode = Mode::Evacuating;
@@ -71,7 +71,7 @@ impl Agent {
                     i.state,
                     InstanceState::Stopping | InstanceState::Stopped | InstanceState::Crashed
                 )
-            }) && lock(&self.stagings).is_empty();
+            }) && self.stagings.lock().is_empty();
             if drained || tokio::time::Instant::now() >= bail_out {
                 break;
             }
@@ -84,7 +84,7 @@ impl Agent {
     /// every instance and staging, flush.
     pub async fn shutdown(self: &Arc<Self>) {
         let already = {
-            let mut mode = lock(&self.mode);
+            let mut mode = self.mode.lock();
             std::mem::replace(&mut *mode, Mode::ShuttingDown) == Mode::ShuttingDown
         };
         if already {
@@ -97,7 +97,9 @@ impl Agent {
         if let Some(message) = self.directory_registration() {
             self.publish("router.unregister", &message).await;
         }
-        let stagings: Vec<String> = lock(&self.stagings)
+        let stagings: Vec<String> = self
+            .stagings
+            .lock()
             .values()
             .map(|t| t.app_id.clone())
             .collect();
@@ -118,7 +120,7 @@ impl Agent {
         }
         // Staging tasks answer their controller before they go.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while !lock(&self.stagings).is_empty() && tokio::time::Instant::now() < deadline {
+        while !self.stagings.lock().is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.instances.release_network_if_idle().await;

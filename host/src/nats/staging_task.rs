@@ -4,7 +4,7 @@
 //! droplet kept so a start right after needs no download, then the app started if the
 //! request carried a start message. The staging itself is [`crate::staging::remote`].
 
-use super::agent::{Agent, Mode, StagingHandle, lock};
+use super::agent::{Agent, Mode, StagingHandle};
 use super::messages::{self, ErrorInfo, StagingCompletionReply, StagingSetupReply};
 use crate::staging::CfErrorType;
 use crate::staging::remote::{
@@ -32,18 +32,15 @@ impl Failure {
 
 impl From<RemoteFailure> for Failure {
     fn from(failure: RemoteFailure) -> Failure {
-        let info = failure
-            .staging
-            .as_ref()
-            .and_then(|error| match error.cf_type() {
-                CfErrorType::StagingError => None,
-                kind => Some(ErrorInfo {
-                    kind: kind.as_str().to_string(),
-                    message: error.to_string(),
-                }),
-            });
+        let info = failure.staging().and_then(|error| match error.cf_type() {
+            CfErrorType::StagingError => None,
+            kind => Some(ErrorInfo {
+                kind: kind.as_str().to_string(),
+                message: error.to_string(),
+            }),
+        });
         Failure {
-            error: failure.error,
+            error: failure.to_string(),
             info,
         }
     }
@@ -58,7 +55,7 @@ impl Agent {
     ) {
         let subject = "staging.start";
         if let Err(reason) = check_request(&request) {
-            self.reject(subject, &reason);
+            self.reject(subject, &reason.to_string());
             // The controller waits for two replies: tell it now rather than let it time out.
             self.refuse_staging(
                 &reply,
@@ -92,12 +89,12 @@ impl Agent {
         let dir = task_dir(&self.config.base_dir, &task_id);
         let cancel = CancellationToken::new();
         let admitted = {
-            let mut stagings = lock(&self.stagings);
+            let mut stagings = self.stagings.lock();
             if stagings.contains_key(&task_id) {
                 Err(None)
             } else {
                 match self.instances.reserve_staging(&task_id, memory_mb, disk_mb) {
-                    Err(refusal) => Err(Some(refusal)),
+                    Err(refusal) => Err(Some(refusal.to_string())),
                     Ok(()) => {
                         stagings.insert(
                             task_id.clone(),
@@ -164,7 +161,7 @@ impl Agent {
             error = completion.error.as_deref().unwrap_or("none"),
             "staging finished"
         );
-        lock(&self.stagings).remove(&task_id);
+        self.stagings.lock().remove(&task_id);
         self.instances.release_staging(&task_id);
         // The task directory holds the cache buildpacks wrote: removed as a tenant's tree.
         crate::tenant_fs::remove_tree_off_thread(dir.clone()).await;
@@ -288,7 +285,7 @@ impl Agent {
     /// `staging.stop` (or a `dea.stop` naming only the app): stops its stagings, each of
     /// which then replies "task stopped".
     pub(super) fn stop_stagings(&self, app_id: &str) {
-        for task in lock(&self.stagings).values() {
+        for task in self.stagings.lock().values() {
             if task.app_id == app_id {
                 task.cancel.cancel();
             }
@@ -296,19 +293,44 @@ impl Agent {
     }
 }
 
-/// A task id becomes a directory name and part of a URL: letters, digits, `-` and `_` only.
-fn check_request(request: &messages::StagingRequest) -> Result<(), String> {
+/// Why a staging request is refused before any work (the reply says `Error staging: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum Refusal {
+    #[error("unusable task_id {0:?}")]
+    TaskId(String),
+    #[error("staging request without app_id")]
+    NoAppId,
+    #[error("{0} is not an http(s) URL")]
+    NotHttp(&'static str),
+    #[error("unusable admin buildpack key {0:?}")]
+    AdminKey(String),
+    #[error("admin buildpack {0} has no http(s) URL")]
+    AdminUrl(String),
+    #[error("staging request too large")]
+    TooLarge,
+}
+
+/// Most admin buildpacks and environment variables one request may carry.
+const MAX_ADMIN_BUILDPACKS: usize = 1000;
+const MAX_ENV: usize = 10_000;
+
+/// Checks what becomes a path or a URL the agent acts on: a task id or admin buildpack key
+/// becomes a directory name and part of a URL (letters, digits, `-` and `_` only); every
+/// URL must parse as http(s).
+fn check_request(request: &messages::StagingRequest) -> Result<(), Refusal> {
     let safe = |s: &str| {
         !s.is_empty()
             && s.len() <= 128
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
+    let http =
+        |uri: &str| url::Url::parse(uri).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
     if !safe(&request.task_id) {
-        return Err(format!("unusable task_id {:?}", request.task_id));
+        return Err(Refusal::TaskId(request.task_id.clone()));
     }
     if request.app_id.trim().is_empty() {
-        return Err("staging request without app_id".into());
+        return Err(Refusal::NoAppId);
     }
     for (name, uri) in [
         ("download_uri", Some(&request.download_uri)),
@@ -323,21 +345,23 @@ fn check_request(request: &messages::StagingRequest) -> Result<(), String> {
         ),
     ] {
         if let Some(uri) = uri
-            && !(uri.starts_with("http://") || uri.starts_with("https://"))
+            && !http(uri)
         {
-            return Err(format!("{name} is not an http(s) URL"));
+            return Err(Refusal::NotHttp(name));
         }
+    }
+    if request.admin_buildpacks.len() > MAX_ADMIN_BUILDPACKS
+        || request.properties.environment.len() > MAX_ENV
+    {
+        return Err(Refusal::TooLarge);
     }
     for admin in &request.admin_buildpacks {
         if !safe(&admin.key) {
-            return Err(format!("unusable admin buildpack key {:?}", admin.key));
+            return Err(Refusal::AdminKey(admin.key.clone()));
         }
-        if !(admin.url.starts_with("http://") || admin.url.starts_with("https://")) {
-            return Err(format!("admin buildpack {} has no http(s) URL", admin.key));
+        if !http(&admin.url) {
+            return Err(Refusal::AdminUrl(admin.key.clone()));
         }
-    }
-    if request.admin_buildpacks.len() > 1000 || request.properties.environment.len() > 10_000 {
-        return Err("staging request too large".into());
     }
     Ok(())
 }
@@ -366,4 +390,97 @@ fn staging_env(
     ];
     env.extend(request.properties.env_pairs());
     env
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Refusal, check_request, staging_env};
+    use crate::nats::messages::StagingRequest;
+    use serde_json::json;
+
+    /// A request as a controller sends it, with `change` applied to the JSON.
+    fn request(change: impl FnOnce(&mut serde_json::Value)) -> StagingRequest {
+        let mut value = json!({
+            "app_id": "app-1", "task_id": "task-1",
+            "download_uri": "http://cc.internal/app.zip",
+            "upload_uri": "https://cc.internal/droplet",
+            "properties": {"environment": ["A=1", "B=x=y", "NOEQUALS"]},
+        });
+        change(&mut value);
+        serde_json::from_value(value).expect("a valid staging request")
+    }
+
+    #[test]
+    fn a_plain_request_passes() {
+        assert_eq!(check_request(&request(|_| {})), Ok(()));
+    }
+
+    #[test]
+    fn ids_that_would_leave_the_tasks_directory_are_refused() {
+        for bad in ["", "../x", "a/b", "a b", ".", "x\u{0}", &"a".repeat(129)] {
+            let refused = check_request(&request(|v| v["task_id"] = json!(bad)));
+            assert_eq!(refused, Err(Refusal::TaskId(bad.to_string())), "{bad:?}");
+        }
+        let refused = check_request(&request(|v| {
+            v["admin_buildpacks"] = json!([{"key": "../../etc", "url": "http://x/bp.zip"}])
+        }));
+        assert_eq!(refused, Err(Refusal::AdminKey("../../etc".into())));
+        let refused = check_request(&request(|v| v["app_id"] = json!("  ")));
+        assert_eq!(refused, Err(Refusal::NoAppId));
+    }
+
+    #[test]
+    fn every_url_must_parse_as_http() {
+        for (field, bad) in [
+            ("download_uri", "file:///etc/shadow"),
+            ("upload_uri", "ftp://cc/droplet"),
+            ("buildpack_cache_download_uri", "http://"),
+            ("buildpack_cache_upload_uri", "/relative/path"),
+        ] {
+            let refused = check_request(&request(|v| v[field] = json!(bad)));
+            assert_eq!(refused, Err(Refusal::NotHttp(field)), "{field} = {bad}");
+        }
+        let refused = check_request(&request(|v| {
+            v["admin_buildpacks"] = json!([{"key": "java", "url": "git@github.com:x/y"}])
+        }));
+        assert_eq!(refused, Err(Refusal::AdminUrl("java".into())));
+        // Absent and null cache URIs mean "no cache", not an empty URL.
+        assert_eq!(
+            check_request(&request(|v| v["buildpack_cache_upload_uri"] = json!(null))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn oversized_requests_are_refused() {
+        let env: Vec<String> = (0..10_001).map(|i| format!("V{i}=1")).collect();
+        let refused = check_request(&request(|v| v["properties"]["environment"] = json!(env)));
+        assert_eq!(refused, Err(Refusal::TooLarge));
+    }
+
+    #[test]
+    fn staging_env_carries_the_limits_and_the_users_variables_last() {
+        let with_start = request(|v| {
+            v["start_message"] = json!({
+                "droplet": "app-1", "index": 0, "cc_partition": "default",
+                "limits": {"mem": 256, "disk": 1024, "fds": 16384},
+                "vcap_application": {"space_id": "s"},
+            });
+            v["properties"]["services"] = json!([]);
+        });
+        let env = staging_env(&with_start, 1024, 900);
+        let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(get("MEMORY_LIMIT"), Some("1024m"));
+        assert_eq!(get("STAGING_TIMEOUT"), Some("900.0"));
+        assert_eq!(get("VCAP_APPLICATION"), Some(r#"{"space_id":"s"}"#));
+        assert_eq!(get("VCAP_SERVICES"), Some("{}"));
+        assert_eq!(get("B"), Some("x=y"), "split on the first '='");
+        assert_eq!(get("NOEQUALS"), None);
+        // The user's variables come after the platform's, so a user's MEMORY_LIMIT wins
+        // where the last value counts (as in a shell's environment).
+        assert_eq!(env.last(), Some(&("B".to_string(), "x=y".to_string())));
+        // Without a start message, VCAP_APPLICATION is an empty object, never "null".
+        let env = staging_env(&request(|_| {}), 512, 60);
+        assert!(env.contains(&("VCAP_APPLICATION".to_string(), "{}".to_string())));
+    }
 }

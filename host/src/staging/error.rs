@@ -28,7 +28,7 @@ pub enum StagingError {
         buildpack: String,
         source: PhaseError,
     },
-    #[error("Error staging: Stack {0} does not exist")]
+    #[error("Stack {0} does not exist")]
     UnknownStack(String),
     #[error("invalid app source: {0}")]
     Source(#[from] UnpackError),

@@ -443,7 +443,7 @@ impl Stager {
         candidates: &[Buildpack],
     ) -> Result<(Buildpack, Detection), StagingError> {
         let buildpacks: Vec<Buildpack> = candidates.to_vec();
-        let results = Arc::new(std::sync::Mutex::new(
+        let results = Arc::new(parking_lot::Mutex::new(
             (0..buildpacks.len())
                 .map(|_| None)
                 .collect::<Vec<Option<DetectResult>>>(),
@@ -463,7 +463,7 @@ impl Stager {
                 Some(self.runners.runner(bp).run(Phase::Detect, ctx.clone(), at))
             })
             .collect();
-        let runs = Arc::new(std::sync::Mutex::new(runs));
+        let runs = Arc::new(parking_lot::Mutex::new(runs));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
             let runs = runs.clone();
@@ -472,17 +472,17 @@ impl Stager {
             tasks.spawn(async move {
                 loop {
                     let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some(run) = lock(&runs).get_mut(index).and_then(Option::take) else {
+                    let Some(run) = runs.lock().get_mut(index).and_then(Option::take) else {
                         return;
                     };
-                    let matched_before = lock(&results)[..index]
+                    let matched_before = results.lock()[..index]
                         .iter()
                         .any(|r| matches!(r, Some(Ok(PhaseOutput::Detect(Some(_))))));
                     if matched_before {
                         continue;
                     }
                     let result = run.await;
-                    lock(&results)[index] = Some(result);
+                    results.lock()[index] = Some(result);
                 }
             });
         }
@@ -491,7 +491,7 @@ impl Stager {
                 tracing::error!("detect worker failed: {e}");
             }
         }
-        let results = std::mem::take(&mut *lock(&results));
+        let results = std::mem::take(&mut *results.lock());
         let mut first_failure = None;
         for (buildpack, result) in buildpacks.into_iter().zip(results) {
             match result {
@@ -552,13 +552,6 @@ async fn blocking<T: Send + 'static>(
 }
 
 type DetectResult = Result<PhaseOutput, PhaseError>;
-
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match mutex.lock() {
-        Ok(guard) => guard,
-        Err(poisoned) => poisoned.into_inner(),
-    }
-}
 
 /// Detect for a buildpack the request names, run right before its compile so that it sees
 /// the app as the earlier buildpacks left it. Heroku runs it even for buildpacks set

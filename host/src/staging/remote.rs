@@ -5,11 +5,11 @@
 //! keeping the droplet for a start — is protocol; this is staging.
 
 use super::{LogWatcher, Stager, StagingError, StagingLog, StagingRequest};
-use crate::buildpack::Buildpack;
+use crate::buildpack::{Buildpack, BuildpackError};
 use crate::config::Config;
 use crate::droplet::{PackLimits, UnpackLimits, pack_tree_limited, unpack_source};
 use crate::tenant_fs::WalkLimits;
-use crate::transfer::Transfers;
+use crate::transfer::{TransferError, Transfers};
 use crate::units::human_size;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,28 +63,47 @@ pub struct RemoteOutcome {
     pub procfile: BTreeMap<String, String>,
 }
 
-/// Why a remote staging failed: the reply's `error`, and the staging's own error when the
-/// buildpacks (not the transfers) failed.
-#[derive(Debug)]
-pub struct RemoteFailure {
-    pub error: String,
-    pub staging: Option<StagingError>,
+/// Why a remote staging failed. The `Display` text is the reply's `error` as the DEA words
+/// it (`Error downloading: ...`, `Error staging: ...`, `Error uploading: (...)`).
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteFailure {
+    /// The app package did not download.
+    #[error("Error downloading: {0}")]
+    Download(#[source] TransferError),
+    /// The droplet did not upload.
+    #[error("Error uploading: ({0})")]
+    Upload(#[source] TransferError),
+    #[error("Error staging: downloading admin buildpack {key}: {source}")]
+    AdminDownload { key: String, source: TransferError },
+    #[error("Error staging: admin buildpack {key}: {source}")]
+    AdminBuildpack { key: String, source: BuildpackError },
+    #[error("Error staging: no buildpack with key {0}")]
+    UnknownKey(String),
+    #[error("Error staging: no buildpack named {0}")]
+    UnknownName(String),
+    /// Git URLs are not fetched: this agent has no route out but its mirrors.
+    #[error(
+        "Error staging: custom buildpack {0} cannot be fetched by this DEA; \
+         install it as an admin buildpack"
+    )]
+    CustomUrl(String),
+    /// The task's own files (workspace, log) could not be made.
+    #[error("Error staging: {0}")]
+    Workspace(#[from] std::io::Error),
+    /// A blocking step panicked or was cancelled.
+    #[error("Error staging: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The buildpacks (or the stager around them) failed.
+    #[error("Error staging: {0}")]
+    Staging(#[from] StagingError),
 }
 
 impl RemoteFailure {
-    fn agent(error: impl Into<String>) -> RemoteFailure {
-        RemoteFailure {
-            error: error.into(),
-            staging: None,
-        }
-    }
-}
-
-impl From<StagingError> for RemoteFailure {
-    fn from(error: StagingError) -> RemoteFailure {
-        RemoteFailure {
-            error: format!("Error staging: {error}"),
-            staging: Some(error),
+    /// The staging's own error, when the buildpacks (not the transfers) failed.
+    pub fn staging(&self) -> Option<&StagingError> {
+        match self {
+            RemoteFailure::Staging(error) => Some(error),
+            _ => None,
         }
     }
 }
@@ -131,10 +150,9 @@ impl RemoteStager {
         setup: SetupSignal,
     ) -> Result<RemoteOutcome, RemoteFailure> {
         let dir = task_dir(&self.base_dir, &request.task_id);
-        let io = |e: std::io::Error| RemoteFailure::agent(format!("Error staging: {e}"));
         crate::tenant_fs::remove_tree_off_thread(dir.clone()).await;
         let log_path = dir.join(STAGING_LOG_PATH.trim_start_matches('/'));
-        let log = Arc::new(StagingLog::create(&log_path, None).map_err(io)?);
+        let log = Arc::new(StagingLog::create(&log_path, None).map_err(RemoteFailure::Workspace)?);
         log.step(&format!(
             "Got staging request for app with id {}",
             request.app_id
@@ -156,16 +174,19 @@ impl RemoteStager {
             }
         );
         if let Err(e) = downloaded {
-            let error = format!("Error downloading: {e}");
+            let failure = RemoteFailure::Download(e);
+            let error = failure.to_string();
             log.warning(&error);
-            let _ = setup.send(Err(error.clone()));
-            return Err(RemoteFailure::agent(error));
+            let _ = setup.send(Err(error));
+            return Err(failure);
         }
         let _ = setup.send(Ok(()));
 
         // A broken cache never fails a staging (the DEA learned that the hard way, #143).
         let cache_dir = dir.join("cache");
-        tokio::fs::create_dir_all(&cache_dir).await.map_err(io)?;
+        tokio::fs::create_dir_all(&cache_dir)
+            .await
+            .map_err(RemoteFailure::Workspace)?;
         match cache {
             Some(Ok((bytes, _))) => {
                 let (from, to) = (cache_archive.clone(), cache_dir.clone());
@@ -209,7 +230,7 @@ impl RemoteStager {
         self.transfers
             .upload(&request.upload_uri, &droplet)
             .await
-            .map_err(|e| RemoteFailure::agent(format!("Error uploading: ({e})")))?;
+            .map_err(RemoteFailure::Upload)?;
         if let Some(uri) = &request.cache_upload_uri {
             self.upload_cache(uri, &cache_dir, &dir, &log).await;
         }
@@ -238,42 +259,33 @@ impl RemoteStager {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        let failed =
-            |e: &dyn std::fmt::Display| RemoteFailure::agent(format!("Error staging: {e}"));
         let _one_at_a_time = self.admin_lock.lock().await;
         let root = self.base_dir.join("admin_buildpacks");
-        tokio::fs::create_dir_all(&root)
-            .await
-            .map_err(|e| failed(&e))?;
+        tokio::fs::create_dir_all(&root).await?;
         let mut buildpacks = Vec::new();
         for admin in wanted {
             let archive = root.join(format!("{}.zip", admin.key));
             if !archive.is_file() {
                 let partial = root.join(format!(".{}.zip.part", admin.key));
                 // Three attempts, as the DEA (with back-off between them).
-                if let Err(e) = self
-                    .transfers
+                self.transfers
                     .download_with_retries(&admin.url, &partial, self.max_download, 3)
                     .await
-                {
-                    return Err(RemoteFailure::agent(format!(
-                        "Error staging: downloading admin buildpack {}: {e}",
-                        admin.key
-                    )));
-                }
-                tokio::fs::rename(&partial, &archive)
-                    .await
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|source| RemoteFailure::AdminDownload {
+                        key: admin.key.clone(),
+                        source,
+                    })?;
+                tokio::fs::rename(&partial, &archive).await?;
             }
             let unpack_root = self.unpack_root.clone();
             let key = admin.key.clone();
             let loaded = tokio::task::spawn_blocking(move || {
                 Buildpack::load_archive(&archive, &unpack_root)
             })
-            .await
-            .map_err(|e| failed(&e))?;
-            let mut buildpack = loaded.map_err(|e| {
-                RemoteFailure::agent(format!("Error staging: admin buildpack {key}: {e}"))
+            .await?;
+            let mut buildpack = loaded.map_err(|source| RemoteFailure::AdminBuildpack {
+                key: key.clone(),
+                source,
             })?;
             // The controller names admin buildpacks by key (`buildpack_key`).
             buildpack.id = key;
@@ -298,23 +310,16 @@ impl RemoteStager {
             return if known(key) {
                 Ok(vec![key.clone()])
             } else {
-                Err(RemoteFailure::agent(format!(
-                    "Error staging: no buildpack with key {key}"
-                )))
+                Err(RemoteFailure::UnknownKey(key.clone()))
             };
         }
         match request.buildpack.as_ref().filter(|b| !b.is_empty()) {
             None => Ok(Vec::new()),
             Some(url) if url.contains("://") || url.starts_with("git@") => {
-                Err(RemoteFailure::agent(format!(
-                    "Error staging: custom buildpack {url} cannot be fetched by this DEA; \
-                     install it as an admin buildpack"
-                )))
+                Err(RemoteFailure::CustomUrl(url.clone()))
             }
             Some(name) if known(name) => Ok(vec![name.clone()]),
-            Some(name) => Err(RemoteFailure::agent(format!(
-                "Error staging: no buildpack named {name}"
-            ))),
+            Some(name) => Err(RemoteFailure::UnknownName(name.clone())),
         }
     }
 
@@ -344,5 +349,25 @@ impl RemoteStager {
             Ok(Err(e)) => log.warning(&format!("Packing the buildpack cache: {e}")),
             Err(e) => log.warning(&format!("Packing the buildpack cache: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RemoteFailure;
+    use crate::staging::StagingError;
+
+    /// The reply's `error` is the DEA's text (dea_ng.md §3.2), said once.
+    #[test]
+    fn failures_read_as_the_dea_words_them() {
+        let stack = RemoteFailure::from(StagingError::UnknownStack("cflinuxfs9".into()));
+        assert_eq!(
+            stack.to_string(),
+            "Error staging: Stack cflinuxfs9 does not exist"
+        );
+        assert!(stack.staging().is_some());
+        let key = RemoteFailure::UnknownKey("java".into());
+        assert_eq!(key.to_string(), "Error staging: no buildpack with key java");
+        assert!(key.staging().is_none());
     }
 }
