@@ -542,8 +542,12 @@ mod tests {
             .err()
             .expect("a file: allow entry is refused");
         assert!(
-            error.to_string().contains("fetch.allow file:///etc/"),
-            "{error}"
+            matches!(
+                &error,
+                FetchError::Config { entry, reason: ConfigReason::AllowNotHttp }
+                    if entry == "fetch.allow file:///etc/"
+            ),
+            "{error:?}"
         );
     }
 }
