@@ -308,7 +308,14 @@ mod tests {
             .download_with_retries(&server.url("/missing"), &dest, 5, 2)
             .await
             .expect_err("missing");
-        assert!(error.to_string().contains("answered HTTP 404"), "{error}");
+        assert!(
+            matches!(
+                &error,
+                TransferError::Download(DownloadError::Status { status, .. })
+                    if *status == reqwest::StatusCode::NOT_FOUND
+            ),
+            "{error:?}"
+        );
         assert_eq!(server.hits(), 2);
         assert!(!dest.exists());
 

@@ -13,65 +13,30 @@
 //! beneath its directory) or loopback and link-local addresses; names a buildpack chose never
 //! resolve to those either.
 
+mod error;
 mod policy;
 mod transfer;
 pub(crate) mod url_rules;
 
+pub use error::{Denial, FetchError, NetworkFailure, Unreachable};
+pub use policy::{ConfigReason, HopRefused, Refusal};
+pub use url_rules::{
+    Encoded, HostError, PathError, PrefixError, RewriteError, RuleError, UrlRefused,
+};
+
 use crate::config::{FetchConfig, MirrorRule};
 use crate::download::{Downloader, Timeouts};
 use backon::{ExponentialBuilder, Retryable};
+use parking_lot::Mutex;
 use policy::{Rules, Via};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use transfer::{Downloaded, GuardedResolver, Limits, Target};
 use url_rules::sanitize;
-
-/// Why a download was refused or failed. Every message names the URL.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("{url} may not be fetched: {reason}")]
-    BadUrl { url: String, reason: String },
-    #[error("buildpack {buildpack} may not download {url}: its manifest allows only {declared:?}")]
-    NotDeclared {
-        buildpack: String,
-        url: String,
-        declared: Vec<String>,
-    },
-    #[error("download of {url} (as {url_used}) denied: {reason}")]
-    Denied {
-        url: String,
-        url_used: String,
-        reason: String,
-    },
-    #[error("{url} is not in the download cache and the fetch service is offline")]
-    Offline { url: String },
-    #[error(
-        "checksum mismatch for {url} (from {url_used}): expected sha256 {expected}, got {actual}"
-    )]
-    ChecksumMismatch {
-        url: String,
-        url_used: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("{url_used} answered HTTP {status}")]
-    Status { url_used: String, status: u16 },
-    #[error("downloading {url_used} failed: {message}")]
-    Network { url_used: String, message: String },
-    #[error("{url_used} is larger than the download limit of {limit_mb} MiB")]
-    TooLarge { url_used: String, limit_mb: u64 },
-    /// An operator rule that does not parse or could never be safe (found at start).
-    #[error("fetch configuration: {entry}: {reason}")]
-    Config { entry: String, reason: String },
-    #[error("building the fetch service's HTTP client")]
-    Client(#[source] crate::download::DownloadError),
-    #[error("download cache i/o error: {0}")]
-    Cache(#[from] std::io::Error),
-}
 
 /// How a URL resolves under the current rules (what `dea fetch --explain` prints).
 #[derive(Debug, Clone)]
@@ -81,7 +46,7 @@ pub struct Resolution {
     /// The mirror rule that rewrote it, if any.
     pub rule: Option<MirrorRule>,
     /// Why the rewritten URL may be reached, or why not.
-    pub verdict: Result<&'static str, String>,
+    pub verdict: Result<&'static str, Unreachable>,
 }
 
 /// Who is asking: the buildpack's id and the URL prefixes its manifest declares.
@@ -174,14 +139,17 @@ impl FetchService {
                     url: url.to_string(),
                     url_used: resolved.url_used.to_string(),
                     rule: resolved.rule,
-                    verdict: resolved.verdict.map(Via::describe),
+                    verdict: resolved
+                        .verdict
+                        .map(Via::describe)
+                        .map_err(Unreachable::from),
                 }
             }
             Err(reason) => Resolution {
                 url: url.to_string(),
                 url_used: url.to_string(),
                 rule: None,
-                verdict: Err(format!("not a URL that may be fetched: {reason}")),
+                verdict: Err(Unreachable::Url(reason)),
             },
         }
     }
@@ -207,15 +175,15 @@ impl FetchService {
         }
         let resolved = self.rules.resolve(&requested, grant);
         let url_used = resolved.url_used.to_string();
-        if let Err(reason) = resolved.verdict {
-            let reason = match &resolved.rule {
-                Some(rule) => format!("{reason} (rule {} -> {})", rule.from, rule.to),
-                None => reason,
+        if let Err(refusal) = resolved.verdict {
+            let reason = match resolved.rule {
+                Some(rule) => Denial::Rule { refusal, rule },
+                None => Denial::Refused(refusal),
             };
             return Err(FetchError::Denied {
                 url: shown,
                 url_used,
-                reason,
+                reason: Box::new(reason),
             });
         }
         let expected = expected_sha256
@@ -270,10 +238,7 @@ impl FetchService {
     }
 
     fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = match self.inflight.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut map = self.inflight.lock();
         map.retain(|_, weak| weak.strong_count() > 0);
         if let Some(gate) = map.get(key).and_then(Weak::upgrade) {
             return gate;
@@ -487,10 +452,13 @@ mod tests {
         assert!(climbed.verdict.is_err());
         let encoded = s.resolve("https://a.example/dl/..%2fsecret", &grant);
         assert!(
-            encoded
-                .verdict
-                .as_ref()
-                .is_err_and(|e| e.contains("encoded slash")),
+            matches!(
+                &encoded.verdict,
+                Err(Unreachable::Url(UrlRefused::Path(PathError::Encoded {
+                    encoded: Encoded::Slash,
+                    ..
+                })))
+            ),
             "{:?}",
             encoded.verdict
         );
@@ -574,8 +542,12 @@ mod tests {
             .err()
             .expect("a file: allow entry is refused");
         assert!(
-            error.to_string().contains("fetch.allow file:///etc/"),
-            "{error}"
+            matches!(
+                &error,
+                FetchError::Config { entry, reason: ConfigReason::AllowNotHttp }
+                    if entry == "fetch.allow file:///etc/"
+            ),
+            "{error:?}"
         );
     }
 }

@@ -7,7 +7,7 @@
 //! is not http(s) grants nothing). Only the operator's rules may reach local files (a mirror
 //! `to` of `file:`) or loopback, link-local and unspecified addresses.
 
-use super::url_rules::{self, Mirror, Prefix};
+use super::url_rules::{self, Mirror, Prefix, PrefixError, RewriteError, RuleError, UrlRefused};
 use super::{FetchError, FetchGrant};
 use crate::config::{FetchConfig, MirrorRule};
 use std::collections::{HashMap, HashSet};
@@ -47,15 +47,59 @@ pub(crate) struct Resolved {
     pub rule: Option<MirrorRule>,
     /// The mirror `to` the URL was rewritten beneath (a `file:` one is opened beneath it).
     pub to: Option<Prefix>,
-    pub verdict: Result<Via, String>,
+    pub verdict: Result<Via, Refusal>,
 }
 
 const RESTRICTED: &str = "it is a loopback, link-local or unspecified address, which only an \
                           operator mirror rule or fetch.allow entry may reach";
 
-fn config_error(entry: impl Into<String>, reason: impl Into<String>) -> FetchError {
+/// Why the rules do not let a requested URL be reached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The most specific mirror rule matched but could not rewrite it.
+    #[error(transparent)]
+    Rewrite(#[from] RewriteError),
+    #[error("declared by the buildpack, but {RESTRICTED}")]
+    DeclaredRestricted,
+    /// Nothing covers it (buildpack declarations do not count under this config).
+    #[error("no mirror rule matches and it is not on the allowlist")]
+    NotAllowed,
+    /// Nothing covers it, declarations included.
+    #[error(
+        "no mirror rule matches and it is neither on the allowlist nor declared by the buildpack"
+    )]
+    NotAllowedNorDeclared,
+}
+
+/// Why a redirect hop may not be followed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HopRefused {
+    #[error(transparent)]
+    Url(#[from] UrlRefused),
+    #[error("declared by the buildpack, but {RESTRICTED}")]
+    DeclaredRestricted,
+    #[error("it is beneath no mirror target, fetch.allow entry or declared prefix")]
+    NotBeneath,
+}
+
+/// Why an operator's fetch rule is refused at start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigReason {
+    #[error(transparent)]
+    Mirror(#[from] RuleError),
+    #[error(transparent)]
+    Allow(#[from] PrefixError),
+    #[error(
+        "only http(s) prefixes may be allowed; local files are reached through a mirror rule's to"
+    )]
+    AllowNotHttp,
+    #[error(transparent)]
+    Pin(#[from] UrlRefused),
+}
+
+fn config_error(entry: String, reason: impl Into<ConfigReason>) -> FetchError {
     FetchError::Config {
-        entry: entry.into(),
+        entry,
         reason: reason.into(),
     }
 }
@@ -80,8 +124,7 @@ impl Rules {
                 if !prefix.is_http() {
                     return Err(config_error(
                         format!("fetch.allow {raw}"),
-                        "only http(s) prefixes may be allowed; local files are reached through \
-                         a mirror rule's to",
+                        ConfigReason::AllowNotHttp,
                     ));
                 }
                 Ok(prefix)
@@ -149,26 +192,23 @@ impl Rules {
                     url_used: requested.clone(),
                     rule,
                     to: None,
-                    verdict: Err(reason),
+                    verdict: Err(reason.into()),
                 },
             };
         }
-        let verdict =
-            if self.allow.iter().any(|p| p.matches(requested)) {
-                Ok(Via::Allow)
-            } else if self.allow_declared && Rules::declares(grant, requested) {
-                if url_rules::targets_restricted_host(requested) {
-                    Err(format!("declared by the buildpack, but {RESTRICTED}"))
-                } else {
-                    Ok(Via::Declared)
-                }
-            } else if self.allow_declared {
-                Err("no mirror rule matches and it is neither on the allowlist nor declared by the \
-                 buildpack"
-                .to_string())
+        let verdict = if self.allow.iter().any(|p| p.matches(requested)) {
+            Ok(Via::Allow)
+        } else if self.allow_declared && Rules::declares(grant, requested) {
+            if url_rules::targets_restricted_host(requested) {
+                Err(Refusal::DeclaredRestricted)
             } else {
-                Err("no mirror rule matches and it is not on the allowlist".to_string())
-            };
+                Ok(Via::Declared)
+            }
+        } else if self.allow_declared {
+            Err(Refusal::NotAllowedNorDeclared)
+        } else {
+            Err(Refusal::NotAllowed)
+        };
         Resolved {
             url_used: requested.clone(),
             rule: None,
@@ -180,7 +220,12 @@ impl Rules {
     /// Whether a redirect to `hop` may be followed for a request of `requested`: it is held to
     /// the whole allowlist (every mirror's `to`, `fetch.allow`, and the manifest's declarations
     /// when those count), never to "the same host".
-    pub fn check_hop(&self, hop: &Url, requested: &Url, grant: &FetchGrant) -> Result<(), String> {
+    pub fn check_hop(
+        &self,
+        hop: &Url,
+        requested: &Url,
+        grant: &FetchGrant,
+    ) -> Result<(), HopRefused> {
         url_rules::check_http_url(hop)?;
         let operator = self
             .mirrors
@@ -193,11 +238,11 @@ impl Rules {
         }
         if self.allow_declared && Rules::declares(grant, hop) {
             if url_rules::targets_restricted_host(hop) {
-                return Err(format!("declared by the buildpack, but {RESTRICTED}"));
+                return Err(HopRefused::DeclaredRestricted);
             }
             return Ok(());
         }
-        Err("it is beneath no mirror target, fetch.allow entry or declared prefix".into())
+        Err(HopRefused::NotBeneath)
     }
 }
 
@@ -237,13 +282,10 @@ mod tests {
         let g = grant(&["file:///", "http://127.0.0.1:9/", "https://ok.example/"]);
         assert!(!Rules::declares(&g, &url("file:///etc/hostname")));
         let loopback = r.resolve(&url("http://127.0.0.1:9/x"), &g);
+        assert_eq!(loopback.verdict, Err(Refusal::DeclaredRestricted));
         assert!(
-            loopback
-                .verdict
-                .as_ref()
-                .is_err_and(|e| e.contains("loopback")),
-            "{:?}",
-            loopback.verdict
+            Refusal::DeclaredRestricted.to_string().contains("loopback"),
+            "the refusal says why"
         );
         assert_eq!(
             r.resolve(&url("https://ok.example/x"), &g).verdict,
@@ -287,7 +329,8 @@ mod tests {
         let error = r
             .check_hop(&url("http://localhost:8000/m/x"), &requested, &g)
             .expect_err("declared loopback");
-        assert!(error.contains("loopback"), "{error}");
+        assert_eq!(error, HopRefused::DeclaredRestricted);
+        assert!(error.to_string().contains("loopback"), "{error}");
     }
 
     #[test]
@@ -324,5 +367,88 @@ mod tests {
                 Err(FetchError::Config { .. })
             ));
         }
+    }
+
+    #[test]
+    fn refusals_say_which_rule_is_missing() {
+        let g = grant(&["https://declared.example/"]);
+        let strict = Rules::new(&FetchConfig {
+            allow_buildpack_declared: false,
+            ..super::super::test_config(&[], &["https://allowed.example/"])
+        })
+        .expect("rules");
+        let verdict = |r: &Rules, s: &str| r.resolve(&url(s), &g).verdict;
+        assert_eq!(
+            verdict(&strict, "https://allowed.example/x"),
+            Ok(Via::Allow)
+        );
+        assert_eq!(
+            verdict(&strict, "https://declared.example/x"),
+            Err(Refusal::NotAllowed),
+            "declarations do not count unless the operator says so"
+        );
+        let lenient = rules(&[], &[]);
+        assert_eq!(
+            verdict(&lenient, "https://declared.example/x"),
+            Ok(Via::Declared)
+        );
+        assert_eq!(
+            verdict(&lenient, "https://other.example/x"),
+            Err(Refusal::NotAllowedNorDeclared)
+        );
+        // A matching rule whose rewrite leaves its `to` is refused by that rule.
+        let r = rules(&[("up.example", "http://m/%2e{originalHost}/")], &[]);
+        let resolved = r.resolve(&url("https://up.example/x"), &g);
+        assert!(resolved.rule.is_some());
+        assert!(
+            matches!(
+                resolved.verdict,
+                Err(Refusal::Rewrite(RewriteError::Path { .. }))
+            ),
+            "{:?}",
+            resolved.verdict
+        );
+    }
+
+    #[test]
+    fn bad_operator_entries_say_which_and_why() {
+        let config_error = |config: FetchConfig| match Rules::new(&config) {
+            Err(FetchError::Config { entry, reason }) => (entry, reason),
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("accepted"),
+        };
+        let (entry, reason) = config_error(FetchConfig {
+            allow: vec!["file:///srv/".into()],
+            ..FetchConfig::default()
+        });
+        assert_eq!(entry, "fetch.allow file:///srv/");
+        assert_eq!(reason, ConfigReason::AllowNotHttp);
+        let (entry, reason) = config_error(FetchConfig {
+            pins: [("ftp://h/x".to_string(), "0".repeat(64))].into(),
+            ..FetchConfig::default()
+        });
+        assert_eq!(entry, "fetch.pins ftp://h/x");
+        assert_eq!(
+            reason,
+            ConfigReason::Pin(UrlRefused::Scheme {
+                scheme: "ftp".into()
+            })
+        );
+        let (entry, reason) = config_error(super::super::test_config(
+            &[("https://up.example/", "gopher://m/")],
+            &[],
+        ));
+        assert_eq!(entry, "mirror rule https://up.example/ -> gopher://m/");
+        assert!(
+            matches!(
+                reason,
+                ConfigReason::Mirror(RuleError::To(PrefixError::Scheme { .. }))
+            ),
+            "{reason:?}"
+        );
+        assert_eq!(
+            reason.to_string(),
+            "to: scheme gopher: is not http, https or file"
+        );
     }
 }

@@ -5,7 +5,7 @@
 
 use super::policy::Rules;
 use super::url_rules::{self, Prefix};
-use super::{FetchError, FetchGrant};
+use super::{Denial, FetchError, FetchGrant, NetworkFailure};
 use crate::download::{Accept, Digests, DownloadError, Downloader, Options, Step};
 use sha2::{Digest, Sha256};
 use std::collections::HashSet;
@@ -40,18 +40,18 @@ pub(crate) struct Limits {
 pub(crate) type Downloaded = (NamedTempFile, String, u64);
 
 impl Target<'_> {
-    fn network(&self, message: String) -> FetchError {
+    fn network(&self, cause: NetworkFailure) -> FetchError {
         FetchError::Network {
             url_used: self.url_used.to_string(),
-            message,
+            cause,
         }
     }
 
-    fn denied(&self, reason: String) -> FetchError {
+    fn denied(&self, reason: Denial) -> FetchError {
         FetchError::Denied {
             url: self.requested.to_string(),
             url_used: self.url_used.to_string(),
-            reason,
+            reason: Box::new(reason),
         }
     }
 
@@ -94,24 +94,27 @@ pub(crate) async fn download_http(
                 status,
             });
         };
-        let mut next = current.join(&location).map_err(|e| {
-            target.denied(format!(
-                "redirect from {current} to {} refused: not a valid URL ({e})",
-                url_rules::sanitize(&location)
-            ))
+        let mut next = current.join(&location).map_err(|source| {
+            target.denied(Denial::BadRedirect {
+                from: current.clone(),
+                location: url_rules::sanitize(&location),
+                source,
+            })
         })?;
         next.set_fragment(None);
         hops += 1;
         if hops > MAX_REDIRECTS {
-            return Err(target.denied(format!(
-                "more than {MAX_REDIRECTS} redirects (the last to {next})"
-            )));
+            return Err(target.denied(Denial::TooManyRedirects { last: next }));
         }
-        if let Err(why) = target
+        if let Err(source) = target
             .rules
             .check_hop(&next, target.requested, target.grant)
         {
-            return Err(target.denied(format!("redirect from {current} to {next} refused: {why}")));
+            return Err(target.denied(Denial::Hop {
+                from: current,
+                to: next,
+                source,
+            }));
         }
         current = next;
     };
@@ -132,7 +135,10 @@ fn fetch_error(
 ) -> FetchError {
     match error {
         DownloadError::Status { status, .. } if status.is_server_error() => {
-            target.network(format!("{current} answered HTTP {status}"))
+            target.network(NetworkFailure::ServerError {
+                url: current.clone(),
+                status,
+            })
         }
         DownloadError::Status { status, .. } => FetchError::Status {
             url_used: current.to_string(),
@@ -140,7 +146,7 @@ fn fetch_error(
         },
         DownloadError::TooLarge { .. } => target.too_large(limits),
         DownloadError::Request { source, .. } | DownloadError::Client { source } => {
-            target.network(describe_error(&source))
+            target.network(NetworkFailure::Request(source))
         }
         DownloadError::Write { source, .. } => FetchError::Cache(source),
     }
@@ -172,14 +178,14 @@ pub(crate) async fn download_file(
     partial: NamedTempFile,
 ) -> Result<Downloaded, FetchError> {
     let Some(to) = target.to else {
-        return Err(target.denied("file: URLs are only read beneath a mirror rule's to".into()));
+        return Err(target.denied(Denial::FileWithoutMirror));
     };
     let (Ok(root), Ok(full)) = (to.url.to_file_path(), target.url_used.to_file_path()) else {
-        return Err(target.denied("not a local file URL".into()));
+        return Err(target.denied(Denial::NotLocalFile));
     };
     let relative = match full.strip_prefix(&root) {
         Ok(relative) => relative.to_path_buf(),
-        Err(_) => return Err(target.denied(format!("not beneath {}", root.display()))),
+        Err(_) => return Err(target.denied(Denial::NotBeneathMirror { root })),
     };
     let max_bytes = limits.max_bytes;
     let task_root = root.clone();
@@ -195,15 +201,10 @@ pub(crate) async fn download_file(
             url_used: target.url_used.to_string(),
             status: 404,
         },
-        FileFailure::Outside => target.denied(format!(
-            "the path leads out of the mirror directory {} (through .. or a symbolic link)",
-            root.display()
-        )),
-        FileFailure::NotRegular(kind) => {
-            target.denied(format!("it is not a regular file but {kind}"))
-        }
+        FileFailure::Outside => target.denied(Denial::OutsideMirror { root }),
+        FileFailure::NotRegular(kind) => target.denied(Denial::NotRegular { kind }),
         FileFailure::TooLarge => target.too_large(limits),
-        FileFailure::Io(e) => target.network(describe_error(&e)),
+        FileFailure::Io(e) => target.network(NetworkFailure::Io(e)),
     })
 }
 
@@ -285,6 +286,19 @@ fn read_beneath(
     Ok((hex::encode(hasher.finalize()), size))
 }
 
+/// Why the fetch client's resolver gives a name no address (reqwest keeps it as the source of
+/// its connect error).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Unresolved {
+    #[error("{host} has no addresses")]
+    NoAddresses { host: String },
+    #[error(
+        "{host} resolves only to loopback, link-local or unspecified addresses, which only a \
+         host named by an operator mirror rule or fetch.allow entry may reach"
+    )]
+    OnlyRestricted { host: String },
+}
+
 /// The fetch client's DNS resolver: a name the operator did not name as a target (a mirror
 /// `to` or `fetch.allow` host) never resolves to a loopback, link-local or unspecified
 /// address, so a buildpack cannot reach the agent's own services through a DNS name it
@@ -301,7 +315,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let found: Vec<SocketAddr> =
                 tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             if found.is_empty() {
-                return Err(format!("{host} has no addresses").into());
+                return Err(Unresolved::NoAddresses { host }.into());
             }
             let kept: Vec<SocketAddr> = if trusted {
                 found
@@ -312,12 +326,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
                     .collect()
             };
             if kept.is_empty() {
-                return Err(format!(
-                    "{host} resolves only to loopback, link-local or unspecified addresses, \
-                     which only a host named by an operator mirror rule or fetch.allow entry \
-                     may reach"
-                )
-                .into());
+                return Err(Unresolved::OnlyRestricted { host }.into());
             }
             let addrs: reqwest::dns::Addrs = Box::new(kept.into_iter());
             Ok(addrs)

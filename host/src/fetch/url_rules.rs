@@ -15,51 +15,176 @@ use url::{Host, Url};
 /// The placeholder a mirror rule's `to` may contain.
 pub(crate) const ORIGINAL_HOST: &str = "{originalHost}";
 
+/// Why a URL's host is not one a rule or a request may name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("host {host} is not a valid DNS name")]
+    NotDnsName { host: String },
+    #[error("it has no host")]
+    Missing,
+}
+
+/// A character that WHATWG parsing leaves percent-encoded in a path segment, and that a
+/// server decoding it could turn into a `..` segment or a separator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    Dot,
+    Slash,
+    Backslash,
+    Nul,
+}
+
+impl Encoded {
+    const ALL: [Encoded; 4] = [
+        Encoded::Dot,
+        Encoded::Slash,
+        Encoded::Backslash,
+        Encoded::Nul,
+    ];
+
+    /// The escape, lowercase (paths are compared lowercased).
+    pub fn escape(self) -> &'static str {
+        match self {
+            Encoded::Dot => "%2e",
+            Encoded::Slash => "%2f",
+            Encoded::Backslash => "%5c",
+            Encoded::Nul => "%00",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Encoded::Dot => "an encoded dot",
+            Encoded::Slash => "an encoded slash",
+            Encoded::Backslash => "an encoded backslash",
+            Encoded::Nul => "an encoded NUL",
+        }
+    }
+}
+
+/// Why a normalised URL path is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("its path {path} contains {} ({})", .encoded.describe(), .encoded.escape())]
+    Encoded { path: String, encoded: Encoded },
+    #[error("its path {path} contains a backslash")]
+    Backslash { path: String },
+}
+
+/// Why a URL may not be requested (by a buildpack, or as a redirect hop).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlRefused {
+    #[error("not a valid URL ({0})")]
+    Invalid(#[source] url::ParseError),
+    #[error(
+        "file: URLs may not be requested (only an operator's mirror rule may point at local files)"
+    )]
+    File,
+    #[error("scheme {scheme}: is not http or https")]
+    Scheme { scheme: String },
+    #[error("credentials (user:password@) are not allowed in a requested URL")]
+    Credentials,
+    #[error(transparent)]
+    Host(#[from] HostError),
+    #[error(transparent)]
+    Path(#[from] PathError),
+}
+
+/// Why a URL prefix (of a mirror rule, `fetch.allow` or a manifest) does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    #[error("not a valid URL ({0})")]
+    Invalid(#[source] url::ParseError),
+    #[error("scheme {scheme}: is not http, https or file")]
+    Scheme { scheme: String },
+    #[error("a file: URL must name a local path (file:///...)")]
+    RemoteFile,
+    #[error("a URL prefix may not have a query or fragment")]
+    QueryOrFragment,
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// Why an operator's mirror rule is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    #[error("from: {0}")]
+    From(#[source] PrefixError),
+    #[error("from: only http(s) URLs are ever requested")]
+    FromNotHttp,
+    #[error("from: not a valid host ({0})")]
+    FromInvalidHost(#[source] url::ParseError),
+    #[error("from: a host rule is a bare host[:port]")]
+    FromNotBareHost,
+    #[error("from: {0}")]
+    FromHost(#[source] HostError),
+    #[error("to: {0}")]
+    To(#[source] PrefixError),
+}
+
+/// Why a mirror rule could not rewrite a URL it matched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RewriteError {
+    /// `to` with the request's host in place of `{originalHost}` is not a prefix.
+    #[error(transparent)]
+    To(#[from] PrefixError),
+    #[error("the rewritten URL {joined} is not valid ({source})")]
+    Invalid {
+        joined: String,
+        source: url::ParseError,
+    },
+    // The URLs as text: an error the size of two `Url`s would burden every `Result` that
+    // carries it, and these are only ever shown.
+    #[error("the rewritten URL {used}: {source}")]
+    Path { used: String, source: PathError },
+    #[error("the rewritten URL {used} is not beneath the mirror's {to}")]
+    NotBeneath { used: String, to: String },
+}
+
 /// Parses a URL a buildpack asked for: http(s) only, a plain host, no credentials, and a path
 /// that stays what it looks like. The fragment is dropped (it is never sent).
-pub(crate) fn parse_requested(raw: &str) -> Result<Url, String> {
-    let mut url = Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+pub(crate) fn parse_requested(raw: &str) -> Result<Url, UrlRefused> {
+    let mut url = Url::parse(raw).map_err(UrlRefused::Invalid)?;
     check_http_url(&url)?;
     url.set_fragment(None);
     Ok(url)
 }
 
 /// The checks of [`parse_requested`] on a URL parsed elsewhere (a redirect's `Location`).
-pub(crate) fn check_http_url(url: &Url) -> Result<(), String> {
+pub(crate) fn check_http_url(url: &Url) -> Result<(), UrlRefused> {
     match url.scheme() {
         "http" | "https" => {}
-        "file" => {
-            return Err(
-                "file: URLs may not be requested (only an operator's mirror rule may point at \
-                 local files)"
-                    .into(),
-            );
+        "file" => return Err(UrlRefused::File),
+        other => {
+            return Err(UrlRefused::Scheme {
+                scheme: other.to_string(),
+            });
         }
-        other => return Err(format!("scheme {other}: is not http or https")),
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("credentials (user:password@) are not allowed in a requested URL".into());
+        return Err(UrlRefused::Credentials);
     }
     check_host(url)?;
-    check_path(url.path())
+    Ok(check_path(url.path())?)
 }
 
 /// Refuses a normalised path that still holds an encoded dot, slash, backslash or NUL: after
 /// WHATWG parsing those can only be the parts a server might decode into `..` or `/` later.
-pub(crate) fn check_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_path(path: &str) -> Result<(), PathError> {
     let lower = path.to_ascii_lowercase();
-    for (encoded, what) in [
-        ("%2e", "an encoded dot"),
-        ("%2f", "an encoded slash"),
-        ("%5c", "an encoded backslash"),
-        ("%00", "an encoded NUL"),
-    ] {
-        if lower.contains(encoded) {
-            return Err(format!("its path {path} contains {what} ({encoded})"));
-        }
+    if let Some(encoded) = Encoded::ALL
+        .into_iter()
+        .find(|e| lower.contains(e.escape()))
+    {
+        return Err(PathError::Encoded {
+            path: path.to_string(),
+            encoded,
+        });
     }
     if path.contains('\\') {
-        return Err(format!("its path {path} contains a backslash"));
+        return Err(PathError::Backslash {
+            path: path.to_string(),
+        });
     }
     Ok(())
 }
@@ -81,12 +206,14 @@ pub(crate) fn sanitize(text: &str) -> String {
 /// The host of an http(s) URL must be an IP address or a DNS name of valid labels (WHATWG
 /// accepts `..` or `a..b` as domains; they are never a real host, and `..` substituted for
 /// `{originalHost}` would climb a mirror path).
-fn check_host(url: &Url) -> Result<(), String> {
+fn check_host(url: &Url) -> Result<(), HostError> {
     match url.host() {
         Some(Host::Ipv4(_) | Host::Ipv6(_)) => Ok(()),
         Some(Host::Domain(name)) if valid_dns_name(name) => Ok(()),
-        Some(Host::Domain(name)) => Err(format!("host {name} is not a valid DNS name")),
-        None => Err("it has no host".into()),
+        Some(Host::Domain(name)) => Err(HostError::NotDnsName {
+            host: name.to_string(),
+        }),
+        None => Err(HostError::Missing),
     }
 }
 
@@ -170,8 +297,8 @@ pub(crate) struct Prefix {
 impl Prefix {
     /// Parses `raw`: http(s) with a valid host, or `file:` with an absolute local path. No
     /// query or fragment (a prefix names a place, not a request).
-    pub fn parse(raw: &str) -> Result<Prefix, String> {
-        let url = Url::parse(raw.trim()).map_err(|e| format!("not a valid URL ({e})"))?;
+    pub fn parse(raw: &str) -> Result<Prefix, PrefixError> {
+        let url = Url::parse(raw.trim()).map_err(PrefixError::Invalid)?;
         match url.scheme() {
             "http" | "https" => check_host(&url)?,
             "file" => {
@@ -179,13 +306,17 @@ impl Prefix {
                     .host_str()
                     .is_some_and(|h| !h.is_empty() && h != "localhost")
                 {
-                    return Err("a file: URL must name a local path (file:///...)".into());
+                    return Err(PrefixError::RemoteFile);
                 }
             }
-            other => return Err(format!("scheme {other}: is not http, https or file")),
+            other => {
+                return Err(PrefixError::Scheme {
+                    scheme: other.to_string(),
+                });
+            }
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err("a URL prefix may not have a query or fragment".into());
+            return Err(PrefixError::QueryOrFragment);
         }
         Ok(Prefix { url })
     }
@@ -255,26 +386,26 @@ pub(crate) struct Mirror {
 impl Mirror {
     /// Parses and checks a rule: `from` is an http(s) prefix or a `host[:port]`; `to` (with a
     /// sample host in place of `{originalHost}`) is an http(s) or `file:` prefix.
-    pub fn parse(rule: &crate::config::MirrorRule) -> Result<Mirror, String> {
+    pub fn parse(rule: &crate::config::MirrorRule) -> Result<Mirror, RuleError> {
         let from = if rule.from.contains("://") {
-            let prefix = Prefix::parse(&rule.from).map_err(|e| format!("from: {e}"))?;
+            let prefix = Prefix::parse(&rule.from).map_err(RuleError::From)?;
             if !prefix.is_http() {
-                return Err("from: only http(s) URLs are ever requested".into());
+                return Err(RuleError::FromNotHttp);
             }
             MatchOn::Prefix(prefix)
         } else {
             // Parse the bare authority the way a URL's would be, to normalise its case and
             // default port the same way.
             let url = Url::parse(&format!("http://{}/", rule.from.trim()))
-                .map_err(|e| format!("from: not a valid host ({e})"))?;
+                .map_err(RuleError::FromInvalidHost)?;
             if url.path() != "/" || !url.username().is_empty() || url.query().is_some() {
-                return Err("from: a host rule is a bare host[:port]".into());
+                return Err(RuleError::FromNotBareHost);
             }
-            check_host(&url).map_err(|e| format!("from: {e}"))?;
+            check_host(&url).map_err(RuleError::FromHost)?;
             MatchOn::Authority(authority(&url))
         };
         Prefix::parse(&rule.to.replace(ORIGINAL_HOST, "original.example"))
-            .map_err(|e| format!("to: {e}"))?;
+            .map_err(RuleError::To)?;
         Ok(Mirror {
             rule: rule.clone(),
             from,
@@ -300,7 +431,7 @@ impl Mirror {
     }
 
     /// This rule's `to` for a request of `original`, `{originalHost}` filled in.
-    pub fn to_prefix(&self, original: &Url) -> Result<Prefix, String> {
+    pub fn to_prefix(&self, original: &Url) -> Result<Prefix, PrefixError> {
         Prefix::parse(&self.rule.to.replace(ORIGINAL_HOST, &authority(original)))
     }
 
@@ -315,7 +446,7 @@ impl Mirror {
 
     /// `url` rewritten under this rule: `to` + what follows `from` + the query, parsed again
     /// and checked to be beneath `to`. Returns the URL and the `to` it must stay under.
-    pub fn rewrite(&self, url: &Url) -> Result<(Url, Prefix), String> {
+    pub fn rewrite(&self, url: &Url) -> Result<(Url, Prefix), RewriteError> {
         let to = self.to_prefix(url)?;
         let rest = match &self.from {
             MatchOn::Prefix(prefix) => prefix.remainder(url),
@@ -326,14 +457,21 @@ impl Mirror {
             joined.push('?');
             joined.push_str(query);
         }
-        let used = Url::parse(&joined)
-            .map_err(|e| format!("the rewritten URL {joined} is not valid ({e})"))?;
-        check_path(used.path()).map_err(|e| format!("the rewritten URL {used}: {e}"))?;
+        let used = match Url::parse(&joined) {
+            Ok(used) => used,
+            Err(source) => return Err(RewriteError::Invalid { joined, source }),
+        };
+        if let Err(source) = check_path(used.path()) {
+            return Err(RewriteError::Path {
+                used: used.into(),
+                source,
+            });
+        }
         if !to.matches(&used) {
-            return Err(format!(
-                "the rewritten URL {used} is not beneath the mirror's {}",
-                to.url
-            ));
+            return Err(RewriteError::NotBeneath {
+                used: used.into(),
+                to: to.url.into(),
+            });
         }
         Ok((used, to))
     }
@@ -349,207 +487,5 @@ fn join(base: &str, rest: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::MirrorRule;
-
-    fn url(s: &str) -> Url {
-        Url::parse(s).expect("test URL")
-    }
-
-    fn mirror(from: &str, to: &str) -> Mirror {
-        Mirror::parse(&MirrorRule {
-            from: from.into(),
-            to: to.into(),
-        })
-        .expect("rule")
-    }
-
-    #[test]
-    fn dot_segments_are_resolved_before_anything_matches() {
-        for raw in [
-            "https://up.example/dl/../../secret",
-            "https://up.example/dl/%2e%2e/%2E%2e/secret",
-            "https://up.example/dl/.%2e/secret",
-            "https://up.example/dl\\..\\..\\secret",
-        ] {
-            let parsed = parse_requested(raw).expect(raw);
-            assert_eq!(parsed.as_str(), "https://up.example/secret", "{raw}");
-        }
-    }
-
-    #[test]
-    fn encoded_separators_left_after_parsing_are_refused() {
-        for raw in [
-            "https://up.example/dl/..%2fsecret",
-            "https://up.example/dl/%2e%2E%2fsecret",
-            "https://up.example/dl/..%2Fsecret",
-            "https://up.example/dl/..%5csecret",
-            "https://up.example/dl/..%5Csecret",
-            "https://up.example/dl/a%2e",
-            "https://up.example/dl/a%00b",
-        ] {
-            let error = parse_requested(raw).expect_err(raw);
-            assert!(error.contains("encoded"), "{raw}: {error}");
-        }
-        // A query is not a path: it is passed on as it is.
-        assert!(parse_requested("https://up.example/x?a=..%2f..").is_ok());
-    }
-
-    #[test]
-    fn requested_urls_are_http_with_a_plain_host_and_no_credentials() {
-        for (raw, why) in [
-            ("file:///etc/passwd", "file:"),
-            ("ftp://h/x", "scheme ftp"),
-            ("https://user:pw@h/x", "credentials"),
-            ("https://user@h/x", "credentials"),
-            ("https://../x", "not a valid DNS name"),
-            ("https://a..b/x", "not a valid DNS name"),
-            ("not a url", "not a valid URL"),
-        ] {
-            let error = parse_requested(raw).expect_err(raw);
-            assert!(error.contains(why), "{raw}: {error}");
-        }
-        let parsed = parse_requested("HTTPS://Up.Example:443/A?q=1#frag").expect("url");
-        assert_eq!(parsed.as_str(), "https://up.example/A?q=1");
-    }
-
-    #[test]
-    fn prefixes_match_structurally_on_segment_boundaries() {
-        let dl = Prefix::parse("https://a.com/dl").expect("prefix");
-        assert!(dl.matches(&url("https://a.com/dl")));
-        assert!(dl.matches(&url("https://A.COM:443/dl/x")));
-        assert!(dl.matches(&url("https://a.com/dl?x=1")));
-        assert!(!dl.matches(&url("https://a.com/dlx")));
-        assert!(!dl.matches(&url("http://a.com/dl/x")), "scheme");
-        assert!(!dl.matches(&url("https://a.com:8443/dl/x")), "port");
-        assert!(!dl.matches(&url("https://a.com.evil/dl/x")), "host");
-        let dir = Prefix::parse("https://a.com/dl/").expect("prefix");
-        assert!(dir.matches(&url("https://a.com/dl/x")));
-        assert!(!dir.matches(&url("https://a.com/dl")));
-        let host = Prefix::parse("https://a.com").expect("prefix");
-        assert!(host.matches(&url("https://a.com/anything")));
-        assert!(!host.matches(&url("https://a.com.evil/x")));
-        let port = Prefix::parse("http://127.0.0.1:8080/m/").expect("prefix");
-        assert!(port.matches(&url("http://127.0.0.1:8080/m/x")));
-        assert!(!port.matches(&url("http://127.0.0.1:8081/m/x")));
-        assert!(Prefix::parse("https://a.com/x?q").is_err());
-        assert!(Prefix::parse("gopher://a.com/").is_err());
-        assert!(Prefix::parse("file://other-host/x").is_err());
-    }
-
-    #[test]
-    fn rewrites_keep_the_remainder_and_query_beneath_to() {
-        let m = mirror("https://up.example/dl/", "http://m.example/mirror/");
-        let (used, _) = m
-            .rewrite(&url("https://up.example/dl/node/x.tgz?v=1"))
-            .expect("rewrite");
-        assert_eq!(used.as_str(), "http://m.example/mirror/node/x.tgz?v=1");
-
-        let m = mirror("https://up.example/dl", "http://m.example/mirror");
-        let (used, _) = m.rewrite(&url("https://up.example/dl/x")).expect("rewrite");
-        assert_eq!(used.as_str(), "http://m.example/mirror/x");
-
-        let m = mirror("b.example", "http://m3/b");
-        assert!(m.matches(&url("http://b.example/p")));
-        assert!(m.matches(&url("https://B.example/p")));
-        assert!(!m.matches(&url("https://b.example:8443/p")));
-        let (used, _) = m
-            .rewrite(&url("https://b.example/p/x?y=1"))
-            .expect("rewrite");
-        assert_eq!(used.as_str(), "http://m3/b/p/x?y=1");
-
-        let m = mirror("https://a.example/deep/", "http://m2/{originalHost}/");
-        let (used, to) = m
-            .rewrite(&url("https://a.example:8443/deep/x.tgz"))
-            .expect("rewrite");
-        assert_eq!(used.as_str(), "http://m2/a.example:8443/x.tgz");
-        assert_eq!(to.url.as_str(), "http://m2/a.example:8443/");
-
-        let m = mirror("https://up.example/dl/", "file:///srv/mirror/");
-        let (used, _) = m
-            .rewrite(&url("https://up.example/dl/a%20b.tgz"))
-            .expect("rewrite");
-        assert_eq!(used.as_str(), "file:///srv/mirror/a%20b.tgz");
-    }
-
-    #[test]
-    fn bad_rules_are_refused() {
-        for (from, to) in [
-            ("file:///x/", "http://m/"),
-            ("https://up.example/", "ftp://m/"),
-            ("https://up.example/", "http://m/?q=1"),
-            ("b.example/path", "http://m/"),
-            ("https://../", "http://m/"),
-            ("https://up.example/", "file://remote/x"),
-        ] {
-            let rule = MirrorRule {
-                from: from.into(),
-                to: to.into(),
-            };
-            assert!(Mirror::parse(&rule).is_err(), "{from} -> {to}");
-        }
-    }
-
-    #[test]
-    fn restricted_addresses() {
-        for raw in [
-            "http://127.0.0.1/",
-            "http://127.8.9.10/",
-            "http://0x7f.1/",
-            "http://2130706433/",
-            "http://0.0.0.0/",
-            "http://169.254.169.254/",
-            "http://[::1]/",
-            "http://[::]/",
-            "http://[fe80::1]/",
-            "http://[febf::1]/",
-            "http://[::ffff:127.0.0.1]/",
-            "http://[::ffff:169.254.169.254]/",
-            "http://localhost/",
-            "http://LOCALHOST./",
-            "http://api.localhost/",
-        ] {
-            assert!(targets_restricted_host(&url(raw)), "{raw}");
-        }
-        for raw in [
-            "http://10.0.0.1/",
-            "http://192.168.1.1/",
-            "http://[2001:db8::1]/",
-            "http://[fec0::1]/",
-            "http://example.com/",
-            "http://localhost.example.com/",
-        ] {
-            assert!(!targets_restricted_host(&url(raw)), "{raw}");
-        }
-    }
-
-    #[test]
-    fn host_names() {
-        assert!(valid_host("example.com"));
-        assert!(valid_host("a-b_c.example"));
-        assert!(valid_host("127.0.0.1"));
-        assert!(valid_host("[::1]"));
-        assert!(valid_host("::1"));
-        assert!(!valid_host(""));
-        assert!(!valid_host("a..b"));
-        assert!(!valid_host("-a.example"));
-        assert!(!valid_host("a.example."));
-        assert!(!valid_host("bad!host"));
-        assert!(!valid_host("a b"));
-        assert!(!valid_host(&format!("{}.example", "a".repeat(64))));
-        let long = vec!["a".repeat(60); 5].join(".");
-        assert!(long.len() > 253);
-        assert!(!valid_host(&long));
-    }
-
-    #[test]
-    fn path_boundaries() {
-        assert!(path_under("/dl", "/dl"));
-        assert!(path_under("/dl/x", "/dl"));
-        assert!(!path_under("/dlx", "/dl"));
-        assert!(path_under("/dl/x", "/dl/"));
-        assert!(!path_under("/dl", "/dl/"));
-        assert!(path_under("/anything", "/"));
-    }
-}
+#[path = "url_rules_tests.rs"]
+mod tests;

@@ -126,6 +126,15 @@ pub enum PhaseError {
         phase: &'static str,
         message: String,
     },
+    /// The runtime could not set the phase up. The cause is the runtime's own error type (a
+    /// wasm buildpack's `buildpack::wasm::StartError`), behind `dyn` so the contract does
+    /// not depend on a runtime; `Arc` keeps the error `Clone`.
+    #[error("{phase} could not start: {source}")]
+    Start {
+        phase: &'static str,
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
     /// A file the buildpack left, read by the host, that it may not use as it is.
     #[error("{phase}: {source}")]
     TenantFile {

@@ -8,13 +8,14 @@
 
 use crate::fetch::url_rules::valid_host;
 use lru::LruCache;
+use parking_lot::{Mutex, MutexGuard};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// How many hosts' certificates are kept; the least recently used is issued again when it is
 /// asked for after falling out.
@@ -73,11 +74,8 @@ impl CertificateAuthority {
         self.len() == 0
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<String, Arc<rustls::ServerConfig>>> {
-        match self.configs.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    fn lock(&self) -> MutexGuard<'_, LruCache<String, Arc<rustls::ServerConfig>>> {
+        self.configs.lock()
     }
 
     /// A TLS server config presenting a certificate for `host` (a DNS name or an IP address,

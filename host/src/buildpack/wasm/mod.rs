@@ -10,22 +10,27 @@
 //! CPU-time budget counted in epoch ticks, an output budget, and a wall-clock timeout that
 //! also covers time blocked in host calls.
 
+mod error;
+mod limiter;
 mod output;
 pub mod runner;
 mod sandbox;
 
-pub use output::{LogOutput, OutputBudget};
-pub use sandbox::{PhaseDirs, SandboxSpec};
+pub use error::{LoadError, StartError};
+pub use output::{LogOutput, OutputBudget, OutputExceeded};
+pub use sandbox::{PhaseDirs, SandboxError, SandboxSpec};
 
 use crate::config::WasmConfig;
+use limiter::GrowRefused;
+use parking_lot::Mutex;
 use sandbox::SandboxState;
 use sha2::{Digest, Sha256};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Engine, Store, UpdateDeadline};
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 /// The contract's generated bindings, kept to themselves: the host speaks in the phase types
 /// of [`crate::phase`], converted at this edge.
@@ -74,29 +79,6 @@ pub const ALLOWED_IMPORTS: &[&str] = &[
     "dea:buildpack/",
 ];
 
-/// Why a component could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("reading component {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is not a valid buildpack component: {message}")]
-    Invalid { path: PathBuf, message: String },
-    #[error(
-        "{path} imports {import}, which the host does not give buildpacks (only WASI cli, io, clocks, filesystem, random, sockets without network, and dea:buildpack; downloads go through the host's fetch)"
-    )]
-    ForbiddenImport { path: PathBuf, import: String },
-    #[error("component cache {path}: {source}")]
-    Cache {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("wasm engine: {0}")]
-    Engine(String),
-}
-
 /// Where a loaded component's machine code came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CodeOrigin {
@@ -137,18 +119,17 @@ impl WasmRuntime {
     pub fn new(limits: WasmConfig, cache_dir: PathBuf) -> Result<Arc<WasmRuntime>, LoadError> {
         let engine = build_engine(&limits)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(LoadError::Engine)?;
         bindings::dea::buildpack::host::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
             &mut linker,
             |state| state,
         )
-        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        .map_err(LoadError::Engine)?;
         bindings::dea::buildpack::types::add_to_linker::<SandboxState, HasSelf<SandboxState>>(
             &mut linker,
             |state| state,
         )
-        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        .map_err(LoadError::Engine)?;
         std::fs::create_dir_all(&cache_dir).map_err(|source| LoadError::Cache {
             path: cache_dir.clone(),
             source,
@@ -165,7 +146,7 @@ impl WasmRuntime {
                     std::thread::sleep(EPOCH_TICK);
                 }
             })
-            .map_err(|e| LoadError::Engine(e.to_string()))?;
+            .map_err(LoadError::Ticker)?;
 
         let slots = limits.max_concurrent_phases.max(1) as usize;
         Ok(Arc::new(WasmRuntime {
@@ -192,13 +173,14 @@ impl WasmRuntime {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if let Some((len, mtime, loaded)) = self.lock_by_path().get(path)
+        if let Some((len, mtime, loaded)) = self.by_path.lock().get(path)
             && (*len, *mtime) == stamp
         {
             return Ok(loaded.clone());
         }
         let loaded = self.load_uncached(path)?;
-        self.lock_by_path()
+        self.by_path
+            .lock()
             .put(path.to_path_buf(), (stamp.0, stamp.1, loaded.clone()));
         Ok(loaded)
     }
@@ -206,15 +188,12 @@ impl WasmRuntime {
     fn load_uncached(&self, path: &Path) -> Result<Arc<LoadedComponent>, LoadError> {
         // A component may come from an admin buildpack archive: read it as a tenant's file
         // (a regular file, no link out of its directory, capped).
-        let read_err = |message: String| LoadError::Read {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(message),
-        };
+        let owned = || path.to_path_buf();
         let (dir, name) = match (path.parent(), path.file_name()) {
             // A bare file name (`dea buildpack check buildpack.wasm`) is in the current dir.
             (Some(dir), Some(name)) if dir.as_os_str().is_empty() => (Path::new("."), name),
             (Some(dir), Some(name)) => (dir, name),
-            _ => return Err(read_err("not a file path".into())),
+            _ => return Err(LoadError::NotAFile { path: owned() }),
         };
         let bytes = crate::tenant_fs::TenantDir::open(dir)
             .and_then(|dir| {
@@ -224,17 +203,20 @@ impl WasmRuntime {
                     MAX_COMPONENT_BYTES,
                 )
             })
-            .map_err(|e| read_err(e.to_string()))?
-            .ok_or_else(|| read_err("no such file".into()))?;
+            .map_err(|source| LoadError::Tenant {
+                path: owned(),
+                source,
+            })?
+            .ok_or_else(|| LoadError::Missing { path: owned() })?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        if let Some(loaded) = self.lock_loaded().get(&digest) {
+        if let Some(loaded) = self.loaded.lock().get(&digest) {
             return Ok(loaded.clone());
         }
         let (component, origin) = self.compile_cached(path, &bytes, &digest)?;
         self.check_imports(path, &component)?;
-        let invalid = |e: wasmtime::Error| LoadError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("{e:#}"),
+        let invalid = |source| LoadError::Invalid {
+            path: owned(),
+            source,
         };
         let instance_pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
         let pre = BuildpackPre::new(instance_pre).map_err(invalid)?;
@@ -244,24 +226,8 @@ impl WasmRuntime {
             origin,
             pre,
         });
-        self.lock_loaded().put(digest, loaded.clone());
+        self.loaded.lock().put(digest, loaded.clone());
         Ok(loaded)
-    }
-
-    fn lock_loaded(
-        &self,
-    ) -> std::sync::MutexGuard<'_, lru::LruCache<String, Arc<LoadedComponent>>> {
-        match self.loaded.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
-    }
-
-    fn lock_by_path(&self) -> std::sync::MutexGuard<'_, lru::LruCache<PathBuf, PathEntry>> {
-        match self.by_path.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
     }
 
     fn compile_cached(
@@ -285,9 +251,9 @@ impl WasmRuntime {
                 }
             }
         }
-        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+        let invalid = |source| LoadError::Invalid {
             path: path.to_path_buf(),
-            message: format!("{e:#}"),
+            source,
         };
         let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
         crate::fetch::write_atomic(&cached, &compiled).map_err(|source| LoadError::Cache {
@@ -326,10 +292,7 @@ impl WasmRuntime {
             .slots
             .acquire()
             .await
-            .map_err(|e| PhaseError::Instantiate {
-                phase: phase_name,
-                message: e.to_string(),
-            })?;
+            .map_err(|e| start_error(phase_name, StartError::Slots(e)))?;
         let (cpu_limit, wall_limit) = match phase {
             Phase::Detect => (
                 Duration::from_millis(self.limits.detect_cpu_ms),
@@ -342,10 +305,7 @@ impl WasmRuntime {
         };
         let budget = OutputBudget::new(self.limits.output_limit_bytes);
         let state = SandboxState::new(phase, spec, &self.limits, budget.clone(), cpu_limit)
-            .map_err(|message| PhaseError::Instantiate {
-                phase: phase_name,
-                message,
-            })?;
+            .map_err(|e| start_error(phase_name, StartError::Sandbox(e)))?;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(1);
@@ -367,6 +327,11 @@ impl WasmRuntime {
         let outcome =
             tokio::time::timeout(wall_limit, call_phase(&component.pre, &mut store, phase)).await;
         let state = store.data();
+        let stopped = Stopped {
+            cpu: state.cpu_exceeded,
+            output: budget.exceeded(),
+            growth: state.limits.refused(),
+        };
         match outcome {
             Err(_) => Err(PhaseError::Timeout {
                 phase: phase_name,
@@ -374,17 +339,15 @@ impl WasmRuntime {
             }),
             Ok(Ok(Ok(output))) => Ok(output),
             Ok(Ok(Err(error))) => Err(PhaseError::Buildpack(failure(phase_name, error))),
-            Ok(Err(CallError::Instantiate(e))) => Err(PhaseError::Instantiate {
-                phase: phase_name,
-                message: format!("{e:#}"),
-            }),
+            Ok(Err(CallError::Instantiate(e))) => {
+                Err(start_error(phase_name, StartError::Instantiate(e)))
+            }
             Ok(Err(CallError::Trap(e))) => Err(classify_trap(
                 phase_name,
                 &e,
-                state,
-                &budget,
+                stopped,
+                &self.limits,
                 cpu_limit,
-                self.limits.memory_limit_mb,
             )),
         }
     }
@@ -429,7 +392,15 @@ fn build_engine(limits: &WasmConfig) -> Result<Engine, LoadError> {
             Err(e) => tracing::warn!("instance pool unavailable, allocating on demand: {e:#}"),
         }
     }
-    Engine::new(&base()).map_err(|e| LoadError::Engine(format!("{e:#}")))
+    Engine::new(&base()).map_err(LoadError::Engine)
+}
+
+/// `phase` could not start because of `error`.
+pub(crate) fn start_error(phase: &'static str, error: StartError) -> PhaseError {
+    PhaseError::Start {
+        phase,
+        source: Arc::new(error),
+    }
 }
 
 enum CallError {
@@ -487,25 +458,38 @@ fn failure(phase: &'static str, error: guest::Error) -> BuildpackFailure {
     }
 }
 
-/// Turns a trap into the limit or fault that caused it.
+/// The limits the host enforced during a phase, each recorded by the code that enforced it
+/// (the epoch callback, the output budget, the store's limiter) at the moment it did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Stopped {
+    cpu: bool,
+    output: bool,
+    growth: Option<GrowRefused>,
+}
+
+/// Turns a trap into the limit or fault that caused it. The host's own records decide, and
+/// then the error's type (wasmtime's trap code, a WASI exit); its text is only ever
+/// reported, never matched.
 fn classify_trap(
     phase: &'static str,
     error: &wasmtime::Error,
-    state: &SandboxState,
-    budget: &OutputBudget,
+    stopped: Stopped,
+    limits: &WasmConfig,
     cpu_limit: Duration,
-    memory_limit_mb: u64,
 ) -> PhaseError {
-    if state.cpu_exceeded {
+    let trap = error.downcast_ref::<Trap>().copied();
+    // Only the epoch callback interrupts a phase's store, and only once the CPU budget is
+    // spent: the trap code and the callback's record say the same thing.
+    if stopped.cpu || trap == Some(Trap::Interrupt) {
         return PhaseError::CpuLimit {
             phase,
             limit: cpu_limit,
         };
     }
-    if budget.exceeded() {
+    if stopped.output {
         return PhaseError::OutputLimit {
             phase,
-            limit: budget.limit(),
+            limit: limits.output_limit_bytes,
         };
     }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
@@ -514,18 +498,42 @@ fn classify_trap(
             status: exit.0,
         };
     }
-    let message = format!("{error:#}");
-    if message.contains("forcing trap when growing memory") {
+    // A refused table growth is a fault like any other trap: the phase has no table limit of
+    // its own to report.
+    if let Some(GrowRefused::Memory { .. }) = stopped.growth {
         return PhaseError::MemoryLimit {
             phase,
-            limit_mb: memory_limit_mb,
+            limit_mb: limits.memory_limit_mb,
         };
     }
-    // Keep the first line: the backtrace is for developers, not the staging log.
-    let first = message.lines().next().unwrap_or("unknown trap").to_string();
     PhaseError::Trap {
         phase,
-        message: first,
+        message: match trap {
+            Some(trap) => trap.to_string(),
+            None => fault_text(error),
+        },
+    }
+}
+
+/// What a fault that is not a wasm trap says (a host call's error that ended the guest):
+/// its causes on one line, without the wasm backtrace wasmtime wraps around it (that is for
+/// developers, not the staging log, and its first line alone says nothing).
+fn fault_text(error: &wasmtime::Error) -> String {
+    let backtrace = usize::from(error.downcast_ref::<wasmtime::WasmBacktrace>().is_some());
+    let mut text = String::new();
+    for cause in error.chain().skip(backtrace) {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    match text.lines().next() {
+        Some(first) if !first.is_empty() => first.to_string(),
+        _ => "unknown trap".to_string(),
     }
 }
 
@@ -536,4 +544,137 @@ fn deserialize_trusted(engine: &Engine, path: &Path) -> wasmtime::Result<Compone
     // engine with the same compatibility hash (it is in the file name), written atomically
     // into the host's own cache directory. Untrusted bytes are never deserialized.
     unsafe { Component::deserialize_file(engine, path) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use limiter::PhaseLimiter;
+    use wasmtime::{Instance, Module};
+
+    /// Runs `body` (a function returning nothing) in a core module with a one-page memory and
+    /// a one-element table bounded at two, under a limiter of four pages; returns the trap and
+    /// what the limiter recorded.
+    fn trap_of(body: &str) -> (wasmtime::Error, Stopped) {
+        let engine = Engine::default();
+        let wat = format!("(module (memory 1) (table 1 2 funcref) (func (export \"run\") {body}))");
+        let module = Module::new(&engine, wat).expect("test module");
+        let mut store = Store::new(&engine, PhaseLimiter::new(4 << 16));
+        store.limiter(|limiter| limiter);
+        let instance = Instance::new(&mut store, &module, &[]).expect("instance");
+        let run = instance
+            .get_typed_func::<(), ()>(&mut store, "run")
+            .expect("run");
+        let error = run.call(&mut store, ()).expect_err("a trap");
+        let stopped = Stopped {
+            growth: store.data().refused(),
+            ..Stopped::default()
+        };
+        (error, stopped)
+    }
+
+    fn classify(error: &wasmtime::Error, stopped: Stopped) -> PhaseError {
+        let limits = WasmConfig {
+            memory_limit_mb: 64,
+            output_limit_bytes: 1000,
+            ..WasmConfig::default()
+        };
+        classify_trap("compile", error, stopped, &limits, Duration::from_secs(7))
+    }
+
+    #[test]
+    fn a_refused_memory_growth_is_the_memory_limit() {
+        let (error, stopped) = trap_of("(drop (memory.grow (i32.const 100)))");
+        assert!(
+            matches!(
+                classify(&error, stopped),
+                PhaseError::MemoryLimit {
+                    phase: "compile",
+                    limit_mb: 64
+                }
+            ),
+            "{error:#}"
+        );
+    }
+
+    #[test]
+    fn a_refused_table_growth_and_other_traps_are_faults() {
+        let (error, stopped) = trap_of("(drop (table.grow (ref.null func) (i32.const 5)))");
+        assert!(stopped.growth.is_some());
+        let PhaseError::Trap { message, .. } = classify(&error, stopped) else {
+            panic!("{error:#}");
+        };
+        // The refusal's words, not the backtrace wasmtime wrapped around them.
+        assert_eq!(message, "forcing trap when growing table to 6 elements");
+
+        let (error, stopped) = trap_of("unreachable");
+        assert!(stopped.growth.is_none());
+        assert_eq!(
+            error.downcast_ref::<Trap>(),
+            Some(&Trap::UnreachableCodeReached)
+        );
+        let PhaseError::Trap { message, .. } = classify(&error, stopped) else {
+            panic!("{error:#}");
+        };
+        assert_eq!(message, Trap::UnreachableCodeReached.to_string());
+        assert!(message.contains("unreachable"), "{message}");
+
+        let (error, stopped) = trap_of("(drop (i32.div_u (i32.const 1) (i32.const 0)))");
+        let PhaseError::Trap { message, .. } = classify(&error, stopped) else {
+            panic!("{error:#}");
+        };
+        assert_eq!(message, Trap::IntegerDivisionByZero.to_string());
+    }
+
+    #[test]
+    fn an_interrupt_is_the_cpu_limit() {
+        let interrupt = wasmtime::Error::new(Trap::Interrupt);
+        assert!(matches!(
+            classify(&interrupt, Stopped::default()),
+            PhaseError::CpuLimit { limit, .. } if limit == Duration::from_secs(7)
+        ));
+    }
+
+    #[test]
+    fn a_host_fault_is_reported_with_its_causes_on_one_line() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "pipe closed");
+        let error = wasmtime::Error::new(io).context("writing the staging log");
+        let PhaseError::Trap { message, .. } = classify(&error, Stopped::default()) else {
+            panic!("{error:#}");
+        };
+        assert_eq!(message, "writing the staging log: pipe closed");
+    }
+
+    #[test]
+    fn the_text_of_a_trap_decides_nothing() {
+        // The words wasmtime's `StoreLimits` used, raised by something else: a fault.
+        let error = wasmtime::format_err!("forcing trap when growing memory to 1 bytes");
+        let PhaseError::Trap { message, .. } = classify(&error, Stopped::default()) else {
+            panic!("classified by its text");
+        };
+        assert_eq!(message, "forcing trap when growing memory to 1 bytes");
+    }
+
+    #[test]
+    fn the_host_s_records_come_before_the_error() {
+        let exit = wasmtime::Error::new(wasmtime_wasi::I32Exit(3));
+        assert!(matches!(
+            classify(&exit, Stopped::default()),
+            PhaseError::Exit { status: 3, .. }
+        ));
+        let all = Stopped {
+            cpu: true,
+            output: true,
+            growth: Some(GrowRefused::Memory { desired: 1 << 30 }),
+        };
+        assert!(matches!(
+            classify(&exit, all),
+            PhaseError::CpuLimit { limit, .. } if limit == Duration::from_secs(7)
+        ));
+        let output = Stopped { cpu: false, ..all };
+        assert!(matches!(
+            classify(&exit, output),
+            PhaseError::OutputLimit { limit: 1000, .. }
+        ));
+    }
 }

@@ -13,6 +13,14 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
+/// A write (or `log` call) that would pass the phase's output budget. It traps the guest;
+/// the budget's exceeded flag, not this error, is what classifies the phase's failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("buildpack output exceeded the limit of {limit} bytes")]
+pub struct OutputExceeded {
+    pub limit: u64,
+}
+
 /// The output allowance of one phase, shared by stdout, stderr and `log`.
 #[derive(Debug)]
 pub struct OutputBudget {
@@ -30,14 +38,14 @@ impl OutputBudget {
         })
     }
 
-    /// Charges `n` bytes; false (and the exceeded flag set) once the limit is passed.
-    pub fn charge(&self, n: usize) -> bool {
+    /// Charges `n` bytes; an error (and the exceeded flag set) once the limit is passed.
+    pub fn charge(&self, n: usize) -> Result<(), OutputExceeded> {
         let used = self.used.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
         if used > self.limit {
             self.exceeded.store(true, Ordering::Relaxed);
-            false
+            Err(OutputExceeded { limit: self.limit })
         } else {
-            true
+            Ok(())
         }
     }
 
@@ -62,13 +70,8 @@ impl LogOutput {
         LogOutput { log, budget }
     }
 
-    fn accept(&self, bytes: &[u8]) -> Result<(), String> {
-        if !self.budget.charge(bytes.len()) {
-            return Err(format!(
-                "buildpack output exceeded the limit of {} bytes",
-                self.budget.limit()
-            ));
-        }
+    fn accept(&self, bytes: &[u8]) -> Result<(), OutputExceeded> {
+        self.budget.charge(bytes.len())?;
         self.log.write_raw(bytes);
         Ok(())
     }
@@ -97,7 +100,10 @@ impl Pollable for LogOutput {
 
 impl OutputStream for LogOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
-        self.accept(&bytes).map_err(|m| StreamError::trap(&m))
+        // A trap, not a failed write: a guest that ignores write errors would otherwise
+        // spin on until its CPU limit.
+        self.accept(&bytes)
+            .map_err(|e| StreamError::Trap(wasmtime::Error::new(e)))
     }
 
     fn flush(&mut self) -> StreamResult<()> {

@@ -2,11 +2,11 @@
 //! fresh sandbox that sees the app, the cache, the buildpack and (in compile) a scratch
 //! directory, with downloads through the host's fetch service as its manifest allows.
 
-use super::{PhaseDirs, SandboxSpec, WasmRuntime};
+use super::{PhaseDirs, SandboxSpec, StartError, WasmRuntime, start_error};
 use crate::buildpack::Buildpack;
 use crate::droplet::UnpackLimits;
 use crate::fetch::{FetchGrant, FetchService};
-use crate::phase::{Phase, PhaseError, PhaseFuture, PhaseRunner, Position, StagingContext};
+use crate::phase::{Phase, PhaseFuture, PhaseRunner, Position, StagingContext};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -50,12 +50,9 @@ impl PhaseRunner for WasmRunner {
             let (runtime, path) = (self.runtime.clone(), self.component.clone());
             let loaded = tokio::task::spawn_blocking(move || runtime.load(&path))
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(|message| PhaseError::Instantiate {
-                    phase: phase.name(),
-                    message,
-                })?;
+                .map_err(StartError::LoadTask)
+                .and_then(|r| r.map_err(StartError::Load))
+                .map_err(|e| start_error(phase.name(), e))?;
             // Compile gets a private scratch directory, removed when it ends (with the
             // workspace, should the phase be abandoned).
             let tmp = match phase {
@@ -63,10 +60,7 @@ impl PhaseRunner for WasmRunner {
                     tempfile::Builder::new()
                         .prefix("phase-tmp-")
                         .tempdir_in(&ctx.workspace)
-                        .map_err(|e| PhaseError::Instantiate {
-                            phase: phase.name(),
-                            message: format!("scratch directory: {e}"),
-                        })?
+                        .map_err(|e| start_error(phase.name(), StartError::Scratch(e)))?
                         .keep(),
                 ),
                 _ => None,

@@ -8,6 +8,7 @@
 
 use super::Phase;
 use super::bindings::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
+use super::limiter::PhaseLimiter;
 use super::output::{LogOutput, OutputBudget};
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
@@ -18,7 +19,6 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Host directories for a phase. Which are mounted, and how, depends on the phase.
@@ -44,10 +44,90 @@ pub struct SandboxSpec {
     pub unpack_limits: crate::droplet::UnpackLimits,
 }
 
+/// Why a phase's sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox directory {}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+    /// wasmtime's error, shown with its causes on one line as before.
+    #[error("mounting {guest}: {source:#}")]
+    Mount {
+        guest: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
+}
+
+/// Why a host call may not write at a guest path (`fetch`'s destination, `make-executable`).
+/// Its text is what the guest is told (the contract carries a string there).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum GuestPathError {
+    #[error("{guest} is not under /app, /cache or /tmp")]
+    NotWritable { guest: String },
+    #[error("{guest} names a directory, not a file")]
+    Root { guest: String },
+    #[error("{guest} must not contain '..' or '.'")]
+    DotSegment { guest: String },
+    #[error("{guest}: the file name must be UTF-8")]
+    NotUtf8 { guest: String },
+    #[error("{guest} goes through a symbolic link")]
+    Link {
+        guest: String,
+        /// The link the walk refused, when the walk found it (not when the name itself is
+        /// one).
+        #[source]
+        source: Option<TenantFsError>,
+    },
+    #[error("{guest} is not a directory")]
+    NotDirectory {
+        guest: String,
+        #[source]
+        source: TenantFsError,
+    },
+    #[error("{guest}: a parent is not a directory")]
+    ParentNotDirectory {
+        guest: String,
+        #[source]
+        source: TenantFsError,
+    },
+    #[error("{guest} is a directory")]
+    IsDirectory { guest: String },
+    #[error("{guest} is not a regular file")]
+    NotRegularFile {
+        guest: String,
+        #[source]
+        source: Option<TenantFsError>,
+    },
+    #[error("{guest}: {source}")]
+    Tenant {
+        guest: String,
+        source: TenantFsError,
+    },
+    #[error("{guest}: {source}")]
+    Io { guest: String, source: io::Error },
+    #[error("make-executable {guest}: only allowed during compile, not {phase}")]
+    NotCompile { guest: String, phase: &'static str },
+}
+
+/// Why a fetched blob could not be put where the guest asked.
+#[derive(Debug, thiserror::Error)]
+enum PlaceError {
+    #[error(transparent)]
+    Copy(io::Error),
+    #[error(transparent)]
+    Unpack(crate::droplet::UnpackError),
+    #[error(transparent)]
+    Task(tokio::task::JoinError),
+    /// `unpack` asks for a directory, a plain fetch for a file; the destination was checked
+    /// as one of them.
+    #[error("destination does not match the request")]
+    Mismatch,
+}
+
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
-    pub(super) limits: StoreLimits,
+    pub(super) limits: PhaseLimiter,
     phase: Phase,
     log: StagingLog,
     budget: Arc<OutputBudget>,
@@ -68,7 +148,7 @@ impl SandboxState {
         limits: &WasmConfig,
         budget: Arc<OutputBudget>,
         cpu_limit: Duration,
-    ) -> Result<SandboxState, String> {
+    ) -> Result<SandboxState, SandboxError> {
         let mut builder = WasiCtxBuilder::new();
         let compile = phase == Phase::Compile;
         // Small phases do their few file calls inline instead of hopping to the blocking
@@ -79,28 +159,28 @@ impl SandboxState {
         } else {
             FsPerms::ReadOnly
         };
-        let open = |dir: &Path| -> Result<PathBuf, String> {
-            dir.canonicalize()
-                .map_err(|e| format!("sandbox directory {}: {e}", dir.display()))
+        let open = |dir: &Path| -> Result<PathBuf, SandboxError> {
+            dir.canonicalize().map_err(|source| SandboxError::Dir {
+                path: dir.to_path_buf(),
+                source,
+            })
+        };
+        let mut mount = |host: &Path, guest: &'static str, perms: FsPerms| {
+            builder
+                .preopened_dir(host, guest, perms)
+                .map(|_| ())
+                .map_err(|source| SandboxError::Mount { guest, source })
         };
         let app = open(&spec.dirs.app)?;
         let buildpack = open(&spec.dirs.buildpack)?;
-        builder
-            .preopened_dir(&app, "/app", app_perms)
-            .map_err(|e| format!("mounting /app: {e:#}"))?;
-        builder
-            .preopened_dir(&buildpack, "/buildpack", FsPerms::ReadOnly)
-            .map_err(|e| format!("mounting /buildpack: {e:#}"))?;
+        mount(&app, "/app", app_perms)?;
+        mount(&buildpack, "/buildpack", FsPerms::ReadOnly)?;
         let mut writable = Vec::new();
         if compile {
             let cache = open(&spec.dirs.cache)?;
             let tmp = open(&spec.dirs.tmp)?;
-            builder
-                .preopened_dir(&cache, "/cache", FsPerms::ReadWrite)
-                .map_err(|e| format!("mounting /cache: {e:#}"))?;
-            builder
-                .preopened_dir(&tmp, "/tmp", FsPerms::ReadWrite)
-                .map_err(|e| format!("mounting /tmp: {e:#}"))?;
+            mount(&cache, "/cache", FsPerms::ReadWrite)?;
+            mount(&tmp, "/tmp", FsPerms::ReadWrite)?;
             writable = vec![("/app", app), ("/cache", cache), ("/tmp", tmp)];
         }
         // Deny-all network, spelled out rather than left to defaults: creating a TCP or UDP
@@ -120,18 +200,11 @@ impl SandboxState {
         builder.stdout(output.clone());
         builder.stderr(output);
         let memory_limit = (limits.memory_limit_mb << 20) as usize;
-        let store_limits = StoreLimitsBuilder::new()
-            .memory_size(memory_limit)
-            .instances(64)
-            .tables(64)
-            .memories(16)
-            .trap_on_grow_failure(true)
-            .build();
         let ticks = (cpu_limit.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         Ok(SandboxState {
             wasi: builder.build(),
             table: ResourceTable::new(),
-            limits: store_limits,
+            limits: PhaseLimiter::new(memory_limit),
             phase,
             log: spec.log,
             budget,
@@ -149,30 +222,47 @@ impl SandboxState {
     /// descriptor, never through a link (the guest wrote that tree). Refuses `..`, unknown
     /// roots, and links anywhere. The path itself must be a file (or not exist) unless
     /// `directory` is set.
-    fn host_destination(&self, guest: &str, directory: bool) -> Result<Destination, String> {
+    fn host_destination(
+        &self,
+        guest: &str,
+        directory: bool,
+    ) -> Result<Destination, GuestPathError> {
         let path = Path::new(guest);
-        let (root_guest, root_host) = self
+        let owned = || guest.to_string();
+        let (root_guest, root_host, relative) = self
             .writable
             .iter()
-            .find(|(root, _)| path.starts_with(root))
-            .ok_or_else(|| format!("{guest} is not under /app, /cache or /tmp"))?;
-        let relative = path
-            .strip_prefix(root_guest)
-            .map_err(|_| format!("{guest} is not under {root_guest}"))?;
+            .find_map(|(root, host)| {
+                let relative = path.strip_prefix(root).ok()?;
+                Some((root, host, relative))
+            })
+            .ok_or_else(|| GuestPathError::NotWritable { guest: owned() })?;
         if relative.as_os_str().is_empty() {
-            return Err(format!("{guest} names a directory, not a file"));
+            return Err(GuestPathError::Root { guest: owned() });
         }
         if !relative
             .components()
             .all(|c| matches!(c, Component::Normal(_)))
         {
-            return Err(format!("{guest} must not contain '..' or '.'"));
+            return Err(GuestPathError::DotSegment { guest: owned() });
         }
-        let explain = |e: TenantFsError| match e {
-            TenantFsError::Link { .. } => format!("{guest} goes through a symbolic link"),
-            TenantFsError::WrongKind { .. } if directory => format!("{guest} is not a directory"),
-            TenantFsError::WrongKind { .. } => format!("{guest}: a parent is not a directory"),
-            e => format!("{guest}: {e}"),
+        let explain = |source: TenantFsError| match source {
+            TenantFsError::Link { .. } => GuestPathError::Link {
+                guest: owned(),
+                source: Some(source),
+            },
+            TenantFsError::WrongKind { .. } if directory => GuestPathError::NotDirectory {
+                guest: owned(),
+                source,
+            },
+            TenantFsError::WrongKind { .. } => GuestPathError::ParentNotDirectory {
+                guest: owned(),
+                source,
+            },
+            source => GuestPathError::Tenant {
+                guest: owned(),
+                source,
+            },
         };
         let root = TenantDir::open(root_host)
             .map_err(explain)?
@@ -192,13 +282,16 @@ impl SandboxState {
         let name = relative
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| format!("{guest}: the file name must be UTF-8"))?
+            .ok_or_else(|| GuestPathError::NotUtf8 { guest: owned() })?
             .to_string();
         match dir.meta(Path::new(&name), Links::Refuse).map_err(explain)? {
-            Some(meta) if meta.kind == Kind::Symlink => {
-                Err(format!("{guest} goes through a symbolic link"))
+            Some(meta) if meta.kind == Kind::Symlink => Err(GuestPathError::Link {
+                guest: owned(),
+                source: None,
+            }),
+            Some(meta) if meta.kind == Kind::Dir => {
+                Err(GuestPathError::IsDirectory { guest: owned() })
             }
-            Some(meta) if meta.kind == Kind::Dir => Err(format!("{guest} is a directory")),
             _ => Ok(Destination::File { dir, name }),
         }
     }
@@ -234,12 +327,7 @@ impl host::Host for SandboxState {
             text.push_str(line);
             text.push('\n');
         }
-        if !self.budget.charge(text.len()) {
-            return Err(wasmtime::format_err!(
-                "buildpack output exceeded the limit of {} bytes",
-                self.budget.limit()
-            ));
-        }
+        self.budget.charge(text.len())?;
         self.log.write_raw(text.as_bytes());
         Ok(())
     }
@@ -258,7 +346,7 @@ impl host::Host for SandboxState {
         let destination =
             match self.host_destination(&request.destination, request.unpack.is_some()) {
                 Ok(path) => path,
-                Err(message) => return Ok(Err(FetchError::InvalidDestination(message))),
+                Err(error) => return Ok(Err(FetchError::InvalidDestination(error.to_string()))),
             };
         let fetched = match service
             .fetch(&request.url, request.sha256.as_deref(), &grant)
@@ -273,7 +361,7 @@ impl host::Host for SandboxState {
         self.log.detail(&fetched.log_line(&request.url));
         let placed = match (request.unpack, destination) {
             (None, Destination::File { dir, name }) => {
-                copy_into_place(&fetched.blob, &dir, &name).map_err(|e| e.to_string())
+                copy_into_place(&fetched.blob, &dir, &name).map_err(PlaceError::Copy)
             }
             (Some(strip), Destination::Dir(dir)) => {
                 let blob = fetched.blob.clone();
@@ -282,10 +370,10 @@ impl host::Host for SandboxState {
                     crate::droplet::unpack_into(&blob, &dir, limits, strip as usize)
                 })
                 .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                .map_err(PlaceError::Task)
+                .and_then(|r| r.map(|_| ()).map_err(PlaceError::Unpack))
             }
-            _ => Err("destination does not match the request".to_string()),
+            _ => Err(PlaceError::Mismatch),
         };
         if let Err(e) = placed {
             return Ok(Err(FetchError::InvalidDestination(format!(
@@ -302,36 +390,47 @@ impl host::Host for SandboxState {
     }
 
     async fn make_executable(&mut self, path: String) -> wasmtime::Result<Result<(), String>> {
-        Ok(self.make_executable_at(&path))
+        // The contract's error is a string: the refusal's words.
+        Ok(self.make_executable_at(&path).map_err(|e| e.to_string()))
     }
 }
 
 impl SandboxState {
-    fn make_executable_at(&self, guest: &str) -> Result<(), String> {
+    fn make_executable_at(&self, guest: &str) -> Result<(), GuestPathError> {
         use std::os::unix::fs::PermissionsExt;
+        let owned = || guest.to_string();
         if self.writable.is_empty() {
-            return Err(format!(
-                "make-executable {guest}: only allowed during compile, not {}",
-                self.phase.name()
-            ));
+            return Err(GuestPathError::NotCompile {
+                guest: owned(),
+                phase: self.phase.name(),
+            });
         }
         let Destination::File { dir, name } = self.host_destination(guest, false)? else {
-            return Err(format!("{guest} is not a regular file"));
+            return Err(GuestPathError::NotRegularFile {
+                guest: owned(),
+                source: None,
+            });
         };
         // Changed through the descriptor that was checked to be a regular file.
-        let file = dir
-            .open_file(Path::new(&name), Links::Refuse)
-            .map_err(|e| match e {
-                TenantFsError::WrongKind { .. } => format!("{guest} is not a regular file"),
-                e => format!("{guest}: {e}"),
-            })?;
-        let mode = file
-            .metadata()
-            .map_err(|e| format!("{guest}: {e}"))?
-            .permissions()
-            .mode();
+        let file =
+            dir.open_file(Path::new(&name), Links::Refuse)
+                .map_err(|source| match source {
+                    TenantFsError::WrongKind { .. } => GuestPathError::NotRegularFile {
+                        guest: owned(),
+                        source: Some(source),
+                    },
+                    source => GuestPathError::Tenant {
+                        guest: owned(),
+                        source,
+                    },
+                })?;
+        let io = |source| GuestPathError::Io {
+            guest: owned(),
+            source,
+        };
+        let mode = file.metadata().map_err(io)?.permissions().mode();
         file.set_permissions(std::fs::Permissions::from_mode((mode & 0o777) | 0o755))
-            .map_err(|e| format!("{guest}: {e}"))
+            .map_err(io)
     }
 }
 
@@ -365,4 +464,54 @@ fn copy_into_place(blob: &Path, dir: &TenantDir, name: &str) -> io::Result<()> {
         let _ = dir.remove_file(&temp);
         io::Error::from(e)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a guest is told when a host call may not write where it asked (the contract
+    /// carries these words as its error string).
+    #[test]
+    fn guest_path_refusals_read_as_before() {
+        let guest = || "/app/../etc".to_string();
+        for (error, text) in [
+            (
+                GuestPathError::NotWritable {
+                    guest: "/etc/x".into(),
+                },
+                "/etc/x is not under /app, /cache or /tmp",
+            ),
+            (
+                GuestPathError::DotSegment { guest: guest() },
+                "/app/../etc must not contain '..' or '.'",
+            ),
+            (
+                GuestPathError::Root {
+                    guest: "/cache".into(),
+                },
+                "/cache names a directory, not a file",
+            ),
+            (
+                GuestPathError::Link {
+                    guest: "/app/l".into(),
+                    source: None,
+                },
+                "/app/l goes through a symbolic link",
+            ),
+            (
+                GuestPathError::NotCompile {
+                    guest: "/app/x".into(),
+                    phase: "detect",
+                },
+                "make-executable /app/x: only allowed during compile, not detect",
+            ),
+        ] {
+            assert_eq!(error.to_string(), text);
+        }
+        assert_eq!(
+            PlaceError::Mismatch.to_string(),
+            "destination does not match the request"
+        );
+    }
 }
