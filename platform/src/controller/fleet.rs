@@ -54,7 +54,8 @@ impl AgentState {
     }
 
     fn fits(&self, want: &Placement) -> bool {
-        want.stack.is_none_or(|stack| self.stacks.iter().any(|s| s == stack))
+        want.stack
+            .is_none_or(|stack| self.stacks.iter().any(|s| s == stack))
             && self.available_memory_mb >= want.memory_mb
             && self.available_disk_mb >= want.disk_mb
     }
@@ -188,8 +189,14 @@ mod tests {
         };
         let first = zoned.place(&want).expect("placed");
         let second = zoned.place(&want).expect("placed");
-        let zones: Vec<bool> = [&first, &second].iter().map(|id| id.starts_with('b')).collect();
-        assert!(zones.contains(&true) && zones.contains(&false), "{first} {second}");
+        let zones: Vec<bool> = [&first, &second]
+            .iter()
+            .map(|id| id.starts_with('b'))
+            .collect();
+        assert!(
+            zones.contains(&true) && zones.contains(&false),
+            "{first} {second}"
+        );
     }
 
     #[test]
