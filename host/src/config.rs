@@ -51,6 +51,9 @@ pub struct Config {
     pub instances: InstanceConfig,
     pub agent: AgentConfig,
     pub directory_server: crate::files::DirectoryServerConfig,
+    /// The platform's section (`dea controller`, `dea router`, `dea ctl`), read by the
+    /// `dea-platform` crate from the same file; the agent has no use for it.
+    pub platform: serde::de::IgnoredAny,
 }
 
 /// Running droplets.
@@ -342,6 +345,7 @@ impl Default for Config {
             instances: InstanceConfig::default(),
             agent: AgentConfig::default(),
             directory_server: Default::default(),
+            platform: serde::de::IgnoredAny,
         }
     }
 }
