@@ -10,13 +10,9 @@ use serde_json::{Value, json};
 use sha1::Digest;
 use std::time::Duration;
 
-#[path = "agent/fidelity.rs"]
 mod fidelity;
-#[path = "agent/hostile_instances.rs"]
 mod hostile_instances;
-#[path = "agent/hostile_stagings.rs"]
 mod hostile_stagings;
-#[path = "agent/probe.rs"]
 mod probe;
 
 async fn http_get(host: &str, port: u64) -> String {
