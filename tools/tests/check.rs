@@ -17,7 +17,7 @@ fn component(bp: &Buildpack) -> PathBuf {
     }
 }
 
-/// Compiled code shared with the other test binaries (`tests/guests.rs`): keyed by digest and
+/// Compiled code shared with the other test binaries (`tests/integration/guests.rs`): keyed by digest and
 /// engine, so always valid, and the 18 MB Python guest is compiled once, not per run.
 fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("guests-wasm-cache")
@@ -60,7 +60,7 @@ fn a_component_built_for_another_world_is_told_what_differs() {
         "{problems:#?}"
     );
     // Named from the runtime's own allow-list, which refuses it at load as well
-    // (tests/guests.rs).
+    // (tests/integration/guests.rs).
     assert!(
         report.problems.contains(&Problem::UnknownImport {
             name: "wasi:http/outgoing-handler@0.3.0".into()

@@ -1,7 +1,7 @@
-//! Classic buildpacks that behave like the public ones people use (a module of the `classic`
-//! test target): Heroku's own `buildpack.toml` beside `bin/`, config vars read from ENV_DIR,
-//! an archive's buildpack first in a chain, an app that is its own buildpack, a stack check
-//! with curl through a mirror, and a buildpack directory holding a broken buildpack.
+//! Classic buildpacks that behave like the public ones people use (a submodule of `classic`):
+//! Heroku's own `buildpack.toml` beside `bin/`, config vars read from ENV_DIR, an archive's
+//! buildpack first in a chain, an app that is its own buildpack, a stack check with curl
+//! through a mirror, and a buildpack directory holding a broken buildpack.
 
 use super::report;
 use dea::buildpack::{Buildpack, BuildpackSet};

@@ -6,7 +6,6 @@ use dea::staging::StagingError;
 use dea_tests::*;
 use std::path::Path;
 
-#[path = "classic_compat.rs"]
 mod compat;
 
 fn report(droplet: &Path, file: &str) -> String {
