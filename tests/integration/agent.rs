@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod blobstore;
 mod fidelity;
 mod hostile_instances;
 mod hostile_stagings;

@@ -13,6 +13,8 @@ use std::time::Duration;
 pub struct NatsServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// JetStream's store, when it is on (kept across restarts).
+    store: Option<tempfile::TempDir>,
 }
 
 impl NatsServer {
@@ -31,7 +33,27 @@ impl NatsServer {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut server = NatsServer { port, child: None };
+        let mut server = NatsServer {
+            port,
+            child: None,
+            store: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// A server with JetStream on (the platform's blobstore and state), storing in a
+    /// directory of its own.
+    pub async fn start_with_jetstream() -> NatsServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = NatsServer {
+            port,
+            child: None,
+            store: Some(tempfile::tempdir().expect("JetStream store dir")),
+        };
         server.restart().await;
         server
     }
@@ -47,8 +69,12 @@ impl NatsServer {
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
         self.stop();
-        let child = std::process::Command::new(Self::binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+        let mut command = std::process::Command::new(Self::binary());
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(store) = &self.store {
+            command.arg("-js").arg("-sd").arg(store.path());
+        }
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
