@@ -479,25 +479,45 @@ fn warn_on_replicas(what: &str, info: &stream::Info, wanted: usize) {
     }
 }
 
+/// The stream behind KV bucket `config.bucket`, laid out as every NATS client expects a KV
+/// stream (ADR-8): `KV_<bucket>` on `$KV.<bucket>.>`, one subject per key, history as
+/// messages per subject, rollups allowed, direct get on.
+///
+/// Built here rather than by `Context::create_key_value` because that first asks for the
+/// account's info, which async-nats 0.51 cannot parse from nats-server 2.9 (it requires the
+/// `reserved_memory`/`reserved_storage` fields that servers before 2.10 do not send).
+fn kv_stream_config(config: &kv::Config) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: -1,
+        max_messages: -1,
+        max_age: config.max_age,
+        storage: stream::StorageType::File,
+        num_replicas: config.num_replicas.max(1),
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        // The server's default duplicate window (2 min) may not exceed max_age.
+        duplicate_window: if config.max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            config.max_age.min(Duration::from_secs(120))
+        },
+        ..Default::default()
+    }
+}
+
 async fn ensure_kv(
     context: &jetstream::Context,
     config: kv::Config,
 ) -> Result<kv::Store, async_nats::Error> {
-    let bucket = config.bucket.clone();
-    let replicas = config.num_replicas;
-    if !stream_exists(context, &format!("KV_{bucket}")).await? {
-        match context.create_key_value(config).await {
-            Ok(store) => {
-                tracing::info!(bucket, replicas, "created KV bucket");
-                return Ok(store);
-            }
-            // Another process may have created it in the meantime; binding below tells.
-            Err(err) => tracing::debug!(bucket, error = %err, "creating KV bucket failed"),
-        }
-    }
-    let store = context.get_key_value(bucket.as_str()).await?;
-    warn_on_replicas(&bucket, store.stream.cached_info(), replicas);
-    Ok(store)
+    ensure_stream(context, kv_stream_config(&config)).await?;
+    Ok(context.get_key_value(config.bucket.as_str()).await?)
 }
 
 async fn ensure_object_store(
