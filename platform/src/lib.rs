@@ -4,4 +4,13 @@
 //! router that proxies HTTP to instances from `router.register`, and `dea ctl`.
 //!
 //! It depends on the agents only through the wire contract in `dea-protocol`.
+
+pub mod blobs;
+pub mod config;
 pub mod controller;
+pub mod ctl;
+pub mod desired;
+pub mod events;
+pub mod jetstream;
+pub mod lease;
+pub mod router;

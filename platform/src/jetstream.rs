@@ -1,0 +1,716 @@
+//! The shared JetStream setup: every piece of platform state lives in a JetStream bucket or
+//! stream, never only in one process's memory, so any controller can be killed, restarted or
+//! run twice without losing or duplicating work.
+//!
+//! [`Platform::connect`] creates the buckets and the event stream if they are missing and binds
+//! to them if they exist, so every controller and every `dea ctl` can call it at start. An
+//! existing bucket's configuration wins over the options (a mismatch is logged): two processes
+//! started with different options must not keep rewriting each other's bucket settings.
+
+use std::fmt;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
+use async_nats::jetstream::context::GetStreamErrorKind;
+use async_nats::jetstream::{self, ErrorCode, kv, object_store, stream};
+use futures_util::StreamExt;
+
+use crate::blobs::{BlobBucket, Blobs};
+use crate::desired::{Apps, Routes};
+use crate::events::Events;
+use crate::lease::Leases;
+
+/// Object store of app source packages (zips), named `<app>-<uuid>`.
+pub const PACKAGES_BUCKET: &str = "dea-packages";
+/// Object store of droplets, named by their SHA-1.
+pub const DROPLETS_BUCKET: &str = "dea-droplets";
+/// KV bucket of desired app state, keyed by app name.
+pub const APPS_BUCKET: &str = "dea-apps";
+/// KV bucket of route ownership, keyed by host name.
+pub const ROUTES_BUCKET: &str = "dea-routes";
+/// KV bucket of leases; its `max_age` is the lease TTL.
+pub const LEASES_BUCKET: &str = "dea-leases";
+/// Stream of app events.
+pub const EVENTS_STREAM: &str = "DEA_EVENTS";
+/// Events of app `a` are published on `dea.events.a`.
+pub const EVENTS_SUBJECT_PREFIX: &str = "dea.events";
+
+/// How the buckets are created when they do not exist yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformOptions {
+    /// Copies of every bucket and the event stream: 1 on a single server, 3 in a cluster
+    /// (survives the loss of one node).
+    pub replicas: usize,
+    /// `max_age` of the lease bucket: a lease whose holder stopped renewing disappears this long
+    /// after its last renewal.
+    pub lease_ttl: Duration,
+    /// Revisions of each app spec kept (for operators looking at what changed).
+    pub app_history: i64,
+    /// Events kept per app; older ones are discarded first.
+    pub events_per_app: i64,
+    /// Events older than this are discarded (zero keeps them until `events_per_app` pushes
+    /// them out).
+    pub events_max_age: Duration,
+    /// How long `connect` keeps retrying while JetStream is not ready (a fresh cluster needs a
+    /// few seconds to elect its meta leader).
+    pub setup_timeout: Duration,
+}
+
+impl Default for PlatformOptions {
+    fn default() -> Self {
+        PlatformOptions {
+            replicas: 1,
+            lease_ttl: Duration::from_secs(15),
+            app_history: 5,
+            events_per_app: 1000,
+            events_max_age: Duration::from_secs(30 * 24 * 3600),
+            setup_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl PlatformOptions {
+    /// The defaults with three replicas, for a three-node JetStream cluster.
+    pub fn clustered() -> Self {
+        PlatformOptions {
+            replicas: 3,
+            ..PlatformOptions::default()
+        }
+    }
+}
+
+/// What kind of name a [`NameError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    App,
+    Host,
+    Lease,
+    LeaseHolder,
+    Package,
+    Droplet,
+}
+
+impl fmt::Display for NameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameKind::App => "app name",
+            NameKind::Host => "host name",
+            NameKind::Lease => "lease name",
+            NameKind::LeaseHolder => "lease holder",
+            NameKind::Package => "package blob name",
+            NameKind::Droplet => "droplet blob name",
+        })
+    }
+}
+
+/// Why a name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {max} bytes")]
+    TooLong { max: usize },
+    #[error("contains {0:?}")]
+    Forbidden(char),
+    #[error("contains `..`")]
+    DotDot,
+    #[error("starts or ends with {0:?}")]
+    Edge(char),
+    #[error("is not a lowercase hex SHA-1 (40 characters)")]
+    NotSha1,
+    #[error("has an empty or over-long DNS label")]
+    BadLabel,
+}
+
+/// Why a `dea-blob://` URI was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlobUriError {
+    #[error("does not start with dea-blob://")]
+    Scheme,
+    #[error("has no /<name> after the bucket")]
+    NoName,
+    #[error("names bucket {0:?}, not dea-packages or dea-droplets")]
+    UnknownBucket(String),
+    #[error("has an invalid blob name")]
+    Name(#[source] NameError),
+}
+
+/// Every failure of the state layer. JetStream failures keep the client's error as `source`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("invalid platform options: {reason}")]
+    InvalidOptions { reason: &'static str },
+    #[error("setting up {what} on JetStream")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("JetStream {op} on {bucket}/{key}")]
+    Nats {
+        op: &'static str,
+        bucket: &'static str,
+        key: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("invalid {kind} {name:?}")]
+    InvalidName {
+        kind: NameKind,
+        name: String,
+        #[source]
+        reason: NameError,
+    },
+    #[error("invalid blob URI {uri:?}")]
+    InvalidBlobUri {
+        uri: String,
+        #[source]
+        reason: BlobUriError,
+    },
+    #[error("app spec key {key:?} does not match its name {name:?}")]
+    NameMismatch { key: String, name: String },
+    #[error("app {name} already exists")]
+    AlreadyExists { name: String },
+    #[error("app {name} does not exist")]
+    NotFound { name: String },
+    #[error("app {name} changed since revision {revision}")]
+    Conflict { name: String, revision: u64 },
+    #[error("{name} kept changing under us; gave up after {attempts} attempts")]
+    Contended { name: String, attempts: u32 },
+    #[error("route {host} belongs to app {owner}")]
+    RouteTaken { host: String, owner: String },
+    #[error("route {host} belongs to app {owner}, not {app}")]
+    NotRouteOwner {
+        host: String,
+        owner: String,
+        app: String,
+    },
+    #[error("lease {name} is held by {holder}")]
+    LeaseHeld { name: String, holder: String },
+    #[error("lease {name} was lost by {holder} (expired or taken over)")]
+    LeaseLost { name: String, holder: String },
+    #[error("lease TTL {requested:?} must be positive and at most the bucket's {bucket:?}")]
+    LeaseTtl {
+        requested: Duration,
+        bucket: Duration,
+    },
+    #[error("blob {bucket}/{name} does not exist")]
+    BlobNotFound { bucket: BlobBucket, name: String },
+    #[error("blob {bucket}/{name} is larger than the {max_size}-byte limit")]
+    BlobTooLarge {
+        bucket: BlobBucket,
+        name: String,
+        max_size: u64,
+    },
+    #[error("blob {bucket}/{name}: expected {expected}, content has {actual}")]
+    DigestMismatch {
+        bucket: BlobBucket,
+        name: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("streaming blob {bucket}/{name}")]
+    BlobTransfer {
+        bucket: BlobBucket,
+        name: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("file {path}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("decoding {what} {key:?}")]
+    Decode {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("encoding {what} {key:?}")]
+    Encode {
+        what: &'static str,
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl StateError {
+    pub(crate) fn nats<E>(op: &'static str, bucket: &'static str, key: &str, source: E) -> Self
+    where
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        StateError::Nats {
+            op,
+            bucket,
+            key: key.to_string(),
+            source: Box::new(source),
+        }
+    }
+
+    pub(crate) fn invalid_name(kind: NameKind, name: &str, reason: NameError) -> Self {
+        StateError::InvalidName {
+            kind,
+            name: name.to_string(),
+            reason,
+        }
+    }
+}
+
+/// The platform's handle on JetStream: the blobstore, desired state, routes, leases and
+/// events. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Platform {
+    client: async_nats::Client,
+    context: jetstream::Context,
+    blobs: Blobs,
+    apps: Apps,
+    routes: Routes,
+    leases: Leases,
+    events: Events,
+}
+
+impl Platform {
+    /// Creates whatever bucket or stream is missing and binds to the rest. Idempotent: every
+    /// controller and `dea ctl` calls it at start, concurrently if need be.
+    pub async fn connect(
+        client: async_nats::Client,
+        opts: PlatformOptions,
+    ) -> Result<Platform, StateError> {
+        if !(1..=5).contains(&opts.replicas) {
+            return Err(StateError::InvalidOptions {
+                reason: "replicas must be between 1 and 5",
+            });
+        }
+        if opts.lease_ttl < Duration::from_millis(100) {
+            return Err(StateError::InvalidOptions {
+                reason: "lease_ttl must be at least 100 ms",
+            });
+        }
+        if opts.events_per_app < 1 || opts.app_history < 1 || opts.app_history > 64 {
+            return Err(StateError::InvalidOptions {
+                reason: "events_per_app must be positive and app_history within 1..=64",
+            });
+        }
+        let context = jetstream::new(client.clone());
+        let deadline = Instant::now() + opts.setup_timeout;
+
+        let packages = until_ready(deadline, PACKAGES_BUCKET, || {
+            ensure_object_store(&context, PACKAGES_BUCKET, &opts)
+        })
+        .await?;
+        let droplets = until_ready(deadline, DROPLETS_BUCKET, || {
+            ensure_object_store(&context, DROPLETS_BUCKET, &opts)
+        })
+        .await?;
+        let apps = until_ready(deadline, APPS_BUCKET, || {
+            ensure_kv(
+                &context,
+                kv::Config {
+                    bucket: APPS_BUCKET.to_string(),
+                    description: "dea desired app state".to_string(),
+                    history: opts.app_history,
+                    num_replicas: opts.replicas,
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+        let routes = until_ready(deadline, ROUTES_BUCKET, || {
+            ensure_kv(
+                &context,
+                kv::Config {
+                    bucket: ROUTES_BUCKET.to_string(),
+                    description: "dea route ownership (host -> app)".to_string(),
+                    history: 1,
+                    num_replicas: opts.replicas,
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+        // History 1 matters here: max_age counts from each message's own write, so with only
+        // the latest revision kept, a key vanishes `max_age` after its last renewal.
+        let leases = until_ready(deadline, LEASES_BUCKET, || {
+            ensure_kv(
+                &context,
+                kv::Config {
+                    bucket: LEASES_BUCKET.to_string(),
+                    description: "dea leases; max_age is the lease TTL".to_string(),
+                    history: 1,
+                    max_age: opts.lease_ttl,
+                    num_replicas: opts.replicas,
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+        let events = until_ready(deadline, EVENTS_STREAM, || {
+            ensure_stream(
+                &context,
+                stream::Config {
+                    name: EVENTS_STREAM.to_string(),
+                    description: Some("dea app events, one subject per app".to_string()),
+                    subjects: vec![format!("{EVENTS_SUBJECT_PREFIX}.>")],
+                    max_messages_per_subject: opts.events_per_app,
+                    max_age: opts.events_max_age,
+                    num_replicas: opts.replicas,
+                    storage: stream::StorageType::File,
+                    discard: stream::DiscardPolicy::Old,
+                    allow_direct: true,
+                    ..Default::default()
+                },
+            )
+        })
+        .await?;
+
+        let lease_ttl = leases.stream.cached_info().config.max_age;
+        if lease_ttl.is_zero() {
+            return Err(StateError::InvalidOptions {
+                reason: "the existing dea-leases bucket has no max_age, so leases never expire",
+            });
+        }
+        if lease_ttl != opts.lease_ttl {
+            tracing::warn!(
+                bucket_ttl = ?lease_ttl,
+                requested_ttl = ?opts.lease_ttl,
+                "dea-leases already exists with another TTL; using the bucket's"
+            );
+        }
+
+        Ok(Platform {
+            blobs: Blobs::new(packages, droplets),
+            apps: Apps::new(apps, client.clone()),
+            routes: Routes::new(routes, client.clone()),
+            leases: Leases::new(leases, lease_ttl),
+            events: Events::new(context.clone(), events, client.clone()),
+            client,
+            context,
+        })
+    }
+
+    pub fn blobs(&self) -> &Blobs {
+        &self.blobs
+    }
+
+    pub fn apps(&self) -> &Apps {
+        &self.apps
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    pub fn events(&self) -> &Events {
+        &self.events
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.context
+    }
+}
+
+/// Retries `attempt` until it succeeds or `deadline` passes. Any error is retried: while a
+/// cluster elects its meta leader, or before enough peers have joined for the replicas,
+/// JetStream answers with several different errors (or none, a timeout) that all clear up.
+async fn until_ready<T, F, Fut>(
+    deadline: Instant,
+    what: &'static str,
+    mut attempt: F,
+) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, async_nats::Error>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(source) if Instant::now() >= deadline => {
+                return Err(StateError::Setup { what, source });
+            }
+            Err(err) => {
+                tracing::debug!(what, error = %err, "JetStream not ready; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Whether the stream exists (`Ok(false)` only on JetStream's own "stream not found").
+async fn stream_exists(
+    context: &jetstream::Context,
+    name: &str,
+) -> Result<bool, async_nats::Error> {
+    match context.get_stream(name).await {
+        Ok(_) => Ok(true),
+        Err(err) => match err.kind() {
+            GetStreamErrorKind::JetStream(js) if js.error_code() == ErrorCode::STREAM_NOT_FOUND => {
+                Ok(false)
+            }
+            _ => Err(err.into()),
+        },
+    }
+}
+
+fn warn_on_replicas(what: &str, info: &stream::Info, wanted: usize) {
+    if info.config.num_replicas != wanted {
+        tracing::warn!(
+            what,
+            existing = info.config.num_replicas,
+            wanted,
+            "bucket already exists with another replica count; keeping it"
+        );
+    }
+}
+
+/// The stream behind KV bucket `config.bucket`, laid out as every NATS client expects a KV
+/// stream (ADR-8): `KV_<bucket>` on `$KV.<bucket>.>`, one subject per key, history as
+/// messages per subject, rollups allowed, direct get on.
+///
+/// Built here rather than by `Context::create_key_value` because that first asks for the
+/// account's info, which async-nats 0.51 cannot parse from nats-server 2.9 (it requires the
+/// `reserved_memory`/`reserved_storage` fields that servers before 2.10 do not send).
+fn kv_stream_config(config: &kv::Config) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: Some(config.description.clone()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: config.history.max(1),
+        max_bytes: -1,
+        max_messages: -1,
+        max_age: config.max_age,
+        storage: stream::StorageType::File,
+        num_replicas: config.num_replicas.max(1),
+        discard: stream::DiscardPolicy::New,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        // The server's default duplicate window (2 min) may not exceed max_age.
+        duplicate_window: if config.max_age.is_zero() {
+            Duration::from_secs(120)
+        } else {
+            config.max_age.min(Duration::from_secs(120))
+        },
+        ..Default::default()
+    }
+}
+
+async fn ensure_kv(
+    context: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, async_nats::Error> {
+    ensure_stream(context, kv_stream_config(&config)).await?;
+    Ok(context.get_key_value(config.bucket.as_str()).await?)
+}
+
+async fn ensure_object_store(
+    context: &jetstream::Context,
+    bucket: &'static str,
+    opts: &PlatformOptions,
+) -> Result<object_store::ObjectStore, async_nats::Error> {
+    if !stream_exists(context, &format!("OBJ_{bucket}")).await? {
+        let config = object_store::Config {
+            bucket: bucket.to_string(),
+            description: Some(format!("dea blobs ({bucket})")),
+            num_replicas: opts.replicas,
+            ..Default::default()
+        };
+        match context.create_object_store(config).await {
+            Ok(store) => {
+                tracing::info!(bucket, replicas = opts.replicas, "created object store");
+                return Ok(store);
+            }
+            Err(err) => tracing::debug!(bucket, error = %err, "creating object store failed"),
+        }
+    }
+    let store = context.get_object_store(bucket).await?;
+    let info = context.get_stream(format!("OBJ_{bucket}")).await?;
+    warn_on_replicas(bucket, info.cached_info(), opts.replicas);
+    Ok(store)
+}
+
+async fn ensure_stream(
+    context: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, async_nats::Error> {
+    let name = config.name.clone();
+    let replicas = config.num_replicas;
+    if !stream_exists(context, &name).await? {
+        match context.create_stream(config).await {
+            Ok(stream) => {
+                tracing::info!(stream = name, replicas, "created stream");
+                return Ok(stream);
+            }
+            Err(err) => tracing::debug!(stream = name, error = %err, "creating stream failed"),
+        }
+    }
+    let stream = context.get_stream(name.as_str()).await?;
+    warn_on_replicas(&name, stream.cached_info(), replicas);
+    Ok(stream)
+}
+
+/// How long a snapshot read waits for the next message before giving up; the server sends
+/// everything at once, so this only trips when it went away.
+const SNAPSHOT_IDLE: Duration = Duration::from_secs(10);
+
+/// Reads what `filter` holds right now through an ordered consumer: the latest message per
+/// subject (`last_per_subject`) or all of them in order. The consumer is ephemeral and the
+/// read stops once the server reports nothing pending, so a quiet stream does not hang it.
+pub(crate) async fn read_snapshot(
+    stream: &stream::Stream,
+    client: &async_nats::Client,
+    bucket: &'static str,
+    filter: String,
+    last_per_subject: bool,
+) -> Result<Vec<jetstream::Message>, StateError> {
+    let deliver_policy = if last_per_subject {
+        DeliverPolicy::LastPerSubject
+    } else {
+        DeliverPolicy::All
+    };
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: filter.clone(),
+            deliver_policy,
+            replay_policy: ReplayPolicy::Instant,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| StateError::nats("snapshot consumer", bucket, &filter, err))?;
+    let mut out = Vec::new();
+    if consumer.cached_info().num_pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|err| StateError::nats("snapshot read", bucket, &filter, err))?;
+    loop {
+        let next = tokio::time::timeout(SNAPSHOT_IDLE, messages.next()).await;
+        let message = match next {
+            Ok(Some(Ok(message))) => message,
+            Ok(Some(Err(err))) => {
+                return Err(StateError::nats("snapshot read", bucket, &filter, err));
+            }
+            Ok(None) => break,
+            Err(elapsed) => {
+                return Err(StateError::nats("snapshot read", bucket, &filter, elapsed));
+            }
+        };
+        let pending = message
+            .info()
+            .map_err(|err| StateError::Nats {
+                op: "snapshot read",
+                bucket,
+                key: filter.clone(),
+                source: err,
+            })?
+            .pending;
+        out.push(message);
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The `KV-Operation` header marks deletes and purges in a KV stream.
+pub(crate) fn is_kv_tombstone(message: &async_nats::Message) -> bool {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get("KV-Operation"))
+        .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
+}
+
+/// App names: `[a-z0-9-]`, at most 63 bytes, no leading or trailing `-` (a DNS label, so an
+/// app name is also a valid subject token and host label).
+pub(crate) fn validate_label(kind: NameKind, name: &str) -> Result<(), StateError> {
+    check_label(name).map_err(|reason| StateError::invalid_name(kind, name, reason))
+}
+
+fn check_label(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.len() > 63 {
+        return Err(NameError::TooLong { max: 63 });
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(NameError::Forbidden(c));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(NameError::Edge('-'));
+    }
+    Ok(())
+}
+
+/// Host names: lowercase DNS names (labels as for apps, dot-separated, at most 253 bytes).
+pub(crate) fn validate_host(host: &str) -> Result<(), StateError> {
+    let check = || {
+        if host.is_empty() {
+            return Err(NameError::Empty);
+        }
+        if host.len() > 253 {
+            return Err(NameError::TooLong { max: 253 });
+        }
+        for label in host.split('.') {
+            check_label(label).map_err(|err| match err {
+                NameError::Empty | NameError::TooLong { .. } => NameError::BadLabel,
+                other => other,
+            })?;
+        }
+        Ok(())
+    };
+    check().map_err(|reason| StateError::invalid_name(NameKind::Host, host, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert!(check_label("my-app-2").is_ok());
+        assert_eq!(check_label(""), Err(NameError::Empty));
+        assert_eq!(check_label("A"), Err(NameError::Forbidden('A')));
+        assert_eq!(check_label("a.b"), Err(NameError::Forbidden('.')));
+        assert_eq!(check_label("-a"), Err(NameError::Edge('-')));
+        assert_eq!(
+            check_label(&"a".repeat(64)),
+            Err(NameError::TooLong { max: 63 })
+        );
+    }
+
+    #[test]
+    fn hosts() {
+        assert!(validate_host("app.example.com").is_ok());
+        assert!(validate_host("localhost").is_ok());
+        for bad in [
+            "", "a..b", ".a", "a.", "App.com", "a_b.com", "*.a.com", "a/b", "a b",
+        ] {
+            assert!(validate_host(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
