@@ -8,6 +8,67 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use sha1::Digest as _;
+
+/// A file of `size` pseudo-random bytes (xorshift, so it does not compress or repeat).
+pub fn random_file(path: &Path, size: usize, seed: u64) -> (String, String) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    let mut state = seed | 1;
+    let mut sha1 = sha1::Sha1::new();
+    let mut sha256 = sha2::Sha256::new();
+    let mut written = 0;
+    let mut chunk = vec![0u8; 64 * 1024];
+    while written < size {
+        let n = chunk.len().min(size - written);
+        for byte in &mut chunk[..n] {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        file.write_all(&chunk[..n]).expect("write");
+        sha1.update(&chunk[..n]);
+        sha256.update(&chunk[..n]);
+        written += n;
+    }
+    file.flush().expect("flush");
+    (hex::encode(sha1.finalize()), hex::encode(sha256.finalize()))
+}
+
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|entry| {
+            entry
+                .expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Retries `op` until it succeeds or `limit` passes (a lost stream leader takes a few seconds
+/// to replace).
+pub async fn eventually<T, E, F, Fut>(limit: Duration, mut op: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Debug,
+{
+    let start = Instant::now();
+    loop {
+        match op().await {
+            Ok(value) => return value,
+            Err(err) if start.elapsed() > limit => panic!("still failing after {limit:?}: {err:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
+
 pub fn binary() -> PathBuf {
     for path in ["/usr/sbin/nats-server", "/usr/bin/nats-server"] {
         if Path::new(path).is_file() {
