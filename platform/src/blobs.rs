@@ -539,6 +539,20 @@ impl Blobs {
             .await
     }
 
+    /// The droplet stored under `sha1` (by an agent that staged it), as the app spec records
+    /// it: its name is its SHA-1, and the object store keeps its SHA-256 and size.
+    pub async fn droplet(&self, sha1: &str) -> Result<Option<BlobRef>, StateError> {
+        let bucket = BlobBucket::Droplets;
+        bucket.validate_name(sha1)?;
+        Ok(self.info(bucket, sha1).await?.map(|info| BlobRef {
+            bucket,
+            name: sha1.to_string(),
+            sha1: sha1.to_string(),
+            sha256: stored_sha256(&info).unwrap_or_default(),
+            size: info.size as u64,
+        }))
+    }
+
     pub async fn exists(&self, bucket: BlobBucket, name: &str) -> Result<bool, StateError> {
         bucket.validate_name(name)?;
         Ok(self.info(bucket, name).await?.is_some())

@@ -56,6 +56,10 @@ pub struct StagingStatus {
     #[serde(with = "time::serde::rfc3339")]
     pub started_at: OffsetDateTime,
     pub state: StagingState,
+    /// The agent's signed `task_streaming_log_url`, from its setup reply (`dea ctl push`
+    /// streams the log from it, through the router).
+    #[serde(default)]
+    pub log_url: Option<String>,
 }
 
 /// What an app should be. Stored as JSON under its name in `dea-apps`.
@@ -538,6 +542,7 @@ mod tests {
             agent: None,
             started_at: OffsetDateTime::UNIX_EPOCH,
             state: StagingState::Failed("no buildpack".into()),
+            log_url: None,
         });
         let json = serde_json::to_string(&spec).expect("encodes");
         assert!(json.contains(r#""state":"STOPPED""#), "{json}");

@@ -6,11 +6,9 @@
 //! It depends on the agents only through the wire contract in `dea-protocol`.
 
 pub mod blobs;
-pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod desired;
 pub mod events;
 pub mod jetstream;
 pub mod lease;
-pub mod router;

@@ -30,6 +30,9 @@ pub struct DesiredApp {
     pub crashes: BTreeMap<u32, CrashRecord>,
 }
 
+/// An instance that ran this long before crashing was not crash-looping: the count restarts.
+pub const STABLE_RUN: Duration = Duration::from_secs(300);
+
 /// How often an index crashed in a row, and when last.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CrashRecord {

@@ -1,0 +1,283 @@
+//! `dea ctl push`: routes claimed, source uploaded to the blobstore, the app's spec written
+//! with a pending staging; then the staging log streamed from the agent while the controller
+//! stages, and the instances followed until they run.
+
+use super::{Ctl, CtlError, filter, package::package};
+use crate::desired::{AppSpec, AppState, StagingState, StagingStatus};
+use dea_protocol::InstanceState;
+use futures_util::StreamExt;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// What `dea ctl push` was asked for; unset fields keep the app's current values (or the
+/// defaults for a new app).
+#[derive(Debug, Clone, Default)]
+pub struct PushOptions {
+    pub name: String,
+    pub path: PathBuf,
+    pub instances: Option<u32>,
+    pub memory_mb: Option<u64>,
+    pub disk_mb: Option<u64>,
+    pub routes: Vec<String>,
+    pub buildpack: Option<String>,
+    pub stack: Option<String>,
+    pub env: Vec<(String, String)>,
+    /// How long to wait for staging and for the instances to run.
+    pub timeout: Duration,
+}
+
+pub async fn push(ctl: &Ctl, options: &PushOptions, out: &mut dyn Write) -> Result<(), CtlError> {
+    let platform = &ctl.platform;
+    let existing = platform.apps().get(&options.name).await?;
+    let mut claimed = Vec::new();
+    for route in &options.routes {
+        let already = existing
+            .as_ref()
+            .is_some_and(|(spec, _)| spec.routes.contains(route));
+        if let Err(e) = platform.routes().claim(route, &options.name).await {
+            release(ctl, &claimed, &options.name).await;
+            return Err(e.into());
+        }
+        if !already {
+            claimed.push(route.clone());
+        }
+    }
+    let uploaded = upload(ctl, options, out).await;
+    let blob = match uploaded {
+        Ok(blob) => blob,
+        Err(e) => {
+            release(ctl, &claimed, &options.name).await;
+            return Err(e);
+        }
+    };
+    let task_id = uuid::Uuid::new_v4().simple().to_string();
+    let apply = |spec: &mut AppSpec| {
+        spec.package = Some(blob.clone());
+        spec.state = AppState::Started;
+        spec.staging = Some(StagingStatus {
+            task_id: task_id.clone(),
+            agent: None,
+            started_at: OffsetDateTime::now_utc(),
+            state: StagingState::Pending,
+            log_url: None,
+        });
+        if let Some(n) = options.instances {
+            spec.instances = n;
+        }
+        if let Some(mb) = options.memory_mb {
+            spec.memory_mb = mb;
+        }
+        if let Some(mb) = options.disk_mb {
+            spec.disk_mb = mb;
+        }
+        for route in &options.routes {
+            if !spec.routes.contains(route) {
+                spec.routes.push(route.clone());
+            }
+        }
+        if options.buildpack.is_some() {
+            spec.buildpack = options.buildpack.clone();
+        }
+        if options.stack.is_some() {
+            spec.stack = options.stack.clone();
+        }
+        for (key, value) in &options.env {
+            spec.env.insert(key.clone(), value.clone());
+        }
+    };
+    let written = match existing {
+        Some(_) => platform.apps().modify(&options.name, apply).await,
+        None => {
+            let mut spec = AppSpec::new(&options.name);
+            apply(&mut spec);
+            platform.apps().create(spec).await
+        }
+    };
+    let (spec, _) = match written {
+        Ok(written) => written,
+        Err(e) => {
+            release(ctl, &claimed, &options.name).await;
+            return Err(e.into());
+        }
+    };
+    writeln!(out, "Staging {}...", spec.name)?;
+    let staged = follow_staging(ctl, &spec.name, &task_id, options.timeout, out).await?;
+    writeln!(
+        out,
+        "Staged: droplet {} ({})",
+        staged.droplet.as_ref().map_or("?", |d| d.sha1.as_str()),
+        staged
+            .droplet
+            .as_ref()
+            .and_then(|d| d.detected_buildpack.as_deref())
+            .unwrap_or("no buildpack named")
+    )?;
+    wait_running(ctl, &staged, options.timeout, out).await?;
+    for route in &staged.routes {
+        writeln!(out, "App {} is running: http://{route}", staged.name)?;
+    }
+    if staged.routes.is_empty() {
+        writeln!(out, "App {} is running (no route)", staged.name)?;
+    }
+    Ok(())
+}
+
+async fn release(ctl: &Ctl, routes: &[String], app: &str) {
+    for route in routes {
+        if let Err(e) = ctl.platform.routes().release(route, app).await {
+            tracing::warn!(route, "releasing a route: {e}");
+        }
+    }
+}
+
+async fn upload(
+    ctl: &Ctl,
+    options: &PushOptions,
+    out: &mut dyn Write,
+) -> Result<crate::blobs::BlobRef, CtlError> {
+    let temp = tempfile::tempdir()?;
+    let zip = temp.path().join("package.zip");
+    let (source, dest) = (options.path.clone(), zip.clone());
+    let packaged = tokio::task::spawn_blocking(move || package(&source, &dest))
+        .await
+        .map_err(|e| CtlError::Usage(e.to_string()))?;
+    let files = packaged.map_err(|source| CtlError::Package {
+        path: options.path.display().to_string(),
+        source,
+    })?;
+    let size = tokio::fs::metadata(&zip).await?.len();
+    writeln!(
+        out,
+        "Uploading {} ({} files, {})...",
+        options.name,
+        files,
+        super::megabytes(size)
+    )?;
+    Ok(ctl
+        .platform
+        .blobs()
+        .put_package_file(&options.name, &zip)
+        .await?)
+}
+
+/// Streams the staging log (through the router, from the staging agent's directory server)
+/// until the staging ends; returns the spec with its droplet.
+async fn follow_staging(
+    ctl: &Ctl,
+    name: &str,
+    task_id: &str,
+    limit: Duration,
+    out: &mut dyn Write,
+) -> Result<AppSpec, CtlError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
+    let mut streaming: Option<tokio::task::JoinHandle<()>> = None;
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let outcome = loop {
+        tokio::select! {
+            Some(chunk) = chunks.recv() => {
+                out.write_all(&chunk)?;
+                out.flush()?;
+                continue;
+            }
+            _ = poll.tick() => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Err(CtlError::Timeout {
+                what: format!("staging {name}"),
+                limit,
+            });
+        }
+        let spec = ctl.spec(name).await?;
+        let Some(staging) = spec.staging.clone().filter(|s| s.task_id == task_id) else {
+            // Taken over by a controller that restaged it with a new task: follow that one.
+            match spec.staging.as_ref() {
+                Some(s) if matches!(s.state, StagingState::Pending | StagingState::Running) => {
+                    if let Some(task) = streaming.take() {
+                        task.abort();
+                    }
+                    return Box::pin(follow_staging(ctl, name, &s.task_id.clone(), limit, out))
+                        .await;
+                }
+                _ => break Err(CtlError::StagingFailed("the app was pushed again".into())),
+            }
+        };
+        if streaming.is_none()
+            && let Some(url) = staging.log_url.clone()
+        {
+            let client = ctl.http(&url)?;
+            let tx = chunks_tx.clone();
+            streaming = Some(tokio::spawn(async move {
+                let url = format!("{url}&tail&tail_offset=0");
+                match client.get(&url).send().await {
+                    Ok(response) if response.status().is_success() => {
+                        let mut body = response.bytes_stream();
+                        while let Some(Ok(chunk)) = body.next().await {
+                            if tx.send(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(response) => tracing::warn!("staging log: HTTP {}", response.status()),
+                    Err(e) => tracing::warn!("staging log: {e}"),
+                }
+            }));
+        }
+        match staging.state {
+            StagingState::Succeeded => break Ok(spec),
+            StagingState::Failed(reason) => break Err(CtlError::StagingFailed(reason)),
+            _ => {}
+        }
+    };
+    // The log's last lines may still be on their way.
+    let drain = tokio::time::Instant::now() + Duration::from_millis(500);
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(drain, chunks.recv()).await {
+        out.write_all(&chunk)?;
+    }
+    if let Some(task) = streaming {
+        task.abort();
+    }
+    outcome
+}
+
+/// Waits until every index runs the app's current version.
+async fn wait_running(
+    ctl: &Ctl,
+    spec: &AppSpec,
+    limit: Duration,
+    out: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let spec = ctl.spec(&spec.name).await?;
+        let found = ctl.find(&filter(&spec.guid)).await?;
+        let running = found
+            .iter()
+            .filter(|i| i.state == InstanceState::Running && i.version == spec.version)
+            .map(|i| i.index)
+            .collect::<std::collections::BTreeSet<u32>>();
+        if running.len() as u32 >= spec.instances {
+            writeln!(
+                out,
+                "{} of {} instances running",
+                running.len(),
+                spec.instances
+            )?;
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CtlError::Timeout {
+                what: format!(
+                    "{} running instances of {} ({} now)",
+                    spec.instances,
+                    spec.name,
+                    running.len()
+                ),
+                limit,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
