@@ -4,3 +4,4 @@
 //! router that proxies HTTP to instances from `router.register`, and `dea ctl`.
 //!
 //! It depends on the agents only through the wire contract in `dea-protocol`.
+pub mod router;
