@@ -453,6 +453,25 @@ pub struct RouterStart {
 }
 
 #[cfg(test)]
+mod router_start_tests {
+    use super::*;
+
+    #[test]
+    fn router_start_has_gorouters_field_names() {
+        let start: RouterStart = parse(
+            "router.start",
+            br#"{"id": "0-abc", "hosts": ["10.0.0.9"], "minimumRegisterIntervalInSeconds": 20,
+                "pruneThresholdInSeconds": 120}"#,
+        )
+        .expect("parses");
+        assert_eq!(start.minimum_register_interval_in_seconds, 20);
+        let json = serde_json::to_value(&start).expect("serializes");
+        assert_eq!(json["pruneThresholdInSeconds"], 120);
+        assert_eq!(json["hosts"][0], "10.0.0.9");
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

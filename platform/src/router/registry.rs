@@ -149,10 +149,10 @@ impl Registry {
                 Some(message) = self.register.next() => self.on_registration(&message, true),
                 Some(message) = self.unregister.next() => self.on_registration(&message, false),
                 Some(message) = self.greet.next() => {
-                    if let Some(reply) = message.reply {
-                        if let Err(error) = self.nats.publish(reply, self.start.clone()).await {
-                            tracing::warn!(%error, "could not answer router.greet");
-                        }
+                    if let Some(reply) = message.reply
+                        && let Err(error) = self.nats.publish(reply, self.start.clone()).await
+                    {
+                        tracing::warn!(%error, "could not answer router.greet");
                     }
                 }
                 _ = start_timer.tick() => self.publish_start().await,
@@ -271,7 +271,7 @@ mod tests {
     fn hostile_messages_are_refused() {
         let many = format!(
             r#"{{"host": "10.0.0.1", "port": 1, "tags": {{}}, "uris": [{}]}}"#,
-            vec!["\"a.b\""; 11].join(",")
+            ["\"a.b\""; 11].join(",")
         );
         let cases: Vec<(Vec<u8>, &str)> = vec![
             (b"not json".to_vec(), "malformed"),
