@@ -177,7 +177,7 @@ fn refusing_port() -> u16 {
 // ---- The router under test, and a client ----
 
 struct Env {
-    _nats: NatsServer,
+    nats: NatsServer,
     bus: async_nats::Client,
     router: RouterHandle,
     http: Client<HttpConnector, TestBody>,
@@ -192,18 +192,29 @@ fn config() -> RouterConfig {
 }
 
 async fn env(config: RouterConfig) -> Env {
+    let server = NatsServer::start().await;
+    let (router, bus) = (server.client().await, server.client().await);
+    env_on(server, router, bus, config).await
+}
+
+/// The router on `router_nats`, the test's own messages on `bus`.
+async fn env_on(
+    server: NatsServer,
+    router_nats: async_nats::Client,
+    bus: async_nats::Client,
+    config: RouterConfig,
+) -> Env {
     // `RUST_LOG=warn` shows what the router refused and why; silent otherwise.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let server = NatsServer::start().await;
-    let router = Router::start(server.client().await, config)
+    let router = Router::start(router_nats, config)
         .await
         .expect("router starts");
     Env {
-        bus: server.client().await,
-        _nats: server,
+        bus,
+        nats: server,
         router,
         http: Client::builder(TokioExecutor::new()).build(HttpConnector::new()),
     }
@@ -442,7 +453,7 @@ async fn router_start_is_announced_and_greet_is_answered() {
         let server = NatsServer::start().await;
         let bus = server.client().await;
         let mut starts = bus.subscribe("router.start").await.expect("subscribe");
-        bus.flush().await.expect("flush");
+        nats::barrier(&bus).await;
         let config = RouterConfig {
             prune_threshold_secs: 90,
             register_interval_secs: 15,
@@ -638,6 +649,80 @@ async fn a_backend_without_response_headers_in_time_is_a_504() {
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert_eq!(headers["x-cf-routererror"], "endpoint_failure");
         assert!(body.starts_with("504 Gateway Timeout"), "{body}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_route_back_to_the_router_is_a_508_not_a_loop() {
+    within(async {
+        let env = env(config()).await;
+        let own = env.router.local_addr().port();
+        env.register(&["loop.example.com"], own).await;
+        env.wait_ports("loop.example.com", &[own]).await;
+        let (status, headers, body) = env.get("loop.example.com", "/").await;
+        assert_eq!(status, StatusCode::LOOP_DETECTED);
+        assert_eq!(headers["x-cf-routererror"], "loop_detected");
+        assert!(body.starts_with("508 Loop Detected"), "{body}");
+    })
+    .await;
+}
+
+/// While the bus is down nothing can re-register, so nothing is pruned; when it is back the
+/// router asks for registrations at once and gives every route a full threshold.
+#[tokio::test]
+async fn a_nats_outage_suspends_pruning_and_ends_with_router_start() {
+    within(async {
+        // The test's client comes back within milliseconds of the server, the router's on a
+        // fixed 1.5 s beat, so the test is listening again before the router can announce.
+        let server = NatsServer::start().await;
+        let reconnecting = |every: u64| {
+            async_nats::ConnectOptions::new()
+                .reconnect_delay_callback(move |_| Duration::from_millis(every))
+                .connect(server.url())
+        };
+        let router_nats = reconnecting(1_500).await.expect("router's client");
+        let bus = reconnecting(10).await.expect("test's client");
+        let config = RouterConfig {
+            prune_threshold_secs: 1,
+            ..config()
+        };
+        let mut env = env_on(server, router_nats, bus, config).await;
+        let a = backend("a").await;
+        env.register(&["app.example.com"], a.addr.port()).await;
+        env.wait_ports("app.example.com", &[a.addr.port()]).await;
+        let mut starts = env.bus.subscribe("router.start").await.expect("subscribe");
+        nats::barrier(&env.bus).await;
+
+        env.nats.stop();
+        // 3.7 s: between two of the router's attempts (every 1.5 s), so it comes back well
+        // after the test's client.
+        tokio::time::sleep(Duration::from_millis(3_700)).await;
+        assert_eq!(
+            env.ports("app.example.com"),
+            [a.addr.port()],
+            "not pruned while down"
+        );
+        assert_eq!(
+            env.get("app.example.com", "/").await.2,
+            "a",
+            "and still proxied"
+        );
+
+        env.nats.restart().await;
+        let start = tokio::time::timeout(Duration::from_secs(30), starts.next())
+            .await
+            .expect("router.start after the outage")
+            .expect("subscription open");
+        let start: RouterStart = serde_json::from_slice(&start.payload).expect("RouterStart");
+        assert_eq!(start.id, env.router.id());
+        assert_eq!(
+            env.ports("app.example.com"),
+            [a.addr.port()],
+            "freshened, not pruned"
+        );
+        // Nobody re-registers: after the fresh threshold it goes as usual.
+        env.wait_ports("app.example.com", &[]).await;
     })
     .await;
 }

@@ -21,6 +21,7 @@ pub use table::{BackendSnapshot, RouteSnapshot};
 
 use bytes::Bytes;
 use dea_protocol::RouterStart;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -147,8 +148,12 @@ pub enum RouterError {
         #[source]
         source: async_nats::SubscribeError,
     },
-    #[error("cannot publish router.start: {0}")]
-    Publish(#[source] async_nats::PublishError),
+    #[error("cannot publish {subject}: {source}")]
+    Publish {
+        subject: &'static str,
+        #[source]
+        source: async_nats::PublishError,
+    },
     #[error("cannot encode router.start: {0}")]
     Encode(#[source] serde_json::Error),
 }
@@ -218,10 +223,17 @@ impl Router {
         };
         nats.publish("router.start", start)
             .await
-            .map_err(RouterError::Publish)?;
+            .map_err(|source| RouterError::Publish {
+                subject: "router.start",
+                source,
+            })?;
+        // `subscribe` only queues the SUBs (and `flush` only empties the write buffer): a
+        // registration published by someone else right after `start` returned could reach
+        // the server first and be lost.
+        barrier(&nats).await?;
 
         let (stop, stopped) = watch::channel(false);
-        let proxy = Arc::new(proxy::Proxy::new(table.clone(), &config));
+        let proxy = Arc::new(proxy::Proxy::new(table.clone(), &config, &id));
         let serving = tokio::spawn(proxy::serve(
             listener,
             proxy,
@@ -278,6 +290,36 @@ impl RouterHandle {
         }
         tracing::info!(id = %self.id, "router stopped");
     }
+}
+
+/// Waits until the server has handled everything this client sent so far. A server handles
+/// one connection's operations in order, so this client's own message on a fresh inbox
+/// comes back only after the SUBs sent before it are in force.
+async fn barrier(nats: &async_nats::Client) -> Result<(), RouterError> {
+    const SUBJECT: &str = "a startup inbox";
+    let inbox = nats.new_inbox();
+    let mut echo =
+        nats.subscribe(inbox.clone())
+            .await
+            .map_err(|source| RouterError::Subscribe {
+                subject: SUBJECT,
+                source,
+            })?;
+    nats.publish(inbox, Bytes::new())
+        .await
+        .map_err(|source| RouterError::Publish {
+            subject: SUBJECT,
+            source,
+        })?;
+    let limit = Duration::from_secs(5);
+    if !matches!(tokio::time::timeout(limit, echo.next()).await, Ok(Some(_))) {
+        // A client made with `no_echo` never sees its own messages; the router still
+        // works, only registrations sent in the first instant may be missed.
+        tracing::warn!(
+            "NATS did not echo the router's own message within {limit:?}; starting anyway"
+        );
+    }
+    Ok(())
 }
 
 /// Resolves once the handle says stop, or is gone.

@@ -6,7 +6,9 @@
 //! `X-Vcap-Request-Id`; hop-by-hop headers go both ways. A backend that refuses the
 //! connection is skipped for the next one in turn (the request has not been sent, so this
 //! is safe for any method); any failure after that is the client's 502 or 504. Errors are
-//! plain text in gorouter's words, with its `X-Cf-RouterError` header.
+//! plain text in gorouter's words, with its `X-Cf-RouterError` header. The router adds
+//! itself to `Via`, and a request that already names it (a route pointing back at the
+//! router) is answered 508 instead of proxied around in a circle.
 
 use super::RouterConfig;
 use super::body::{AttemptBody, Replayable};
@@ -62,10 +64,14 @@ pub struct Proxy {
     client: Client<HttpConnector, AttemptBody>,
     response_header_timeout: Duration,
     max_tries: usize,
+    /// This router's `Via` entry, `1.1 dea-router-<id>`: seeing it on an incoming request
+    /// means a route led back here (a registration naming the router itself), which would
+    /// otherwise recurse until something runs out.
+    via: String,
 }
 
 impl Proxy {
-    pub fn new(table: SharedTable, config: &RouterConfig) -> Proxy {
+    pub fn new(table: SharedTable, config: &RouterConfig, id: &str) -> Proxy {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(config.connect_timeout_ms)));
         connector.set_nodelay(true);
@@ -78,6 +84,7 @@ impl Proxy {
             client,
             response_header_timeout: Duration::from_secs(config.response_header_timeout_secs),
             max_tries: config.max_backend_tries,
+            via: format!("1.1 dea-router-{id}"),
         }
     }
 
@@ -118,6 +125,14 @@ impl Proxy {
 
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
+        if !add_via(&mut headers, &self.via) {
+            tracing::warn!(host = %raw_host, "request came back to this router; a route points here");
+            return plain(
+                StatusCode::LOOP_DETECTED,
+                Some("loop_detected"),
+                format!("508 Loop Detected: Route ('{raw_host}') leads back to this router.\n"),
+            );
+        }
         strip_hop_by_hop(&mut headers);
         let request_id = add_forwarding(&mut headers, client, &raw_host, received);
         let target = parts
@@ -246,6 +261,31 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Appends this router to `Via` (RFC 9110 §7.6.3); `false` if it is there already.
+fn add_via(headers: &mut HeaderMap, via: &str) -> bool {
+    let prior: Vec<&str> = headers
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .collect();
+    if prior
+        .iter()
+        .flat_map(|value| value.split(','))
+        .any(|entry| entry.trim() == via)
+    {
+        return false;
+    }
+    let value = if prior.is_empty() {
+        via.to_owned()
+    } else {
+        format!("{}, {via}", prior.join(", "))
+    };
+    if let Ok(value) = HeaderValue::try_from(value) {
+        headers.insert(header::VIA, value);
+    }
+    true
+}
+
 /// Adds what the instance should know about the original request; returns the request id.
 fn add_forwarding(
     headers: &mut HeaderMap,
@@ -361,6 +401,19 @@ mod tests {
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["content-length", "x-kept"]);
+    }
+
+    #[test]
+    fn via_is_appended_and_a_second_visit_is_a_loop() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::VIA, HeaderValue::from_static("1.0 fred"));
+        assert!(add_via(&mut headers, "1.1 dea-router-x"));
+        assert_eq!(headers[header::VIA], "1.0 fred, 1.1 dea-router-x");
+        assert!(!add_via(&mut headers, "1.1 dea-router-x"));
+        assert!(
+            add_via(&mut headers, "1.1 dea-router-y"),
+            "another router is no loop"
+        );
     }
 
     #[test]

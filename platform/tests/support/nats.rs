@@ -6,7 +6,7 @@ use std::time::Duration;
 
 pub struct NatsServer {
     pub port: u16,
-    child: Child,
+    child: Option<Child>,
 }
 
 impl NatsServer {
@@ -24,23 +24,40 @@ impl NatsServer {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        let mut server = NatsServer { port, child: None };
+        server.restart().await;
+        server
+    }
+
+    /// Kills the server: clients see their connection drop.
+    pub fn stop(&mut self) {
+        // Only this child, by its own handle: other test binaries run servers of their own.
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and waits until it accepts connections.
+    pub async fn restart(&mut self) {
+        self.stop();
         let child = Command::new(Self::binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts (apt-get install nats-server)");
-        let server = NatsServer { port, child };
+        self.child = Some(child);
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
                 .await
                 .is_ok()
             {
-                return server;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("nats-server did not listen on {port}");
+        panic!("nats-server did not listen on {}", self.port);
     }
 
     pub fn url(&self) -> String {
@@ -56,8 +73,23 @@ impl NatsServer {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        // Only this child, by its own handle: other test binaries run servers of their own.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Returns once the server has handled everything `client` sent before (its SUBs included):
+/// `flush` only empties the client's buffer, but the server handles one connection in
+/// order, so the client's own message coming back proves it.
+pub async fn barrier(client: &async_nats::Client) {
+    use futures_util::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .expect("publish");
+    tokio::time::timeout(Duration::from_secs(10), echo.next())
+        .await
+        .expect("own message back")
+        .expect("subscription open");
 }
