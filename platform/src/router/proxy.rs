@@ -97,7 +97,8 @@ impl Proxy {
         let received = SystemTime::now();
         // An absolute-form target names the host itself (RFC 9112 §3.2.2); else `Host`.
         let raw_host = match request.uri().authority() {
-            Some(authority) => Some(authority.as_str().to_owned()),
+            // Without any `user@` (a host never contains '@').
+            Some(authority) => authority.as_str().rsplit('@').next().map(str::to_owned),
             None => request
                 .headers()
                 .get(header::HOST)
