@@ -5,11 +5,11 @@
 //! server) every 20 s and whenever they see `router.start`; the router keeps, per route, the
 //! backends seen within the prune threshold and spreads requests over them in turn.
 //!
-//! * [`uri`]: what a route is called, checked and made canonical.
-//! * [`table`]: the routing table (round robin, prune, caps), pure logic.
-//! * [`registry`]: the NATS side, which checks every message before it reaches the table.
-//! * [`proxy`]: the HTTP side (hyper server and pooled client).
-//! * [`body`]: a request body that can be offered to another backend after a refused connect.
+//! * `uri`: what a route is called, checked and made canonical.
+//! * `table`: the routing table (round robin, prune, caps), pure logic.
+//! * `registry`: the NATS side, which checks every message before it reaches the table.
+//! * `proxy`: the HTTP side (hyper server and pooled client).
+//! * `body`: a request body that can be offered to another backend after a refused connect.
 
 mod body;
 mod proxy;
