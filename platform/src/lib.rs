@@ -12,3 +12,4 @@ pub mod desired;
 pub mod events;
 pub mod jetstream;
 pub mod lease;
+pub mod router;

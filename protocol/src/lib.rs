@@ -440,6 +440,40 @@ pub struct DirectoryRegistration {
     pub tags: BTreeMap<String, String>,
 }
 
+// ---- The router's side (dea-platform's router sends these; agents receive them) ----
+
+/// `router.start`, and the reply to a `router.greet` request (§2.3): a router announces
+/// itself so agents re-register every route at once, and tells them how often it expects
+/// registrations and after how long it forgets a route that was not refreshed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterStart {
+    pub id: String,
+    pub hosts: Vec<String>,
+    #[serde(rename = "minimumRegisterIntervalInSeconds")]
+    pub minimum_register_interval_in_seconds: u64,
+    #[serde(rename = "pruneThresholdInSeconds")]
+    pub prune_threshold_in_seconds: u64,
+}
+
+#[cfg(test)]
+mod router_start_tests {
+    use super::*;
+
+    #[test]
+    fn router_start_has_gorouters_field_names() {
+        let start: RouterStart = parse(
+            "router.start",
+            br#"{"id": "0-abc", "hosts": ["10.0.0.9"], "minimumRegisterIntervalInSeconds": 20,
+                "pruneThresholdInSeconds": 120}"#,
+        )
+        .expect("parses");
+        assert_eq!(start.minimum_register_interval_in_seconds, 20);
+        let json = serde_json::to_value(&start).expect("serializes");
+        assert_eq!(json["pruneThresholdInSeconds"], 120);
+        assert_eq!(json["hosts"][0], "10.0.0.9");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
