@@ -77,6 +77,24 @@ enum Command {
     /// Stacks: root filesystems built from Debian's packages for buildpacks and apps.
     #[command(subcommand)]
     Stack(cli::stack::StackCommand),
+    /// The platform's controller: stage pushed apps through agents, place and keep their
+    /// instances running (`platform.controller`; several may run, one leads).
+    Controller,
+    /// The platform's HTTP router: routes from `router.register`, proxied to instances.
+    Router {
+        /// Address to listen on; replaces `platform.router.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// The operator's command line over NATS: push, apps, app, scale, restart, stop, start,
+    /// delete, logs, files, events.
+    Ctl {
+        /// The router, for files and logs; replaces `platform.ctl.router`.
+        #[arg(long)]
+        router: Option<std::net::SocketAddr>,
+        #[command(subcommand)]
+        command: cli::platform::CtlCommand,
+    },
 }
 
 fn load_config(cli: &Cli) -> Result<Config> {
@@ -115,6 +133,22 @@ async fn main() -> Result<()> {
     // Needs no buildpacks: answered before they are read.
     if let Command::Files { command } = &cli.command {
         return cli::files::run(&config, command);
+    }
+    // The platform's commands read `platform:` from the same file and need no buildpacks.
+    match cli.command {
+        Command::Controller => {
+            let platform = cli::platform::load(cli.config.as_deref(), &config)?;
+            return cli::platform::controller(platform).await;
+        }
+        Command::Router { listen } => {
+            let platform = cli::platform::load(cli.config.as_deref(), &config)?;
+            return cli::platform::router(platform, listen).await;
+        }
+        Command::Ctl { router, command } => {
+            let platform = cli::platform::load(cli.config.as_deref(), &config)?;
+            return cli::platform::ctl(platform, router, command).await;
+        }
+        _ => {}
     }
     if let Command::Stack(command) = &cli.command {
         return cli::stack::run(&config, command);
@@ -167,7 +201,11 @@ async fn main() -> Result<()> {
                 }
             }
         }
-        Command::Buildpack(_) | Command::Stack(_) => {}
+        Command::Buildpack(_)
+        | Command::Stack(_)
+        | Command::Controller
+        | Command::Router { .. }
+        | Command::Ctl { .. } => {}
         Command::Fetch { url, buildpack } => {
             let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
             let grant = match buildpack {

@@ -6,6 +6,7 @@
 //! It depends on the agents only through the wire contract in `dea-protocol`.
 
 pub mod blobs;
+pub mod config;
 pub mod controller;
 pub mod ctl;
 pub mod desired;
