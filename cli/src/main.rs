@@ -118,16 +118,22 @@ fn build_stager(config: Config, buildpacks: BuildpackSet) -> Result<Stager> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let mut cli = Cli::parse();
+    // The controller and the router log every decision they take (with its reason): that
+    // is their record, so they say it by default; the rest only warns.
+    let level = match cli.command {
+        Command::Controller | Command::Router { .. } => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DEA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a terminal: logs that land in files or build output stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let mut cli = Cli::parse();
     cli_paths::absolute_cli_paths(&mut cli)?;
     let config = load_config(&cli)?;
     // Needs no buildpacks: answered before they are read.

@@ -8,6 +8,7 @@
 //! object store itself checks the SHA-256 it recorded), and a stalled transfer fails.
 
 use async_nats::jetstream::{self, object_store::ObjectStore};
+use backon::Retryable;
 use dea_protocol::blob::{BlobUri, Bucket};
 use sha1::{Digest, Sha1};
 use std::path::Path;
@@ -141,25 +142,45 @@ impl BlobStore {
         })
     }
 
-    /// Downloads into the file `dest`; after an error `dest` is gone.
+    /// Downloads into the file `dest`; after an error `dest` is gone. A bucket or object
+    /// the bus could not answer for is asked again (a clustered stream elects a new leader
+    /// within seconds when a node goes away); a blob over the cap is not.
     pub async fn download_to(
         &self,
         uri: &BlobUri,
         dest: &Path,
         max_bytes: u64,
     ) -> Result<Fetched, BlobError> {
-        let io = |source| BlobError::Io {
-            uri: uri.to_string(),
-            source,
+        let attempt = || async {
+            let io = |source| BlobError::Io {
+                uri: uri.to_string(),
+                source,
+            };
+            let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+            let outcome = self.download(uri, &mut file, max_bytes).await;
+            drop(file);
+            if outcome.is_err() {
+                // Part of a blob is nobody's file.
+                let _ = tokio::fs::remove_file(dest).await;
+            }
+            outcome
         };
-        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
-        let outcome = self.download(uri, &mut file, max_bytes).await;
-        drop(file);
-        if outcome.is_err() {
-            // Part of a blob is nobody's file.
-            let _ = tokio::fs::remove_file(dest).await;
-        }
-        outcome
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_times(4);
+        attempt
+            .retry(backoff)
+            .when(|error| match error {
+                BlobError::Get { source, .. } => {
+                    source.kind() != jetstream::object_store::GetErrorKind::NotFound
+                }
+                BlobError::Bucket { .. } | BlobError::Stalled { .. } => true,
+                _ => false,
+            })
+            .notify(|error, delay| {
+                tracing::warn!("blob download failed, retrying in {delay:?}: {error}")
+            })
+            .await
     }
 
     /// Stores `file` under the URI's name, or under its SHA-1 when the URI names none

@@ -257,6 +257,10 @@ pub struct StagingConfig {
     /// Largest staging log kept, in MiB: buildpack output past it is dropped (with a note),
     /// so a buildpack printing forever cannot fill the disk.
     pub max_log_mb: u64,
+    /// Seconds a finished staging's files (its log) stay readable at its
+    /// `task_streaming_log_url`, so a client following the log sees its end even when the
+    /// staging took less time than the client needed to connect.
+    pub log_retention_secs: u64,
 }
 
 /// Limits and caches for wasm buildpacks.
@@ -359,6 +363,7 @@ impl Default for StagingConfig {
             max_log_mb: 32,
             max_staging_duration_secs: 900,
             droplet_compression_level: 6,
+            log_retention_secs: 5,
         }
     }
 }

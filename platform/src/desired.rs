@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 
 use crate::blobs::BlobRef;
 use crate::jetstream::{
-    APPS_BUCKET, NameKind, ROUTES_BUCKET, StateError, is_kv_tombstone, read_snapshot,
+    APPS_BUCKET, NameKind, ROUTES_BUCKET, StateError, is_kv_tombstone_header, last_per_subject,
     validate_host, validate_label,
 };
 
@@ -140,7 +140,6 @@ pub const MODIFY_ATTEMPTS: u32 = 10;
 #[derive(Clone)]
 pub struct Apps {
     kv: kv::Store,
-    client: async_nats::Client,
 }
 
 impl std::fmt::Debug for Apps {
@@ -150,8 +149,8 @@ impl std::fmt::Debug for Apps {
 }
 
 impl Apps {
-    pub(crate) fn new(kv: kv::Store, client: async_nats::Client) -> Apps {
-        Apps { kv, client }
+    pub(crate) fn new(kv: kv::Store) -> Apps {
+        Apps { kv }
     }
 
     /// Stores a new app; [`StateError::AlreadyExists`] if the name is taken. Returns the spec
@@ -292,30 +291,14 @@ impl Apps {
     /// Every app with its revision, in name order.
     pub async fn list(&self) -> Result<Vec<(AppSpec, u64)>, StateError> {
         let prefix = format!("$KV.{APPS_BUCKET}.");
-        let messages = read_snapshot(
-            &self.kv.stream,
-            &self.client,
-            APPS_BUCKET,
-            format!("{prefix}>"),
-            true,
-        )
-        .await?;
+        let messages = last_per_subject(&self.kv.stream, APPS_BUCKET, format!("{prefix}>")).await?;
         let mut apps = Vec::with_capacity(messages.len());
         for message in messages {
-            if is_kv_tombstone(&message) {
+            if is_kv_tombstone_header(&message.headers) {
                 continue;
             }
             let key = message.subject.trim_start_matches(prefix.as_str());
-            let revision = message
-                .info()
-                .map_err(|source| StateError::Nats {
-                    op: "list",
-                    bucket: APPS_BUCKET,
-                    key: key.to_string(),
-                    source,
-                })?
-                .stream_sequence;
-            apps.push((decode(key, &message.payload)?, revision));
+            apps.push((decode(key, &message.payload)?, message.sequence));
         }
         apps.sort_by(|a, b| a.0.name.cmp(&b.0.name));
         Ok(apps)
@@ -378,7 +361,6 @@ const ROUTE_ATTEMPTS: u32 = 5;
 #[derive(Clone)]
 pub struct Routes {
     kv: kv::Store,
-    client: async_nats::Client,
 }
 
 impl std::fmt::Debug for Routes {
@@ -388,8 +370,8 @@ impl std::fmt::Debug for Routes {
 }
 
 impl Routes {
-    pub(crate) fn new(kv: kv::Store, client: async_nats::Client) -> Routes {
-        Routes { kv, client }
+    pub(crate) fn new(kv: kv::Store) -> Routes {
+        Routes { kv }
     }
 
     /// Claims `host` for `app`. Claiming a host the app already owns succeeds;
@@ -488,16 +470,13 @@ impl Routes {
     /// Every claimed host with its owner, in host order.
     pub async fn list(&self) -> Result<Vec<(String, String)>, StateError> {
         let prefix = format!("$KV.{ROUTES_BUCKET}.");
-        let messages = read_snapshot(
-            &self.kv.stream,
-            &self.client,
-            ROUTES_BUCKET,
-            format!("{prefix}>"),
-            true,
-        )
-        .await?;
+        let messages =
+            last_per_subject(&self.kv.stream, ROUTES_BUCKET, format!("{prefix}>")).await?;
         let mut routes = Vec::with_capacity(messages.len());
-        for message in messages.iter().filter(|m| !is_kv_tombstone(m)) {
+        for message in messages
+            .iter()
+            .filter(|m| !is_kv_tombstone_header(&m.headers))
+        {
             let host = message.subject.trim_start_matches(prefix.as_str());
             routes.push((host.to_string(), decode_owner(host, &message.payload)?));
         }

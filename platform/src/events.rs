@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::jetstream::{
-    EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, NameKind, StateError, read_snapshot, validate_label,
+    EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, NameKind, StateError, all_of_subject, validate_label,
 };
 
 /// Something that happened to an app. Serialised with a `type` tag, so readers can skip kinds
@@ -74,7 +74,6 @@ pub struct RecordedEvent {
 pub struct Events {
     context: jetstream::Context,
     stream: stream::Stream,
-    client: async_nats::Client,
 }
 
 impl std::fmt::Debug for Events {
@@ -88,16 +87,8 @@ fn subject(app: &str) -> String {
 }
 
 impl Events {
-    pub(crate) fn new(
-        context: jetstream::Context,
-        stream: stream::Stream,
-        client: async_nats::Client,
-    ) -> Events {
-        Events {
-            context,
-            stream,
-            client,
-        }
+    pub(crate) fn new(context: jetstream::Context, stream: stream::Stream) -> Events {
+        Events { context, stream }
     }
 
     /// Records `event` for `app` and waits for the stream to acknowledge it. Returns the
@@ -127,26 +118,11 @@ impl Events {
             return Ok(Vec::new());
         }
         // The stream keeps at most `events_per_app` per subject, so reading them all is bounded.
-        let messages = read_snapshot(
-            &self.stream,
-            &self.client,
-            EVENTS_STREAM,
-            subject(app),
-            false,
-        )
-        .await?;
+        let messages = all_of_subject(&self.stream, EVENTS_STREAM, subject(app)).await?;
         let skip = messages.len().saturating_sub(limit);
         let mut events = Vec::with_capacity(messages.len() - skip);
         for message in messages.into_iter().skip(skip) {
-            let sequence = message
-                .info()
-                .map_err(|source| StateError::Nats {
-                    op: "list",
-                    bucket: EVENTS_STREAM,
-                    key: app.to_string(),
-                    source,
-                })?
-                .stream_sequence;
+            let sequence = message.sequence;
             match serde_json::from_slice(&message.payload) {
                 Ok(event) => events.push(RecordedEvent { sequence, event }),
                 Err(err) => {

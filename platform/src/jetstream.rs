@@ -11,8 +11,6 @@ use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::push::OrderedConfig;
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
 use async_nats::jetstream::context::GetStreamErrorKind;
 use async_nats::jetstream::{self, ErrorCode, kv, object_store, stream};
 use futures_util::StreamExt;
@@ -386,10 +384,10 @@ impl Platform {
 
         Ok(Platform {
             blobs: Blobs::new(packages, droplets),
-            apps: Apps::new(apps, client.clone()),
-            routes: Routes::new(routes, client.clone()),
+            apps: Apps::new(apps),
+            routes: Routes::new(routes),
             leases: Leases::new(leases, lease_ttl),
-            events: Events::new(context.clone(), events, client.clone()),
+            events: Events::new(context.clone(), events),
             client,
             context,
         })
@@ -501,7 +499,10 @@ fn kv_stream_config(config: &kv::Config) -> stream::Config {
         allow_rollup: true,
         deny_delete: true,
         deny_purge: false,
-        allow_direct: true,
+        // Reads go through the stream's leader: a direct get may be answered by a replica
+        // that has not applied the last write yet, and `dea ctl push` reads its own create
+        // at once (so do the lease and compare-and-set, which must see the latest revision).
+        allow_direct: false,
         // The server's default duplicate window (2 min) may not exceed max_age.
         duplicate_window: if config.max_age.is_zero() {
             Duration::from_secs(120)
@@ -566,78 +567,67 @@ async fn ensure_stream(
     Ok(stream)
 }
 
-/// How long a snapshot read waits for the next message before giving up; the server sends
-/// everything at once, so this only trips when it went away.
-const SNAPSHOT_IDLE: Duration = Duration::from_secs(10);
-
-/// Reads what `filter` holds right now through an ordered consumer: the latest message per
-/// subject (`last_per_subject`) or all of them in order. The consumer is ephemeral and the
-/// read stops once the server reports nothing pending, so a quiet stream does not hang it.
-pub(crate) async fn read_snapshot(
+/// The last message of every subject under `filter`, without a consumer: the subjects come
+/// from the stream's info and each message from a get, both answered by the stream's leader.
+/// (An ephemeral consumer needs the cluster's meta leader as well; when a node went away,
+/// creating one timed out for as long as a minute on nats-server 2.9, while these kept
+/// answering.)
+pub(crate) async fn last_per_subject(
     stream: &stream::Stream,
-    client: &async_nats::Client,
     bucket: &'static str,
     filter: String,
-    last_per_subject: bool,
-) -> Result<Vec<jetstream::Message>, StateError> {
-    let deliver_policy = if last_per_subject {
-        DeliverPolicy::LastPerSubject
-    } else {
-        DeliverPolicy::All
-    };
-    let consumer = stream
-        .create_consumer(OrderedConfig {
-            deliver_subject: client.new_inbox(),
-            filter_subject: filter.clone(),
-            deliver_policy,
-            replay_policy: ReplayPolicy::Instant,
-            ..Default::default()
-        })
+) -> Result<Vec<jetstream::message::StreamMessage>, StateError> {
+    let mut subjects = Vec::new();
+    let mut listed = stream
+        .info_with_subjects(&filter)
         .await
-        .map_err(|err| StateError::nats("snapshot consumer", bucket, &filter, err))?;
-    let mut out = Vec::new();
-    if consumer.cached_info().num_pending == 0 {
-        return Ok(out);
+        .map_err(|err| StateError::nats("subjects", bucket, &filter, err))?;
+    while let Some(entry) = listed.next().await {
+        let (subject, _count) =
+            entry.map_err(|err| StateError::nats("subjects", bucket, &filter, err))?;
+        subjects.push(subject);
     }
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|err| StateError::nats("snapshot read", bucket, &filter, err))?;
-    loop {
-        let next = tokio::time::timeout(SNAPSHOT_IDLE, messages.next()).await;
-        let message = match next {
-            Ok(Some(Ok(message))) => message,
-            Ok(Some(Err(err))) => {
-                return Err(StateError::nats("snapshot read", bucket, &filter, err));
-            }
-            Ok(None) => break,
-            Err(elapsed) => {
-                return Err(StateError::nats("snapshot read", bucket, &filter, elapsed));
-            }
-        };
-        let pending = message
-            .info()
-            .map_err(|err| StateError::Nats {
-                op: "snapshot read",
-                bucket,
-                key: filter.clone(),
-                source: err,
-            })?
-            .pending;
-        out.push(message);
-        if pending == 0 {
-            break;
+    subjects.sort();
+    let mut messages = Vec::with_capacity(subjects.len());
+    for subject in subjects {
+        match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => messages.push(message),
+            // Removed since the listing (its limits, a purge): not there, then.
+            Err(err) if err.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {}
+            Err(err) => return Err(StateError::nats("get", bucket, &subject, err)),
         }
     }
-    Ok(out)
+    Ok(messages)
 }
 
-/// The `KV-Operation` header marks deletes and purges in a KV stream.
-pub(crate) fn is_kv_tombstone(message: &async_nats::Message) -> bool {
-    message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get("KV-Operation"))
+/// Every message of `subject`, in order, by direct gets walking its sequence numbers (no
+/// consumer; see [`last_per_subject`]).
+pub(crate) async fn all_of_subject(
+    stream: &stream::Stream,
+    bucket: &'static str,
+    subject: String,
+) -> Result<Vec<jetstream::message::StreamMessage>, StateError> {
+    let mut messages = Vec::new();
+    let mut next = 1;
+    loop {
+        match stream
+            .direct_get_next_for_subject(subject.as_str(), Some(next))
+            .await
+        {
+            Ok(message) => {
+                next = message.sequence + 1;
+                messages.push(message);
+            }
+            Err(err) if err.kind() == stream::DirectGetErrorKind::NotFound => return Ok(messages),
+            Err(err) => return Err(StateError::nats("get", bucket, &subject, err)),
+        }
+    }
+}
+
+/// The `KV-Operation` header marks a deleted or purged key in a stream message.
+pub(crate) fn is_kv_tombstone_header(headers: &async_nats::HeaderMap) -> bool {
+    headers
+        .get("KV-Operation")
         .is_some_and(|op| op.as_str() == "DEL" || op.as_str() == "PURGE")
 }
 

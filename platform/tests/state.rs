@@ -790,4 +790,13 @@ async fn a_three_node_cluster_keeps_apps_when_a_node_stops() {
         .map(|(spec, _)| spec.name)
         .collect();
     assert_eq!(names, ["ha", "ha-two"]);
+    // Events are written and read back with a node down too.
+    let event = dea_platform::events::Event::Scaled {
+        from: 1,
+        to: 4,
+        at: time::OffsetDateTime::now_utc(),
+    };
+    eventually(limit, || platform.events().publish("ha", &event)).await;
+    let events = eventually(limit, || platform.events().list("ha", 10)).await;
+    assert_eq!(events.len(), 1);
 }

@@ -67,6 +67,8 @@ pub fn test_config(base: &Path) -> Config {
     config.classic.compile_timeout_secs = 20;
     config.classic.tmp_size_mb = 64;
     config.fetch.attempts = 1;
+    // The tests look for what a staging leaves behind as soon as it ends.
+    config.staging.log_retention_secs = 0;
     config
 }
 

@@ -118,14 +118,23 @@ async fn connect(config: &PlatformConfig, name: &str, patient: bool) -> Result<P
     if patient {
         options = options.retry_on_initial_connect();
     }
+    let addresses = config
+        .nats_servers
+        .iter()
+        .map(|s| s.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("NATS server URLs {servers}"))?;
     let client = options
-        .connect(servers.as_str())
+        .connect(addresses)
         .await
         .with_context(|| format!("connecting to NATS at {servers}"))?;
     let platform = Platform::connect(
         client,
         PlatformOptions {
             replicas: config.replicas,
+            // A lease lasts as long as the controller's: the bucket's max_age is what ends
+            // a dead controller's lease.
+            lease_ttl: Duration::from_secs(config.controller.lease_secs.max(1)),
             ..PlatformOptions::default()
         },
     )

@@ -166,6 +166,9 @@ impl Agent {
             rejected: AtomicU64::new(0),
             finished: tokio::sync::watch::channel(false).0,
         });
+        // No staging survives a restart (the controller hears nothing more of it and stages
+        // again): what the last run's stagings left is removed before new ones begin.
+        crate::tenant_fs::remove_tree_off_thread(agent.config.base_dir.join("tasks")).await;
         agent.subscribe_all().await?;
         // Compile (or map from the disk cache) every installed wasm buildpack now, in the
         // background, so the first staging does not wait for it.

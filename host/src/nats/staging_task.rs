@@ -12,6 +12,7 @@ use crate::staging::remote::{
 };
 use async_nats::Subject;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How a staging task ended badly: the reply's `error`, and `error_info` when the
@@ -163,8 +164,19 @@ impl Agent {
         );
         self.stagings.lock().remove(&task_id);
         self.instances.release_staging(&task_id);
-        // The task directory holds the cache buildpacks wrote: removed as a tenant's tree.
-        crate::tenant_fs::remove_tree_off_thread(dir.clone()).await;
+        // The task directory holds the cache buildpacks wrote: removed as a tenant's tree,
+        // after the log's retention (a follower of the log gets its end; the directory
+        // server streams a tail until the file is gone).
+        let retention = Duration::from_secs(self.config.staging.log_retention_secs);
+        if retention.is_zero() {
+            crate::tenant_fs::remove_tree_off_thread(dir.clone()).await;
+        } else {
+            let dir = dir.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(retention).await;
+                crate::tenant_fs::remove_tree_off_thread(dir).await;
+            });
+        }
         if let (Ok(outcome), Some(start)) = (result, request.start_message) {
             if self.mode() != Mode::Serving {
                 return;

@@ -144,11 +144,18 @@ impl Fleet {
         Some(chosen)
     }
 
-    /// The stager for a staging: with the stack and the memory, the most free memory first.
-    pub fn pick_stager(&self, stack: Option<&str>, memory_mb: u64) -> Option<String> {
+    /// The stager for a staging: with the stack and the memory, the most free memory first,
+    /// none of those in `refused` (they said they had no room).
+    pub fn pick_stager(
+        &self,
+        stack: Option<&str>,
+        memory_mb: u64,
+        refused: &[String],
+    ) -> Option<String> {
         self.stagers
             .values()
             .map(|(s, _)| s)
+            .filter(|s| !refused.contains(&s.id))
             .filter(|s| stack.is_none_or(|stack| s.stacks.iter().any(|x| x == stack)))
             .filter(|s| s.available_memory >= memory_mb)
             .max_by_key(|s| (s.available_memory, std::cmp::Reverse(s.id.clone())))
@@ -218,9 +225,16 @@ mod tests {
             });
         }
         assert_eq!(
-            fleet.pick_stager(Some("cflinuxfs4"), 1024).as_deref(),
+            fleet.pick_stager(Some("cflinuxfs4"), 1024, &[]).as_deref(),
             Some("s2")
         );
-        assert_eq!(fleet.pick_stager(Some("nope"), 0), None);
+        assert_eq!(
+            fleet
+                .pick_stager(Some("cflinuxfs4"), 0, &["s2".into()])
+                .as_deref(),
+            Some("s1"),
+            "one that refused is not asked again"
+        );
+        assert_eq!(fleet.pick_stager(Some("nope"), 0, &[]), None);
     }
 }

@@ -64,8 +64,11 @@ pub(super) async fn run(shared: Arc<Shared>, stop: CancellationToken) {
                     reload_crashes(&shared).await;
                     tracing::info!(id = shared.id, "acting");
                 }
-                if let Err(e) = pass(&shared, &mut held).await {
-                    tracing::warn!("convergence pass: {e}");
+                // Bounded, so a bus that does not answer cannot starve the lease's renewal.
+                match tokio::time::timeout(ttl / 2, pass(&shared, &mut held)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("convergence pass: {e}"),
+                    Err(_) => tracing::warn!("convergence pass took over {:?}; cut short", ttl / 2),
                 }
             }
             if sleep_or_stop(&stop, interval).await {

@@ -116,6 +116,38 @@ pub(super) async fn stage(shared: Arc<Shared>, app: String, task_id: String) {
     shared.stagings.lock().remove(&app);
 }
 
+/// Sends the staging request to `stager`; its setup reply, and the subscription the
+/// completion will come on.
+async fn ask(
+    shared: &Shared,
+    spec: &AppSpec,
+    task_id: &str,
+    package: &crate::blobs::BlobRef,
+    stager: &str,
+) -> Result<(StagingSetupReply, async_nats::Subscriber), StageFailure> {
+    let client = shared.platform.client();
+    let inbox = client.new_inbox();
+    let mut replies = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| StageFailure::Nats(e.to_string()))?;
+    let message = request(spec, task_id, package.uri().to_string());
+    let payload = serde_json::to_vec(&message).map_err(StageFailure::Reply)?;
+    client
+        .publish_with_reply(format!("staging.{stager}.start"), inbox, payload.into())
+        .await
+        .map_err(|e| StageFailure::Nats(e.to_string()))?;
+    tracing::info!(app = spec.name, task_id, agent = stager, "staging");
+    // The setup reply: the package is in (or could not be had, or there is no room).
+    let setup_wait = Duration::from_secs(60);
+    let first = tokio::time::timeout(setup_wait, replies.next())
+        .await
+        .map_err(|_| StageFailure::Timeout(setup_wait))?
+        .ok_or_else(|| StageFailure::Nats("reply subscription closed".into()))?;
+    let setup = serde_json::from_slice(&first.payload).map_err(StageFailure::Reply)?;
+    Ok((setup, replies))
+}
+
 async fn run(shared: &Shared, app: &str, task_id: &str) -> Result<DropletRef, StageFailure> {
     let apps = shared.platform.apps();
     let Some((spec, _)) = apps.get(app).await? else {
@@ -124,37 +156,26 @@ async fn run(shared: &Shared, app: &str, task_id: &str) -> Result<DropletRef, St
     let Some(package) = spec.package.clone() else {
         return Err(StageFailure::Agent("the app has no package".into()));
     };
-    let stager = shared
-        .view
-        .lock()
-        .fleet
-        .pick_stager(spec.stack.as_deref(), spec.memory_mb)
-        .ok_or(StageFailure::NoStager(spec.memory_mb))?;
-    let client = shared.platform.client();
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| StageFailure::Nats(e.to_string()))?;
-    let message = request(&spec, task_id, package.uri().to_string());
-    let payload = serde_json::to_vec(&message).map_err(StageFailure::Reply)?;
-    client
-        .publish_with_reply(format!("staging.{stager}.start"), inbox, payload.into())
-        .await
-        .map_err(|e| StageFailure::Nats(e.to_string()))?;
-    tracing::info!(app, task_id, agent = stager, "staging");
-
-    // The setup reply: the package is in (or could not be had).
-    let setup_wait = Duration::from_secs(60);
-    let first = tokio::time::timeout(setup_wait, replies.next())
-        .await
-        .map_err(|_| StageFailure::Timeout(setup_wait))?
-        .ok_or_else(|| StageFailure::Nats("reply subscription closed".into()))?;
-    let setup: StagingSetupReply =
-        serde_json::from_slice(&first.payload).map_err(StageFailure::Reply)?;
-    if let Some(error) = setup.error {
-        return Err(StageFailure::Agent(error));
-    }
+    // An agent's advertisement may be a few seconds old: one that has no room after all
+    // says so in its setup reply, and the next is asked (as Cloud Controller did).
+    let mut refused = Vec::new();
+    let (stager, setup, mut replies) = loop {
+        let stager = shared
+            .view
+            .lock()
+            .fleet
+            .pick_stager(spec.stack.as_deref(), spec.memory_mb, &refused)
+            .ok_or(StageFailure::NoStager(spec.memory_mb))?;
+        let (setup, replies) = ask(shared, &spec, task_id, &package, &stager).await?;
+        match setup.error {
+            Some(error) if error.starts_with("Not enough") && refused.len() < 3 => {
+                tracing::info!(app, task_id, agent = stager, "agent has no room: {error}");
+                refused.push(stager);
+            }
+            Some(error) => return Err(StageFailure::Agent(error)),
+            None => break (stager, setup, replies),
+        }
+    };
     let log_url = setup.task_streaming_log_url.clone();
     apps.modify(app, |spec| {
         if let Some(staging) = spec.staging.as_mut().filter(|s| s.task_id == task_id) {

@@ -45,6 +45,15 @@ pub enum CtlError {
     StagingFailed(String),
     #[error("{what} did not happen within {limit:?}")]
     Timeout { what: String, limit: Duration },
+    #[error(
+        "start unsuccessful: instance {index} of {app} crashed (exit status {exit_status}: {reason}); see `dea ctl events {app}`"
+    )]
+    Crashed {
+        app: String,
+        index: u32,
+        exit_status: String,
+        reason: String,
+    },
     #[error("no instance {index} of {app} answers")]
     NoInstance { app: String, index: u32 },
     #[error(transparent)]

@@ -174,7 +174,7 @@ async fn follow_staging(
     let deadline = tokio::time::Instant::now() + limit;
     let (chunks_tx, mut chunks) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     let mut streaming: Option<tokio::task::JoinHandle<()>> = None;
-    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let mut poll = tokio::time::interval(Duration::from_millis(100));
     let outcome = loop {
         tokio::select! {
             Some(chunk) = chunks.recv() => {
@@ -231,10 +231,27 @@ async fn follow_staging(
             _ => {}
         }
     };
-    // The log's last lines may still be on their way.
-    let drain = tokio::time::Instant::now() + Duration::from_millis(500);
-    while let Ok(Some(chunk)) = tokio::time::timeout_at(drain, chunks.recv()).await {
-        out.write_all(&chunk)?;
+    // The log's last lines may still be on their way (the agent keeps a finished staging's
+    // log for a few seconds, and the tail goes on until it is removed): read until it has
+    // been quiet for a moment, or for at most three seconds when nothing came yet.
+    if streaming.is_some() {
+        let last = tokio::time::Instant::now() + Duration::from_secs(3);
+        let mut got_any = false;
+        loop {
+            let quiet = if got_any {
+                (tokio::time::Instant::now() + Duration::from_millis(400)).min(last)
+            } else {
+                last
+            };
+            match tokio::time::timeout_at(quiet, chunks.recv()).await {
+                Ok(Some(chunk)) => {
+                    got_any = true;
+                    out.write_all(&chunk)?;
+                }
+                _ => break,
+            }
+        }
+        out.flush()?;
     }
     if let Some(task) = streaming {
         task.abort();
@@ -242,7 +259,9 @@ async fn follow_staging(
     outcome
 }
 
-/// Waits until every index runs the app's current version.
+/// Waits until every index runs the app's current version. An instance of that version
+/// crashing ends the wait, as `cf push` ends with "start unsuccessful": the controller keeps
+/// restarting it (with back-off), and `dea ctl events` tells why.
 async fn wait_running(
     ctl: &Ctl,
     spec: &AppSpec,
@@ -250,7 +269,43 @@ async fn wait_running(
     out: &mut dyn Write,
 ) -> Result<(), CtlError> {
     let deadline = tokio::time::Instant::now() + limit;
+    // Events are read as a hint: a moment without them (a stream leader being elected
+    // after a node went away) only means the next look decides.
+    let seen = match ctl.platform.events().list(&spec.name, 1).await {
+        Ok(events) => events.last().map_or(0, |e| e.sequence),
+        Err(e) => {
+            tracing::warn!("reading events: {e}");
+            0
+        }
+    };
     loop {
+        let recent = match ctl.platform.events().list(&spec.name, 20).await {
+            Ok(events) => events,
+            Err(e) => {
+                tracing::warn!("reading events: {e}");
+                Vec::new()
+            }
+        };
+        let crashed = recent
+            .into_iter()
+            .filter(|e| e.sequence > seen)
+            .find_map(|e| match e.event {
+                crate::events::Event::Crashed {
+                    index,
+                    exit_status,
+                    reason,
+                    ..
+                } => Some((index, exit_status, reason)),
+                _ => None,
+            });
+        if let Some((index, exit_status, reason)) = crashed {
+            return Err(CtlError::Crashed {
+                app: spec.name.clone(),
+                index,
+                exit_status: exit_status.map_or("none".into(), |s| s.to_string()),
+                reason,
+            });
+        }
         let spec = ctl.spec(&spec.name).await?;
         let found = ctl.find(&filter(&spec.guid)).await?;
         let running = found
