@@ -44,7 +44,9 @@ pub async fn push(ctl: &Ctl, options: &PushOptions, out: &mut dyn Write) -> Resu
             claimed.push(route.clone());
         }
     }
+    let began = std::time::Instant::now();
     let uploaded = upload(ctl, options, out).await;
+    let uploaded_at = began.elapsed();
     let blob = match uploaded {
         Ok(blob) => blob,
         Err(e) => {
@@ -104,6 +106,7 @@ pub async fn push(ctl: &Ctl, options: &PushOptions, out: &mut dyn Write) -> Resu
     };
     writeln!(out, "Staging {}...", spec.name)?;
     let staged = follow_staging(ctl, &spec.name, &task_id, options.timeout, out).await?;
+    let staged_at = began.elapsed();
     writeln!(
         out,
         "Staged: droplet {} ({})",
@@ -115,13 +118,50 @@ pub async fn push(ctl: &Ctl, options: &PushOptions, out: &mut dyn Write) -> Resu
             .unwrap_or("no buildpack named")
     )?;
     wait_running(ctl, &staged, options.timeout, out).await?;
+    let running_at = began.elapsed();
+    for route in &staged.routes {
+        wait_routed(ctl, route, Duration::from_secs(30)).await?;
+    }
+    let routed_at = began.elapsed();
     for route in &staged.routes {
         writeln!(out, "App {} is running: http://{route}", staged.name)?;
     }
     if staged.routes.is_empty() {
         writeln!(out, "App {} is running (no route)", staged.name)?;
     }
+    let ms = |d: Duration| d.as_millis();
+    writeln!(
+        out,
+        "Took {} ms: upload {} ms, staging {} ms (droplet stored by the agent), start {} ms, route {} ms",
+        ms(routed_at),
+        ms(uploaded_at),
+        ms(staged_at - uploaded_at),
+        ms(running_at - staged_at),
+        ms(routed_at - running_at)
+    )?;
     Ok(())
+}
+
+/// Waits until the router sends `route` to an instance (not its 404 for an unknown route,
+/// nor a 502 when no instance answers yet).
+async fn wait_routed(ctl: &Ctl, route: &str, limit: Duration) -> Result<(), CtlError> {
+    let url = format!("http://{route}/");
+    let client = ctl.http(&url)?;
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Ok(response) = client.get(&url).send().await
+            && !matches!(response.status().as_u16(), 404 | 502 | 503 | 504)
+        {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(CtlError::Timeout {
+                what: format!("a route to {route} through the router at {}", ctl.router),
+                limit,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn release(ctl: &Ctl, routes: &[String], app: &str) {
