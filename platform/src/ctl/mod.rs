@@ -91,6 +91,16 @@ impl Ctl {
     /// Every agent's answer to `dea.find.droplet` for `filter`, gathered for
     /// [`Ctl::find_wait`] (agents answer once per matching instance).
     async fn find(&self, filter: &InstanceFilter) -> Result<Vec<FindDropletResponse>, CtlError> {
+        self.find_until(filter, self.find_wait, |_| false).await
+    }
+
+    /// [`Ctl::find`] for at most `wait`, done as soon as the answers so far are `enough`.
+    async fn find_until(
+        &self,
+        filter: &InstanceFilter,
+        wait: Duration,
+        enough: impl Fn(&[FindDropletResponse]) -> bool,
+    ) -> Result<Vec<FindDropletResponse>, CtlError> {
         let client = self.platform.client();
         let inbox = client.new_inbox();
         let mut replies = client
@@ -102,12 +112,15 @@ impl Ctl {
             .publish_with_reply("dea.find.droplet", inbox, payload.into())
             .await
             .map_err(|e| CtlError::Nats(e.to_string()))?;
-        let deadline = tokio::time::Instant::now() + self.find_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         let mut found = Vec::new();
         while let Ok(Some(message)) = tokio::time::timeout_at(deadline, replies.next()).await {
             match serde_json::from_slice::<FindDropletResponse>(&message.payload) {
                 Ok(reply) => found.push(reply),
                 Err(e) => tracing::warn!("ignored a malformed find reply: {e}"),
+            }
+            if enough(&found) {
+                break;
             }
         }
         found.sort_by(|a, b| (a.index, &a.instance).cmp(&(b.index, &b.instance)));

@@ -273,13 +273,15 @@ async fn follow_staging(
     };
     // The log's last lines may still be on their way (the agent keeps a finished staging's
     // log for a few seconds, and the tail goes on until it is removed): read until it has
-    // been quiet for a moment, or for at most three seconds when nothing came yet.
+    // been quiet for a moment, or for at most a second when nothing came yet.
+    // Only the streaming task holds a sender now: its end (a 404, an error) ends the wait.
+    drop(chunks_tx);
     if streaming.is_some() {
-        let last = tokio::time::Instant::now() + Duration::from_secs(3);
+        let last = tokio::time::Instant::now() + Duration::from_secs(1);
         let mut got_any = false;
         loop {
             let quiet = if got_any {
-                (tokio::time::Instant::now() + Duration::from_millis(400)).min(last)
+                (tokio::time::Instant::now() + Duration::from_millis(150)).min(last)
             } else {
                 last
             };
@@ -347,7 +349,19 @@ async fn wait_running(
             });
         }
         let spec = ctl.spec(&spec.name).await?;
-        let found = ctl.find(&filter(&spec.guid)).await?;
+        let wanted = spec.instances as usize;
+        let version = spec.version.clone();
+        let found = ctl
+            // Polled: a short window each time (the instance's agent answers within
+            // milliseconds once it runs), until every index answers RUNNING.
+            .find_until(&filter(&spec.guid), Duration::from_millis(200), |found| {
+                found
+                    .iter()
+                    .filter(|i| i.state == InstanceState::Running && i.version == version)
+                    .count()
+                    >= wanted
+            })
+            .await?;
         let running = found
             .iter()
             .filter(|i| i.state == InstanceState::Running && i.version == spec.version)
@@ -373,6 +387,6 @@ async fn wait_running(
                 limit,
             });
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
