@@ -195,11 +195,57 @@ async fn upload(
         files,
         super::megabytes(size)
     )?;
+    let file = tokio::fs::File::open(&zip).await?;
     Ok(ctl
         .platform
         .blobs()
-        .put_package_file(&options.name, &zip)
+        .put_package(&options.name, Progress::new(file, size))
         .await?)
+}
+
+/// A reader that says how far an upload is (on stderr, every tenth, for packages of a
+/// megabyte or more), as `cf push` shows its upload.
+struct Progress<R> {
+    inner: R,
+    done: u64,
+    total: u64,
+    next_tenth: u64,
+}
+
+impl<R> Progress<R> {
+    fn new(inner: R, total: u64) -> Progress<R> {
+        Progress {
+            inner,
+            done: 0,
+            total,
+            next_tenth: 1,
+        }
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Progress<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.done += read;
+        if self.total >= 1 << 20 {
+            while self.next_tenth <= 10 && self.done * 10 >= self.total * self.next_tenth {
+                eprintln!(
+                    "  uploaded {}% ({} of {})",
+                    self.next_tenth * 10,
+                    super::megabytes(self.done),
+                    super::megabytes(self.total)
+                );
+                self.next_tenth += 1;
+            }
+        }
+        polled
+    }
 }
 
 /// Streams the staging log (through the router, from the staging agent's directory server)
@@ -388,5 +434,22 @@ async fn wait_running(
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn progress_passes_every_byte_through_and_counts_to_the_end() {
+        let data = vec![7u8; 3 << 20];
+        let mut reader = Progress::new(data.as_slice(), data.len() as u64);
+        let mut out = Vec::new();
+        reader.read_to_end(&mut out).await.expect("read");
+        assert_eq!(out, data);
+        assert_eq!(reader.done, data.len() as u64);
+        assert_eq!(reader.next_tenth, 11, "every tenth reported once");
     }
 }
