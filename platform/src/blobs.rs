@@ -87,8 +87,10 @@ fn check_package_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty);
     }
-    if name.len() > 255 {
-        return Err(NameError::TooLong { max: 255 });
+    // The agents' own rule (dea_protocol::blob::valid_name): a name the platform stores
+    // must be one an agent will fetch.
+    if name.len() > 128 {
+        return Err(NameError::TooLong { max: 128 });
     }
     if let Some(c) = name
         .chars()
@@ -152,7 +154,9 @@ impl fmt::Display for Digest {
 }
 
 /// `dea-blob://<bucket>/<name>`: how DEA messages name a blob in the platform's object stores.
-/// Only the two known buckets and valid names parse.
+/// Only the two known buckets and valid names parse. The agents read the same URIs with
+/// `dea_protocol::BlobUri`; the platform's rules are as strict or stricter (lowercase SHA-1s,
+/// no `..`), so every URI it writes is one they accept — a test holds the two together.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BlobUri {
@@ -623,6 +627,42 @@ fn mismatch(bucket: BlobBucket, name: &str, expected: &Digest, actual: String) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whatever the platform accepts, an agent accepts: the two parsers of the wire's
+    /// `dea-blob://` URIs never disagree in that direction.
+    #[test]
+    fn every_uri_the_platform_accepts_the_agents_accept() {
+        let sha1 = "0123456789abcdef0123456789abcdef01234567";
+        let long = "p".repeat(128);
+        let too_long = "p".repeat(129);
+        let candidates = [
+            format!("dea-blob://dea-droplets/{sha1}"),
+            format!("dea-blob://dea-droplets/{}", sha1.to_uppercase()),
+            "dea-blob://dea-packages/shop-0123abcd".to_string(),
+            format!("dea-blob://dea-packages/{long}"),
+            format!("dea-blob://dea-packages/{too_long}"),
+            "dea-blob://dea-packages/a..b".to_string(),
+            "dea-blob://dea-packages/.x".to_string(),
+            "dea-blob://dea-packages/a/b".to_string(),
+            "dea-blob://KV_dea-apps/x".to_string(),
+            "dea-blob://dea-droplets/".to_string(),
+        ];
+        for uri in candidates {
+            if uri.parse::<BlobUri>().is_ok() {
+                assert!(
+                    dea_protocol::BlobUri::parse(&uri).is_ok(),
+                    "agents refuse {uri}"
+                );
+            }
+        }
+        let ours: BlobUri = format!("dea-blob://dea-packages/{long}")
+            .parse()
+            .expect("parses");
+        assert_eq!(
+            dea_protocol::BlobUri::parse(&ours.to_string()).map(|u| u.name),
+            Ok(Some(long))
+        );
+    }
 
     #[test]
     fn package_names() {
