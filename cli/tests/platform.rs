@@ -82,7 +82,7 @@ impl Platform {
         std::fs::write(
             &config,
             format!(
-                "agent:\n  nats_servers: [{nats}]\nplatform:\n  replicas: 3\n  controller:\n    agent_timeout_secs: 6\n    settle_secs: 3\n    lease_secs: 3\n  router:\n    listen: 127.0.0.1:{router}\n    prune_threshold_secs: 6\n    start_interval_secs: 2\n  ctl:\n    router: 127.0.0.1:{router}\n    timeout_secs: 180\n"
+                "agent:\n  nats_servers: [{nats}]\nplatform:\n  replicas: 3\n  controller:\n    agent_timeout_secs: 6\n    settle_secs: 3\n    lease_secs: 3\n  router:\n    listen: 127.0.0.1:{router}\n    trace_key: e2e-trace\n    prune_threshold_secs: 6\n    start_interval_secs: 2\n  ctl:\n    router: 127.0.0.1:{router}\n    timeout_secs: 180\n"
             ),
         )
         .expect("platform config");
@@ -196,6 +196,12 @@ impl Platform {
     }
 
     fn get(&self, host: &str) -> Result<u16, String> {
+        self.traced_get(host).map(|(status, _)| status)
+    }
+
+    /// A GET through the router with gorouter's trace header: the status, and the instance
+    /// (`X-Vcap-Backend`) that answered.
+    fn traced_get(&self, host: &str) -> Result<(u16, String), String> {
         let mut stream =
             std::net::TcpStream::connect(("127.0.0.1", self.router)).map_err(|e| e.to_string())?;
         stream
@@ -204,14 +210,24 @@ impl Platform {
         use std::io::{Read, Write};
         write!(
             stream,
-            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: {host}\r\nX-Vcap-Trace: e2e-trace\r\nConnection: close\r\n\r\n"
         )
         .map_err(|e| e.to_string())?;
-        let mut head = [0u8; 12];
-        stream.read_exact(&mut head).map_err(|e| e.to_string())?;
-        String::from_utf8_lossy(&head[9..12])
-            .parse()
-            .map_err(|_| "no status".to_string())
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+        let status = text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| "no status".to_string())?;
+        let backend = text
+            .lines()
+            .find_map(|l| l.strip_prefix("x-vcap-backend: "))
+            .map(|b| b.trim().to_string())
+            .unwrap_or_default();
+        Ok((status, backend))
     }
 
     fn logs(&self) -> String {
@@ -286,8 +302,17 @@ async fn push_scale_fail_over_and_restart_across_three_hosts() {
     hosts.sort();
     hosts.dedup();
     assert_eq!(hosts.len(), 3, "spread across the agents: {hosts:?}");
-    for _ in 0..9 {
-        assert_eq!(platform.get("shop.test.local"), Ok(200));
+    // Through the router, each of the three instances answers in turn.
+    let mut answered = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while answered.len() < 3 {
+        let (status, backend) = platform.traced_get("shop.test.local").expect("GET");
+        assert_eq!(status, 200);
+        answered.insert(backend);
+        assert!(
+            Instant::now() < deadline,
+            "instances that answered: {answered:?}"
+        );
     }
 
     // kill -9 an agent: its instances are started elsewhere within 30 s; GETs go on.

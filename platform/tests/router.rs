@@ -340,6 +340,63 @@ async fn requests_go_round_robin_and_follow_unregister() {
     .await;
 }
 
+/// Raw `GET /` for `host` with extra header lines; the response head, lowercased.
+async fn raw_get(router: std::net::SocketAddr, host: &str, extra: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(router)
+        .await
+        .expect("connect");
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn traced_requests_learn_which_backend_answered() {
+    within(async {
+        let env = env(RouterConfig {
+            trace_key: Some("s3cret".into()),
+            ..config()
+        })
+        .await;
+        let (a, b) = (backend("a").await, backend("b").await);
+        env.register(&["app.example.com"], a.addr.port()).await;
+        env.register(&["app.example.com"], b.addr.port()).await;
+        env.wait_ports("app.example.com", &[a.addr.port(), b.addr.port()])
+            .await;
+        let addr = env.router.local_addr();
+        let mut backends = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            let head = raw_get(addr, "app.example.com", "X-Vcap-Trace: s3cret\r\n").await;
+            let backend = head
+                .lines()
+                .find_map(|l| l.strip_prefix("x-vcap-backend: "))
+                .expect("traced: the backend is named")
+                .to_string();
+            assert!(head.contains("x-vcap-router: 1.1 dea-router-"), "{head}");
+            backends.insert(backend);
+        }
+        let expected: std::collections::BTreeSet<String> = [a.addr, b.addr]
+            .iter()
+            .map(|addr| addr.to_string())
+            .collect();
+        assert_eq!(backends, expected);
+        // A wrong key, or none, learns nothing.
+        for extra in ["X-Vcap-Trace: guess\r\n", ""] {
+            let head = raw_get(addr, "app.example.com", extra).await;
+            assert!(!head.contains("x-vcap-backend"), "{head}");
+        }
+        env.router.shutdown().await;
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn refused_backends_are_skipped_and_all_refusing_is_a_502() {
     within(async {

@@ -63,6 +63,10 @@ pub struct RouterConfig {
     pub max_message_bytes: usize,
     /// At shutdown, how long open connections may take to finish.
     pub shutdown_grace_secs: u64,
+    /// gorouter's trace key: a request whose `X-Vcap-Trace` header carries it gets
+    /// `X-Vcap-Router` and `X-Vcap-Backend` (the instance that answered) on its response.
+    /// Unset: no request is traced.
+    pub trace_key: Option<String>,
 }
 
 impl Default for RouterConfig {
@@ -85,6 +89,7 @@ impl Default for RouterConfig {
             max_uris_per_message: 256,
             max_message_bytes: 64 * 1024,
             shutdown_grace_secs: 10,
+            trace_key: None,
         }
     }
 }

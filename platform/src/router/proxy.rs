@@ -40,6 +40,9 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 const X_VCAP_REQUEST_ID: HeaderName = HeaderName::from_static("x-vcap-request-id");
+const X_VCAP_TRACE: HeaderName = HeaderName::from_static("x-vcap-trace");
+const X_VCAP_ROUTER: HeaderName = HeaderName::from_static("x-vcap-router");
+const X_VCAP_BACKEND: HeaderName = HeaderName::from_static("x-vcap-backend");
 const X_CF_ROUTER_ERROR: HeaderName = HeaderName::from_static("x-cf-routererror");
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus the
@@ -68,6 +71,8 @@ pub struct Proxy {
     /// means a route led back here (a registration naming the router itself), which would
     /// otherwise recurse until something runs out.
     via: String,
+    /// Requests carrying this in `X-Vcap-Trace` are told who answered (gorouter's trace).
+    trace_key: Option<HeaderValue>,
 }
 
 impl Proxy {
@@ -85,6 +90,10 @@ impl Proxy {
             response_header_timeout: Duration::from_secs(config.response_header_timeout_secs),
             max_tries: config.max_backend_tries,
             via: format!("1.1 dea-router-{id}"),
+            trace_key: config
+                .trace_key
+                .as_deref()
+                .and_then(|key| HeaderValue::from_str(key).ok()),
         }
     }
 
@@ -126,6 +135,11 @@ impl Proxy {
 
         let (parts, body) = request.into_parts();
         let mut headers = parts.headers;
+        let traced = self
+            .trace_key
+            .as_ref()
+            .is_some_and(|key| headers.get(X_VCAP_TRACE) == Some(key));
+        headers.remove(X_VCAP_TRACE);
         if !add_via(&mut headers, &self.via) {
             tracing::warn!(host = %raw_host, "request came back to this router; a route points here");
             return plain(
@@ -166,6 +180,17 @@ impl Proxy {
                     response
                         .headers_mut()
                         .insert(X_VCAP_REQUEST_ID, request_id.clone());
+                    if traced {
+                        let answered = [
+                            (X_VCAP_BACKEND, backend.to_string()),
+                            (X_VCAP_ROUTER, self.via.clone()),
+                        ];
+                        for (name, value) in answered {
+                            if let Ok(value) = HeaderValue::from_str(&value) {
+                                response.headers_mut().insert(name, value);
+                            }
+                        }
+                    }
                     tracing::debug!(host = %raw_host, %backend, status = %response.status(), "proxied");
                     return response.map(Either::Left);
                 }
