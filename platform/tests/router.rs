@@ -2,7 +2,7 @@
 //! hyper servers that answer with their own id), and the router on 127.0.0.1:0, driven the
 //! way agents drive it (`router.register` / `router.unregister` in dea_ng's format).
 
-#[path = "support/nats.rs"]
+#[path = "support/jetstream.rs"]
 mod nats;
 
 use bytes::Bytes;

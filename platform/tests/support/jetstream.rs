@@ -1,5 +1,5 @@
-//! Real nats-server processes with JetStream for the state tests: one server whose store
-//! survives restarts, and a three-node cluster. Every process is a child of the test and is
+//! Real nats-server processes with JetStream for the platform's tests: one server whose
+//! store survives restarts, and a three-node cluster. Every process is a child of the test and is
 //! killed when its handle drops.
 
 #![allow(dead_code)]
@@ -166,6 +166,12 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url())
+            .await
+            .expect("connects to nats-server")
+    }
+
     pub fn store_dir(&self) -> PathBuf {
         self.dir.path().join("store")
     }
@@ -299,4 +305,21 @@ impl Drop for Cluster {
             kill(&mut node.child);
         }
     }
+}
+
+/// Returns once the server has handled everything `client` sent before (its SUBs included):
+/// `flush` only empties the client's buffer, but the server handles one connection in
+/// order, so the client's own message coming back proves it.
+pub async fn barrier(client: &async_nats::Client) {
+    use futures_util::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client.subscribe(inbox.clone()).await.expect("subscribe");
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .expect("publish");
+    tokio::time::timeout(Duration::from_secs(10), echo.next())
+        .await
+        .expect("own message back")
+        .expect("subscription open");
 }
