@@ -383,13 +383,6 @@ async fn push_scale_fail_over_and_restart_across_three_hosts() {
     );
     assert_eq!(platform.get("shop2.test.local"), Ok(200));
 
-    // A NATS node stops: everything goes on.
-    cluster.stop("n2");
-    platform.ctl_ok(&["scale", "shop", "-i", "2"]);
-    platform.wait_running("shop", 2, Duration::from_secs(60));
-    assert!(platform.ctl_ok(&["apps"]).contains("shop2"));
-    assert_eq!(platform.get("shop.test.local"), Ok(200));
-
     // An app that exits at once: the push says so, and it is restarted with back-off.
     let crashy = crashing_app(platform.dir.path());
     let out = platform.ctl(&[
@@ -466,10 +459,34 @@ async fn push_scale_fail_over_and_restart_across_three_hosts() {
     assert_eq!(platform.get("shop.test.local"), Ok(200));
     assert_eq!(platform.get("nowhere.test.local"), Ok(404));
 
+    // Delete: the app, its instances and its route go; the route can be taken again.
+    platform.ctl_ok(&["delete", "crashy"]);
+    assert!(!platform.ctl_ok(&["apps"]).contains("crashy"));
+    let out = platform.ctl(&[
+        "push",
+        "thief",
+        example,
+        "--route",
+        "crashy.test.local",
+        "-m",
+        "64",
+    ]);
+    assert!(
+        out.status.success(),
+        "a released route is free: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A NATS node stops: what runs keeps running and routed, and what is wanted can still
+    // be changed and carried out.
+    cluster.stop("n2");
+    platform.ctl_ok(&["scale", "shop", "-i", "2"]);
+    platform.wait_running("shop", 2, Duration::from_secs(60));
+    assert!(platform.ctl_ok(&["apps"]).contains("shop2"));
+    assert_eq!(platform.get("shop.test.local"), Ok(200));
+    assert_eq!(platform.get("shop2.test.local"), Ok(200));
+
     // Cleanly down: agents stop their instances on SIGTERM.
-    for app in ["shop", "shop2", "crashy"] {
-        platform.ctl_ok(&["delete", app]);
-    }
     for agent in &mut agents {
         agent.term(Duration::from_secs(30));
     }

@@ -165,9 +165,12 @@ impl BlobStore {
             }
             outcome
         };
+        // Up to about half a minute: a lost JetStream leader is replaced in ~10 s on a quiet
+        // cluster, and reads that need a consumer wait for it.
         let backoff = backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(500))
-            .with_max_times(4);
+            .with_max_delay(Duration::from_secs(8))
+            .with_max_times(6);
         attempt
             .retry(backoff)
             .when(|error| match error {

@@ -315,7 +315,7 @@ pub async fn barrier(client: &async_nats::Client) {
     let inbox = client.new_inbox();
     let mut echo = client.subscribe(inbox.clone()).await.expect("subscribe");
     client
-        .publish(inbox, bytes::Bytes::new())
+        .publish(inbox, Default::default())
         .await
         .expect("publish");
     tokio::time::timeout(Duration::from_secs(10), echo.next())
