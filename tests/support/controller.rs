@@ -29,22 +29,16 @@ impl NatsServer {
 
     /// Starts a server on a free port and waits until it accepts connections.
     pub async fn start() -> NatsServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let mut server = NatsServer {
-            port,
-            child: None,
-            store: None,
-        };
-        server.restart().await;
-        server
+        NatsServer::start_storing(None).await
     }
 
     /// A server with JetStream on (the platform's blobstore and state), storing in a
     /// directory of its own.
     pub async fn start_with_jetstream() -> NatsServer {
+        NatsServer::start_storing(Some(tempfile::tempdir().expect("JetStream store dir"))).await
+    }
+
+    async fn start_storing(store: Option<tempfile::TempDir>) -> NatsServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
@@ -52,7 +46,7 @@ impl NatsServer {
         let mut server = NatsServer {
             port,
             child: None,
-            store: Some(tempfile::tempdir().expect("JetStream store dir")),
+            store,
         };
         server.restart().await;
         server
