@@ -17,95 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha1::Digest as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
-use crate::jetstream::{
-    BlobUriError, DROPLETS_BUCKET, NameError, NameKind, PACKAGES_BUCKET, StateError, validate_label,
-};
-
-/// The two object stores. Nothing else can be named in a [`BlobUri`], so a URI from a
-/// message can never point an agent at another bucket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum BlobBucket {
-    #[serde(rename = "dea-packages")]
-    Packages,
-    #[serde(rename = "dea-droplets")]
-    Droplets,
-}
-
-impl BlobBucket {
-    pub fn name(self) -> &'static str {
-        match self {
-            BlobBucket::Packages => PACKAGES_BUCKET,
-            BlobBucket::Droplets => DROPLETS_BUCKET,
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<BlobBucket> {
-        match name {
-            PACKAGES_BUCKET => Some(BlobBucket::Packages),
-            DROPLETS_BUCKET => Some(BlobBucket::Droplets),
-            _ => None,
-        }
-    }
-
-    /// Droplets are named by their SHA-1; packages by a short safe name. Both rules keep
-    /// `/`, `..` and control characters out, so a name is also safe as a file name.
-    pub fn check_name(self, name: &str) -> Result<(), NameError> {
-        match self {
-            BlobBucket::Droplets => {
-                if name.len() == 40
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-                {
-                    Ok(())
-                } else {
-                    Err(NameError::NotSha1)
-                }
-            }
-            BlobBucket::Packages => check_package_name(name),
-        }
-    }
-
-    pub fn validate_name(self, name: &str) -> Result<(), StateError> {
-        self.check_name(name).map_err(|reason| {
-            let kind = match self {
-                BlobBucket::Packages => NameKind::Package,
-                BlobBucket::Droplets => NameKind::Droplet,
-            };
-            StateError::invalid_name(kind, name, reason)
-        })
-    }
-}
-
-impl fmt::Display for BlobBucket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-fn check_package_name(name: &str) -> Result<(), NameError> {
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    // The agents' own rule (dea_protocol::blob::valid_name): a name the platform stores
-    // must be one an agent will fetch.
-    if name.len() > 128 {
-        return Err(NameError::TooLong { max: 128 });
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(NameError::Forbidden(c));
-    }
-    if name.contains("..") {
-        return Err(NameError::DotDot);
-    }
-    if name.starts_with('.') {
-        return Err(NameError::Edge('.'));
-    }
-    Ok(())
-}
+use crate::error::{BlobUriError, StateError, validate_label};
+pub use crate::names::BlobBucket;
+use crate::names::NameKind;
 
 /// Where a blob is and what it holds. Recorded in the app spec, so a controller that did not
 /// upload it can still verify it.
@@ -627,6 +541,7 @@ fn mismatch(bucket: BlobBucket, name: &str, expected: &Digest, actual: String) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::check_package_name;
 
     /// Whatever the platform accepts, an agent accepts: the two parsers of the wire's
     /// `dea-blob://` URIs never disagree in that direction.

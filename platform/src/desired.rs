@@ -15,10 +15,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::blobs::BlobRef;
-use crate::jetstream::{
-    APPS_BUCKET, NameKind, ROUTES_BUCKET, StateError, is_kv_tombstone_header, last_per_subject,
-    validate_host, validate_label,
-};
+use crate::error::{StateError, validate_host, validate_label};
+use crate::names::{APPS_BUCKET, NameKind, ROUTES_BUCKET};
+use crate::streams::{is_kv_tombstone_header, last_per_subject};
 
 /// Whether the app should run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

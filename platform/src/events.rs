@@ -6,9 +6,9 @@ use async_nats::jetstream::{self, stream};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::jetstream::{
-    EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, NameKind, StateError, all_of_subject, validate_label,
-};
+use crate::error::{StateError, validate_label};
+use crate::names::{EVENTS_STREAM, EVENTS_SUBJECT_PREFIX, NameKind};
+use crate::streams::all_of_subject;
 
 /// Something that happened to an app. Serialised with a `type` tag, so readers can skip kinds
 /// they do not know yet.

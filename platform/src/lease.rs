@@ -17,7 +17,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::jetstream::{LEASES_BUCKET, NameError, NameKind, StateError, validate_label};
+use crate::error::{StateError, validate_label};
+use crate::names::{LEASES_BUCKET, NameError, NameKind};
 
 /// What a lease key holds: who holds it, and since when (for operators).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
