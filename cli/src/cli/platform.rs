@@ -110,7 +110,9 @@ pub fn load(path: Option<&Path>, agent: &Config) -> Result<PlatformConfig> {
     Ok(config)
 }
 
-async fn connect(config: &PlatformConfig, name: &str, patient: bool) -> Result<Platform> {
+/// A NATS connection to the configured servers; `patient` ones keep trying until the bus
+/// is there (long-running processes), the others fail at once (`dea ctl`).
+async fn nats(config: &PlatformConfig, name: &str, patient: bool) -> Result<async_nats::Client> {
     let servers = config.nats_servers.join(",");
     let mut options = async_nats::ConnectOptions::new()
         .name(name)
@@ -124,10 +126,15 @@ async fn connect(config: &PlatformConfig, name: &str, patient: bool) -> Result<P
         .map(|s| s.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .with_context(|| format!("NATS server URLs {servers}"))?;
-    let client = options
+    options
         .connect(addresses)
         .await
-        .with_context(|| format!("connecting to NATS at {servers}"))?;
+        .with_context(|| format!("connecting to NATS at {servers}"))
+}
+
+/// The platform's JetStream state over a new connection (buckets made when missing).
+async fn connect(config: &PlatformConfig, name: &str, patient: bool) -> Result<Platform> {
+    let client = nats(config, name, patient).await?;
     let platform = Platform::connect(
         client,
         PlatformOptions {
@@ -164,12 +171,14 @@ pub async fn controller(config: PlatformConfig) -> Result<()> {
 }
 
 pub async fn router(config: PlatformConfig, listen: Option<SocketAddr>) -> Result<()> {
-    let platform = connect(&config, "dea-router", true).await?;
+    // The router keeps no platform state: it needs the bus, not JetStream (whose first
+    // leader election on a fresh cluster takes seconds it must not wait for).
+    let client = nats(&config, "dea-router", true).await?;
     let mut router_config = config.router.clone();
     if let Some(listen) = listen {
         router_config.listen = listen;
     }
-    let handle = Router::start(platform.client().clone(), router_config).await?;
+    let handle = Router::start(client, router_config).await?;
     tracing::info!("router listening on {}", handle.local_addr());
     until_stopped().await?;
     handle.shutdown().await;

@@ -297,18 +297,27 @@ async fn follow_staging(
             let tx = chunks_tx.clone();
             streaming = Some(tokio::spawn(async move {
                 let url = format!("{url}&tail&tail_offset=0");
-                match client.get(&url).send().await {
-                    Ok(response) if response.status().is_success() => {
-                        let mut body = response.bytes_stream();
-                        while let Some(Ok(chunk)) = body.next().await {
-                            if tx.send(chunk).await.is_err() {
-                                return;
+                // The router may not know the agent's directory server yet (it registers
+                // every few seconds): asked again for a while, until the log answers.
+                for _ in 0..25 {
+                    match client.get(&url).send().await {
+                        Ok(response) if response.status().is_success() => {
+                            let mut body = response.bytes_stream();
+                            while let Some(Ok(chunk)) = body.next().await {
+                                if tx.send(chunk).await.is_err() {
+                                    return;
+                                }
                             }
+                            return;
                         }
+                        Ok(response) => {
+                            tracing::debug!("staging log: HTTP {}", response.status())
+                        }
+                        Err(e) => tracing::debug!("staging log: {e}"),
                     }
-                    Ok(response) => tracing::warn!("staging log: HTTP {}", response.status()),
-                    Err(e) => tracing::warn!("staging log: {e}"),
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                 }
+                tracing::warn!("the staging log could not be followed");
             }));
         }
         match staging.state {
