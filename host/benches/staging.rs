@@ -11,9 +11,6 @@
 //! (d) a 50 MB download through the fetch service (cold, from a loopback mirror) vs `curl`
 //!     straight from that mirror, and a warm (cached) fetch vs the cold one.
 //!
-//! (e) start → RUNNING for a cached ~10 MB droplet with a trivial server, by step, and 50
-//!     instances started at once: total time and the agent's RSS.
-//!
 //! Run with `cargo bench -p dea` after `scripts/build-plugins` (as root, with runc, for (c)). Prints ratios; exits non-zero
 //! only if a setup step fails. `DEA_BENCH_TREE_MB` changes the tree size.
 
@@ -47,7 +44,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     pack_benchmark(scratch.path())?;
     classic_benchmark(&root, scratch.path())?;
     fetch_benchmark(scratch.path())?;
-    instance_benchmark(&root, scratch.path())?;
     Ok(())
 }
 
@@ -478,120 +474,5 @@ fn fetch_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
         curl.as_secs_f64() / cold.as_secs_f64(),
         cold.as_secs_f64() / warm.as_secs_f64()
     );
-    Ok(())
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn instance_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    use dea::instance::{InstanceManager, InstanceSettings, InstanceState, StartRequest};
-    let runtime = tokio::runtime::Runtime::new()?;
-    // A ~10 MB droplet: the static example plus incompressible ballast.
-    let staged = scratch.join("instance-tree");
-    std::fs::create_dir_all(staged.join("app"))?;
-    std::fs::copy(
-        root.join("examples/static-site/index.html"),
-        staged.join("app/index.html"),
-    )?;
-    std::fs::write(staged.join("app/ballast.bin"), noise(10 << 20))?;
-    std::fs::write(
-        staged.join("staging_info.yml"),
-        "detected_buildpack: staticfile\nstart_command: python3 -m http.server $PORT --bind 0.0.0.0\n",
-    )?;
-    let droplet = scratch.join("instance.tgz");
-    let packed = dea::droplet::pack_tree(&staged, &droplet, 6, 2)?;
-    let mut config = Config {
-        base_dir: scratch.join("instances-base"),
-        ..Config::default()
-    };
-    config.instances.stop_grace_secs = 2;
-    let settings = InstanceSettings::from_config(&config);
-    let runc = dea::container::Runc {
-        binary: "runc".into(),
-        state_dir: config.base_dir.join("runc"),
-        bundles_dir: config.base_dir.join("bundles"),
-        rootfs: None,
-    };
-    let manager = InstanceManager::new(settings, runc)?;
-    let request = |memory_mb| StartRequest {
-        droplet: droplet.display().to_string(),
-        sha1: Some(packed.sha1.clone()),
-        application_id: "bench".into(),
-        name: "bench".into(),
-        index: 0,
-        env: Vec::new(),
-        host_port: 0,
-        memory_mb,
-        disk_mb: 64,
-        start_command: None,
-        health_check: true,
-        health_check_timeout: Duration::from_secs(60),
-        ..Default::default()
-    };
-    // Warm the droplet store, then measure single starts.
-    let mut steps: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
-    let mut totals = Vec::new();
-    for _ in 0..6 {
-        let started = Instant::now();
-        let info = runtime.block_on(manager.start(request(128)))?;
-        totals.push(started.elapsed());
-        if info.state != InstanceState::Running {
-            return Err(format!("instance did not start: {:?}", info.exit_description).into());
-        }
-        for (step, ms) in &info.start_timings_ms {
-            steps.entry(step.clone()).or_default().push(*ms);
-        }
-        runtime.block_on(manager.stop(&info.instance_id))?;
-    }
-    totals.remove(0);
-    totals.sort();
-    let median_of = |values: &mut Vec<f64>| {
-        values.remove(0);
-        values.sort_by(|a, b| a.total_cmp(b));
-        values[values.len() / 2]
-    };
-    println!("(e) instances: start request -> RUNNING, cached 10 MB droplet (median of 5)");
-    println!(
-        "    total:                         {:>10.1} ms",
-        ms(totals[totals.len() / 2])
-    );
-    for step in ["droplet", "extract", "container", "health_check"] {
-        if let Some(values) = steps.get_mut(step) {
-            println!("      {step:<28} {:>10.1} ms", median_of(values));
-        }
-    }
-    let rss_before = rss_mb();
-    let started = Instant::now();
-    let infos = runtime.block_on(async {
-        let starts = (0..50).map(|_| manager.start(request(32)));
-        futures_util::future::join_all(starts).await
-    });
-    let elapsed = started.elapsed();
-    let rss_after = rss_mb();
-    let running = infos
-        .iter()
-        .filter(|i| matches!(i, Ok(info) if info.state == InstanceState::Running))
-        .count();
-    println!(
-        "    50 at once: {running} RUNNING in {:.2} s; agent RSS {:.1} MB -> {:.1} MB",
-        elapsed.as_secs_f64(),
-        rss_before,
-        rss_after
-    );
-    runtime.block_on(async {
-        for info in infos.into_iter().flatten() {
-            let _ = manager.stop(&info.instance_id).await;
-        }
-    });
     Ok(())
 }

@@ -31,6 +31,8 @@ pub enum ContainerError {
     },
     #[error("writing the container bundle: {0}")]
     Bundle(#[source] std::io::Error),
+    #[error("passing the start gate to the container: {0}")]
+    Gate(#[source] command_fds::FdMappingCollision),
     #[error("writing the container bundle: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("container {id} did not finish within {limit:?} and was killed")]
@@ -172,11 +174,17 @@ impl Runc {
     }
 
     /// Starts `spec` and returns at once; stdout and stderr go to the given files.
+    ///
+    /// `gate`, when given, becomes descriptor 3 of the container's first process
+    /// (`--preserve-fds 1`): the read end of a pipe it waits on, so the container's slow
+    /// setup (tens of milliseconds in runc) overlaps the agent's own work before the app
+    /// may run.
     pub async fn spawn(
         &self,
         spec: &ContainerSpec,
         stdout: std::fs::File,
         stderr: std::fs::File,
+        gate: Option<std::os::fd::OwnedFd>,
     ) -> Result<RunningContainer, ContainerError> {
         let bundle =
             std::path::absolute(self.bundles_dir.join(&spec.id)).map_err(ContainerError::Bundle)?;
@@ -185,14 +193,26 @@ impl Runc {
         let rootfs = self.prepare_rootfs(&bundle, spec)?;
         let host_stack = self.stack_rootfs(spec).is_none();
         oci::runtime_spec(spec, &rootfs, host_stack)?.save(bundle.join("config.json"))?;
-        let child = tokio::process::Command::new(&self.binary)
-            // Under systemd (`Type=notify`) the agent has NOTIFY_SOCKET; runc given it
-            // proxies the socket into the container and waits for the app's READY=1, so
-            // `runc run` never returns after the app exits. Apps do not speak sd_notify.
+        let mut command = tokio::process::Command::new(&self.binary);
+        // Under systemd (`Type=notify`) the agent has NOTIFY_SOCKET; runc given it proxies
+        // the socket into the container and waits for the app's READY=1, so `runc run`
+        // never returns after the app exits. Apps do not speak sd_notify.
+        command
             .env_remove("NOTIFY_SOCKET")
             .arg("--root")
             .arg(&self.state_dir)
-            .arg("run")
+            .arg("run");
+        if let Some(gate) = gate {
+            use command_fds::{CommandFdExt, FdMapping};
+            command.arg("--preserve-fds").arg("1");
+            command
+                .fd_mappings(vec![FdMapping {
+                    parent_fd: gate,
+                    child_fd: 3,
+                }])
+                .map_err(ContainerError::Gate)?;
+        }
+        let child = command
             .arg("--bundle")
             .arg(&bundle)
             .arg(&spec.id)
@@ -204,6 +224,9 @@ impl Runc {
                 path: self.binary.clone(),
                 source,
             })?;
+        // The command holds the gate's read end until dropped: the agent keeps only the
+        // write end, so the container sees EOF if the agent goes away.
+        drop(command);
         Ok(RunningContainer {
             id: spec.id.clone(),
             child,

@@ -197,12 +197,12 @@ add rule ip {t} forward oifname @ifaces drop
     }
 
     /// Gives the instance in network namespace `netns` its veth pair, address, published
-    /// port (`requested`, or a free one) and egress. Blocking.
+    /// port (reserved with [`Network::reserve_port`]) and egress. Blocking.
     pub fn attach(
         &self,
         netns: &str,
         instance_id: &str,
-        requested_port: u16,
+        port: (PortReservation, u16),
         app_egress: &[EgressRule],
     ) -> Result<(Attached, PortReservation), NetworkError> {
         for rule in app_egress {
@@ -211,11 +211,17 @@ add rule ip {t} forward oifname @ifaces drop
         let host_if = interface_name(instance_id);
         let lock = HostLock::acquire()?;
         let (host_ip, container_ip) = self.free_block()?;
-        let reservation = self.reserve_port(requested_port)?;
-        ip(&[
-            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", netns,
-        ])?;
-        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if])?;
+        let reservation = port;
+        // One `ip` process per side of the pair, not one per step: each costs a
+        // millisecond or more of an instance's start.
+        ip_batch(
+            None,
+            &[
+                format!("link add {host_if} type veth peer name eth0 netns {netns}"),
+                format!("addr add {host_ip}/30 dev {host_if}"),
+                format!("link set {host_if} up"),
+            ],
+        )?;
         drop(lock);
         let host_port = reservation.1;
         let attached = Attached {
@@ -246,23 +252,15 @@ add rule ip {t} forward oifname @ifaces drop
             format!("/proc/sys/net/ipv4/conf/{host_if}/route_localnet"),
             "1",
         );
-        ip(&["link", "set", host_if, "up"])?;
-        ip_in(
-            netns,
-            &[
-                "addr",
-                "add",
-                &format!("{}/30", attached.container_ip),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        ip_in(netns, &["link", "set", "eth0", "up"])?;
+        let mut inside = vec![
+            format!("addr add {}/30 dev eth0", attached.container_ip),
+            "link set eth0 up".to_string(),
+        ];
         if attached.egress {
-            ip_in(
-                netns,
-                &["route", "add", "default", "via", &attached.host_ip],
-            )?;
+            inside.push(format!("route add default via {}", attached.host_ip));
+        }
+        ip_batch(Some(netns), &inside)?;
+        if attached.egress {
             // Egress leaves through the host: it must forward (for these rules only; the
             // forward chain drops everything else from an instance).
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
@@ -361,7 +359,9 @@ add rule ip {t} forward oifname @ifaces drop
         })
     }
 
-    fn reserve_port(&self, requested: u16) -> Result<(PortReservation, u16), NetworkError> {
+    /// Holds `requested` (or, for 0, the first free port of the range) on the publish
+    /// address until the instance's rules take over.
+    pub fn reserve_port(&self, requested: u16) -> Result<(PortReservation, u16), NetworkError> {
         let address = self.settings.publish_address;
         if requested != 0 {
             return bind_port(address, requested).map(|r| (r, requested));
@@ -513,10 +513,18 @@ fn ip(args: &[&str]) -> Result<(), NetworkError> {
     run("ip", args).map(|_| ())
 }
 
-fn ip_in(netns: &str, args: &[&str]) -> Result<(), NetworkError> {
-    let mut all = vec!["-n", netns];
-    all.extend_from_slice(args);
-    ip(&all)
+/// Runs `ip` commands (without the leading `ip`) in order in one process, in namespace
+/// `netns` when given; stops at the first that fails. The names and addresses in them are
+/// the agent's own (interface names from instance ids, addresses from its subnet), never a
+/// tenant's words, so a line cannot be split or extended.
+fn ip_batch(netns: Option<&str>, lines: &[String]) -> Result<(), NetworkError> {
+    let mut args = Vec::new();
+    if let Some(netns) = netns {
+        args.extend(["-n", netns]);
+    }
+    args.extend(["-batch", "-"]);
+    let script = lines.join("\n") + "\n";
+    piped("ip", &args, &script)
 }
 
 fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> {
@@ -540,17 +548,23 @@ fn run(program: &str, args: &[&str]) -> Result<String, NetworkError> {
 
 /// Runs an nftables script (`nft -f -`), atomically.
 fn nft(script: &str) -> Result<(), NetworkError> {
+    piped("nft", &["-f", "-"], script)
+}
+
+/// Runs `program` with `script` on its standard input; its error output (and the script)
+/// make the error.
+fn piped(program: &str, args: &[&str], script: &str) -> Result<(), NetworkError> {
     let failed = |message: String| NetworkError::Command {
-        command: "nft -f -".into(),
+        command: format!("{program} {}", args.join(" ")),
         message,
     };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(format!("{e} (is nftables installed?)")))?;
+        .map_err(|e| failed(format!("{e} (is {program} installed?)")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())

@@ -108,7 +108,14 @@ impl InstanceManager {
             .await?;
         record("droplet", timer);
         let timer = std::time::Instant::now();
-        let dir = handle.info.lock().dir.clone();
+        let (dir, netns_name, instance_id) = {
+            let info = handle.info.lock();
+            (
+                info.dir.clone(),
+                info.netns.clone(),
+                info.instance_id.clone(),
+            )
+        };
         let home = dir.join("home");
         let limits = UnpackLimits {
             max_bytes: self.settings.max_droplet_mb << 20,
@@ -118,14 +125,20 @@ impl InstanceManager {
         let (uid, gid) = (self.settings.uid, self.settings.gid);
         let (from, to) = (droplet_path.clone(), home.clone());
         // The droplet is a tenant's archive: unpacked safely, then every path the agent
-        // itself uses in it is opened beneath the home, never through a link.
-        let prepared =
-            tokio::task::spawn_blocking(move || -> Result<PreparedHome, InstanceError> {
-                droplet::unpack_source(&from, &to, limits)?;
-                PreparedHome::new(&to, uid, gid)
-            })
-            .await
-            .map_err(|e| setup(&e))??;
+        // itself uses in it is opened beneath the home, never through a link. The network
+        // namespace is made meanwhile: neither needs the other.
+        let unpack = tokio::task::spawn_blocking(move || -> Result<PreparedHome, InstanceError> {
+            droplet::unpack_source(&from, &to, limits)?;
+            PreparedHome::new(&to, uid, gid)
+        });
+        let name = netns_name.clone();
+        let netns = tokio::task::spawn_blocking(move || {
+            let _ = NetNamespace::existing(&name); // a stale one from an earlier agent goes
+            NetNamespace::create_named(&name)
+        });
+        let (prepared, namespace) = tokio::join!(unpack, netns);
+        let namespace = namespace.map_err(|e| setup(&e))?.map_err(|e| setup(&e))?;
+        let prepared = prepared.map_err(|e| setup(&e))??;
         let command = request
             .start_command
             .clone()
@@ -134,46 +147,54 @@ impl InstanceManager {
         record("extract", timer);
         let timer = std::time::Instant::now();
 
-        let (netns_name, instance_id) = {
-            let info = handle.info.lock();
-            (info.netns.clone(), info.instance_id.clone())
-        };
-        let _ = NetNamespace::existing(&netns_name); // a stale one from an earlier agent goes
-        let namespace = NetNamespace::create_named(&netns_name).map_err(|e| setup(&e))?;
-        let (manager, requested, egress) = (
-            self.network.clone(),
-            request.host_port,
-            request.egress.clone(),
-        );
-        let (network, port) = tokio::task::spawn_blocking(move || {
-            manager.attach(&netns_name, &instance_id, requested, &egress)
-        })
-        .await
-        .map_err(|e| setup(&e))??;
+        // The port first (the app's environment names it), then the container, which
+        // waits at its gate while the network is wired: runc's own setup takes longer
+        // than the network's, and the app must not run before its network is there.
+        let (reservation, host_port) = self
+            .network
+            .reserve_port(request.host_port)
+            .map_err(|e| setup(&e))?;
         {
             let mut info = handle.info.lock();
             info.droplet_sha1 = sha1;
-            info.host_port = network.host_port;
-            info.network = Some(network.clone());
+            info.host_port = host_port;
             info.start_command = Some(command.clone());
         }
-        // Saved before the container starts, so a restarted agent can always tear it down.
-        self.save_snapshot();
         let info = handle.info.lock().clone();
         let spec =
             spec::container_spec(&self.settings, &info, request, &home, &namespace, &command);
-        let container = match self
+        // Saved before the container exists, so a restarted agent always knows of it.
+        self.save_snapshot();
+        let (gate_in, gate_out) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| setup(&e))?;
+        let container = self
             .runc
-            .spawn(&spec, prepared.stdout, prepared.stderr)
+            .spawn(&spec, prepared.stdout, prepared.stderr, Some(gate_in))
             .await
-        {
-            Ok(container) => container,
+            .map_err(|e| setup(&e))?;
+        let (manager, egress) = (self.network.clone(), request.egress.clone());
+        let attached = tokio::task::spawn_blocking(move || {
+            manager.attach(&netns_name, &instance_id, (reservation, host_port), &egress)
+        })
+        .await
+        .map_err(|e| setup(&e))
+        .and_then(|r| r.map_err(|e| setup(&e)));
+        let (network, port) = match attached {
+            Ok(attached) => attached,
             Err(e) => {
-                let manager = self.network.clone();
-                let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
-                return Err(setup(&e));
+                // The gate closes unopened: the container's shell exits without running
+                // the app.
+                drop(gate_out);
+                container.remove().await;
+                return Err(e);
             }
         };
+        handle.info.lock().network = Some(network.clone());
+        // Saved before the app runs, so a restarted agent can always tear it down.
+        self.save_snapshot();
+        // A container that already died has closed its end: the monitor sees its exit.
+        let _ = rustix::io::write(&gate_out, b"go\n");
+        drop(gate_out);
         record("container", timer);
         Ok(Running {
             process: Process::Child(container),
