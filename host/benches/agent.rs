@@ -213,7 +213,119 @@ async fn run() -> Result<(), BoxError> {
         medians.join(", ")
     );
     agent.shutdown().await;
+
+    // (c) memory of a real agent process.
+    let droplet = std::fs::read(scratch.path().join("direct.tgz"))?;
+    serve_memory(&root, scratch.path(), nats.port, droplet).await?;
     Ok(())
+}
+
+/// Section (c): `dea serve` as its own process (the release binary, `DEA_BIN` or
+/// target/release/dea), directory server on: its RSS once idle, then with 50 instances
+/// RUNNING. Skipped, saying so, when the binary is not built.
+async fn serve_memory(
+    root: &Path,
+    scratch: &Path,
+    nats_port: u16,
+    droplet: Vec<u8>,
+) -> Result<(), BoxError> {
+    use sha1::Digest;
+    let binary = std::env::var_os("DEA_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+            target.join("release/dea")
+        });
+    if !binary.exists() {
+        println!(
+            "(c) skipped: {} is not built (cargo build --release -p dea-cli)",
+            binary.display()
+        );
+        return Ok(());
+    }
+    let sha1 = hex::encode(sha1::Sha1::digest(&droplet));
+    let blobs = blob_server_with(Vec::new(), Some(droplet)).await?;
+    let files_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let config = scratch.join("serve.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "base_dir: {}\nbuildpack_dirs: [{}]\nagent:\n  nats_servers: [nats://127.0.0.1:{nats_port}]\n\
+             directory_server:\n  enabled: true\n  listen: 127.0.0.1\n  port: {files_port}\n\
+             instances:\n  memory_capacity_mb: 65536\n  stop_grace_secs: 2\n",
+            scratch.join("serve-base").display(),
+            root.join("target/buildpacks").display(),
+        ),
+    )?;
+    let client = async_nats::connect(format!("nats://127.0.0.1:{nats_port}")).await?;
+    let mut hello = client.subscribe("dea.advertise").await?;
+    client.flush().await?;
+    let mut child = std::process::Command::new(&binary)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id();
+    let result = async {
+        let id = loop {
+            let message = tokio::time::timeout(Duration::from_secs(60), hello.next())
+                .await?
+                .ok_or("no advertisement")?;
+            let value: serde_json::Value = serde_json::from_slice(&message.payload)?;
+            if let Some(id) = value["id"].as_str() {
+                break id.to_string();
+            }
+        };
+        // Settled: the first advertisements out, the buildpacks loaded.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle = rss_of(pid);
+        let mut registers = client.subscribe("router.register").await?;
+        client.flush().await?;
+        for index in 0..50 {
+            let message = serde_json::json!({
+                "droplet": "mem", "name": "mem", "uris": ["mem.bench.local"], "version": "v1",
+                "index": index, "sha1": sha1,
+                "executableUri": format!("http://{blobs}/droplet.tgz"),
+                "limits": {"mem": 32, "disk": 64, "fds": 1024}, "cc_partition": "default",
+            });
+            client
+                .publish(format!("dea.{id}.start"), message.to_string().into())
+                .await?;
+        }
+        client.flush().await?;
+        wait_registrations(&mut registers, "mem", 50).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let busy = rss_of(pid);
+        println!("(c) a `dea serve` process (directory server on), RSS:");
+        println!("    idle:                 {idle:>6.1} MB (target <= 30 MB)");
+        println!("    with 50 RUNNING:      {busy:>6.1} MB (target <= 40 MB)");
+        Ok::<(), BoxError>(())
+    }
+    .await;
+    // TERM stops the agent's instances before it exits.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    result
+}
+
+/// Resident set of process `pid`, in MB (0 when it is gone).
+fn rss_of(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Median of `runs` timings of `f`, after one warm-up call.
@@ -326,8 +438,24 @@ impl Drop for NatsServer {
 
 /// Serves the package at `/app.zip` and accepts uploads at `/upload`; returns its address.
 async fn blob_server(package: Vec<u8>) -> Result<std::net::SocketAddr, BoxError> {
+    blob_server_with(package, None).await
+}
+
+/// [`blob_server`], also serving `droplet` (when given) at `/droplet.tgz`.
+async fn blob_server_with(
+    package: Vec<u8>,
+    droplet: Option<Vec<u8>>,
+) -> Result<std::net::SocketAddr, BoxError> {
     let package = bytes::Bytes::from(package);
+    let droplet = bytes::Bytes::from(droplet.unwrap_or_default());
     let app = axum::Router::new()
+        .route(
+            "/droplet.tgz",
+            axum::routing::get(move || {
+                let droplet = droplet.clone();
+                async move { droplet }
+            }),
+        )
         .route(
             "/app.zip",
             axum::routing::get(move || {
