@@ -140,6 +140,10 @@ fn run() -> Result<(), BoxError> {
         total - bare,
         total / bare
     );
+    println!(
+        "bench-result|start -> RUNNING, 10 MB droplet (ms)|{total:.1}|{bare:.1} bare|{:.2}x|<= 50 ms",
+        total / bare
+    );
 
     let rss_before = rss_mb();
     let started = Instant::now();
@@ -175,6 +179,12 @@ fn run() -> Result<(), BoxError> {
         elapsed.as_secs_f64() / bare_elapsed.as_secs_f64()
     );
     println!("    agent process RSS: {rss_before:.1} MB idle -> {rss_after:.1} MB with 50 running");
+    println!(
+        "bench-result|50 starts at once (s)|{:.2}|{:.2} bare|{:.2}x|",
+        elapsed.as_secs_f64(),
+        bare_elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() / bare_elapsed.as_secs_f64()
+    );
     Ok(())
 }
 
