@@ -31,7 +31,9 @@
 //! ```
 
 mod config;
+mod conn;
 mod content;
+mod fast;
 mod listing;
 mod resolve;
 mod server;

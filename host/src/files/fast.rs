@@ -1,0 +1,463 @@
+//! The fast path: plain `GET`s of a file, answered without hyper, large bodies by `sendfile(2)`.
+//!
+//! Why it exists: hyper cannot hand a file to the kernel, so a large body went from the page
+//! cache into user space and back out, 64 KiB at a time through the blocking pool (twice the
+//! CPU of nginx per 1 MiB request); and for small files hyper's and axum's per-request work
+//! (header maps, routing, extractors, a response built as a `HeaderMap`) was a fifth of the
+//! CPU a request costs. Here a request is parsed in place by `httparse` (hyper's own parser),
+//! checked by [`check`] (the very function the axum handlers run), and answered with one
+//! write, or a head sent with `MSG_MORE` and the body by `sendfile` from the checked
+//! descriptor.
+//!
+//! What it takes, and nothing else: an HTTP/1.1 `GET` in origin form for one of the two
+//! routes with an id of `[A-Za-z0-9_-]` and a query of plain URI characters, without a body
+//! and without `Connection`, `Expect`, `Upgrade`, `Transfer-Encoding` or `Content-Length`,
+//! whose checks end in a regular file to be answered 200 or 206. At the first request that
+//! is anything else — a refusal, a listing, `tail`, a 304 or 416, `HEAD`, HTTP/1.0, whatever
+//! httparse refuses — the connection goes, with every byte read so far, to hyper and the axum
+//! routes for good (`conn.rs`), which answer that request from scratch. So every answer but a
+//! file's 200 and 206 is still hyper's, and those two are written here as hyper writes them
+//! (`tests/integration/files.rs` compares the bytes of both).
+
+use super::content::{self, Range, content_type};
+use super::server::{Kind, Params, Shared, Stop, check};
+use std::fs::File;
+use std::io;
+use std::io::Write as _;
+use std::os::unix::fs::FileExt;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+/// The longest request head read here; a longer one is hyper's (it takes up to ~400 KiB).
+const MAX_HEAD: usize = 16 * 1024;
+/// How much is read from the socket at a time.
+const READ_SIZE: usize = 4096;
+/// Header slots for httparse; a request with more is hyper's (it takes 100).
+const MAX_HEADERS: usize = 32;
+/// Bodies longer than this go by `sendfile`; shorter ones are read behind the head and sent
+/// with it in one write, which costs fewer syscalls than a head and a `sendfile`.
+pub(crate) const SENDFILE_MIN: u64 = 16 * 1024;
+/// The most one `sendfile` call sends. The socket's free space bounds it anyway; this also
+/// bounds how long a read of a file not in the page cache can hold this worker's thread.
+const SENDFILE_CHUNK: usize = 256 * 1024;
+
+/// How the fast path left a connection.
+pub(crate) enum End {
+    /// Finished: the client closed it, a write failed, or the server is stopping.
+    Closed,
+    /// A request the fast path does not take: hyper gets the connection, these bytes first.
+    HandOver(Vec<u8>),
+}
+
+/// Serves requests on `stream` until it closes, the server stops, or a request is hyper's.
+pub(crate) async fn serve(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    stopped: &mut watch::Receiver<Stop>,
+) -> End {
+    let mut input: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    loop {
+        // Pipelined requests are already here: answer them before reading again.
+        if !input.is_empty() {
+            match next_request(shared, &input) {
+                Next::Partial => {}
+                Next::HandOver => return End::HandOver(input),
+                Next::Reply(reply, consumed) => {
+                    input.drain(..consumed);
+                    if let Err(e) = reply.send(stream).await {
+                        tracing::debug!("directory server connection ended: {e}");
+                        return End::Closed;
+                    }
+                    continue;
+                }
+            }
+        }
+        if input.len() >= MAX_HEAD {
+            return End::HandOver(input);
+        }
+        input.reserve(READ_SIZE);
+        // Stopping closes a connection only between requests, as hyper's graceful shutdown.
+        let idle = input.is_empty();
+        let read = tokio::select! {
+            biased;
+            read = stream.read_buf(&mut input) => read,
+            _ = stopped.wait_for(|s| *s != Stop::Running), if idle => return End::Closed,
+        };
+        match read {
+            Ok(0) if input.is_empty() => return End::Closed,
+            // A head cut short: hyper says what it says about those.
+            Ok(0) => return End::HandOver(input),
+            Ok(_) => {}
+            Err(_) => return End::Closed,
+        }
+    }
+}
+
+enum Next {
+    /// The head is not complete yet.
+    Partial,
+    HandOver,
+    /// The answer, and how many input bytes the request took.
+    Reply(Reply, usize),
+}
+
+fn next_request(shared: &Shared, input: &[u8]) -> Next {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let consumed = match request.parse(input) {
+        Ok(httparse::Status::Complete(consumed)) => consumed,
+        Ok(httparse::Status::Partial) => return Next::Partial,
+        Err(_) => return Next::HandOver,
+    };
+    match FileRequest::from_head(&request).and_then(|asked| asked.reply(shared)) {
+        Some(reply) => Next::Reply(reply, consumed),
+        None => Next::HandOver,
+    }
+}
+
+/// A request head the fast path takes, with the headers that shape the answer.
+#[derive(Debug, PartialEq, Eq)]
+struct FileRequest<'a> {
+    kind: Kind,
+    id: &'a str,
+    query: &'a str,
+    /// The first `Range` (`Some(None)` when it is not visible ASCII, which hyper's `to_str`
+    /// refuses and the axum handler then ignores).
+    range: Option<Option<&'a str>>,
+    if_modified_since: Option<Option<&'a str>>,
+    if_none_match: bool,
+}
+
+impl<'a> FileRequest<'a> {
+    fn from_head(request: &httparse::Request<'_, 'a>) -> Option<FileRequest<'a>> {
+        if request.method != Some("GET") || request.version != Some(1) {
+            return None;
+        }
+        let (path, query) = request.path?.split_once('?')?;
+        if !query.bytes().all(is_query_byte) {
+            return None;
+        }
+        let (kind, id) = route(path)?;
+        let mut asked = FileRequest {
+            kind,
+            id,
+            query,
+            range: None,
+            if_modified_since: None,
+            if_none_match: false,
+        };
+        for header in request.headers.iter() {
+            let name = header.name;
+            if name.eq_ignore_ascii_case("range") {
+                asked.range.get_or_insert(visible_ascii(header.value));
+            } else if name.eq_ignore_ascii_case("if-modified-since") {
+                asked
+                    .if_modified_since
+                    .get_or_insert(visible_ascii(header.value));
+            } else if name.eq_ignore_ascii_case("if-none-match") {
+                asked.if_none_match = true;
+            } else if [
+                "connection",
+                "content-length",
+                "transfer-encoding",
+                "expect",
+                "upgrade",
+            ]
+            .iter()
+            .any(|hyper_s| name.eq_ignore_ascii_case(hyper_s))
+            {
+                // A body to read, a connection to close or to upgrade: hyper's business.
+                return None;
+            }
+        }
+        Some(asked)
+    }
+
+    /// Runs the checks and prepares the answer; `None` for anything that is not a regular
+    /// file's 200 or 206 (hyper then answers it).
+    fn reply(&self, shared: &Shared) -> Option<Reply> {
+        let params = Params::parse(self.query);
+        if params.tail {
+            return None;
+        }
+        let opened = check(shared, self.kind, self.id, &params).ok()?;
+        if !opened.metadata.is_file() {
+            return None;
+        }
+        let size = opened.metadata.len();
+        let modified = content::last_modified(opened.metadata.modified().ok());
+        if let Some((_, secs)) = modified
+            && content::not_modified(self.if_modified_since.flatten(), self.if_none_match, secs)
+        {
+            return None;
+        }
+        let range = content::range_of(self.range.flatten(), size);
+        let (start, length) = match range {
+            Range::Full => (0, size),
+            Range::Partial { start, end } => (start, end - start + 1),
+            Range::Unsatisfiable => return None,
+        };
+
+        let small = length <= SENDFILE_MIN;
+        let body_capacity = if small { length } else { 0 };
+        let mut out = Vec::with_capacity(256 + usize::try_from(body_capacity).ok()?);
+        // The order and spelling of `content::FileContent::respond` and hyper: status line,
+        // the handler's headers in insertion order, `content-length`, then hyper's `date`.
+        // (Writing to a Vec cannot fail.)
+        out.extend_from_slice(match range {
+            Range::Partial { .. } => b"HTTP/1.1 206 Partial Content\r\n",
+            _ => b"HTTP/1.1 200 OK\r\n",
+        });
+        let _ = write!(
+            out,
+            "content-type: {}\r\naccept-ranges: bytes\r\nx-content-type-options: nosniff\r\n",
+            content_type(&opened.host_path)
+        );
+        if let Some((time, _)) = modified {
+            let _ = write!(out, "last-modified: {}\r\n", httpdate::HttpDate::from(time));
+        }
+        if let Range::Partial { start, end } = range {
+            let _ = write!(out, "content-range: bytes {start}-{end}/{size}\r\n");
+        }
+        let _ = write!(out, "content-length: {length}\r\ndate: ");
+        push_date(&mut out);
+        out.extend_from_slice(b"\r\n\r\n");
+
+        if !small {
+            return Some(Reply::Sendfile {
+                head: out,
+                file: opened.file,
+                offset: start,
+                length,
+            });
+        }
+        // Exactly the promised bytes. A file that shrank since its fstat is answered by hyper
+        // from scratch (as it would have been), which then sees its new size.
+        let head_len = out.len();
+        out.resize(head_len + usize::try_from(length).ok()?, 0);
+        opened
+            .file
+            .read_exact_at(&mut out[head_len..], start)
+            .ok()?;
+        Some(Reply::Buffer(out))
+    }
+}
+
+/// `/instance_paths/<id>` or `/staging_tasks/<id>/file_path`, ids that need no decoding and
+/// that axum's router would match the same way.
+fn route(path: &str) -> Option<(Kind, &str)> {
+    let (kind, id) = if let Some(id) = path.strip_prefix("/instance_paths/") {
+        (Kind::Instance, id)
+    } else {
+        let rest = path.strip_prefix("/staging_tasks/")?;
+        (Kind::StagingTask, rest.strip_suffix("/file_path")?)
+    };
+    let plain = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    plain.then_some((kind, id))
+}
+
+/// RFC 3986 query characters (unreserved, sub-delims, `:@/?`, and `%` for escapes): all that
+/// hyper's URI parser also takes. Anything else is left to hyper.
+fn is_query_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:@/?".contains(&b)
+}
+
+/// What `HeaderValue::to_str` takes: visible ASCII and tabs.
+fn visible_ascii(value: &[u8]) -> Option<&str> {
+    if value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// Appends the HTTP date of now, formatted once a second per worker thread (as hyper does).
+fn push_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(cached_secs, text)| {
+        if *cached_secs != secs {
+            *cached_secs = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+/// An answer ready to go.
+enum Reply {
+    /// Head and body, in one buffer.
+    Buffer(Vec<u8>),
+    /// The head, then `length` bytes of `file` from `offset`.
+    Sendfile {
+        head: Vec<u8>,
+        file: File,
+        offset: u64,
+        length: u64,
+    },
+}
+
+impl Reply {
+    async fn send(self, stream: &mut TcpStream) -> io::Result<()> {
+        match self {
+            Reply::Buffer(bytes) => stream.write_all(&bytes).await,
+            Reply::Sendfile {
+                head,
+                file,
+                mut offset,
+                length,
+            } => {
+                let stream: &TcpStream = stream;
+                // MSG_MORE keeps the head back until the body's first bytes join it.
+                let mut sent = 0;
+                while sent < head.len() {
+                    sent += stream
+                        .async_io(Interest::WRITABLE, || {
+                            rustix::net::send(stream, &head[sent..], rustix::net::SendFlags::MORE)
+                                .map_err(io::Error::from)
+                        })
+                        .await?;
+                }
+                let mut left = length;
+                while left > 0 {
+                    let chunk =
+                        usize::try_from(left).map_or(SENDFILE_CHUNK, |l| l.min(SENDFILE_CHUNK));
+                    // `count` caps what is sent at the length promised, however the file grows.
+                    let sent = stream
+                        .async_io(Interest::WRITABLE, || {
+                            rustix::fs::sendfile(stream, &file, Some(&mut offset), chunk)
+                                .map_err(io::Error::from)
+                        })
+                        .await?;
+                    if sent == 0 {
+                        // The file shrank below what `content-length` promised: nothing can
+                        // complete this response, so the connection ends here.
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file shrank while it was being sent",
+                        ));
+                    }
+                    left -= sent as u64;
+                    // Other connections of this worker get their turn between chunks.
+                    tokio::task::consume_budget().await;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `FileRequest::from_head` made of a head, owned.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Taken {
+        kind: Kind,
+        id: String,
+        query: String,
+        range: Option<Option<String>>,
+        if_none_match: bool,
+    }
+
+    fn head(text: &str) -> Option<Taken> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut headers);
+        assert!(matches!(
+            request.parse(text.as_bytes()),
+            Ok(httparse::Status::Complete(_))
+        ));
+        FileRequest::from_head(&request).map(|asked| Taken {
+            kind: asked.kind,
+            id: asked.id.to_string(),
+            query: asked.query.to_string(),
+            range: asked.range.map(|r| r.map(str::to_string)),
+            if_none_match: asked.if_none_match,
+        })
+    }
+
+    #[test]
+    fn takes_only_plain_gets_of_the_two_routes() {
+        let taken = head("GET /instance_paths/a-b_1?path=x&hmac=y HTTP/1.1\r\nHost: h\r\n\r\n");
+        assert_eq!(
+            taken,
+            Some(Taken {
+                kind: Kind::Instance,
+                id: "a-b_1".into(),
+                query: "path=x&hmac=y".into(),
+                range: None,
+                if_none_match: false
+            })
+        );
+        let staging = head("GET /staging_tasks/t1/file_path?path=%2Ftmp HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            staging.map(|t| (t.kind, t.id)),
+            Some((Kind::StagingTask, "t1".into()))
+        );
+        let ranged = head(
+            "GET /instance_paths/a?p HTTP/1.1\r\nRange: bytes=1-2\r\nrange: bytes=3-4\r\nIf-None-Match: x\r\n\r\n",
+        );
+        assert_eq!(
+            ranged.map(|t| (t.range, t.if_none_match)),
+            Some((Some(Some("bytes=1-2".into())), true))
+        );
+        for hypers in [
+            "HEAD /instance_paths/a?p HTTP/1.1\r\n\r\n",
+            "POST /instance_paths/a?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.0\r\n\r\n",
+            "GET /instance_paths/a HTTP/1.1\r\n\r\n",
+            "GET http://h/instance_paths/a?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/a/?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/..?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/a%62?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/a?p\"x HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/a?p{} HTTP/1.1\r\n\r\n",
+            "GET /staging_tasks/t1/file_path/?p HTTP/1.1\r\n\r\n",
+            "GET /staging_tasks/t1/other?p HTTP/1.1\r\n\r\n",
+            "GET /other/a?p HTTP/1.1\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nUpgrade: h2c\r\n\r\n",
+        ] {
+            assert_eq!(head(hypers), None, "{hypers}");
+        }
+    }
+
+    #[test]
+    fn header_values_that_are_not_visible_ascii_count_as_unreadable() {
+        assert_eq!(visible_ascii(b"bytes=0-1"), Some("bytes=0-1"));
+        assert_eq!(visible_ascii(b"a\tb"), Some("a\tb"));
+        assert_eq!(visible_ascii("bytes=0-1é".as_bytes()), None);
+        assert_eq!(visible_ascii(b"a\x7fb"), None);
+    }
+
+    #[test]
+    fn dates_are_http_dates_of_now() {
+        let mut out = Vec::new();
+        push_date(&mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        let date = httpdate::parse_http_date(&text).expect("an HTTP date");
+        let age = SystemTime::now()
+            .duration_since(date)
+            .unwrap_or_default()
+            .as_secs();
+        assert!(age <= 1, "{text}");
+    }
+}
