@@ -440,6 +440,139 @@ mod tests {
         }
     }
 
+    struct OneHome(std::path::PathBuf);
+
+    impl crate::files::FileRoots for OneHome {
+        fn instance(&self, instance_id: &str) -> crate::files::FileRoot {
+            match instance_id {
+                "i" => crate::files::FileRoot::Dir(self.0.clone()),
+                _ => crate::files::FileRoot::Unknown,
+            }
+        }
+        fn staging_task(&self, _task_id: &str) -> crate::files::FileRoot {
+            crate::files::FileRoot::Unknown
+        }
+    }
+
+    fn get(signer: &crate::files::UrlSigner, path: &str, more: &str) -> Vec<u8> {
+        let url = signer.instance_url("", "i", path);
+        format!("GET {url} HTTP/1.1\r\nHost: h\r\n{more}\r\n").into_bytes()
+    }
+
+    #[test]
+    fn answers_files_and_leaves_everything_else_to_hyper() {
+        use crate::files::server::ServerSettings;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("small.txt"), "0123456789").expect("write");
+        let big: Vec<u8> = (0..=255u8).cycle().take(40_000).collect();
+        std::fs::write(dir.path().join("big.bin"), &big).expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        let signer = Arc::new(crate::files::UrlSigner::new("k"));
+        let shared = Shared::new(
+            signer.clone(),
+            Arc::new(OneHome(dir.path().to_path_buf())),
+            ServerSettings::default(),
+        );
+
+        let request = get(&signer, "small.txt", "Range: bytes=2-4\r\n");
+        let Next::Reply(Reply::Buffer(bytes), consumed) = next_request(&shared, &request) else {
+            panic!("a small file is answered from a buffer");
+        };
+        assert_eq!(consumed, request.len());
+        let text = String::from_utf8(bytes).expect("text");
+        assert!(
+            text.starts_with(
+                "HTTP/1.1 206 Partial Content\r\ncontent-type: text/plain; charset=utf-8\r\n\
+                 accept-ranges: bytes\r\nx-content-type-options: nosniff\r\nlast-modified: "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("\r\ncontent-range: bytes 2-4/10\r\ncontent-length: 3\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\n234"), "{text}");
+
+        // Pipelined: the first request only is taken, the rest stays.
+        let mut two = get(&signer, "big.bin", "");
+        let first = two.len();
+        two.extend_from_slice(&get(&signer, "small.txt", ""));
+        match next_request(&shared, &two) {
+            Next::Reply(
+                Reply::Sendfile {
+                    head,
+                    offset: 0,
+                    length: 40_000,
+                    ..
+                },
+                consumed,
+            ) => {
+                assert_eq!(consumed, first);
+                let head = String::from_utf8(head).expect("text");
+                assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+                assert!(head.contains("\r\ncontent-length: 40000\r\n"), "{head}");
+            }
+            _ => panic!("a large file is sent by sendfile"),
+        }
+        // What decides is the length of the body, not of the file.
+        assert!(matches!(
+            next_request(&shared, &get(&signer, "big.bin", "Range: bytes=-20000\r\n")),
+            Next::Reply(
+                Reply::Sendfile {
+                    offset: 20_000,
+                    length: 20_000,
+                    ..
+                },
+                _
+            )
+        ));
+        let Next::Reply(Reply::Buffer(bytes), _) =
+            next_request(&shared, &get(&signer, "big.bin", "Range: bytes=-100\r\n"))
+        else {
+            panic!("a short range is answered from a buffer");
+        };
+        assert!(bytes.ends_with(&big[39_900..]));
+
+        let request = get(&signer, "small.txt", "");
+        assert!(matches!(
+            next_request(&shared, &request[..request.len() - 2]),
+            Next::Partial
+        ));
+        let mut head_request = get(&signer, "small.txt", "");
+        head_request.splice(0..3, *b"HEAD");
+        let bad_hmac = String::from_utf8(get(&signer, "small.txt", ""))
+            .expect("text")
+            .replacen("hmac=", "hmac=0", 1)
+            .into_bytes();
+        let mut tail = get(&signer, "small.txt", "");
+        let at = tail.iter().position(|&b| b == b' ').expect("space") + 1;
+        let at = at + tail[at..].iter().position(|&b| b == b' ').expect("space");
+        tail.splice(at..at, *b"&tail");
+        for (what, request) in [
+            ("HEAD", head_request),
+            ("a refusal", bad_hmac),
+            ("tail", tail),
+            ("a directory", get(&signer, "sub", "")),
+            ("a missing file", get(&signer, "nope", "")),
+            ("a 416", get(&signer, "small.txt", "Range: bytes=10-\r\n")),
+            (
+                "a 304",
+                get(
+                    &signer,
+                    "small.txt",
+                    "If-Modified-Since: Fri, 01 Jan 2100 00:00:00 GMT\r\n",
+                ),
+            ),
+            ("garbage", b"GET / HTTP/1.1\r\n\x01\r\n\r\n".to_vec()),
+        ] {
+            assert!(
+                matches!(next_request(&shared, &request), Next::HandOver),
+                "{what}"
+            );
+        }
+    }
+
     #[test]
     fn header_values_that_are_not_visible_ascii_count_as_unreadable() {
         assert_eq!(visible_ascii(b"bytes=0-1"), Some("bytes=0-1"));

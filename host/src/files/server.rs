@@ -52,17 +52,27 @@ pub(crate) struct Shared {
     settings: ServerSettings,
 }
 
+impl Shared {
+    pub(crate) fn new(
+        signer: Arc<UrlSigner>,
+        roots: Arc<dyn FileRoots>,
+        settings: ServerSettings,
+    ) -> Shared {
+        Shared {
+            signer,
+            roots,
+            settings,
+        }
+    }
+}
+
 /// The directory server's routes, ready to serve (or to test without a socket).
 pub fn router(
     signer: Arc<UrlSigner>,
     roots: Arc<dyn FileRoots>,
     settings: ServerSettings,
 ) -> Router {
-    routes(Arc::new(Shared {
-        signer,
-        roots,
-        settings,
-    }))
+    routes(Arc::new(Shared::new(signer, roots, settings)))
 }
 
 fn routes(shared: Arc<Shared>) -> Router {
@@ -163,11 +173,11 @@ pub async fn serve(
     for _ in 1..count {
         listeners.push(reuseport_listener(local_addr).map_err(bind_error)?);
     }
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
         signer,
         roots,
-        settings: ServerSettings::from_config(config),
-    });
+        ServerSettings::from_config(config),
+    ));
     let app = routes(shared.clone());
     let (stop, stopped) = tokio::sync::watch::channel(Stop::Running);
     let mut workers = Vec::new();
