@@ -11,8 +11,9 @@
 //!
 //! What it takes, and nothing else: an HTTP/1.1 `GET` in origin form for one of the two
 //! routes with an id of `[A-Za-z0-9_-]` and a query of plain URI characters, without a body
-//! and without `Connection`, `Expect`, `Upgrade`, `Transfer-Encoding` or `Content-Length`,
-//! whose checks end in a regular file to be answered 200 or 206. At the first request that
+//! (no `Transfer-Encoding`, no `Content-Length`), `Expect` or `Upgrade`, with at most one
+//! `Connection` that is `keep-alive` or `close`, whose checks end in a regular file to be
+//! answered 200 or 206. At the first request that
 //! is anything else — a refusal, a listing, `tail`, a 304 or 416, `HEAD`, HTTP/1.0, whatever
 //! httparse refuses — the connection goes, with every byte read so far, to hyper and the axum
 //! routes for good (`conn.rs`), which answer that request from scratch. So every answer but a
@@ -66,8 +67,15 @@ pub(crate) async fn serve(
                 Next::HandOver => return End::HandOver(input),
                 Next::Reply(reply, consumed) => {
                     input.drain(..consumed);
+                    let close = reply.closes();
                     if let Err(e) = reply.send(stream).await {
                         tracing::debug!("directory server connection ended: {e}");
+                        return End::Closed;
+                    }
+                    if close {
+                        // As hyper: the answer said `connection: close`; what else the
+                        // client sent is not answered.
+                        let _ = stream.shutdown().await;
                         return End::Closed;
                     }
                     continue;
@@ -128,6 +136,8 @@ struct FileRequest<'a> {
     range: Option<Option<&'a str>>,
     if_modified_since: Option<Option<&'a str>>,
     if_none_match: bool,
+    /// `Connection: close`: the answer says so and the connection ends after it.
+    close: bool,
 }
 
 impl<'a> FileRequest<'a> {
@@ -147,7 +157,9 @@ impl<'a> FileRequest<'a> {
             range: None,
             if_modified_since: None,
             if_none_match: false,
+            close: false,
         };
+        let mut connection_headers = 0;
         for header in request.headers.iter() {
             let name = header.name;
             if name.eq_ignore_ascii_case("range") {
@@ -158,15 +170,21 @@ impl<'a> FileRequest<'a> {
                     .get_or_insert(visible_ascii(header.value));
             } else if name.eq_ignore_ascii_case("if-none-match") {
                 asked.if_none_match = true;
-            } else if [
-                "connection",
-                "content-length",
-                "transfer-encoding",
-                "expect",
-                "upgrade",
-            ]
-            .iter()
-            .any(|hyper_s| name.eq_ignore_ascii_case(hyper_s))
+            } else if name.eq_ignore_ascii_case("connection") {
+                // One token, as clients send it; lists and repeats are hyper's to read.
+                connection_headers += 1;
+                let value = visible_ascii(header.value).map(str::trim);
+                match value {
+                    Some(v) if v.eq_ignore_ascii_case("close") => asked.close = true,
+                    Some(v) if v.eq_ignore_ascii_case("keep-alive") => {}
+                    _ => return None,
+                }
+                if connection_headers > 1 {
+                    return None;
+                }
+            } else if ["content-length", "transfer-encoding", "expect", "upgrade"]
+                .iter()
+                .any(|hyper_s| name.eq_ignore_ascii_case(hyper_s))
             {
                 // A body to read, a connection to close or to upgrade: hyper's business.
                 return None;
@@ -221,7 +239,11 @@ impl<'a> FileRequest<'a> {
         if let Range::Partial { start, end } = range {
             let _ = write!(out, "content-range: bytes {start}-{end}/{size}\r\n");
         }
-        let _ = write!(out, "content-length: {length}\r\ndate: ");
+        let _ = write!(out, "content-length: {length}\r\n");
+        if self.close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"date: ");
         push_date(&mut out);
         out.extend_from_slice(b"\r\n\r\n");
 
@@ -231,6 +253,7 @@ impl<'a> FileRequest<'a> {
                 file: opened.file,
                 offset: start,
                 length,
+                close: self.close,
             });
         }
         // Exactly the promised bytes. A file that shrank since its fstat is answered by hyper
@@ -241,7 +264,10 @@ impl<'a> FileRequest<'a> {
             .file
             .read_exact_at(&mut out[head_len..], start)
             .ok()?;
-        Some(Reply::Buffer(out))
+        Some(Reply::Buffer {
+            bytes: out,
+            close: self.close,
+        })
     }
 }
 
@@ -299,25 +325,34 @@ fn push_date(out: &mut Vec<u8>) {
 /// An answer ready to go.
 enum Reply {
     /// Head and body, in one buffer.
-    Buffer(Vec<u8>),
+    Buffer { bytes: Vec<u8>, close: bool },
     /// The head, then `length` bytes of `file` from `offset`.
     Sendfile {
         head: Vec<u8>,
         file: File,
         offset: u64,
         length: u64,
+        close: bool,
     },
 }
 
 impl Reply {
+    /// Whether the connection ends after this answer.
+    fn closes(&self) -> bool {
+        match self {
+            Reply::Buffer { close, .. } | Reply::Sendfile { close, .. } => *close,
+        }
+    }
+
     async fn send(self, stream: &mut TcpStream) -> io::Result<()> {
         match self {
-            Reply::Buffer(bytes) => stream.write_all(&bytes).await,
+            Reply::Buffer { bytes, .. } => stream.write_all(&bytes).await,
             Reply::Sendfile {
                 head,
                 file,
                 mut offset,
                 length,
+                ..
             } => {
                 let stream: &TcpStream = stream;
                 // MSG_MORE keeps the head back until the body's first bytes join it.
@@ -371,6 +406,7 @@ mod tests {
         query: String,
         range: Option<Option<String>>,
         if_none_match: bool,
+        close: bool,
     }
 
     fn head(text: &str) -> Option<Taken> {
@@ -386,6 +422,7 @@ mod tests {
             query: asked.query.to_string(),
             range: asked.range.map(|r| r.map(str::to_string)),
             if_none_match: asked.if_none_match,
+            close: asked.close,
         })
     }
 
@@ -399,9 +436,16 @@ mod tests {
                 id: "a-b_1".into(),
                 query: "path=x&hmac=y".into(),
                 range: None,
-                if_none_match: false
+                if_none_match: false,
+                close: false,
             })
         );
+        for (connection, close) in [("close", true), ("Keep-Alive", false), (" CLOSE ", true)] {
+            let asked = head(&format!(
+                "GET /instance_paths/a?p HTTP/1.1\r\nConnection: {connection}\r\n\r\n"
+            ));
+            assert_eq!(asked.map(|t| t.close), Some(close), "{connection}");
+        }
         let staging = head("GET /staging_tasks/t1/file_path?path=%2Ftmp HTTP/1.1\r\n\r\n");
         assert_eq!(
             staging.map(|t| (t.kind, t.id)),
@@ -429,8 +473,9 @@ mod tests {
             "GET /staging_tasks/t1/file_path/?p HTTP/1.1\r\n\r\n",
             "GET /staging_tasks/t1/other?p HTTP/1.1\r\n\r\n",
             "GET /other/a?p HTTP/1.1\r\n\r\n",
-            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: close\r\n\r\n",
-            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: keep-alive\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: close, keep-alive\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: Upgrade\r\n\r\n",
+            "GET /instance_paths/a?p HTTP/1.1\r\nConnection: close\r\nConnection: close\r\n\r\n",
             "GET /instance_paths/a?p HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
             "GET /instance_paths/a?p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /instance_paths/a?p HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
@@ -476,7 +521,8 @@ mod tests {
         );
 
         let request = get(&signer, "small.txt", "Range: bytes=2-4\r\n");
-        let Next::Reply(Reply::Buffer(bytes), consumed) = next_request(&shared, &request) else {
+        let Next::Reply(Reply::Buffer { bytes, .. }, consumed) = next_request(&shared, &request)
+        else {
             panic!("a small file is answered from a buffer");
         };
         assert_eq!(consumed, request.len());
@@ -527,7 +573,7 @@ mod tests {
                 _
             )
         ));
-        let Next::Reply(Reply::Buffer(bytes), _) =
+        let Next::Reply(Reply::Buffer { bytes, .. }, _) =
             next_request(&shared, &get(&signer, "big.bin", "Range: bytes=-100\r\n"))
         else {
             panic!("a short range is answered from a buffer");
