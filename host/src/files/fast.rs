@@ -350,48 +350,111 @@ impl Reply {
             Reply::Sendfile {
                 head,
                 file,
-                mut offset,
+                offset,
                 length,
                 ..
             } => {
                 let stream: &TcpStream = stream;
                 // MSG_MORE keeps the head back until the body's first bytes join it.
-                let mut sent = 0;
-                while sent < head.len() {
-                    sent += stream
-                        .async_io(Interest::WRITABLE, || {
-                            rustix::net::send(stream, &head[sent..], rustix::net::SendFlags::MORE)
-                                .map_err(io::Error::from)
-                        })
-                        .await?;
-                }
-                let mut left = length;
-                while left > 0 {
-                    let chunk =
-                        usize::try_from(left).map_or(SENDFILE_CHUNK, |l| l.min(SENDFILE_CHUNK));
-                    // `count` caps what is sent at the length promised, however the file grows.
-                    let sent = stream
-                        .async_io(Interest::WRITABLE, || {
-                            rustix::fs::sendfile(stream, &file, Some(&mut offset), chunk)
-                                .map_err(io::Error::from)
-                        })
-                        .await?;
-                    if sent == 0 {
-                        // The file shrank below what `content-length` promised: nothing can
-                        // complete this response, so the connection ends here.
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "file shrank while it was being sent",
-                        ));
-                    }
-                    left -= sent as u64;
-                    // Other connections of this worker get their turn between chunks.
-                    tokio::task::consume_budget().await;
-                }
-                Ok(())
+                send_all(stream, &head, rustix::net::SendFlags::MORE).await?;
+                send_body(stream, &file, offset, length, Transfer::Sendfile).await
             }
         }
     }
+}
+
+/// How a body goes from the file to the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transfer {
+    /// By the kernel, page cache to socket.
+    Sendfile,
+    /// Read here and written back: for a file system that cannot `sendfile`.
+    ReadWrite,
+}
+
+/// Writes all of `bytes`, waiting for room in the socket.
+async fn send_all(
+    stream: &TcpStream,
+    bytes: &[u8],
+    flags: rustix::net::SendFlags,
+) -> io::Result<()> {
+    let mut sent = 0;
+    while sent < bytes.len() {
+        sent += stream
+            .async_io(Interest::WRITABLE, || {
+                rustix::net::send(stream, &bytes[sent..], flags).map_err(io::Error::from)
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Sends exactly `length` bytes of `file` from `offset`, or fails: never more, whatever the
+/// file does meanwhile, and an error when it shrank below that (the connection must then end,
+/// as the response cannot be completed).
+async fn send_body(
+    stream: &TcpStream,
+    file: &File,
+    mut offset: u64,
+    length: u64,
+    mut how: Transfer,
+) -> io::Result<()> {
+    let mut left = length;
+    let mut buffer = Vec::new();
+    while left > 0 {
+        let chunk = usize::try_from(left).map_or(SENDFILE_CHUNK, |l| l.min(SENDFILE_CHUNK));
+        let sent = match how {
+            // `count` caps what is sent at the length promised, however the file grows.
+            Transfer::Sendfile => {
+                let sent = stream
+                    .async_io(Interest::WRITABLE, || {
+                        rustix::fs::sendfile(stream, file, Some(&mut offset), chunk)
+                            .map_err(io::Error::from)
+                    })
+                    .await;
+                match sent {
+                    Ok(sent) => sent,
+                    // Nothing was sent by the failed call; the rest goes the slow way.
+                    Err(e) if unsupported(&e) => {
+                        tracing::debug!("sendfile unsupported here ({e}); copying instead");
+                        how = Transfer::ReadWrite;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Transfer::ReadWrite => {
+                buffer.resize(chunk.min(COPY_CHUNK), 0);
+                let read = file.read_at(&mut buffer, offset)?;
+                send_all(stream, &buffer[..read], rustix::net::SendFlags::empty()).await?;
+                offset += read as u64;
+                read
+            }
+        };
+        if sent == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while it was being sent",
+            ));
+        }
+        left -= sent as u64;
+        // Other connections of this worker get their turn between chunks.
+        tokio::task::consume_budget().await;
+    }
+    Ok(())
+}
+
+/// Read size when a body cannot go by `sendfile`.
+const COPY_CHUNK: usize = 64 * 1024;
+
+/// `sendfile` refused for this file or socket, not failed: copying will do.
+fn unsupported(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(|code| {
+        matches!(
+            rustix::io::Errno::from_raw_os_error(code),
+            rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS | rustix::io::Errno::OPNOTSUPP
+        )
+    })
 }
 
 #[cfg(test)]
@@ -616,6 +679,47 @@ mod tests {
                 matches!(next_request(&shared, &request), Next::HandOver),
                 "{what}"
             );
+        }
+    }
+
+    /// What `send_body` puts on a socket for `length` bytes of `file` from `offset`, and
+    /// whether it succeeded.
+    async fn sent(file: &File, offset: u64, length: u64, how: Transfer) -> (Vec<u8>, bool) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let reader = tokio::spawn(async move {
+            let mut client = TcpStream::connect(address).await.expect("connect");
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read");
+            got
+        });
+        let (stream, _) = listener.accept().await.expect("accept");
+        let ok = send_body(&stream, file, offset, length, how).await.is_ok();
+        drop(stream);
+        (reader.await.expect("reader"), ok)
+    }
+
+    #[tokio::test]
+    async fn bodies_are_exactly_the_asked_bytes_by_either_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("body");
+        let content: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).expect("write");
+        let file = File::open(&path).expect("open");
+        for how in [Transfer::Sendfile, Transfer::ReadWrite] {
+            for (offset, length) in [(0, 600_000), (1, 300_000), (262_143, 70_000), (599_999, 1)] {
+                let (got, ok) = sent(&file, offset, length, how).await;
+                assert!(ok, "{how:?} {offset} {length}");
+                let (start, end) = (offset as usize, (offset + length) as usize);
+                assert!(got == content[start..end], "{how:?} {offset} {length}");
+            }
+            // Asked for more than there is: what there is, then an error.
+            let (got, ok) = sent(&file, 500_000, 200_000, how).await;
+            assert!(!ok, "{how:?}");
+            assert!(got == content[500_000..], "{how:?}");
         }
     }
 
