@@ -1,8 +1,8 @@
 //! Serves one directory as the files of instance `bench` through the directory server and
-//! prints a signed URL for one file in it, then serves until interrupted. `bench/files.sh`
-//! runs it against nginx serving the same file.
+//! prints a signed URL for each file named (one per line, in order), then serves until
+//! interrupted. `bench/files.sh` runs it against nginx serving the same files.
 //!
-//! Usage: `files_server DIR FILE` (FILE relative to DIR).
+//! Usage: `files_server DIR FILE...` (each FILE relative to DIR).
 
 use dea::files::{DirectoryServerConfig, FileRoot, FileRoots, UrlSigner};
 use std::io::Write;
@@ -27,9 +27,13 @@ impl FileRoots for OneInstance {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (Some(dir), Some(file)) = (args.next(), args.next()) else {
-        return Err("usage: files_server DIR FILE".into());
+    let Some(dir) = args.next() else {
+        return Err("usage: files_server DIR FILE...".into());
     };
+    let files: Vec<String> = args.collect();
+    if files.is_empty() {
+        return Err("usage: files_server DIR FILE...".into());
+    }
     let config = DirectoryServerConfig {
         port: 0,
         ..DirectoryServerConfig::default()
@@ -42,7 +46,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await?;
     let base = format!("http://{}", server.local_addr);
-    println!("{}", signer.instance_url(&base, "bench", &file));
+    for file in &files {
+        println!("{}", signer.instance_url(&base, "bench", file));
+    }
     std::io::stdout().flush()?;
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -686,3 +686,5 @@ async fn an_idle_tail_is_cut_off_without_the_final_chunk() {
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
 }
+
+mod fast_path;

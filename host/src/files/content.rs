@@ -71,12 +71,7 @@ impl FileContent {
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
         );
-        // Go ignores modification times at or before the epoch.
-        let modified = self
-            .modified
-            .and_then(|time| Some((time, unix_secs(time)?)))
-            .filter(|&(_, secs)| secs > 0);
-        if let Some((time, secs)) = modified {
+        if let Some((time, secs)) = last_modified(self.modified) {
             if let Ok(value) = HeaderValue::from_str(&httpdate::fmt_http_date(time)) {
                 headers.insert(header::LAST_MODIFIED, value);
             }
@@ -126,22 +121,44 @@ fn unix_secs(time: SystemTime) -> Option<u64> {
     time.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
+/// The modification time to send as `Last-Modified`, with its second; none at or before the
+/// epoch, which Go ignores.
+pub(crate) fn last_modified(modified: Option<SystemTime>) -> Option<(SystemTime, u64)> {
+    modified
+        .and_then(|time| Some((time, unix_secs(time)?)))
+        .filter(|&(_, secs)| secs > 0)
+}
+
 /// `If-Modified-Since` at or after the file's modification second, and no `If-None-Match`
 /// (which would take precedence; this server sends no ETags).
 fn not_modified_since(request: &HeaderMap, modified_secs: u64) -> bool {
-    if request.contains_key(header::IF_NONE_MATCH) {
+    not_modified(
+        request
+            .get(header::IF_MODIFIED_SINCE)
+            .and_then(|v| v.to_str().ok()),
+        request.contains_key(header::IF_NONE_MATCH),
+        modified_secs,
+    )
+}
+
+/// [`not_modified_since`] from the values themselves: the first `If-Modified-Since` (if it is
+/// visible ASCII) and whether any `If-None-Match` came.
+pub(crate) fn not_modified(
+    if_modified_since: Option<&str>,
+    if_none_match: bool,
+    modified_secs: u64,
+) -> bool {
+    if if_none_match {
         return false;
     }
-    request
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
+    if_modified_since
         .and_then(|v| httpdate::parse_http_date(v).ok())
         .and_then(unix_secs)
         .is_some_and(|since| modified_secs <= since)
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Range {
+pub(crate) enum Range {
     Full,
     /// Inclusive byte positions.
     Partial {
@@ -160,11 +177,15 @@ enum Range {
 /// stricter than Go where RFC 9110 is (whitespace inside a range, `bytes=0 - 9`, is malformed
 /// here) and more lenient where it is (a position beyond u64, only digits, is past the end).
 fn requested_range(request: &HeaderMap, size: u64) -> Range {
-    let Some(value) = request
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-    else {
+    range_of(
+        request.get(header::RANGE).and_then(|v| v.to_str().ok()),
+        size,
+    )
+}
+
+/// [`requested_range`] from the first `Range` value itself (if it is visible ASCII).
+pub(crate) fn range_of(value: Option<&str>, size: u64) -> Range {
+    let Some(value) = value.map(str::trim) else {
         return Range::Full;
     };
     // The crate takes the unit in any case; Go and this server answer only `bytes=`, and

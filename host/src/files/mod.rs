@@ -9,6 +9,11 @@
 //! client-visible behaviour. One process means no second hop per request and no window between
 //! checking a path and opening it: the checked descriptor is the one served.
 //!
+//! Plain `GET`s of a file (the bulk of the traffic: logs, droplet files) are answered by a
+//! fast path (`fast.rs`) that runs the same checks, then writes hyper's response head itself
+//! and sends large bodies with `sendfile(2)` from that descriptor; every other request, and the
+//! rest of its connection, goes to hyper and the axum routes (`conn.rs`).
+//!
 //! Routes (all `GET`, query `hmac`, `path`, `timestamp` signed; `tail` and `tail_offset` not):
 //!
 //! * `/instance_paths/<instance_id>`: `path` relative to the instance's home (`/home/vcap` in
@@ -31,7 +36,9 @@
 //! ```
 
 mod config;
+mod conn;
 mod content;
+mod fast;
 mod listing;
 mod resolve;
 mod server;

@@ -15,6 +15,7 @@
 //! with a path-component test instead of a string prefix, and `O_NOFOLLOW` on the final open;
 //! only a swap of an intermediate directory between check and open is not covered there.
 
+use rustix::fd::{AsFd, BorrowedFd};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 use std::ffi::OsStr;
@@ -163,14 +164,78 @@ fn open_openat2(
     relative: &Path,
     scope: Scope,
 ) -> Result<(rustix::fd::OwnedFd, PathBuf), ResolveError> {
-    let root_fd = open_root(root)?;
     let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     if scope == Scope::Staging {
         resolve |= ResolveFlags::NO_SYMLINKS;
     }
-    let fd = rustix::fs::openat2(&root_fd, relative, open_flags(), Mode::empty(), resolve)
-        .map_err(map_errno)?;
+    let fd = with_root(root, |root_fd| {
+        rustix::fs::openat2(root_fd, relative, open_flags(), Mode::empty(), resolve)
+            .map_err(map_errno)
+    })?;
     Ok((fd, root.join(relative)))
+}
+
+/// Most roots whose descriptors a worker thread keeps: few, as they count against the agent's
+/// descriptor limit (the hot roots are the few instances whose logs are being read; a miss
+/// costs one `fstat` more than no cache at all).
+const ROOT_CACHE_ENTRIES: usize = 16;
+
+/// A root's descriptor, and the directory it is (device, inode).
+struct CachedRoot {
+    fd: rustix::fd::OwnedFd,
+    device: u64,
+    inode: u64,
+}
+
+thread_local! {
+    /// Root descriptors of this thread, by the root's path.
+    static ROOTS: std::cell::RefCell<std::collections::HashMap<Vec<u8>, CachedRoot>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Runs `open` with a descriptor of `root`, as if `root` had just been opened.
+///
+/// Opening the root for every request was a tenth of a small file's cost (a `struct file`
+/// made and freed, on top of the path walk). So each thread keeps the root descriptors it
+/// opened, and uses one only while `stat(root)` still names the same directory (device and
+/// inode): a walk of the path without opening anything. An inode number is not reused while
+/// a descriptor holds the inode, so a match is the very directory that opening the path now
+/// would give; a root replaced or removed is opened again (or not found), as before. The
+/// root is the agent's own path (never a tenant's), and what is beneath it is still resolved
+/// by `openat2(RESOLVE_BENEATH)` on every request.
+fn with_root<T>(
+    root: &Path,
+    mut open: impl FnMut(BorrowedFd<'_>) -> Result<T, ResolveError>,
+) -> Result<T, ResolveError> {
+    let now = rustix::fs::stat(root).map_err(map_errno)?;
+    let key = root.as_os_str().as_bytes();
+    let hit = ROOTS.with_borrow(|roots| {
+        roots
+            .get(key)
+            .filter(|c| c.device == now.st_dev && c.inode == now.st_ino)
+            .map(|c| open(c.fd.as_fd()))
+    });
+    if let Some(result) = hit {
+        return result;
+    }
+    let fd = open_root(root)?;
+    // What counts is the directory this descriptor is, whatever the path names by now.
+    let opened = rustix::fs::fstat(&fd).map_err(map_errno)?;
+    let result = open(fd.as_fd());
+    ROOTS.with_borrow_mut(|roots| {
+        if roots.len() >= ROOT_CACHE_ENTRIES && !roots.contains_key(key) {
+            roots.clear();
+        }
+        roots.insert(
+            key.to_vec(),
+            CachedRoot {
+                fd,
+                device: opened.st_dev,
+                inode: opened.st_ino,
+            },
+        );
+    });
+    result
 }
 
 fn open_portable(
@@ -317,6 +382,32 @@ mod tests {
             }
             assert!(matches!(open("/tmp/nope"), Err(ResolveError::NotFound)));
         }
+    }
+
+    #[test]
+    fn a_root_replaced_or_removed_is_seen_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("home");
+        let old = dir.path().join("home.old");
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::write(root.join("f"), "one").expect("write");
+        let open = || open_with(&root, b"f", Scope::Instance, Method::Openat2);
+        // Twice: the second time from this thread's cached descriptor.
+        assert_eq!(read(open()), "one");
+        assert_eq!(read(open()), "one");
+        // The cached descriptor follows the directory; the path now names another one.
+        std::fs::rename(&root, &old).expect("rename");
+        std::fs::create_dir(&root).expect("mkdir");
+        std::fs::write(root.join("f"), "two").expect("write");
+        assert_eq!(read(open()), "two");
+        std::fs::remove_dir_all(&root).expect("remove");
+        assert!(matches!(open(), Err(ResolveError::NotFound)));
+        // The agent's own root path may be a link; it is followed, as `open` did.
+        symlink(&old, &root).expect("symlink");
+        assert_eq!(read(open()), "one");
+        std::fs::remove_file(&root).expect("remove link");
+        std::fs::write(&root, "a file").expect("write");
+        assert!(matches!(open(), Err(ResolveError::NotFound)));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use super::content::{FileContent, server_error};
 use super::resolve::{Opened, ResolveError, Scope, open_under};
-use super::signing::{form_decode, instance_url_path, now, staging_url_path};
+use super::signing::{form_decode_cow, instance_url_path, now, staging_url_path};
 use super::tail::Tail;
 use super::{DirectoryServerConfig, FileRoot, FileRoots, FilesError, UrlSigner};
 use axum::Router;
@@ -11,7 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,10 +44,26 @@ impl Default for ServerSettings {
     }
 }
 
-struct Shared {
+/// What every request needs: the key, the roots, the settings. One per server, shared by the
+/// axum routes and the fast path.
+pub(crate) struct Shared {
     signer: Arc<UrlSigner>,
     roots: Arc<dyn FileRoots>,
     settings: ServerSettings,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        signer: Arc<UrlSigner>,
+        roots: Arc<dyn FileRoots>,
+        settings: ServerSettings,
+    ) -> Shared {
+        Shared {
+            signer,
+            roots,
+            settings,
+        }
+    }
 }
 
 /// The directory server's routes, ready to serve (or to test without a socket).
@@ -56,14 +72,14 @@ pub fn router(
     roots: Arc<dyn FileRoots>,
     settings: ServerSettings,
 ) -> Router {
+    routes(Arc::new(Shared::new(signer, roots, settings)))
+}
+
+fn routes(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/instance_paths/{instance_id}", get(instance_file))
         .route("/staging_tasks/{task_id}/file_path", get(staging_file))
-        .with_state(Arc::new(Shared {
-            signer,
-            roots,
-            settings,
-        }))
+        .with_state(shared)
 }
 
 /// A running directory server. Dropping it stops it; [`DirectoryServer::shutdown`] lets
@@ -82,7 +98,7 @@ pub struct DirectoryServer {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
+pub(crate) enum Stop {
     Running,
     Graceful,
     Abort,
@@ -128,6 +144,10 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener
 
 /// Binds `config.listen:config.port` and serves [`router`] there on worker threads.
 ///
+/// Each connection starts on the fast path (`fast.rs`), which answers plain GETs of files
+/// itself; at the first request it does not take, the connection goes to hyper and these
+/// routes for good (`conn.rs`).
+///
 /// `config.enabled` is the caller's business: this always serves. The caller also writes the
 /// key file ([`super::write_key_file`]) so the operator CLI can sign URLs for this server.
 pub async fn serve(
@@ -153,11 +173,17 @@ pub async fn serve(
     for _ in 1..count {
         listeners.push(reuseport_listener(local_addr).map_err(bind_error)?);
     }
-    let app = router(signer, roots, ServerSettings::from_config(config));
+    let shared = Arc::new(Shared::new(
+        signer,
+        roots,
+        ServerSettings::from_config(config),
+    ));
+    let app = routes(shared.clone());
     let (stop, stopped) = tokio::sync::watch::channel(Stop::Running);
     let mut workers = Vec::new();
     for (index, listener) in listeners.into_iter().enumerate() {
         let app = app.clone();
+        let shared = shared.clone();
         let mut stopped = stopped.clone();
         let worker = std::thread::Builder::new()
             .name(format!("dea-files-{index}"))
@@ -177,22 +203,9 @@ pub async fn serve(
                         tracing::error!("directory server worker could not adopt its socket");
                         return;
                     };
-                    // Tail chunks are small and should leave at once.
-                    let listener = listener.tap_io(|tcp| {
-                        if let Err(e) = tcp.set_nodelay(true) {
-                            tracing::debug!("TCP_NODELAY on a directory server connection: {e}");
-                        }
-                    });
-                    let mut graceful = stopped.clone();
-                    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-                        let _ = graceful.wait_for(|s| *s != Stop::Running).await;
-                    });
+                    let server = super::conn::accept_loop(listener, shared, app, stopped.clone());
                     tokio::select! {
-                        result = server => {
-                            if let Err(e) = result {
-                                tracing::error!("directory server stopped: {e}");
-                            }
-                        }
+                        () = server => {}
                         // Leaving block_on drops the runtime and every connection with it.
                         _ = stopped.wait_for(|s| *s == Stop::Abort) => {}
                     }
@@ -208,8 +221,8 @@ pub async fn serve(
     })
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Kind {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
     Instance,
     StagingTask,
 }
@@ -233,28 +246,23 @@ async fn staging_file(
 }
 
 /// The query parameters, form-decoded (`+` is a space), the last of a repeated key winning as
-/// in Rack.
+/// in Rack. Values borrow from the query unless they had to be decoded.
 #[derive(Default)]
-struct Params {
-    hmac: Option<Vec<u8>>,
-    path: Option<Vec<u8>>,
-    timestamp: Option<Vec<u8>>,
-    tail: bool,
-    tail_offset: Option<Vec<u8>>,
+pub(crate) struct Params<'q> {
+    hmac: Option<Cow<'q, [u8]>>,
+    path: Option<Cow<'q, [u8]>>,
+    timestamp: Option<Cow<'q, [u8]>>,
+    pub(crate) tail: bool,
+    tail_offset: Option<Cow<'q, [u8]>>,
 }
 
-impl Params {
-    fn parse(query: &str) -> Params {
+impl<'q> Params<'q> {
+    pub(crate) fn parse(query: &'q str) -> Params<'q> {
         let mut params = Params::default();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = form_decode(value);
-            let key = if key.contains(['%', '+']) {
-                std::borrow::Cow::Owned(form_decode(key))
-            } else {
-                std::borrow::Cow::Borrowed(key.as_bytes())
-            };
-            match key.as_ref() {
+            let value = form_decode_cow(value);
+            match form_decode_cow(key).as_ref() {
                 b"hmac" => params.hmac = Some(value),
                 b"path" => params.path = Some(value),
                 b"timestamp" => params.timestamp = Some(value),
@@ -267,14 +275,65 @@ impl Params {
     }
 }
 
-async fn handle(
+/// Why a request gets no file: each variant is one of the DEA's answers
+/// ([`Refusal::into_response`]), decided by [`check`] in the DEA's order.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// Required parameters missing (Grape's message, e.g. `hmac is missing, path is missing`).
+    Missing(String),
+    InvalidTimestamp,
+    InvalidHmac,
+    Expired,
+    Unknown(Kind),
+    Unavailable(Kind),
+    NotAccessible,
+    NotFound,
+    Io(std::io::Error),
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::Missing(message) => json_error(StatusCode::BAD_REQUEST, &message),
+            Refusal::InvalidTimestamp => {
+                json_error(StatusCode::BAD_REQUEST, "timestamp is invalid")
+            }
+            Refusal::InvalidHmac => json_error(StatusCode::UNAUTHORIZED, "Invalid HMAC"),
+            Refusal::Expired => json_error(StatusCode::BAD_REQUEST, "Url expired"),
+            Refusal::Unknown(Kind::Instance) => {
+                json_error(StatusCode::NOT_FOUND, "Unknown instance")
+            }
+            Refusal::Unknown(Kind::StagingTask) => {
+                json_error(StatusCode::NOT_FOUND, "Unknown staging task")
+            }
+            Refusal::Unavailable(Kind::Instance) => {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "Instance unavailable")
+            }
+            Refusal::Unavailable(Kind::StagingTask) => {
+                json_error(StatusCode::SERVICE_UNAVAILABLE, "Staging task unavailable")
+            }
+            Refusal::NotAccessible => json_error(StatusCode::FORBIDDEN, "Not accessible"),
+            // The Go server's answer; the Ruby file API alone said 404 `{"error":"Entity not
+            // found"}`, but clients only ever saw the Go server's 400.
+            Refusal::NotFound => entity_not_found(),
+            Refusal::Io(e) => server_error(&e.to_string()),
+        }
+    }
+}
+
+/// The DEA file API's checks, in its order: parameters, timestamp shape, HMAC, expiry, the
+/// instance or task, then the path, opened beneath the root. The fast path and the axum
+/// handlers both run exactly this, so they refuse and serve the same requests.
+///
+/// Opening, fstat and reading a small file run on the async worker: they hit the page cache
+/// in practice, and a hop to the blocking pool costs more than the work itself (it halved
+/// throughput in bench/files.sh).
+pub(crate) fn check(
     shared: &Shared,
     kind: Kind,
     id: &str,
-    query: Option<String>,
-    request: &HeaderMap,
-) -> Response {
-    let params = Params::parse(query.as_deref().unwrap_or(""));
+    params: &Params<'_>,
+) -> Result<Opened, Refusal> {
     // Grape's parameter validation came before the handler: all three are required and the
     // timestamp is an integer.
     let (Some(hmac), Some(path), Some(timestamp)) = (&params.hmac, &params.path, &params.timestamp)
@@ -288,13 +347,13 @@ async fn handle(
         .filter(|(_, missing)| *missing)
         .map(|(name, _)| format!("{name} is missing"))
         .collect();
-        return json_error(StatusCode::BAD_REQUEST, &missing.join(", "));
+        return Err(Refusal::Missing(missing.join(", ")));
     };
     let Some(timestamp_value) = std::str::from_utf8(timestamp)
         .ok()
         .and_then(|t| t.parse::<i64>().ok())
     else {
-        return json_error(StatusCode::BAD_REQUEST, "timestamp is invalid");
+        return Err(Refusal::InvalidTimestamp);
     };
 
     let url_path = match kind {
@@ -303,53 +362,51 @@ async fn handle(
     };
     if !shared.signer.verify_bytes(&url_path, path, timestamp, hmac) {
         tracing::debug!(%url_path, "file request with an invalid HMAC");
-        return json_error(StatusCode::UNAUTHORIZED, "Invalid HMAC");
+        return Err(Refusal::InvalidHmac);
     }
     // Future timestamps are fine, as in the DEA.
     let age = i128::from(now()) - i128::from(timestamp_value);
     if age > i128::from(shared.settings.url_lifetime.as_secs()) {
-        return json_error(StatusCode::BAD_REQUEST, "Url expired");
+        return Err(Refusal::Expired);
     }
 
     let (root, scope) = match kind {
         Kind::Instance => (shared.roots.instance(id), Scope::Instance),
         Kind::StagingTask => (shared.roots.staging_task(id), Scope::Staging),
     };
-    let root = match (root, kind) {
-        (FileRoot::Dir(root), _) => root,
-        (FileRoot::Unknown, Kind::Instance) => {
-            return json_error(StatusCode::NOT_FOUND, "Unknown instance");
-        }
-        (FileRoot::Unknown, Kind::StagingTask) => {
-            return json_error(StatusCode::NOT_FOUND, "Unknown staging task");
-        }
-        (FileRoot::Unavailable, Kind::Instance) => {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Instance unavailable");
-        }
-        (FileRoot::Unavailable, Kind::StagingTask) => {
-            return json_error(StatusCode::SERVICE_UNAVAILABLE, "Staging task unavailable");
-        }
+    let root = match root {
+        FileRoot::Dir(root) => root,
+        FileRoot::Unknown => return Err(Refusal::Unknown(kind)),
+        FileRoot::Unavailable => return Err(Refusal::Unavailable(kind)),
     };
-
-    // Opening, fstat and reading a small file run right here on the async worker: they hit the
-    // page cache in practice, and a hop to the blocking pool costs more than the work itself
-    // (it halved throughput in bench/files.sh). What can take long — listing a directory,
-    // streaming a large file — goes to the blocking pool.
-    let opened = match open_under(&root, path, scope) {
-        Ok(opened) => opened,
-        Err(ResolveError::NotAccessible) => {
+    open_under(&root, path, scope).map_err(|e| match e {
+        ResolveError::NotAccessible => {
             tracing::debug!(
                 %url_path,
                 path = %String::from_utf8_lossy(path),
                 "file request refused: not accessible"
             );
-            return json_error(StatusCode::FORBIDDEN, "Not accessible");
+            Refusal::NotAccessible
         }
-        // The Go server's answer; the Ruby file API alone said 404 `{"error":"Entity not
-        // found"}`, but clients only ever saw the Go server's 400.
-        Err(ResolveError::NotFound) => return entity_not_found(),
-        Err(ResolveError::Io(e)) => return server_error(&e.to_string()),
+        ResolveError::NotFound => Refusal::NotFound,
+        ResolveError::Io(e) => Refusal::Io(e),
+    })
+}
+
+async fn handle(
+    shared: &Shared,
+    kind: Kind,
+    id: &str,
+    query: Option<String>,
+    request: &HeaderMap,
+) -> Response {
+    let params = Params::parse(query.as_deref().unwrap_or(""));
+    let opened = match check(shared, kind, id, &params) {
+        Ok(opened) => opened,
+        Err(refusal) => return refusal.into_response(),
     };
+    // What can take long — listing a directory, streaming a large file — goes to the
+    // blocking pool.
     if opened.metadata.is_dir() {
         let listing = tokio::task::spawn_blocking(move || super::listing::list(&opened.file)).await;
         return match listing {

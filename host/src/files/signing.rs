@@ -177,7 +177,18 @@ fn form_encode_with(bytes: &[u8], mut sink: impl FnMut(&[u8])) {
 /// that crate keeps private and only offers as lossy UTF-8: a Linux path is bytes, and a byte
 /// lost to U+FFFD would make the signed path differ from the one opened.
 pub fn form_decode(text: &str) -> Vec<u8> {
-    percent_encoding::percent_decode(text.replace('+', " ").as_bytes()).collect()
+    form_decode_cow(text).into_owned()
+}
+
+/// [`form_decode`] without a copy when there is nothing to decode (a hex HMAC, a timestamp,
+/// a key): the text's own bytes.
+pub(crate) fn form_decode_cow(text: &str) -> std::borrow::Cow<'_, [u8]> {
+    if !text.contains(['%', '+']) {
+        return std::borrow::Cow::Borrowed(text.as_bytes());
+    }
+    percent_encoding::percent_decode(text.replace('+', " ").as_bytes())
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// Seconds since the Unix epoch.
