@@ -242,3 +242,168 @@ fn append_header(
     header.set_cksum();
     gz.write_all(header.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+    use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::os::unix::fs::symlink;
+
+    /// What an entry is, as a test compares trees: kind, mode bits, and content or target.
+    fn listing(root: &Path) -> BTreeMap<PathBuf, (&'static str, u32, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                let meta = fs::symlink_metadata(&path).expect("lstat");
+                let rel = path.strip_prefix(root).expect("inside").to_path_buf();
+                let mode = meta.permissions().mode() & 0o7777;
+                let item = if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&path).expect("readlink");
+                    ("link", 0, target.as_os_str().as_bytes().to_vec())
+                } else if meta.is_dir() {
+                    stack.push(path.clone());
+                    ("dir", mode, Vec::new())
+                } else {
+                    ("file", mode, fs::read(&path).expect("read"))
+                };
+                out.insert(rel, item);
+            }
+        }
+        out
+    }
+
+    /// Text that takes several compression blocks, and noise that is stored.
+    fn contents() -> (Vec<u8>, Vec<u8>) {
+        let text = b"fn main() { println!(\"{}\", value.request); }\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(3 * super::super::gzip::BLOCK_SIZE + 777)
+            .collect();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let noise = (0..200_000)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        (text, noise)
+    }
+
+    #[test]
+    fn a_tree_packs_exactly_as_gnu_tar_reads_it_back() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let tree = base.path().join("tree");
+        let (text, noise) = contents();
+        let long = "n".repeat(150);
+        fs::create_dir_all(tree.join("app/a/b")).expect("dirs");
+        fs::write(tree.join("app/empty"), b"").expect("empty");
+        fs::write(tree.join("app/record"), vec![b'r'; 512]).expect("record");
+        fs::write(tree.join("app/a/text.js"), &text).expect("text");
+        fs::write(tree.join("app/a/b/noise.woff2"), &noise).expect("noise");
+        fs::write(tree.join("app/a").join(&long), b"long name").expect("long");
+        fs::write(
+            tree.join("app").join(OsStr::from_bytes(b"caf\xe9")),
+            b"latin-1",
+        )
+        .expect("bytes");
+        fs::write(base.path().join("secret"), b"not in the droplet").expect("secret");
+        symlink("empty", tree.join("app/inside")).expect("link");
+        symlink(format!("a/{long}"), tree.join("app/long-target")).expect("link");
+        symlink("../../secret", tree.join("app/outside")).expect("link");
+        symlink("missing", tree.join("app/dangling")).expect("link");
+        fs::set_permissions(
+            tree.join("app/a/text.js"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        fs::set_permissions(tree.join("app/a/b"), fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+
+        let dest = base.path().join("out/droplet.tgz");
+        let packed = pack_tree(&tree, &dest, 6, 3).expect("packs");
+        let bytes = fs::read(&dest).expect("droplet");
+        assert_eq!(packed.size, bytes.len() as u64);
+        assert_eq!(packed.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
+        assert_eq!(packed.sha1, hex::encode(sha1::Sha1::digest(&bytes)));
+        // The stored noise costs a few bytes, the text next to nothing.
+        assert!(bytes.len() < noise.len() + 20_000, "{}", bytes.len());
+
+        // Names as `tar czf droplet.tgz .` gives them: `./` first, parents before children.
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes.as_slice()));
+        let names: Vec<Vec<u8>> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry").path_bytes().into_owned())
+            .collect();
+        assert_eq!(names[0], b"./");
+        assert_eq!(names[1], b"./app/");
+        assert!(names.contains(&format!("./app/a/{long}").into_bytes()));
+
+        let out = base.path().join("unpacked");
+        fs::create_dir(&out).expect("out");
+        let status = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(&dest)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .expect("tar runs");
+        assert!(status.success(), "GNU tar reads the droplet");
+        assert_eq!(listing(&out), listing(&tree));
+    }
+
+    #[test]
+    fn caps_and_special_files_refuse_the_pack_and_leave_nothing() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let tree = base.path().join("tree");
+        fs::create_dir_all(tree.join("app")).expect("dirs");
+        for name in ["one", "two"] {
+            fs::write(tree.join("app").join(name), vec![b'x'; 600 << 10]).expect("file");
+        }
+        let out = base.path().join("out");
+        let dest = out.join("droplet.tgz");
+        let limits = PackLimits {
+            max_bytes: 1 << 20,
+            ..PackLimits::default()
+        };
+        let error = pack_tree_limited(&tree, &dest, 6, 2, limits).expect_err("too large");
+        assert!(
+            matches!(error, PackError::TooLarge { limit_mb: 1 }),
+            "{error}"
+        );
+
+        let few = PackLimits {
+            walk: WalkLimits {
+                max_entries: 2,
+                ..WalkLimits::default()
+            },
+            ..PackLimits::default()
+        };
+        let error = pack_tree_limited(&tree, &dest, 6, 2, few).expect_err("too many");
+        assert!(
+            matches!(error, PackError::Tree(TenantFsError::TooManyEntries { .. })),
+            "{error}"
+        );
+
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            tree.join("app/fifo"),
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )
+        .expect("mkfifo");
+        let error = pack_tree(&tree, &dest, 6, 2).expect_err("fifo");
+        assert!(
+            matches!(error, PackError::Special { kind: "FIFO", .. }),
+            "{error}"
+        );
+        let left: Vec<_> = fs::read_dir(&out).expect("out").collect();
+        assert!(left.is_empty(), "a partial droplet was left: {left:?}");
+    }
+}

@@ -17,7 +17,7 @@ pub use error::{CfErrorType, FAILURE_LINE_PREFIX, SetupError, StagingError, fail
 
 use crate::buildpack::runners::Runners;
 use crate::buildpack::wasm::WasmRuntime;
-use crate::buildpack::{Buildpack, BuildpackKind, BuildpackSet};
+use crate::buildpack::{Buildpack, BuildpackSet};
 use crate::config::Config;
 use crate::droplet::{self, PackedDroplet, StagingInfo, UnpackLimits};
 use crate::fetch::FetchService;
@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use workspace::{MemoryCaps, Workspace};
+use workspace::Workspace;
 
 /// Largest Procfile, buildpack `export` file or `VERSION` the agent reads from a tenant.
 const MAX_SMALL_FILE: u64 = 1 << 20;
@@ -147,7 +147,12 @@ impl Stager {
     pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
         let limit = self.config.staging.max_staging_duration_secs;
         let deadline = Instant::now() + Duration::from_secs(limit);
-        let memory = self.memory_caps(&request);
+        let memory = workspace::memory_caps(
+            &self.config,
+            &self.buildpacks,
+            &request,
+            self.walk_limits(deadline),
+        );
         let workspace = Workspace::create(&self.config.staging_dir(), memory)?;
         tracing::debug!(
             workspace = %workspace.path().display(),
@@ -159,36 +164,6 @@ impl Stager {
         // without following links, however deep, off the async workers.
         workspace.remove().await;
         result
-    }
-
-    /// Caps for a workspace whose droplet tree is kept in memory (see [`workspace`]), when
-    /// every buildpack that could run for `request` is a wasm one: what the largest droplet
-    /// packed here and its log may hold.
-    fn memory_caps(&self, request: &StagingRequest) -> Option<MemoryCaps> {
-        let is_wasm = |bp: &Buildpack| matches!(bp.kind, BuildpackKind::Wasm { .. });
-        let candidates: Vec<&Buildpack> = match &request.candidates {
-            Some(list) => list.iter().collect(),
-            None => self.buildpacks.iter().collect(),
-        };
-        // A named buildpack may be any directory or archive: only a wasm candidate's id is
-        // known to name a wasm buildpack before it is looked up.
-        let named_wasm = request.buildpacks.iter().all(|name| {
-            candidates
-                .iter()
-                .copied()
-                .chain(self.buildpacks.iter())
-                .find(|bp| bp.id == *name)
-                .is_some_and(is_wasm)
-        });
-        if !(named_wasm && candidates.iter().all(|bp| is_wasm(bp))) {
-            return None;
-        }
-        let staging = &self.config.staging;
-        let limits = self.walk_limits(Instant::now());
-        Some(MemoryCaps {
-            bytes: (self.config.instances.max_droplet_mb + staging.max_log_mb) << 20,
-            inodes: limits.max_entries.saturating_add(1024),
-        })
     }
 
     async fn stage_in(

@@ -16,12 +16,16 @@
 //! disk-backed page cache, tmpfs pages cannot be written back and reclaimed. Otherwise (or
 //! when the mount fails) the workspace is on disk, as before.
 //!
-//! How much: the mount is capped at the largest droplet the agent packs plus the staging log
-//! (a staged tree past that could not be packed anyway), in bytes and inodes, so a buildpack
-//! cannot fill the machine's memory. A workspace is named after the agent's process id, so
+//! How much: the mount is capped, in bytes and inodes, so a buildpack cannot fill the
+//! machine's memory: room for the largest app source accepted, the largest droplet packed
+//! and the staging log. So whatever the disk workspace could turn into a droplet still fits,
+//! and a source or droplet too large fails with its own error (not "no space left"). A workspace is named after the agent's process id, so
 //! that a later agent can unmount the tmpfs of one that died (a crash skips the removal).
 
-use crate::tenant_fs::{self, TenantDir};
+use super::StagingRequest;
+use crate::buildpack::{Buildpack, BuildpackKind, BuildpackSet};
+use crate::config::Config;
+use crate::tenant_fs::{self, TenantDir, WalkLimits};
 use nix::mount::{MntFlags, MsFlags};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -31,6 +35,45 @@ use std::path::{Path, PathBuf};
 pub(super) struct MemoryCaps {
     pub bytes: u64,
     pub inodes: u64,
+}
+
+/// Caps for an in-memory workspace for `request`, when every buildpack that could run for
+/// it is a wasm one (see the module's doc); `None` keeps it on disk. `walk` is what the
+/// staged tree is packed within.
+pub(super) fn memory_caps(
+    config: &Config,
+    installed: &BuildpackSet,
+    request: &StagingRequest,
+    walk: WalkLimits,
+) -> Option<MemoryCaps> {
+    let is_wasm = |bp: &Buildpack| matches!(bp.kind, BuildpackKind::Wasm { .. });
+    let candidates: Vec<&Buildpack> = match &request.candidates {
+        Some(list) => list.iter().collect(),
+        None => installed.iter().collect(),
+    };
+    // A named buildpack may be any directory or archive: only a wasm candidate's or
+    // installed buildpack's id is known to name a wasm buildpack before it is looked up.
+    let named_wasm = request.buildpacks.iter().all(|name| {
+        candidates
+            .iter()
+            .copied()
+            .chain(installed.iter())
+            .find(|bp| bp.id == *name)
+            .is_some_and(is_wasm)
+    });
+    if !(named_wasm && candidates.iter().all(|bp| is_wasm(bp))) {
+        return None;
+    }
+    let mb = config.staging.max_app_size_mb
+        + config.instances.max_droplet_mb
+        + config.staging.max_log_mb;
+    Some(MemoryCaps {
+        bytes: mb << 20,
+        inodes: walk
+            .max_entries
+            .saturating_add(config.staging.max_app_files)
+            .saturating_add(1024),
+    })
 }
 
 /// A staging's private directory, removed with [`Workspace::remove`].
@@ -199,6 +242,60 @@ mod tests {
         bytes: 4 << 20,
         inodes: 64,
     };
+
+    fn buildpack(id: &str, wasm: bool) -> Buildpack {
+        Buildpack {
+            id: id.into(),
+            name: id.into(),
+            version: "1".into(),
+            description: String::new(),
+            dir: PathBuf::from("/nonexistent"),
+            kind: if wasm {
+                BuildpackKind::Wasm {
+                    component: PathBuf::from("/nonexistent/buildpack.wasm"),
+                }
+            } else {
+                BuildpackKind::Classic {
+                    mode: crate::buildpack::classic::ClassicMode::Heroku,
+                }
+            },
+            fetch_allow: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn memory_only_when_every_buildpack_that_could_run_is_wasm() {
+        let config = Config::default();
+        let walk = WalkLimits::default();
+        let wasm_only = BuildpackSet::from_list(vec![buildpack("a", true), buildpack("b", true)]);
+        let mixed = BuildpackSet::from_list(vec![buildpack("a", true), buildpack("c", false)]);
+        let request = StagingRequest::new("app", "out.tgz");
+        let caps = memory_caps(&config, &wasm_only, &request, walk).expect("wasm only");
+        let mb = config.staging.max_app_size_mb
+            + config.instances.max_droplet_mb
+            + config.staging.max_log_mb;
+        assert_eq!(caps.bytes, mb << 20);
+        assert!(caps.inodes > walk.max_entries);
+        assert!(memory_caps(&config, &mixed, &request, walk).is_none());
+
+        // A controller's candidates decide, not what is installed.
+        let mut offered = StagingRequest::new("app", "out.tgz");
+        offered.candidates = Some(vec![buildpack("c", false)]);
+        assert!(memory_caps(&config, &wasm_only, &offered, walk).is_none());
+        offered.candidates = Some(vec![buildpack("a", true)]);
+        assert!(memory_caps(&config, &mixed, &offered, walk).is_some());
+
+        // Named buildpacks: a wasm id, a classic id, or a path nobody knows yet.
+        let mut named = StagingRequest::new("app", "out.tgz");
+        named.buildpacks = vec!["b".into()];
+        assert!(memory_caps(&config, &wasm_only, &named, walk).is_some());
+        named.buildpacks = vec!["c".into()];
+        named.candidates = Some(vec![buildpack("a", true)]);
+        assert!(memory_caps(&config, &mixed, &named, walk).is_none());
+        named.buildpacks = vec!["/some/dir".into()];
+        assert!(memory_caps(&config, &wasm_only, &named, walk).is_none());
+    }
 
     #[tokio::test]
     async fn an_in_memory_workspace_is_capped_and_goes_whole() {
