@@ -176,10 +176,12 @@ pub(super) fn remove_stale(staging_dir: &Path) {
     let mut stale = Vec::new();
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name().to_string_lossy().into_owned();
+        // `task-<pid>-<random>`: older workspaces (`task-<random>`) are not named after a
+        // process, so nothing says they are stale.
         let Some(pid) = name
             .strip_prefix("task-")
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
         else {
             continue;
         };
@@ -352,6 +354,7 @@ mod tests {
         // And one of a live process (this one) and one not named after a process.
         let live = Workspace::create(base.path(), Some(CAPS)).expect("live");
         std::fs::create_dir_all(base.path().join("task-other/staged")).expect("other");
+        std::fs::create_dir_all(base.path().join("task-4999999")).expect("old format");
         remove_stale(base.path());
         assert!(!is_tmpfs(&stale.join("staged")) || !stale.exists());
         for _ in 0..100 {
@@ -363,6 +366,7 @@ mod tests {
         assert!(!stale.exists(), "stale workspace left");
         assert!(is_tmpfs(&live.staged()), "a live workspace was touched");
         assert!(base.path().join("task-other").exists());
+        assert!(base.path().join("task-4999999").exists());
         live.remove().await;
     }
 }
