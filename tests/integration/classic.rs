@@ -467,3 +467,58 @@ async fn seccomp_refuses_namespaces_mounts_and_kernel_interfaces() {
     );
     assert_eq!(report(&out, "probed.txt").trim(), "probe");
 }
+
+#[tokio::test]
+async fn a_classic_compile_that_rewrites_the_app_is_packed_as_it_left_it() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![classic_buildpack("rewriter")],
+    );
+    let app = base.path().join("app");
+    write_app(
+        &app,
+        &[
+            ("rewrite-me", ""),
+            ("modified.txt", "original\n"),
+            ("deleted.txt", "to be deleted"),
+            ("replaced.txt", "to be replaced"),
+            ("keep/untouched.js", &"let kept = true;\n".repeat(100_000)),
+        ],
+    );
+    let before = tree_listing(&app);
+    let out = base.path().join("droplet.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert!(log.contains("Rewrote the app"), "{log}");
+
+    let unpacked = base.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("unpacked");
+    untar_droplet(&out, &unpacked);
+    let packed = tree_listing(&unpacked.join("app"));
+    assert_eq!(
+        packed.get(Path::new("modified.txt")),
+        Some(&("file", 0o750, b"original\nchanged by compile\n".to_vec()))
+    );
+    assert!(!packed.contains_key(Path::new("deleted.txt")), "{packed:?}");
+    assert_eq!(
+        packed.get(Path::new("replaced.txt")),
+        Some(&("link", 0, b"modified.txt".to_vec()))
+    );
+    assert_eq!(
+        packed.get(Path::new("added/link")),
+        Some(&("link", 0, b"../modified.txt".to_vec()))
+    );
+    assert_eq!(
+        packed
+            .get(Path::new("added/file.txt"))
+            .map(|(_, _, c)| c.as_slice()),
+        Some(&b"added by compile"[..])
+    );
+    assert_eq!(
+        packed.get(Path::new("keep/untouched.js")),
+        before.get(Path::new("keep/untouched.js"))
+    );
+    // The source is untouched.
+    assert_eq!(tree_listing(&app), before);
+}

@@ -2,6 +2,7 @@
 
 use dea::staging::StagingError;
 use dea_tests::*;
+use std::path::Path;
 
 fn info(droplet: &std::path::Path) -> serde_yaml_ng::Value {
     let text = droplet_file(droplet, "./staging_info.yml").expect("staging_info.yml in droplet");
@@ -316,4 +317,147 @@ async fn node_download_with_wrong_checksum_or_outside_allowlist_fails() {
         message.contains("denied") && message.contains(upstream),
         "{message}"
     );
+}
+
+/// `len` bytes of noise, the same every run (incompressible: packed as stored members).
+fn noise(len: usize) -> Vec<u8> {
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..len)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_compile_that_rewrites_the_app_is_packed_as_it_left_it() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), vec![buildpack("hostile")]);
+    let app = base.path().join("app");
+    write_app(
+        &app,
+        &[
+            ("hostile", ""),
+            ("modified.txt", "original\n"),
+            ("deleted.txt", "to be deleted"),
+            ("replaced.txt", "to be replaced"),
+            ("keep/untouched.js", &"let kept = true;\n".repeat(100_000)),
+        ],
+    );
+    std::fs::write(app.join("keep/asset.bin"), noise(3 << 20)).expect("asset");
+    let before = tree_listing(&app);
+    let out = base.path().join("droplet.tgz");
+    let mut req = request(&app, &out);
+    req.env = vec![
+        ("HOSTILE".into(), "rewrite-app".into()),
+        ("HOSTILE_PHASE".into(), "compile".into()),
+    ];
+    let (result, log) = stage(&stager, req).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+
+    let unpacked = base.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("unpacked");
+    untar_droplet(&out, &unpacked);
+    let packed = tree_listing(&unpacked.join("app"));
+    let content = |name: &str| packed.get(Path::new(name)).map(|(_, _, c)| c.clone());
+    assert_eq!(
+        content("modified.txt").as_deref(),
+        Some(&b"original\nchanged by compile\n"[..])
+    );
+    assert!(!packed.contains_key(Path::new("deleted.txt")), "{packed:?}");
+    assert_eq!(
+        packed
+            .get(Path::new("replaced.txt"))
+            .map(|(kind, ..)| *kind),
+        Some("dir")
+    );
+    assert_eq!(
+        content("replaced.txt/inside").as_deref(),
+        Some(&b"a directory now"[..])
+    );
+    assert_eq!(
+        content("added.txt").as_deref(),
+        Some(&b"added by compile"[..])
+    );
+    // What the compile left alone is packed byte for byte, mode for mode.
+    for name in ["keep/untouched.js", "keep/asset.bin", "hostile"] {
+        assert_eq!(
+            packed.get(Path::new(name)),
+            before.get(Path::new(name)),
+            "{name}"
+        );
+    }
+    // The source itself is untouched, and nothing is left mounted or on disk.
+    assert_eq!(tree_listing(&app), before);
+    assert!(mounts_beneath(base.path()).is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(base.path().join("staging"))
+        .expect("staging dir")
+        .collect();
+    assert!(leftovers.is_empty(), "workspace left: {leftovers:?}");
+}
+
+#[tokio::test]
+async fn links_in_a_source_directory_are_packed_as_links_never_followed() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let stager = stager(test_config(base.path()), default_buildpacks());
+    let app = base.path().join("app");
+    write_app(
+        &app,
+        &[
+            ("Procfile", "web: ./run\n"),
+            ("run", "#!/bin/sh\n"),
+            ("lib/real.txt", "real"),
+        ],
+    );
+    std::os::unix::fs::symlink("lib/real.txt", app.join("inside")).expect("link");
+    std::os::unix::fs::symlink("lib", app.join("dir-link")).expect("link");
+    let out = base.path().join("droplet.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let unpacked = base.path().join("unpacked");
+    std::fs::create_dir(&unpacked).expect("unpacked");
+    untar_droplet(&out, &unpacked);
+    let packed = tree_listing(&unpacked.join("app"));
+    assert_eq!(
+        packed.get(Path::new("inside")),
+        Some(&("link", 0, b"lib/real.txt".to_vec()))
+    );
+    assert_eq!(
+        packed.get(Path::new("dir-link")),
+        Some(&("link", 0, b"lib".to_vec()))
+    );
+    assert!(!packed.contains_key(Path::new("dir-link/real.txt")));
+
+    // A link out of the app is refused, and what it points at reaches no droplet.
+    std::fs::write(base.path().join("secret"), "s3cret").expect("secret");
+    std::os::unix::fs::symlink("../secret", app.join("leak")).expect("link");
+    let out = base.path().join("leak.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    let error = result.expect_err("a link out of the app");
+    assert!(error.to_string().contains("leak"), "{error}\n{log}");
+    assert!(!out.exists());
+    assert!(mounts_beneath(base.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_staged_app_past_the_droplet_cap_fails_with_its_own_error() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut config = test_config(base.path());
+    config.instances.max_droplet_mb = 1;
+    let stager = stager(config, default_buildpacks());
+    let app = base.path().join("app");
+    write_app(&app, &[("Procfile", "web: ./run\n")]);
+    std::fs::write(app.join("big.bin"), noise(2 << 20)).expect("big");
+    let out = base.path().join("droplet.tgz");
+    let (result, log) = stage(&stager, request(&app, &out)).await;
+    let error = result.expect_err("larger than a droplet may be");
+    assert!(
+        error.to_string().contains("more than the limit of 1 MiB"),
+        "{error}\n{log}"
+    );
+    assert!(!out.exists());
+    assert!(mounts_beneath(base.path()).is_empty());
 }

@@ -162,6 +162,66 @@ pub fn droplet_mode(path: &Path, name: &str) -> Option<u32> {
         .and_then(|e| e.header().mode().ok())
 }
 
+/// Unpacks a droplet with GNU tar (what an operator or Cloud Foundry's DEA would use) into
+/// `dest`, which must exist.
+pub fn untar_droplet(droplet: &Path, dest: &Path) {
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(droplet)
+        .arg("-C")
+        .arg(dest)
+        .status()
+        .expect("tar runs");
+    assert!(
+        status.success(),
+        "tar xzf cannot read {}",
+        droplet.display()
+    );
+}
+
+/// What a tree holds, for comparing two: each path beneath `root` with its kind
+/// (`file`, `dir`, `link`), permission bits (none for links) and content or link target.
+/// Links are never followed.
+pub fn tree_listing(
+    root: &Path,
+) -> std::collections::BTreeMap<PathBuf, (&'static str, u32, Vec<u8>)> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            let rel = path.strip_prefix(root).expect("inside").to_path_buf();
+            let mode = meta.permissions().mode() & 0o7777;
+            let item = if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).expect("readlink");
+                ("link", 0, target.as_os_str().as_bytes().to_vec())
+            } else if meta.is_dir() {
+                stack.push(path.clone());
+                ("dir", mode, Vec::new())
+            } else {
+                ("file", mode, std::fs::read(&path).expect("read"))
+            };
+            out.insert(rel, item);
+        }
+    }
+    out
+}
+
+/// Whether any mount lies beneath `dir` (a staging's tmpfs left behind, say).
+pub fn mounts_beneath(dir: &Path) -> Vec<String> {
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| Path::new(point).starts_with(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
 /// A file server on 127.0.0.1 that counts requests per path: a [`ScriptedServer`] whose
 /// every route answers with a body.
 pub type FileServer = ScriptedServer;

@@ -2,6 +2,7 @@
 //! `logs/staging_task.log`, `tmp/`, `staging_info.yml`), and the safe unpacking of the
 //! untrusted sources they are made from.
 
+mod gzip;
 pub mod pack;
 pub mod staging_info;
 pub mod unpack;

@@ -1,27 +1,19 @@
 //! Packing a staged tree into a droplet: a gzip'd tar with `./`-relative entries, written
 //! atomically, with its SHA-1 and SHA-256.
 //!
-//! Compression is the expensive part, so the tar stream is cut into blocks that worker
-//! threads compress in parallel, each as its own gzip member (RFC 1952 allows several; `gzip`,
-//! `tar xzf` and Cloud Foundry's DEA read them as one stream). The output is written to a
-//! temporary file beside the destination and renamed into place only when complete and
-//! synced, so no reader ever sees half a droplet.
+//! The tar stream is written straight into the blocks that [`ParallelGz`] compresses on
+//! several threads: headers come from the `tar` crate, and each file's bytes are read from
+//! its descriptor into the block being filled (one `fstat` per file, reads as large as the
+//! block allows). The output is written to a temporary file beside the destination and
+//! renamed into place only when complete and synced, so no reader ever sees half a droplet.
 
+use super::gzip::ParallelGz;
 use crate::tenant_fs::{Flow, Kind, Meta, TenantDir, TenantFsError, WalkLimits};
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use sha1::Sha1;
-use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Read;
+use std::fs;
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
-
-/// Size of the tar blocks compressed independently.
-const BLOCK_SIZE: usize = 1 << 20;
 
 /// Why a droplet could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -103,31 +95,25 @@ pub fn pack_tree_limited(
     let output = temp.as_file().try_clone().map_err(write_err)?;
 
     let mut gz = ParallelGz::new(output, level, threads.max(1));
-    let walk_result = {
-        let mut builder = tar::Builder::new(&mut gz);
-        builder.mode(tar::HeaderMode::Complete);
-        let result = append_root(&mut builder, &root)
-            .and_then(|()| append_tree(&mut builder, &root, limits));
-        result.and_then(|()| {
-            builder.finish().map_err(|source| PackError::Write {
-                path: dest.to_path_buf(),
-                source,
-            })
-        })
-    };
+    let walk_result = append_root(&mut gz, &root)
+        .and_then(|()| append_tree(&mut gz, &root, limits))
+        .and_then(|()| {
+            // The end of the archive: two zero records, as `tar` writes it.
+            gz.write_all(&[0u8; 1024]).map_err(write_err)
+        });
     // Always join the workers, even when walking failed.
     let finished = gz.finish();
     walk_result?;
-    let (size, sha1, sha256) = finished.map_err(write_err)?;
+    let written = finished.map_err(write_err)?;
     temp.as_file().sync_all().map_err(write_err)?;
     let mode = fs::Permissions::from_mode(0o644);
     fs::set_permissions(temp.path(), mode).map_err(write_err)?;
     temp.persist(dest).map_err(|e| write_err(e.error))?;
     Ok(PackedDroplet {
         path: dest.to_path_buf(),
-        size,
-        sha1,
-        sha256,
+        size: written.size,
+        sha1: written.sha1,
+        sha256: written.sha256,
     })
 }
 
@@ -144,7 +130,7 @@ fn header_for(meta: &Meta, kind: tar::EntryType, size: u64) -> tar::Header {
 }
 
 /// The `./` entry `tar czf droplet.tgz .` starts with.
-fn append_root<W: Write>(builder: &mut tar::Builder<W>, root: &TenantDir) -> Result<(), PackError> {
+fn append_root(gz: &mut ParallelGz, root: &TenantDir) -> Result<(), PackError> {
     let read_err = |source| PackError::Read {
         path: root.path().to_path_buf(),
         source,
@@ -152,224 +138,272 @@ fn append_root<W: Write>(builder: &mut tar::Builder<W>, root: &TenantDir) -> Res
     let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| read_err(e.into()))?;
     let meta = Meta::of(&stat);
     let header = header_for(&meta, tar::EntryType::Directory, 0);
-    append_named(builder, header, "./", None, io::empty()).map_err(read_err)
+    append_header(gz, header, b"./", None).map_err(read_err)
 }
 
 /// Appends every entry beneath `root`, parents first and names sorted so that equal trees
 /// give equal droplets. The walk is iterative and capped (see [`PackLimits`]); files are
-/// opened through their directory's descriptor, never through a link.
-fn append_tree<W: Write>(
-    builder: &mut tar::Builder<W>,
-    root: &TenantDir,
-    limits: PackLimits,
-) -> Result<(), PackError> {
+/// opened through their directory's descriptor, never through a link, and what is packed
+/// is what that descriptor's `fstat` says (kind, size, mode, owner, time).
+fn append_tree(gz: &mut ParallelGz, root: &TenantDir, limits: PackLimits) -> Result<(), PackError> {
     let mut total = 0u64;
+    let mut name = Vec::with_capacity(256);
     root.walk(limits.walk, true, |entry| {
-        let path = root.path().join(entry.rel);
+        let path = || root.path().join(entry.rel);
         let read_err = |source| PackError::Read {
-            path: path.clone(),
+            path: path(),
             source,
         };
-        let entry_name = format!("./{}", entry.rel.to_string_lossy());
+        // Names are bytes, as the file system has them (not necessarily UTF-8).
+        name.clear();
+        name.extend_from_slice(b"./");
+        name.extend_from_slice(entry.rel.as_os_str().as_bytes());
         match entry.meta.kind {
             Kind::Dir => {
+                name.push(b'/');
                 let header = header_for(&entry.meta, tar::EntryType::Directory, 0);
-                append_named(
-                    builder,
-                    header,
-                    &format!("{entry_name}/"),
-                    None,
-                    io::empty(),
-                )
-                .map_err(read_err)?;
+                append_header(gz, header, &name, None).map_err(read_err)?;
             }
             Kind::File => {
-                let file = entry.open_file()?;
-                let size = file.metadata().map_err(read_err)?.len();
-                total = total.saturating_add(size);
+                let (mut file, meta) = entry.open_file_meta()?;
+                total = total.saturating_add(meta.size);
                 if total > limits.max_bytes {
                     return Err(PackError::TooLarge {
                         limit_mb: limits.max_bytes >> 20,
                     });
                 }
-                let header = header_for(&entry.meta, tar::EntryType::Regular, size);
-                append_named(builder, header, &entry_name, None, file.take(size))
-                    .map_err(read_err)?;
+                let header = header_for(&meta, tar::EntryType::Regular, meta.size);
+                append_header(gz, header, &name, None).map_err(read_err)?;
+                gz.fill_from(&mut file, meta.size).map_err(read_err)?;
+                pad(gz, meta.size).map_err(read_err)?;
             }
             Kind::Symlink => {
                 let target = entry.read_link()?;
                 let header = header_for(&entry.meta, tar::EntryType::Symlink, 0);
-                let target = target.to_string_lossy().into_owned();
-                append_named(builder, header, &entry_name, Some(&target), io::empty())
+                append_header(gz, header, &name, Some(target.as_os_str().as_bytes()))
                     .map_err(read_err)?;
             }
-            Kind::Special(kind) => return Err(PackError::Special { path, kind }),
+            Kind::Special(kind) => return Err(PackError::Special { path: path(), kind }),
         }
         Ok(Flow::Descend)
     })
 }
 
-/// Appends an entry with its name exactly as given (the `tar` crate's path setters drop the
-/// leading `./` that Cloud Foundry droplets carry). Names or link targets that do not fit the
-/// 100-byte header fields go in GNU long-name records, as GNU tar writes them.
-fn append_named<W: Write>(
-    builder: &mut tar::Builder<W>,
+/// Zeros up to the next 512-byte record after `len` bytes of data.
+fn pad(gz: &mut ParallelGz, len: u64) -> io::Result<()> {
+    let rest = (len % 512) as usize;
+    if rest == 0 {
+        return Ok(());
+    }
+    gz.write_all(&[0u8; 512][rest..])
+}
+
+/// Writes an entry's header with its name exactly as given (the `tar` crate's path setters
+/// drop the leading `./` that Cloud Foundry droplets carry). Names or link targets that do
+/// not fit the 100-byte header fields go in GNU long-name records first, as GNU tar writes
+/// them. The entry's data, if any, follows.
+fn append_header(
+    gz: &mut ParallelGz,
     mut header: tar::Header,
-    name: &str,
-    link: Option<&str>,
-    data: impl io::Read,
+    name: &[u8],
+    link: Option<&[u8]>,
 ) -> io::Result<()> {
     const FIELD: usize = 100;
-    let long_record = |kind: tar::EntryType, value: &str| {
+    let mut long_record = |kind: tar::EntryType, value: &[u8]| -> io::Result<()> {
         let mut record = tar::Header::new_gnu();
         let marker = b"././@LongLink";
         record.as_old_mut().name[..marker.len()].copy_from_slice(marker);
         record.set_mode(0o644);
         record.set_entry_type(kind);
-        record.set_size(value.len() as u64 + 1);
+        let len = value.len() as u64 + 1;
+        record.set_size(len);
         record.set_cksum();
-        record
+        gz.write_all(record.as_bytes())?;
+        gz.write_all(value)?;
+        gz.write_all(b"\0")?;
+        pad(gz, len)
     };
     if name.len() > FIELD {
-        let record = long_record(tar::EntryType::GNULongName, name);
-        builder.append(&record, [name.as_bytes(), b"\0"].concat().as_slice())?;
+        long_record(tar::EntryType::GNULongName, name)?;
     }
     if let Some(link) = link {
         header.set_entry_type(tar::EntryType::Symlink);
         if link.len() > FIELD {
-            let record = long_record(tar::EntryType::GNULongLink, link);
-            builder.append(&record, [link.as_bytes(), b"\0"].concat().as_slice())?;
+            long_record(tar::EntryType::GNULongLink, link)?;
         }
         let field = &mut header.as_old_mut().linkname;
         let n = link.len().min(FIELD);
-        field[..n].copy_from_slice(&link.as_bytes()[..n]);
+        field[..n].copy_from_slice(&link[..n]);
     }
     let field = &mut header.as_old_mut().name;
     let n = name.len().min(FIELD);
     field.fill(0);
-    field[..n].copy_from_slice(&name.as_bytes()[..n]);
+    field[..n].copy_from_slice(&name[..n]);
     header.set_cksum();
-    builder.append(&header, data)
+    gz.write_all(header.as_bytes())
 }
 
-/// A `Write` that gzips in parallel: full blocks go to worker threads; a writer thread puts
-/// the compressed members back in order and hashes them on the way to the file.
-struct ParallelGz {
-    buffer: Vec<u8>,
-    next_seq: u64,
-    jobs: Option<crossbeam_channel::Sender<(u64, Vec<u8>)>>,
-    workers: Vec<std::thread::JoinHandle<()>>,
-    writer: Option<std::thread::JoinHandle<io::Result<(u64, String, String)>>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+    use std::collections::BTreeMap;
+    use std::ffi::OsStr;
+    use std::os::unix::fs::symlink;
 
-impl ParallelGz {
-    fn new(mut output: File, level: u32, threads: usize) -> ParallelGz {
-        // Many workers take from one queue: a multi-consumer channel, bounded so a fast tar
-        // walk cannot queue the whole droplet in memory.
-        let (job_tx, job_rx) = crossbeam_channel::bounded::<(u64, Vec<u8>)>(threads * 2);
-        let (done_tx, done_rx) = mpsc::channel::<(u64, io::Result<Vec<u8>>)>();
-        let workers = (0..threads)
+    /// What an entry is, as a test compares trees: kind, mode bits, and content or target.
+    fn listing(root: &Path) -> BTreeMap<PathBuf, (&'static str, u32, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            for entry in fs::read_dir(&dir).expect("read_dir") {
+                let path = entry.expect("entry").path();
+                let meta = fs::symlink_metadata(&path).expect("lstat");
+                let rel = path.strip_prefix(root).expect("inside").to_path_buf();
+                let mode = meta.permissions().mode() & 0o7777;
+                let item = if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&path).expect("readlink");
+                    ("link", 0, target.as_os_str().as_bytes().to_vec())
+                } else if meta.is_dir() {
+                    stack.push(path.clone());
+                    ("dir", mode, Vec::new())
+                } else {
+                    ("file", mode, fs::read(&path).expect("read"))
+                };
+                out.insert(rel, item);
+            }
+        }
+        out
+    }
+
+    /// Text that takes several compression blocks, and noise that is stored.
+    fn contents() -> (Vec<u8>, Vec<u8>) {
+        let text = b"fn main() { println!(\"{}\", value.request); }\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(3 * super::super::gzip::BLOCK_SIZE + 777)
+            .collect();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let noise = (0..200_000)
             .map(|_| {
-                let job_rx = job_rx.clone();
-                let done_tx = done_tx.clone();
-                std::thread::spawn(move || {
-                    while let Ok((seq, block)) = job_rx.recv() {
-                        let mut encoder = GzEncoder::new(
-                            Vec::with_capacity(block.len() / 2),
-                            Compression::new(level.min(9)),
-                        );
-                        let compressed = encoder.write_all(&block).and_then(|()| encoder.finish());
-                        if done_tx.send((seq, compressed)).is_err() {
-                            return;
-                        }
-                    }
-                })
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
             })
             .collect();
-        drop(done_tx);
-        let writer = std::thread::spawn(move || {
-            let mut pending = BTreeMap::new();
-            let mut next = 0u64;
-            let mut size = 0u64;
-            let mut sha1 = Sha1::new();
-            let mut sha256 = Sha256::new();
-            let mut out = io::BufWriter::with_capacity(1 << 20, &mut output);
-            for (seq, compressed) in done_rx {
-                pending.insert(seq, compressed?);
-                while let Some(block) = pending.remove(&next) {
-                    sha1.update(&block);
-                    sha256.update(&block);
-                    size += block.len() as u64;
-                    out.write_all(&block)?;
-                    next += 1;
-                }
-            }
-            if !pending.is_empty() {
-                return Err(io::Error::other("a compression worker stopped early"));
-            }
-            out.flush()?;
-            Ok((
-                size,
-                hex::encode(sha1.finalize()),
-                hex::encode(sha256.finalize()),
-            ))
-        });
-        ParallelGz {
-            buffer: Vec::with_capacity(BLOCK_SIZE),
-            next_seq: 0,
-            jobs: Some(job_tx),
-            workers,
-            writer: Some(writer),
-        }
+        (text, noise)
     }
 
-    fn dispatch(&mut self) -> io::Result<()> {
-        if self.buffer.is_empty() && self.next_seq > 0 {
-            return Ok(());
-        }
-        let block = std::mem::replace(&mut self.buffer, Vec::with_capacity(BLOCK_SIZE));
-        let jobs = self
-            .jobs
-            .as_ref()
-            .ok_or_else(|| io::Error::other("droplet writer already finished"))?;
-        jobs.send((self.next_seq, block))
-            .map_err(|_| io::Error::other("droplet compression stopped"))?;
-        self.next_seq += 1;
-        Ok(())
+    #[test]
+    fn a_tree_packs_exactly_as_gnu_tar_reads_it_back() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let tree = base.path().join("tree");
+        let (text, noise) = contents();
+        let long = "n".repeat(150);
+        fs::create_dir_all(tree.join("app/a/b")).expect("dirs");
+        fs::write(tree.join("app/empty"), b"").expect("empty");
+        fs::write(tree.join("app/record"), vec![b'r'; 512]).expect("record");
+        fs::write(tree.join("app/a/text.js"), &text).expect("text");
+        fs::write(tree.join("app/a/b/noise.woff2"), &noise).expect("noise");
+        fs::write(tree.join("app/a").join(&long), b"long name").expect("long");
+        fs::write(
+            tree.join("app").join(OsStr::from_bytes(b"caf\xe9")),
+            b"latin-1",
+        )
+        .expect("bytes");
+        fs::write(base.path().join("secret"), b"not in the droplet").expect("secret");
+        symlink("empty", tree.join("app/inside")).expect("link");
+        symlink(format!("a/{long}"), tree.join("app/long-target")).expect("link");
+        symlink("../../secret", tree.join("app/outside")).expect("link");
+        symlink("missing", tree.join("app/dangling")).expect("link");
+        fs::set_permissions(
+            tree.join("app/a/text.js"),
+            fs::Permissions::from_mode(0o755),
+        )
+        .expect("chmod");
+        fs::set_permissions(tree.join("app/a/b"), fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+
+        let dest = base.path().join("out/droplet.tgz");
+        let packed = pack_tree(&tree, &dest, 6, 3).expect("packs");
+        let bytes = fs::read(&dest).expect("droplet");
+        assert_eq!(packed.size, bytes.len() as u64);
+        assert_eq!(packed.sha256, hex::encode(sha2::Sha256::digest(&bytes)));
+        assert_eq!(packed.sha1, hex::encode(sha1::Sha1::digest(&bytes)));
+        // The stored noise costs a few bytes, the text next to nothing.
+        assert!(bytes.len() < noise.len() + 20_000, "{}", bytes.len());
+
+        // Names as `tar czf droplet.tgz .` gives them: `./` first, parents before children.
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes.as_slice()));
+        let names: Vec<Vec<u8>> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| e.expect("entry").path_bytes().into_owned())
+            .collect();
+        assert_eq!(names[0], b"./");
+        assert_eq!(names[1], b"./app/");
+        assert!(names.contains(&format!("./app/a/{long}").into_bytes()));
+
+        let out = base.path().join("unpacked");
+        fs::create_dir(&out).expect("out");
+        let status = std::process::Command::new("tar")
+            .arg("-xzf")
+            .arg(&dest)
+            .arg("-C")
+            .arg(&out)
+            .status()
+            .expect("tar runs");
+        assert!(status.success(), "GNU tar reads the droplet");
+        assert_eq!(listing(&out), listing(&tree));
     }
 
-    /// Flushes the last block and waits for everything to reach the file.
-    fn finish(mut self) -> io::Result<(u64, String, String)> {
-        let dispatched = self.dispatch();
-        self.jobs = None;
-        for worker in self.workers.drain(..) {
-            let _ = worker.join();
+    #[test]
+    fn caps_and_special_files_refuse_the_pack_and_leave_nothing() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let tree = base.path().join("tree");
+        fs::create_dir_all(tree.join("app")).expect("dirs");
+        for name in ["one", "two"] {
+            fs::write(tree.join("app").join(name), vec![b'x'; 600 << 10]).expect("file");
         }
-        let written = match self.writer.take().map(|w| w.join()) {
-            Some(Ok(result)) => result,
-            _ => Err(io::Error::other("droplet writer thread failed")),
+        let out = base.path().join("out");
+        let dest = out.join("droplet.tgz");
+        let limits = PackLimits {
+            max_bytes: 1 << 20,
+            ..PackLimits::default()
         };
-        dispatched?;
-        written
-    }
-}
+        let error = pack_tree_limited(&tree, &dest, 6, 2, limits).expect_err("too large");
+        assert!(
+            matches!(error, PackError::TooLarge { limit_mb: 1 }),
+            "{error}"
+        );
 
-impl Write for ParallelGz {
-    fn write(&mut self, mut data: &[u8]) -> io::Result<usize> {
-        let total = data.len();
-        while !data.is_empty() {
-            let room = BLOCK_SIZE - self.buffer.len();
-            let take = room.min(data.len());
-            self.buffer.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.buffer.len() == BLOCK_SIZE {
-                self.dispatch()?;
-            }
-        }
-        Ok(total)
-    }
+        let few = PackLimits {
+            walk: WalkLimits {
+                max_entries: 2,
+                ..WalkLimits::default()
+            },
+            ..PackLimits::default()
+        };
+        let error = pack_tree_limited(&tree, &dest, 6, 2, few).expect_err("too many");
+        assert!(
+            matches!(error, PackError::Tree(TenantFsError::TooManyEntries { .. })),
+            "{error}"
+        );
 
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            tree.join("app/fifo"),
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )
+        .expect("mkfifo");
+        let error = pack_tree(&tree, &dest, 6, 2).expect_err("fifo");
+        assert!(
+            matches!(error, PackError::Special { kind: "FIFO", .. }),
+            "{error}"
+        );
+        let left: Vec<_> = fs::read_dir(&out).expect("out").collect();
+        assert!(left.is_empty(), "a partial droplet was left: {left:?}");
     }
 }

@@ -10,6 +10,7 @@
 mod error;
 pub mod procfile;
 pub mod remote;
+mod workspace;
 
 pub use crate::phase::{LogWatcher, StagingLog};
 pub use error::{CfErrorType, FAILURE_LINE_PREFIX, SetupError, StagingError, failure_line};
@@ -29,6 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use workspace::Workspace;
 
 /// Largest Procfile, buildpack `export` file or `VERSION` the agent reads from a tenant.
 const MAX_SMALL_FILE: u64 = 1 << 20;
@@ -102,6 +104,7 @@ impl Stager {
             config.base_dir = absolute;
         }
         crate::netns::remove_stale();
+        workspace::remove_stale(&config.staging_dir());
         let runners = Runners::new(&config, wasm, fetch);
         Stager {
             config,
@@ -144,15 +147,22 @@ impl Stager {
     pub async fn stage(&self, request: StagingRequest) -> Result<Staged, StagingError> {
         let limit = self.config.staging.max_staging_duration_secs;
         let deadline = Instant::now() + Duration::from_secs(limit);
-        std::fs::create_dir_all(self.config.staging_dir())?;
-        let workspace = tempfile::Builder::new()
-            .prefix("task-")
-            .tempdir_in(self.config.staging_dir())?
-            .keep();
-        let result = self.stage_in(&workspace, request, deadline).await;
+        let memory = workspace::memory_caps(
+            &self.config,
+            &self.buildpacks,
+            &request,
+            self.walk_limits(deadline),
+        );
+        let workspace = Workspace::create(&self.config.staging_dir(), memory)?;
+        tracing::debug!(
+            workspace = %workspace.path().display(),
+            in_memory = workspace.in_memory(),
+            "staging"
+        );
+        let result = self.stage_in(workspace.path(), request, deadline).await;
         // Buildpacks wrote into the workspace, so it goes the way every tenant tree goes:
         // without following links, however deep, off the async workers.
-        tenant_fs::remove_tree_off_thread(workspace).await;
+        workspace.remove().await;
         result
     }
 

@@ -497,16 +497,21 @@ fn map_open_error(path: PathBuf, errno: Errno, links: Links) -> TenantFsError {
 
 /// The descriptor as a `File`, if it is a regular file.
 fn regular_file(fd: OwnedFd, path: &Path) -> Result<File, TenantFsError> {
+    regular_file_meta(fd, path).map(|(file, _)| file)
+}
+
+/// [`regular_file`] with the descriptor's `fstat`.
+fn regular_file_meta(fd: OwnedFd, path: &Path) -> Result<(File, Meta), TenantFsError> {
     let stat = rustix::fs::fstat(&fd).map_err(|e| TenantFsError::io(path.to_path_buf(), e))?;
-    let kind = Meta::of(&stat).kind;
-    if kind != Kind::File {
+    let meta = Meta::of(&stat);
+    if meta.kind != Kind::File {
         return Err(TenantFsError::WrongKind {
             path: path.to_path_buf(),
-            kind: kind.name(),
+            kind: meta.kind.name(),
             expected: "regular file",
         });
     }
-    Ok(File::from(fd))
+    Ok((File::from(fd), meta))
 }
 
 /// Reads all of `file`, refusing more than `limit` bytes.

@@ -4,7 +4,7 @@
 
 use super::{
     DIR_FLAGS, Kind, Links, Meta, TenantDir, TenantFsError, WalkLimits, map_open_error,
-    regular_file, set_mode,
+    regular_file_meta, set_mode,
 };
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
@@ -38,6 +38,13 @@ pub struct Entry<'a> {
 impl Entry<'_> {
     /// Opens this entry for reading: regular files only, no link followed.
     pub fn open_file(&self) -> Result<File, TenantFsError> {
+        self.open_file_meta().map(|(file, _)| file)
+    }
+
+    /// [`Entry::open_file`], with what the open descriptor's `fstat` says about the file:
+    /// the one `fstat` the open needs anyway, and the file as it is now rather than as the
+    /// walk listed it.
+    pub fn open_file_meta(&self) -> Result<(File, Meta), TenantFsError> {
         let path = self.root.host_path(self.rel);
         let fd = rustix::fs::openat(
             self.parent,
@@ -46,7 +53,7 @@ impl Entry<'_> {
             Mode::empty(),
         )
         .map_err(|e| map_open_error(path.clone(), e, Links::Refuse))?;
-        regular_file(fd, &path)
+        regular_file_meta(fd, &path)
     }
 
     /// The target of this symbolic link, as stored.

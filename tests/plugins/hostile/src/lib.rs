@@ -2,7 +2,9 @@
 //!
 //! `HOSTILE` (from the app's environment) picks the misbehaviour and `HOSTILE_PHASE` the phase
 //! it happens in (default `detect`): `loop`, `sleep`, `memory`, `escape`, `output`, `log`,
-//! `trap`, `exit`, `write-app` (write into the read-only app dir), `fetch-denied`.
+//! `trap`, `exit`, `write-app` (write into the read-only app dir), `fetch-denied`, and
+//! `rewrite-app` (what a compile may do to the app it was given: change `modified.txt` in
+//! place, delete `deleted.txt`, put a directory where `replaced.txt` was, add `added.txt`).
 
 use dea_sdk::{Buildpack, Context, Detection, Error, Release, log};
 use std::hint::black_box;
@@ -75,6 +77,19 @@ fn misbehave(ctx: &Context, phase: &str) -> Result<(), Error> {
         "exit" => std::process::exit(3),
         "write-app" => {
             std::fs::write("/app/written-by-detect", b"x")?;
+            Ok(())
+        }
+        "rewrite-app" => {
+            use std::io::Write;
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open("/app/modified.txt")?
+                .write_all(b"changed by compile\n")?;
+            std::fs::remove_file("/app/deleted.txt")?;
+            std::fs::remove_file("/app/replaced.txt")?;
+            std::fs::create_dir("/app/replaced.txt")?;
+            std::fs::write("/app/replaced.txt/inside", b"a directory now")?;
+            std::fs::write("/app/added.txt", b"added by compile")?;
             Ok(())
         }
         "fetch-denied" => {
