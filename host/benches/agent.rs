@@ -18,6 +18,8 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod support;
+
 type BoxError = Box<dyn std::error::Error>;
 
 fn main() {
@@ -325,7 +327,7 @@ async fn serve_memory(
 async fn settled_rss(pid: u32) -> f64 {
     let mut samples = Vec::new();
     for _ in 0..120 {
-        samples.push(rss_of(pid));
+        samples.push(support::rss_mb(&pid.to_string()));
         if samples.len() >= 5 {
             let last = &samples[samples.len() - 5..];
             let (low, high) = last
@@ -338,19 +340,6 @@ async fn settled_rss(pid: u32) -> f64 {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     samples.last().copied().unwrap_or(0.0)
-}
-
-/// Resident set of process `pid`, in MB (0 when it is gone).
-fn rss_of(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Median of `runs` timings of `f`, after one warm-up call.

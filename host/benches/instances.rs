@@ -18,6 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 type BoxError = Box<dyn std::error::Error>;
 
 /// nginx in the foreground, one process, everything it writes under /tmp (the container's
@@ -52,7 +54,7 @@ fn run() -> Result<(), BoxError> {
     std::fs::create_dir_all(staged.join("app"))?;
     std::fs::write(staged.join("app/index.html"), "<h1>bench</h1>\n")?;
     std::fs::write(staged.join("app/nginx.conf"), NGINX_CONF)?;
-    std::fs::write(staged.join("app/ballast.bin"), noise(10 << 20))?;
+    std::fs::write(staged.join("app/ballast.bin"), support::noise(10 << 20))?;
     std::fs::write(
         staged.join("staging_info.yml"),
         format!("detected_buildpack: staticfile\nstart_command: '{START}'\n"),
@@ -145,14 +147,14 @@ fn run() -> Result<(), BoxError> {
         total / bare
     );
 
-    let rss_before = rss_mb();
+    let rss_before = support::rss_mb("self");
     let started = Instant::now();
     let infos = runtime.block_on(async {
         let starts = (0..50).map(|_| manager.start(request(32)));
         futures_util::future::join_all(starts).await
     });
     let elapsed = started.elapsed();
-    let rss_after = rss_mb();
+    let rss_after = support::rss_mb("self");
     let running = infos
         .iter()
         .filter(|i| matches!(i, Ok(info) if info.state == InstanceState::Running))
@@ -224,30 +226,6 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-fn noise(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut seed: u64 = 0x2545f4914f6cdd1d;
-    for chunk in out.chunks_mut(8) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(0.0, |kb| kb / 1024.0)
 }

@@ -25,6 +25,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod support;
+
 const BUILDPACKS: usize = 32;
 
 fn main() {
@@ -200,19 +202,6 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
         bash_time.as_secs_f64() / wasm_time.as_secs_f64()
     );
     Ok(())
-}
-
-/// `len` incompressible bytes (xorshift), the same every run.
-fn noise(len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    let mut seed: u64 = 0x2545f4914f6cdd1d;
-    for chunk in out.chunks_mut(8) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
-    }
-    out
 }
 
 fn ms(d: Duration) -> f64 {
@@ -429,7 +418,7 @@ fn fetch_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
     use dea::fetch::FetchGrant;
     let runtime = tokio::runtime::Runtime::new()?;
     // 50 MB of incompressible bytes served from memory on 127.0.0.1.
-    let body = bytes::Bytes::from(noise(50 << 20));
+    let body = bytes::Bytes::from(support::noise(50 << 20));
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let port = listener.local_addr()?.port();
     let served = body.clone();
