@@ -129,13 +129,22 @@ impl Workspace {
     /// it), the rest the way every tenant tree goes, without following links, off the async
     /// workers.
     pub(super) async fn remove(self) {
-        if self.in_memory
-            && let Err(error) = unmount(&self.staged())
-        {
-            tracing::warn!(
-                "unmounting staging workspace {}: {error}",
-                self.root.display()
-            );
+        if self.in_memory {
+            // Freeing a tree of thousands of files takes tens of milliseconds: blocking
+            // work, off the async workers.
+            let staged = self.staged();
+            let unmounted = tokio::task::spawn_blocking(move || unmount(&staged)).await;
+            match unmounted {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    "unmounting staging workspace {}: {error}",
+                    self.root.display()
+                ),
+                Err(error) => tracing::warn!(
+                    "unmounting staging workspace {}: {error}",
+                    self.root.display()
+                ),
+            }
         }
         tenant_fs::remove_tree_off_thread(self.root).await;
     }
