@@ -187,6 +187,8 @@ for size in "${sizes[@]}"; do
         'BEGIN { printf "  %-6s  %10.0f %10.0f %6.2f   %10.0f %10.0f %6.2f   %6.2f   >= %.2f (best %s, paired %s)\n",
                  s, ob, nb, ob / nb, om, nm, om / nm, pm, g, (ob / nb >= g) ? "met" : "NOT met",
                  (pm >= g) ? "met" : "NOT met" }'
+    # One line for bench/all's table: the median of each round's own ratio.
+    echo "bench-result|directory server vs nginx, ${label[$size]} (req/s, median)|$om|$nm|$pm|>= ${goal[$size]}" >> "$tmp/results"
 done
 echo "server CPU per request, us (ratio = nginx / dea, so above 1 means dea needs less):"
 printf '  %-6s  %10s %10s %6s   %10s %10s %6s\n' size "dea least" "nginx least" ratio \
@@ -198,3 +200,4 @@ for size in "${sizes[@]}"; do
         'BEGIN { printf "  %-6s  %10.1f %10.1f %6.2f   %10.1f %10.1f %6.2f\n",
                  s, ol, nl, nl / ol, om, nm, nm / om }'
 done
+[ -f "$tmp/results" ] && cat "$tmp/results"
