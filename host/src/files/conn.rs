@@ -6,8 +6,8 @@
 //! once every connection is gone. [`Stop::Abort`] is the worker's business (it drops the
 //! runtime).
 
+use super::check::{Shared, Stop};
 use super::fast;
-use super::server::{Shared, Stop};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;

@@ -20,8 +20,8 @@
 //! file's 200 and 206 is still hyper's, and those two are written here as hyper writes them
 //! (`tests/integration/files.rs` compares the bytes of both).
 
+use super::check::{Kind, Params, Shared, Stop, check};
 use super::content::{self, Range, content_type};
-use super::server::{Kind, Params, Shared, Stop, check};
 use std::fs::File;
 use std::io;
 use std::io::Write as _;
@@ -569,7 +569,7 @@ mod tests {
 
     #[test]
     fn answers_files_and_leaves_everything_else_to_hyper() {
-        use crate::files::server::ServerSettings;
+        use crate::files::check::ServerSettings;
         use std::sync::Arc;
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("small.txt"), "0123456789").expect("write");

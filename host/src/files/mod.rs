@@ -35,6 +35,7 @@
 //! # drop((server, url)); Ok(()) }
 //! ```
 
+mod check;
 mod config;
 mod conn;
 mod content;
@@ -45,8 +46,9 @@ mod server;
 mod signing;
 mod tail;
 
+pub use check::ServerSettings;
 pub use config::DirectoryServerConfig;
-pub use server::{DirectoryServer, ServerSettings, router, serve};
+pub use server::{DirectoryServer, router, serve};
 pub use signing::{
     UrlSigner, form_decode, form_encode, key_file_path, read_key_file, write_key_file,
 };
