@@ -3,8 +3,8 @@
 
 use super::classic::ClassicLimits;
 use super::classic::runner::ClassicRuntime;
-use super::wasm::WasmRuntime;
-use super::wasm::runner::WasmRunner;
+use super::wasm::runner::{DetectTurn, Shared, WasmRunner};
+use super::wasm::{SharedApp, WasmRuntime};
 use super::{Buildpack, BuildpackKind};
 use crate::config::Config;
 use crate::container::Runc;
@@ -64,6 +64,27 @@ impl Runners {
 
     /// The runner for `buildpack`.
     pub fn runner(&self, buildpack: &Buildpack) -> Arc<dyn PhaseRunner> {
+        self.runner_sharing(buildpack, Shared::default())
+    }
+
+    /// Runners for one detect over `candidates`: the wasm ones open the staging's app
+    /// directory once between them, and compile a component only on their `turn`.
+    pub fn detect_runners(
+        &self,
+        candidates: &[Buildpack],
+        turn: DetectTurn,
+    ) -> Vec<Arc<dyn PhaseRunner>> {
+        let shared = Shared {
+            app: SharedApp::new(),
+            turn: Some(turn),
+        };
+        candidates
+            .iter()
+            .map(|buildpack| self.runner_sharing(buildpack, shared.clone()))
+            .collect()
+    }
+
+    fn runner_sharing(&self, buildpack: &Buildpack, shared: Shared) -> Arc<dyn PhaseRunner> {
         match &buildpack.kind {
             BuildpackKind::Wasm { component } => Arc::new(WasmRunner::new(
                 buildpack,
@@ -71,15 +92,20 @@ impl Runners {
                 self.wasm.clone(),
                 self.fetch.clone(),
                 self.unpack_limits,
+                shared,
             )),
             BuildpackKind::Classic { mode } => Arc::new(self.classic.runner(buildpack, *mode)),
         }
     }
 
-    /// Loads every wasm buildpack of `buildpacks` (compiling it into the disk cache the
-    /// first time); blocking. Returns how many loaded; failures are logged, and a staging
-    /// that needs a broken buildpack reports it then.
+    /// Loads every wasm buildpack of `buildpacks`, in order (compiling it into the disk
+    /// cache the first time); blocking. Returns how many loaded; failures are logged, and a
+    /// staging that needs a broken buildpack reports it then. A staging that needs a
+    /// component while this compiles it waits for that compile (one per digest) instead of
+    /// running its own.
     pub fn preload<'a>(&self, buildpacks: impl Iterator<Item = &'a Buildpack>) -> usize {
+        let started = std::time::Instant::now();
+        let compiled_before = self.wasm.compilations();
         let mut loaded = 0;
         for buildpack in buildpacks {
             if let BuildpackKind::Wasm { component } = &buildpack.kind {
@@ -89,6 +115,12 @@ impl Runners {
                 }
             }
         }
+        tracing::info!(
+            loaded,
+            compiled = self.wasm.compilations() - compiled_before,
+            elapsed = ?started.elapsed(),
+            "preloaded wasm buildpacks"
+        );
         loaded
     }
 }

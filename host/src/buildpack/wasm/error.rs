@@ -33,6 +33,9 @@ pub enum LoadError {
         "{path} imports {import}, which the host does not give buildpacks (only WASI cli, io, clocks, filesystem, random, sockets without network, and dea:buildpack; downloads go through the host's fetch)"
     )]
     ForbiddenImport { path: PathBuf, import: String },
+    /// Loading was asked not to compile, and the component has no compiled code yet.
+    #[error("{path} has not been compiled")]
+    NotCompiled { path: PathBuf },
     #[error("component cache {path}: {source}")]
     Cache { path: PathBuf, source: io::Error },
     /// Building the engine or linking the host's imports.

@@ -1,14 +1,15 @@
 //! One phase's sandbox: the store state behind a guest, and the host imports it may call.
 //!
 //! The WASI context starts from nothing and is given only: the phase's directories at fixed,
-//! disjoint guest paths (`/app`, `/cache`, `/buildpack`, `/tmp`), the app's environment, stdout
-//! and stderr into the staging log, clocks and random. No network (`wasi:sockets` is linked
-//! for toolchains that import it, but every socket call is denied), no name lookups, no
-//! inherited environment or stdin.
+//! disjoint guest paths (`/app`, `/cache`, `/buildpack`, `/tmp`; see [`super::mounts`]), the
+//! app's environment, stdout and stderr into the staging log, clocks and random. No network
+//! (`wasi:sockets` is linked for toolchains that import it, but every socket call is denied),
+//! no name lookups, no inherited environment or stdin.
 
 use super::Phase;
 use super::bindings::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
 use super::limiter::PhaseLimiter;
+use super::mounts::{ReadOnlyDir, open_dir};
 use super::output::{LogOutput, OutputBudget};
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
@@ -19,6 +20,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::component::ResourceTable;
+use wasmtime_wasi::filesystem::Dir;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// Host directories for a phase. Which are mounted, and how, depends on the phase.
@@ -29,6 +31,15 @@ pub struct PhaseDirs {
     pub buildpack: PathBuf,
     /// Scratch for compile; created empty by the caller and removed afterwards.
     pub tmp: PathBuf,
+}
+
+/// Read-only mounts opened beforehand ([`ReadOnlyDir`]): detect and release mount these
+/// instead of opening [`PhaseDirs::app`] and [`PhaseDirs::buildpack`] again (one opened from
+/// another path is not used). Compile, which writes, always opens its own.
+#[derive(Debug, Clone, Default)]
+pub struct OpenedDirs {
+    pub app: Option<ReadOnlyDir>,
+    pub buildpack: Option<ReadOnlyDir>,
 }
 
 /// Everything a phase is given.
@@ -49,13 +60,6 @@ pub struct SandboxSpec {
 pub enum SandboxError {
     #[error("sandbox directory {}: {source}", path.display())]
     Dir { path: PathBuf, source: io::Error },
-    /// wasmtime's error, shown with its causes on one line as before.
-    #[error("mounting {guest}: {source:#}")]
-    Mount {
-        guest: &'static str,
-        #[source]
-        source: wasmtime::Error,
-    },
 }
 
 /// Why a host call may not write at a guest path (`fetch`'s destination, `make-executable`).
@@ -127,6 +131,8 @@ enum PlaceError {
 pub struct SandboxState {
     wasi: WasiCtx,
     table: ResourceTable,
+    /// What the guest's `wasi:filesystem/preopens` returns (the `WasiCtx` has none).
+    mounts: Vec<(Dir, &'static str)>,
     pub(super) limits: PhaseLimiter,
     phase: Phase,
     log: StagingLog,
@@ -145,6 +151,7 @@ impl SandboxState {
     pub(super) fn new(
         phase: Phase,
         spec: SandboxSpec,
+        opened: OpenedDirs,
         limits: &WasmConfig,
         budget: Arc<OutputBudget>,
         cpu_limit: Duration,
@@ -154,34 +161,40 @@ impl SandboxState {
         // Small phases do their few file calls inline instead of hopping to the blocking
         // pool (about 5x faster detect); compile may do heavy I/O, so it keeps the pool.
         builder.allow_blocking_current_thread(!compile);
-        let app_perms = if compile {
-            FsPerms::ReadWrite
-        } else {
-            FsPerms::ReadOnly
-        };
-        let open = |dir: &Path| -> Result<PathBuf, SandboxError> {
-            dir.canonicalize().map_err(|source| SandboxError::Dir {
-                path: dir.to_path_buf(),
-                source,
-            })
-        };
-        let mut mount = |host: &Path, guest: &'static str, perms: FsPerms| {
-            builder
-                .preopened_dir(host, guest, perms)
-                .map(|_| ())
-                .map_err(|source| SandboxError::Mount { guest, source })
-        };
-        let app = open(&spec.dirs.app)?;
-        let buildpack = open(&spec.dirs.buildpack)?;
-        mount(&app, "/app", app_perms)?;
-        mount(&buildpack, "/buildpack", FsPerms::ReadOnly)?;
+        // Compile's writable roots are resolved once, as the host calls that write for the
+        // guest (`fetch`, `make-executable`) open them again by path. Detect and release only
+        // mount, from handles opened for the whole staging when the caller has them.
+        let mut mounts = Vec::with_capacity(4);
         let mut writable = Vec::new();
         if compile {
-            let cache = open(&spec.dirs.cache)?;
-            let tmp = open(&spec.dirs.tmp)?;
-            mount(&cache, "/cache", FsPerms::ReadWrite)?;
-            mount(&tmp, "/tmp", FsPerms::ReadWrite)?;
+            let resolve = |dir: &Path| -> Result<PathBuf, SandboxError> {
+                dir.canonicalize().map_err(|source| SandboxError::Dir {
+                    path: dir.to_path_buf(),
+                    source,
+                })
+            };
+            let app = resolve(&spec.dirs.app)?;
+            let buildpack = resolve(&spec.dirs.buildpack)?;
+            let cache = resolve(&spec.dirs.cache)?;
+            let tmp = resolve(&spec.dirs.tmp)?;
+            mounts.push((open_dir(&app, FsPerms::ReadWrite, false)?, "/app"));
+            mounts.push((
+                open_dir(&buildpack, FsPerms::ReadOnly, false)?,
+                "/buildpack",
+            ));
+            mounts.push((open_dir(&cache, FsPerms::ReadWrite, false)?, "/cache"));
+            mounts.push((open_dir(&tmp, FsPerms::ReadWrite, false)?, "/tmp"));
             writable = vec![("/app", app), ("/cache", cache), ("/tmp", tmp)];
+        } else {
+            let read_only = |opened: &Option<ReadOnlyDir>, path: &Path| match opened {
+                Some(dir) if dir.path() == path => Ok(dir.dir().clone()),
+                _ => open_dir(path, FsPerms::ReadOnly, true),
+            };
+            mounts.push((read_only(&opened.app, &spec.dirs.app)?, "/app"));
+            mounts.push((
+                read_only(&opened.buildpack, &spec.dirs.buildpack)?,
+                "/buildpack",
+            ));
         }
         // Deny-all network, spelled out rather than left to defaults: creating a TCP or UDP
         // socket fails with access-denied, no address passes the check, no name lookups.
@@ -204,6 +217,7 @@ impl SandboxState {
         Ok(SandboxState {
             wasi: builder.build(),
             table: ResourceTable::new(),
+            mounts,
             limits: PhaseLimiter::new(memory_limit),
             phase,
             log: spec.log,
@@ -215,6 +229,12 @@ impl SandboxState {
             cpu_exceeded: false,
             unpack_limits: spec.unpack_limits,
         })
+    }
+
+    /// The phase's mounts and the table their descriptors go into, for
+    /// [`super::mounts`]'s `wasi:filesystem/preopens`.
+    pub(super) fn mounts_and_table(&mut self) -> (&[(Dir, &'static str)], &mut ResourceTable) {
+        (&self.mounts, &mut self.table)
     }
 
     /// Opens the place an absolute guest path under a writable directory names, creating
