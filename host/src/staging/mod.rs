@@ -1,12 +1,14 @@
 //! A staging task: app source in, droplet out.
 //!
-//! The source is unpacked safely into a fresh workspace, every buildpack's detect runs at
-//! once (the first match in order wins, unless buildpacks are named; a named Heroku-style
-//! classic buildpack still runs its own detect), the chosen buildpacks compile in order, the
-//! last one releases, and the staged tree is packed into a droplet laid out like Cloud
-//! Foundry's. Everything the user should see goes to the staging log, which ships inside
-//! the droplet; a failure is its last line. The workspace is removed whatever happens.
+//! The source is unpacked safely into a fresh workspace, the buildpacks' detects run (the
+//! first match in order wins, answered as soon as it is known: `detect.rs`; unless
+//! buildpacks are named, when a named Heroku-style classic buildpack still runs its own
+//! detect), the chosen buildpacks compile in order, the last one releases, and the staged
+//! tree is packed into a droplet laid out like Cloud Foundry's. Everything the user should
+//! see goes to the staging log, which ships inside the droplet; a failure is its last line.
+//! The workspace is removed whatever happens.
 
+mod detect;
 mod error;
 pub mod procfile;
 pub mod remote;
@@ -17,7 +19,7 @@ pub use error::{CfErrorType, FAILURE_LINE_PREFIX, SetupError, StagingError, fail
 
 use crate::buildpack::runners::Runners;
 use crate::buildpack::wasm::WasmRuntime;
-use crate::buildpack::{Buildpack, BuildpackSet};
+use crate::buildpack::{Buildpack, BuildpackKind, BuildpackSet};
 use crate::config::Config;
 use crate::droplet::{self, PackedDroplet, StagingInfo, UnpackLimits};
 use crate::fetch::FetchService;
@@ -418,18 +420,34 @@ impl Stager {
             ("CF_STACK".to_string(), stack.clone()),
         ];
         full_env.extend(env.iter().cloned());
-        // A scratch workspace for whatever a buildpack's detect needs beside the app (the
-        // classic adapter's buildpack copies); the app itself is read in place.
-        std::fs::create_dir_all(self.config.staging_dir())?;
-        let scratch = tempfile::Builder::new()
-            .prefix("detect-")
-            .tempdir_in(self.config.staging_dir())?
-            .keep();
+        // A scratch workspace for whatever a classic buildpack's detect needs beside the app
+        // (the adapter's buildpack copies); the app itself is read in place. A wasm detect
+        // sees only the app and its buildpack, so a set of wasm buildpacks gets none: making
+        // and removing the directory cost more than all their detects together. Its path is
+        // then one that is never created.
+        let installed: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
+        let classic = installed
+            .iter()
+            .any(|bp| !matches!(bp.kind, BuildpackKind::Wasm { .. }));
+        let scratch = if classic {
+            std::fs::create_dir_all(self.config.staging_dir())?;
+            Some(
+                tempfile::Builder::new()
+                    .prefix("detect-")
+                    .tempdir_in(self.config.staging_dir())?
+                    .keep(),
+            )
+        } else {
+            None
+        };
+        let workspace = scratch
+            .clone()
+            .unwrap_or_else(|| self.config.staging_dir().join("detect-without-scratch"));
         let ctx = Arc::new(StagingContext {
-            workspace: scratch.clone(),
+            workspace: workspace.clone(),
             app,
-            cache: scratch.clone(),
-            staged: scratch.clone(),
+            cache: workspace.clone(),
+            staged: workspace,
             env: full_env,
             log: StagingLog::detached(None),
             stack_rootfs: self.stack_rootfs(&stack),
@@ -438,100 +456,11 @@ impl Stager {
             deadline: Instant::now()
                 + Duration::from_secs(self.config.staging.max_staging_duration_secs),
         });
-        let installed: Vec<Buildpack> = self.buildpacks.iter().cloned().collect();
         let result = self.detect(&ctx, &installed).await;
-        tenant_fs::remove_tree_off_thread(scratch).await;
+        if let Some(scratch) = scratch {
+            tenant_fs::remove_tree_off_thread(scratch).await;
+        }
         result
-    }
-
-    /// Runs every candidate's detect at once and picks the first match in order. A detect
-    /// that fails (rather than saying no) ahead of the match fails the staging: the order
-    /// would otherwise depend on a broken buildpack.
-    async fn detect(
-        &self,
-        ctx: &Arc<StagingContext>,
-        candidates: &[Buildpack],
-    ) -> Result<(Buildpack, Detection), StagingError> {
-        let buildpacks: Vec<Buildpack> = candidates.to_vec();
-        let results = Arc::new(parking_lot::Mutex::new(
-            (0..buildpacks.len())
-                .map(|_| None)
-                .collect::<Vec<Option<DetectResult>>>(),
-        ));
-        let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        // One worker per core, taking buildpacks in order: more concurrency than cores only
-        // adds cold instance slots and stacks. A buildpack after a match is skipped, since
-        // the first match in order wins anyway.
-        let workers = std::thread::available_parallelism()
-            .map_or(2, |n| n.get())
-            .min(buildpacks.len().max(1));
-        let runs: Vec<Option<_>> = buildpacks
-            .iter()
-            .enumerate()
-            .map(|(index, bp)| {
-                let at = Position { index, last: true };
-                Some(self.runners.runner(bp).run(Phase::Detect, ctx.clone(), at))
-            })
-            .collect();
-        let runs = Arc::new(parking_lot::Mutex::new(runs));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..workers {
-            let runs = runs.clone();
-            let results = results.clone();
-            let next = next.clone();
-            tasks.spawn(async move {
-                loop {
-                    let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let Some(run) = runs.lock().get_mut(index).and_then(Option::take) else {
-                        return;
-                    };
-                    let matched_before = results.lock()[..index]
-                        .iter()
-                        .any(|r| matches!(r, Some(Ok(PhaseOutput::Detect(Some(_))))));
-                    if matched_before {
-                        continue;
-                    }
-                    let result = run.await;
-                    results.lock()[index] = Some(result);
-                }
-            });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(e) = joined {
-                tracing::error!("detect worker failed: {e}");
-            }
-        }
-        let results = std::mem::take(&mut *results.lock());
-        let mut first_failure = None;
-        for (buildpack, result) in buildpacks.into_iter().zip(results) {
-            match result {
-                Some(Ok(PhaseOutput::Detect(Some(detection)))) => {
-                    if let Some(error) = first_failure {
-                        return Err(error);
-                    }
-                    return Ok((buildpack, detection));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(source)) => {
-                    ctx.log
-                        .warning(&format!("buildpack {}: {source}", buildpack.id));
-                    first_failure.get_or_insert(StagingError::DetectFailed {
-                        buildpack: buildpack.id.clone(),
-                        source,
-                    });
-                }
-                None => {
-                    first_failure.get_or_insert(StagingError::DetectFailed {
-                        buildpack: buildpack.id.clone(),
-                        source: PhaseError::Instantiate {
-                            phase: "detect",
-                            message: "detect did not run".into(),
-                        },
-                    });
-                }
-            }
-        }
-        Err(first_failure.unwrap_or(StagingError::NoAppDetected))
     }
 
     /// Caps for walking a tree buildpacks wrote, ending at the staging's deadline.

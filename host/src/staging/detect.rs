@@ -1,0 +1,257 @@
+//! Choosing the buildpack: every candidate's detect, in order, answered as soon as the first
+//! match is known.
+
+use super::{DetectResult, Stager, StagingError, StagingLog};
+use crate::buildpack::Buildpack;
+use crate::buildpack::wasm::runner::DetectTurn;
+use crate::phase::{Detection, Phase, PhaseError, PhaseOutput, Position, StagingContext};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::task::Poll;
+
+impl Stager {
+    /// Runs the candidates' detects and picks the first match in order. The answer comes as
+    /// soon as it is known: once every buildpack ahead of the first match has said no, or
+    /// the first one in order to fail has failed (a detect that fails ahead of the match
+    /// fails the staging: the order would otherwise depend on a broken buildpack).
+    /// Buildpacks still running then are cancelled and the rest never start, and a component
+    /// that must first be compiled is compiled only once every buildpack ahead of it has
+    /// said no ([`DetectTurn`]): a static site does not wait for the Python buildpack's first
+    /// compile.
+    ///
+    /// Each detect is first polled right here, in order. A wasm detect of a loaded component
+    /// ends within that poll (microseconds), so most stagings decide without a task or a
+    /// thread hop. A detect that has to wait (a component being compiled, a classic
+    /// script's container) goes on as a task of its own, in parallel with the others.
+    pub(super) async fn detect(
+        &self,
+        ctx: &Arc<StagingContext>,
+        candidates: &[Buildpack],
+    ) -> Result<(Buildpack, Detection), StagingError> {
+        let mut verdicts = Verdicts::new(candidates.len());
+        let (progress, turn) = DetectTurn::channel();
+        let mut waiting = tokio::task::JoinSet::new();
+        for (index, runner) in self
+            .runners
+            .detect_runners(candidates, turn)
+            .into_iter()
+            .enumerate()
+        {
+            let at = Position { index, last: true };
+            // A panicking buildpack backend fails its own detect, not the staging's task.
+            let mut run = AssertUnwindSafe(runner.run(Phase::Detect, ctx.clone(), at))
+                .catch_unwind()
+                .map(move |result| (index, result.unwrap_or_else(|_| Err(detect_panicked()))));
+            match futures_util::poll!(&mut run) {
+                Poll::Ready((index, result)) => {
+                    verdicts.record(index, result);
+                    progress.send_replace(verdicts.refused);
+                    if verdicts.decided() {
+                        break;
+                    }
+                }
+                Poll::Pending => {
+                    waiting.spawn(run);
+                }
+            }
+        }
+        while !verdicts.decided() {
+            match waiting.join_next().await {
+                Some(Ok((index, result))) => {
+                    verdicts.record(index, result);
+                    progress.send_replace(verdicts.refused);
+                }
+                Some(Err(e)) => tracing::error!("detect task failed: {e}"),
+                None => break,
+            }
+        }
+        // Whatever still runs has lost: cancel it and wait until it has let go (a wasm
+        // phase's store dropped, a classic container's removal under way).
+        waiting.shutdown().await;
+        verdicts.choose(candidates, &ctx.log)
+    }
+}
+
+fn detect_panicked() -> PhaseError {
+    PhaseError::Instantiate {
+        phase: "detect",
+        message: "detect did not run: its task panicked".into(),
+    }
+}
+
+/// What each candidate's detect has said so far, and whether that decides the staging.
+struct Verdicts {
+    results: Vec<Option<DetectResult>>,
+    /// How many candidates at the front of the order have said no.
+    refused: usize,
+}
+
+impl Verdicts {
+    fn new(candidates: usize) -> Verdicts {
+        Verdicts {
+            results: (0..candidates).map(|_| None).collect(),
+            refused: 0,
+        }
+    }
+
+    fn record(&mut self, index: usize, result: DetectResult) {
+        if let Some(slot) = self.results.get_mut(index) {
+            *slot = Some(result);
+        }
+        while let Some(Some(Ok(output))) = self.results.get(self.refused)
+            && !matches!(output, PhaseOutput::Detect(Some(_)))
+        {
+            self.refused += 1;
+        }
+    }
+
+    /// Whether the answer is known: the first candidate after those that said no has
+    /// answered (a match or a failure), or every candidate said no.
+    fn decided(&self) -> bool {
+        match self.results.get(self.refused) {
+            None => true,
+            Some(answer) => answer.is_some(),
+        }
+    }
+
+    /// The first match in order, unless a candidate ahead of it failed (or never answered).
+    fn choose(
+        self,
+        candidates: &[Buildpack],
+        log: &StagingLog,
+    ) -> Result<(Buildpack, Detection), StagingError> {
+        for (buildpack, result) in candidates.iter().zip(self.results) {
+            match result {
+                Some(Ok(PhaseOutput::Detect(Some(detection)))) => {
+                    return Ok((buildpack.clone(), detection));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(source)) => {
+                    log.warning(&format!("buildpack {}: {source}", buildpack.id));
+                    return Err(StagingError::DetectFailed {
+                        buildpack: buildpack.id.clone(),
+                        source,
+                    });
+                }
+                None => {
+                    return Err(StagingError::DetectFailed {
+                        buildpack: buildpack.id.clone(),
+                        source: PhaseError::Instantiate {
+                            phase: "detect",
+                            message: "detect did not run".into(),
+                        },
+                    });
+                }
+            }
+        }
+        Err(StagingError::NoAppDetected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::buildpack::BuildpackKind;
+    use std::path::PathBuf;
+
+    fn candidates(n: usize) -> Vec<Buildpack> {
+        (0..n)
+            .map(|i| Buildpack {
+                id: format!("bp{i}"),
+                name: format!("bp{i}"),
+                version: "1".into(),
+                description: String::new(),
+                dir: PathBuf::from(format!("/nonexistent/bp{i}")),
+                kind: BuildpackKind::Wasm {
+                    component: PathBuf::from(format!("/nonexistent/bp{i}/buildpack.wasm")),
+                },
+                fetch_allow: Vec::new(),
+                env: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn no() -> DetectResult {
+        Ok(PhaseOutput::Detect(None))
+    }
+
+    fn yes(name: &str) -> DetectResult {
+        Ok(PhaseOutput::Detect(Some(Detection {
+            name: name.into(),
+            version: None,
+        })))
+    }
+
+    fn failed() -> DetectResult {
+        Err(PhaseError::Exit {
+            phase: "detect",
+            status: 3,
+        })
+    }
+
+    #[test]
+    fn the_answer_waits_only_for_the_buildpacks_ahead_of_the_first_match() {
+        let mut verdicts = Verdicts::new(4);
+        // A later match decides nothing while an earlier buildpack has not answered.
+        verdicts.record(2, yes("c"));
+        assert!(!verdicts.decided());
+        verdicts.record(0, no());
+        assert!(!verdicts.decided());
+        assert_eq!(verdicts.refused, 1);
+        // The first match in order: the last buildpack need not answer at all.
+        verdicts.record(1, yes("b"));
+        assert!(verdicts.decided());
+        let (buildpack, detection) = verdicts
+            .choose(&candidates(4), &StagingLog::detached(None))
+            .expect("a match");
+        assert_eq!(
+            (buildpack.id.as_str(), detection.name.as_str()),
+            ("bp1", "b")
+        );
+    }
+
+    #[test]
+    fn a_failure_ahead_of_any_match_decides_the_staging() {
+        let mut verdicts = Verdicts::new(3);
+        verdicts.record(2, yes("c"));
+        verdicts.record(1, failed());
+        assert!(!verdicts.decided(), "the first buildpack may still match");
+        verdicts.record(0, no());
+        assert!(verdicts.decided());
+        let error = verdicts
+            .choose(&candidates(3), &StagingLog::detached(None))
+            .expect_err("the failure");
+        assert!(
+            matches!(&error, StagingError::DetectFailed { buildpack, .. } if buildpack == "bp1"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn no_match_needs_every_answer() {
+        let mut verdicts = Verdicts::new(2);
+        verdicts.record(1, no());
+        assert!(!verdicts.decided());
+        verdicts.record(0, no());
+        assert!(verdicts.decided());
+        assert!(matches!(
+            verdicts.choose(&candidates(2), &StagingLog::detached(None)),
+            Err(StagingError::NoAppDetected)
+        ));
+    }
+
+    #[test]
+    fn a_buildpack_that_never_answered_is_not_passed_over() {
+        // Its task was lost (a panic in a backend): the order cannot skip it.
+        let mut verdicts = Verdicts::new(2);
+        verdicts.record(1, yes("b"));
+        let error = verdicts
+            .choose(&candidates(2), &StagingLog::detached(None))
+            .expect_err("bp0 did not run");
+        assert!(
+            matches!(&error, StagingError::DetectFailed { buildpack, .. } if buildpack == "bp0"),
+            "{error}"
+        );
+    }
+}
