@@ -8,6 +8,7 @@
 
 mod agent;
 mod classic;
+mod detect;
 mod fetch;
 mod files;
 mod guests;

@@ -5,8 +5,9 @@
 use super::defaults::{DEFAULT_BUILDPACKS, SOURCE};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use dea::buildpack::BuildpackSet;
 use dea::buildpack::store::{BuildpackStore, detection_set};
+use dea::buildpack::wasm::WasmRuntime;
+use dea::buildpack::{BuildpackKind, BuildpackSet};
 use dea::config::Config;
 use dea_buildpack_tools::check::WorldCheck;
 use std::path::Path;
@@ -164,6 +165,11 @@ pub async fn manage(config: &Config, command: &BuildpacksCommand) -> Result<()> 
             name,
         } => {
             let position = position.map(|p| usize::try_from(p).unwrap_or(usize::MAX));
+            // A wasm buildpack's component is compiled into the agent's cache now, once,
+            // rather than by the first staging that needs it (seconds for a large one).
+            let runtime = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())
+                .context("starting the wasm engine to compile the buildpack")?;
+            let check = (WorldCheck, &*runtime);
             let buildpack = if source.contains("://") {
                 let scheme = source.split("://").next().unwrap_or_default();
                 if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -173,9 +179,9 @@ pub async fn manage(config: &Config, command: &BuildpacksCommand) -> Result<()> 
                     .download(source, config.agent.max_download_mb << 20)
                     .await?;
                 let name = name.clone().or_else(|| downloaded.name.clone());
-                store.add(&downloaded.path, name.as_deref(), position, &WorldCheck)?
+                store.add(&downloaded.path, name.as_deref(), position, &check)?
             } else {
-                store.add(Path::new(source), name.as_deref(), position, &WorldCheck)?
+                store.add(Path::new(source), name.as_deref(), position, &check)?
             };
             let at = store
                 .order()?
@@ -207,13 +213,22 @@ pub async fn manage(config: &Config, command: &BuildpacksCommand) -> Result<()> 
                      run scripts/build-plugins in a dea checkout, then build dea again"
                 );
             }
-            for (buildpack, replaced) in store.install_defaults(DEFAULT_BUILDPACKS)? {
+            let installed = store.install_defaults(DEFAULT_BUILDPACKS)?;
+            let runtime = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())
+                .context("starting the wasm engine to compile the buildpacks")?;
+            for (buildpack, replaced) in installed {
                 println!(
                     "{} {} {}",
                     if replaced { "Updated" } else { "Installed" },
                     buildpack.id,
                     buildpack.version
                 );
+                // Compiled into the agent's cache now, not by the first staging.
+                if let BuildpackKind::Wasm { component } = &buildpack.kind
+                    && let Err(e) = runtime.load(component)
+                {
+                    eprintln!("warning: compiling {}: {e}", buildpack.id);
+                }
             }
         }
     }

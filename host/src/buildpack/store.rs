@@ -16,6 +16,7 @@
 //! implements the buildpack world) in a scratch directory inside the store, then renamed into
 //! place: a half-copied buildpack is never visible.
 
+use super::wasm::{LoadError, WasmRuntime};
 use super::{Buildpack, BuildpackError, BuildpackKind, BuildpackSet};
 use crate::droplet::{UnpackError, UnpackLimits, unpack_source};
 use crate::transfer::{TransferError, Transfers};
@@ -59,6 +60,40 @@ pub trait ComponentCheck {
 /// Why a [`ComponentCheck`] could not check a component: the checker's own error, kept as
 /// the source of [`StoreError::Component`].
 pub type ComponentCheckError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<T: ComponentCheck + ?Sized> ComponentCheck for &T {
+    fn problems(&self, component: &[u8]) -> Result<Vec<String>, ComponentCheckError> {
+        (**self).problems(component)
+    }
+}
+
+/// Two checks in turn: the second runs only on a component the first found nothing wrong
+/// with (`dea buildpacks add` checks the world, then compiles).
+impl<A: ComponentCheck, B: ComponentCheck> ComponentCheck for (A, B) {
+    fn problems(&self, component: &[u8]) -> Result<Vec<String>, ComponentCheckError> {
+        let problems = self.0.problems(component)?;
+        if !problems.is_empty() {
+            return Ok(problems);
+        }
+        self.1.problems(component)
+    }
+}
+
+/// Compiling the component into the runtime's on-disk cache, as a check: a component the
+/// agent would refuse to load (an import it does not give) is refused now, and one it would
+/// load is compiled once, at install time, so the agent's first staging with it reads
+/// compiled code instead of compiling (seconds for the Python buildpack). The agent shares
+/// the cache when it runs with the same configuration (`wasm.cache_dir` and the engine
+/// settings, which are part of the cache key).
+impl ComponentCheck for WasmRuntime {
+    fn problems(&self, component: &[u8]) -> Result<Vec<String>, ComponentCheckError> {
+        match self.precompile(component, Path::new("the component")) {
+            Ok(_) => Ok(Vec::new()),
+            Err(error @ LoadError::ForbiddenImport { .. }) => Ok(vec![error.to_string()]),
+            Err(error) => Err(Box::new(error)),
+        }
+    }
+}
 
 /// Why installed buildpacks could not be read or changed.
 #[derive(Debug, thiserror::Error)]

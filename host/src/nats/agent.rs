@@ -170,8 +170,11 @@ impl Agent {
         // again): what the last run's stagings left is removed before new ones begin.
         crate::tenant_fs::remove_tree_off_thread(agent.config.base_dir.join("tasks")).await;
         agent.subscribe_all().await?;
-        // Compile (or map from the disk cache) every installed wasm buildpack now, in the
-        // background, so the first staging does not wait for it.
+        // Compile (or map from the disk cache) every installed wasm buildpack now, on the
+        // blocking pool while the agent serves, so the first staging does not wait for it.
+        // A staging that arrives first and needs a component being compiled waits for that
+        // compile (one per digest) rather than compiling it again, and its detect answers
+        // as soon as the first match in order is known, whatever is still compiling.
         let stager = agent.remote.stager().clone();
         tokio::task::spawn_blocking(move || stager.preload());
         agent.clone().follow_instances();
