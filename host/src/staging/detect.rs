@@ -4,11 +4,19 @@
 use super::{DetectResult, Stager, StagingError, StagingLog};
 use crate::buildpack::Buildpack;
 use crate::buildpack::wasm::runner::DetectTurn;
-use crate::phase::{Detection, Phase, PhaseError, PhaseOutput, Position, StagingContext};
+use crate::phase::{
+    Detection, Phase, PhaseError, PhaseOutput, PhaseRunner, Position, StagingContext,
+};
 use futures_util::FutureExt;
+use parking_lot::Mutex;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::Poll;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinSet;
 
 impl Stager {
     /// Runs the candidates' detects and picks the first match in order. The answer comes as
@@ -23,53 +31,159 @@ impl Stager {
     /// Each detect is first polled right here, in order. A wasm detect of a loaded component
     /// ends within that poll (microseconds), so most stagings decide without a task or a
     /// thread hop. A detect that has to wait (a component being compiled, a classic
-    /// script's container) goes on as a task of its own, in parallel with the others.
+    /// script's container) goes on as a task of its own, in parallel with the others. With
+    /// many candidates a second thread takes candidates from the same queue: the calls are
+    /// short, so the hop to it pays only when there are enough of them.
     pub(super) async fn detect(
         &self,
         ctx: &Arc<StagingContext>,
         candidates: &[Buildpack],
     ) -> Result<(Buildpack, Detection), StagingError> {
-        let mut verdicts = Verdicts::new(candidates.len());
         let (progress, turn) = DetectTurn::channel();
-        let mut waiting = tokio::task::JoinSet::new();
-        for (index, runner) in self
-            .runners
-            .detect_runners(candidates, turn)
-            .into_iter()
-            .enumerate()
-        {
-            let at = Position { index, last: true };
-            // A panicking buildpack backend fails its own detect, not the staging's task.
-            let mut run = AssertUnwindSafe(runner.run(Phase::Detect, ctx.clone(), at))
-                .catch_unwind()
-                .map(move |result| (index, result.unwrap_or_else(|_| Err(detect_panicked()))));
-            match futures_util::poll!(&mut run) {
-                Poll::Ready((index, result)) => {
-                    verdicts.record(index, result);
-                    progress.send_replace(verdicts.refused);
-                    if verdicts.decided() {
-                        break;
-                    }
-                }
-                Poll::Pending => {
+        let (handed_over, mut handed) = mpsc::unbounded_channel();
+        let work = Arc::new(Detecting {
+            runners: self.runners.detect_runners(candidates, turn),
+            ctx: ctx.clone(),
+            next: AtomicUsize::new(0),
+            verdicts: Mutex::new(Verdicts::new(candidates.len())),
+            progress,
+            over: AtomicBool::new(false),
+            handed_over,
+            decided: Notify::new(),
+        });
+        let _stop = StopOnDrop(work.clone());
+        let parallel = std::thread::available_parallelism().map_or(1, |n| n.get()) > 1;
+        let mut helper = (parallel && candidates.len() >= PARALLEL_FROM).then(|| {
+            let (work, handle) = (work.clone(), tokio::runtime::Handle::current());
+            tokio::task::spawn_blocking(move || {
+                handle.block_on(work.take_turns(|run| {
+                    // The detecting task drives what has to wait; if it is gone, so is
+                    // the detect, and the run is dropped (cancelled) here.
+                    let _ = work.handed_over.send(run);
+                }))
+            })
+        });
+
+        let mut waiting = JoinSet::new();
+        work.take_turns(|run| {
+            waiting.spawn(run);
+        })
+        .await;
+        loop {
+            if work.verdicts.lock().decided() {
+                break;
+            }
+            while let Ok(run) = handed.try_recv() {
+                waiting.spawn(run);
+            }
+            if helper.is_none() && waiting.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = work.decided.notified() => {}
+                Some(run) = handed.recv() => {
                     waiting.spawn(run);
                 }
-            }
-        }
-        while !verdicts.decided() {
-            match waiting.join_next().await {
-                Some(Ok((index, result))) => {
-                    verdicts.record(index, result);
-                    progress.send_replace(verdicts.refused);
+                Some(joined) = waiting.join_next(), if !waiting.is_empty() => match joined {
+                    Ok((index, result)) => work.record(index, result),
+                    Err(e) => tracing::error!("detect task failed: {e}"),
+                },
+                joined = async {
+                    match helper.as_mut() {
+                        Some(h) => h.await,
+                        None => std::future::pending().await,
+                    }
+                }, if helper.is_some() => {
+                    if let Err(e) = joined {
+                        tracing::error!("detect helper failed: {e}");
+                    }
+                    helper = None;
                 }
-                Some(Err(e)) => tracing::error!("detect task failed: {e}"),
-                None => break,
             }
         }
         // Whatever still runs has lost: cancel it and wait until it has let go (a wasm
         // phase's store dropped, a classic container's removal under way).
+        work.over.store(true, Ordering::Release);
         waiting.shutdown().await;
+        if let Some(helper) = helper
+            && let Err(e) = helper.await
+        {
+            tracing::error!("detect helper failed: {e}");
+        }
+        handed.close();
+        while let Ok(run) = handed.try_recv() {
+            drop(run);
+        }
+        let verdicts = std::mem::replace(&mut *work.verdicts.lock(), Verdicts::new(0));
         verdicts.choose(candidates, &ctx.log)
+    }
+}
+
+/// Candidates from which a second thread joins in: with fewer, the hop to it costs more
+/// than it saves (a wasm detect takes some 10 µs, waking a thread about as much).
+const PARALLEL_FROM: usize = 8;
+
+/// A candidate's detect, with its index.
+type Run = Pin<Box<dyn Future<Output = (usize, DetectResult)> + Send>>;
+
+/// One detect's work, shared by the detecting task and its helper thread.
+struct Detecting {
+    runners: Vec<Arc<dyn PhaseRunner>>,
+    ctx: Arc<StagingContext>,
+    /// The next candidate to start.
+    next: AtomicUsize,
+    verdicts: Mutex<Verdicts>,
+    /// Tells the runners how many candidates at the front have said no.
+    progress: watch::Sender<usize>,
+    /// Set once the answer is known, or the detect is gone: nothing more starts.
+    over: AtomicBool,
+    /// Runs the helper started that have to wait: the detecting task drives them.
+    handed_over: mpsc::UnboundedSender<Run>,
+    /// Wakes the detecting task when the helper's verdict decided.
+    decided: Notify,
+}
+
+impl Detecting {
+    /// Starts candidates in order, polling each once, until none is left or the answer is
+    /// known; a run that has to wait goes to `waiting`.
+    async fn take_turns(&self, mut waiting: impl FnMut(Run)) {
+        while !self.over.load(Ordering::Acquire) {
+            let index = self.next.fetch_add(1, Ordering::AcqRel);
+            let Some(runner) = self.runners.get(index) else {
+                return;
+            };
+            let at = Position { index, last: true };
+            // A panicking buildpack backend fails its own detect, not the staging's task.
+            let mut run: Run = Box::pin(
+                AssertUnwindSafe(runner.clone().run(Phase::Detect, self.ctx.clone(), at))
+                    .catch_unwind()
+                    .map(move |result| (index, result.unwrap_or_else(|_| Err(detect_panicked())))),
+            );
+            match futures_util::poll!(&mut run) {
+                Poll::Ready((index, result)) => self.record(index, result),
+                Poll::Pending => waiting(run),
+            }
+        }
+    }
+
+    fn record(&self, index: usize, result: DetectResult) {
+        let mut verdicts = self.verdicts.lock();
+        verdicts.record(index, result);
+        self.progress.send_replace(verdicts.refused);
+        if verdicts.decided() {
+            self.over.store(true, Ordering::Release);
+            self.decided.notify_one();
+        }
+    }
+}
+
+/// Stops the helper from starting more candidates when the detect is dropped before its
+/// answer (the staging timed out, or was stopped).
+struct StopOnDrop(Arc<Detecting>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.over.store(true, Ordering::Release);
     }
 }
 

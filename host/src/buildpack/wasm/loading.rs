@@ -65,7 +65,7 @@ impl WasmRuntime {
         let mut by_path = self.by_path.lock();
         let entry = by_path.get_mut(path).filter(|entry| entry.stamp == stamp)?;
         let dir = match &entry.buildpack {
-            Some(dir) if dir.path() == buildpack => Some(dir.clone()),
+            Some(dir) if dir.opened_from(buildpack) => Some(dir.clone()),
             _ => {
                 // A syscall under the lock, but an `open` of a directory the agent chose,
                 // once per component file.

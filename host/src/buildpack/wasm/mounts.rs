@@ -10,7 +10,7 @@
 
 use super::sandbox::{SandboxError, SandboxState};
 use parking_lot::Mutex;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
 use wasmtime_wasi::filesystem::{Descriptor, Dir};
@@ -23,7 +23,7 @@ use wasmtime_wasi::{FsPerms, OpenMode};
 /// not share a position either).
 #[derive(Clone)]
 pub struct ReadOnlyDir {
-    path: PathBuf,
+    path: Arc<Path>,
     dir: Dir,
 }
 
@@ -33,7 +33,7 @@ impl ReadOnlyDir {
     /// calling thread instead of hopping to the blocking pool (about 5x faster detect).
     pub fn open(path: &Path) -> Result<ReadOnlyDir, SandboxError> {
         Ok(ReadOnlyDir {
-            path: path.to_path_buf(),
+            path: path.into(),
             dir: open_dir(path, FsPerms::ReadOnly, true)?,
         })
     }
@@ -41,6 +41,12 @@ impl ReadOnlyDir {
     /// The host directory it was opened from.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether it was opened from `path`, spelled the same way (a byte comparison: this is
+    /// asked on every detect, and a path's component-wise comparison costs more).
+    pub fn opened_from(&self, path: &Path) -> bool {
+        self.path.as_os_str() == path.as_os_str()
     }
 
     pub(super) fn dir(&self) -> &Dir {
@@ -91,7 +97,7 @@ impl SharedApp {
     pub fn get(&self, app: &Path) -> Result<ReadOnlyDir, SandboxError> {
         let mut opened = self.opened.lock();
         match opened.as_ref() {
-            Some(dir) if dir.path() == app => Ok(dir.clone()),
+            Some(dir) if dir.opened_from(app) => Ok(dir.clone()),
             _ => {
                 let dir = ReadOnlyDir::open(app)?;
                 *opened = Some(dir.clone());

@@ -162,14 +162,15 @@ impl PhaseRunner for WasmRunner {
                 env,
                 log: ctx.log.clone(),
                 unpack_limits: self.unpack_limits,
-                fetch: Some((
-                    self.fetch.clone(),
-                    FetchGrant {
+                // Downloads are for compile only: the sandbox of another phase has no fetch.
+                fetch: (phase == Phase::Compile).then(|| {
+                    let grant = FetchGrant {
                         buildpack: self.buildpack.id.clone(),
                         declared: self.buildpack.fetch_allow.clone(),
                         any_request: false,
-                    },
-                )),
+                    };
+                    (self.fetch.clone(), grant)
+                }),
             };
             let result = self.runtime.run_opened(&loaded, phase, spec, opened).await;
             if let Some(tmp) = tmp {

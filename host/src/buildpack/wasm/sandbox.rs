@@ -187,7 +187,7 @@ impl SandboxState {
             writable = vec![("/app", app), ("/cache", cache), ("/tmp", tmp)];
         } else {
             let read_only = |opened: &Option<ReadOnlyDir>, path: &Path| match opened {
-                Some(dir) if dir.path() == path => Ok(dir.dir().clone()),
+                Some(dir) if dir.opened_from(path) => Ok(dir.dir().clone()),
                 _ => open_dir(path, FsPerms::ReadOnly, true),
             };
             mounts.push((read_only(&opened.app, &spec.dirs.app)?, "/app"));
