@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dea::buildpack::BuildpackSet;
+use dea::buildpack::wasm::compile;
 use dea::config::Config;
 use dea::fetch::{FetchGrant, FetchService};
 use dea::staging::Stager;
@@ -36,6 +37,13 @@ struct Cli {
 enum Command {
     /// Stage an app (a directory, .zip or .tgz) into a droplet.
     Stage(cli::stage::StageArgs),
+    /// Compile a buildpack component (its bytes on stdin) to native code (on stdout): run by
+    /// `dea` itself so that Cranelift's memory is never the agent's.
+    #[command(hide = true, name = "compile-component")]
+    CompileComponent {
+        /// The wasm settings, as JSON.
+        limits: String,
+    },
     /// Run a droplet (a path or an http(s) URL) as one instance in the foreground; Ctrl-C stops it.
     Run(cli::run::RunArgs),
     /// Be a DEA: take staging and start/stop requests from a Cloud Foundry controller over
@@ -129,6 +137,14 @@ async fn main() -> Result<()> {
         eprintln!("dea: jemalloc's background thread did not start: {e}");
     }
     let mut cli = Cli::parse();
+    if let Command::CompileComponent { limits } = &cli.command {
+        let (input, output) = (std::io::stdin().lock(), std::io::stdout().lock());
+        return Ok(compile::serve_compile(limits, input, output)?);
+    }
+    match std::env::current_exe() {
+        Ok(program) => compile::compile_in_child(program),
+        Err(e) => eprintln!("dea: compiling buildpacks in this process: {e}"),
+    }
     // The controller and the router log every decision they take (with its reason): that
     // is their record, so they say it by default; the rest only warns.
     let level = match cli.command {
@@ -195,7 +211,7 @@ async fn main() -> Result<()> {
             }
             cli::serve::run(config, buildpacks).await?;
         }
-        Command::Files { .. } => {}
+        Command::Files { .. } | Command::CompileComponent { .. } => {}
         Command::Buildpacks { .. } => cli::buildpacks::list(&config, &buildpacks, only_dirs)?,
         Command::Run(args) => cli::run::run(&config, args).await?,
         Command::Detect { app, env } => {

@@ -263,8 +263,9 @@ pub struct StagingConfig {
     pub log_retention_secs: u64,
 }
 
-/// Limits and caches for wasm buildpacks.
-#[derive(Debug, Clone, Deserialize)]
+/// Limits and caches for wasm buildpacks. Serialized too: a compile in a child process
+/// builds its engine from the same settings.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WasmConfig {
     /// Linear-memory limit per phase, in MiB.

@@ -56,6 +56,7 @@ fn seed(store: &BuildpackStore) -> Result<()> {
         )
     })?;
     if !installed.is_empty() {
+        super::defaults::page_out();
         let names: Vec<String> = installed
             .iter()
             .map(|bp| format!("{} {}", bp.id, bp.version))
@@ -214,6 +215,7 @@ pub async fn manage(config: &Config, command: &BuildpacksCommand) -> Result<()> 
                 );
             }
             let installed = store.install_defaults(DEFAULT_BUILDPACKS)?;
+            super::defaults::page_out();
             let runtime = WasmRuntime::new(config.wasm.clone(), config.wasm_cache_dir())
                 .context("starting the wasm engine to compile the buildpacks")?;
             for (buildpack, replaced) in installed {

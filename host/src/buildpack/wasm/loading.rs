@@ -264,17 +264,15 @@ impl WasmRuntime {
             source,
         };
         let started = std::time::Instant::now();
-        let compiled = self.engine.precompile_component(bytes).map_err(invalid)?;
+        super::compile::compile_to(&self.limits, bytes, path, &cached)?;
         self.compilations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             path = %path.display(),
             elapsed = ?started.elapsed(),
             "compiled buildpack component"
         );
-        crate::fetch::write_atomic(&cached, &compiled).map_err(|source| LoadError::Cache {
-            path: cached.clone(),
-            source,
-        })?;
+        // Read back from the file: the code is then mapped pages the kernel can drop, not
+        // a copy on the heap.
         let component = deserialize_trusted(&self.engine, &cached).map_err(invalid)?;
         Ok(Some((component, CodeOrigin::Compiled)))
     }
