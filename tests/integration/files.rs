@@ -157,6 +157,15 @@ fn write(path: &Path, content: impl AsRef<[u8]>) {
 /// (siblings, one whose name extends `abc`), `instances/down` (not running), and a staging
 /// task whose root holds the staging log.
 async fn fixture(streaming_timeout_secs: u64) -> Fixture {
+    fixture_with(DirectoryServerConfig {
+        streaming_timeout_secs,
+        ..DirectoryServerConfig::default()
+    })
+    .await
+}
+
+/// The same files, served with `config` (on any free port).
+async fn fixture_with(config: DirectoryServerConfig) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let instances = dir.path().join("instances");
     let home = instances.join("abc");
@@ -191,11 +200,7 @@ async fn fixture(streaming_timeout_secs: u64) -> Fixture {
             ("pending".to_string(), FileRoot::Unavailable),
         ]),
     };
-    let config = DirectoryServerConfig {
-        port: 0,
-        streaming_timeout_secs,
-        ..DirectoryServerConfig::default()
-    };
+    let config = DirectoryServerConfig { port: 0, ..config };
     let server = dea::files::serve(&config, Arc::new(UrlSigner::new(KEY)), Arc::new(roots))
         .await
         .expect("server starts");
@@ -688,3 +693,4 @@ async fn an_idle_tail_is_cut_off_without_the_final_chunk() {
 }
 
 mod fast_path;
+mod timeouts;

@@ -22,6 +22,12 @@ pub struct ServerSettings {
     pub streaming_timeout: Duration,
     /// How often a tailed file is checked for new bytes.
     pub tail_poll_interval: Duration,
+    /// How long a client may take to send a request head (or stay idle between requests).
+    pub header_timeout: Duration,
+    /// How long an answer may make no progress because the client does not read.
+    pub send_timeout: Duration,
+    /// Connections served at once, all workers together.
+    pub max_connections: usize,
 }
 
 impl ServerSettings {
@@ -30,6 +36,9 @@ impl ServerSettings {
             url_lifetime: config.url_lifetime(),
             streaming_timeout: config.streaming_timeout(),
             tail_poll_interval: Duration::from_millis(50),
+            header_timeout: config.header_timeout(),
+            send_timeout: config.send_timeout(),
+            max_connections: config.max_connections(),
         }
     }
 }
@@ -46,6 +55,8 @@ pub(crate) struct Shared {
     pub(super) signer: Arc<UrlSigner>,
     pub(super) roots: Arc<dyn FileRoots>,
     pub(super) settings: ServerSettings,
+    /// One permit per connection being served, all workers together.
+    pub(super) connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -57,6 +68,7 @@ impl Shared {
         Shared {
             signer,
             roots,
+            connections: Arc::new(tokio::sync::Semaphore::new(settings.max_connections)),
             settings,
         }
     }

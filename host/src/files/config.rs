@@ -26,6 +26,15 @@ pub struct DirectoryServerConfig {
     pub streaming_timeout_secs: u64,
     /// Seconds a signed URL stays valid after its timestamp.
     pub url_lifetime_secs: u64,
+    /// Seconds a client has to send a whole request head, counted from when the connection
+    /// opens or its previous answer ends (0 means 20): a connection that sends nothing, or
+    /// a head a byte at a time, is closed then.
+    pub header_timeout_secs: u64,
+    /// Seconds an answer may wait for a client that does not read before the connection is
+    /// closed (0 means 60): no progress at all for that long, not the whole transfer.
+    pub send_timeout_secs: u64,
+    /// Connections served at once; more wait in the listen queue (0 means 1024).
+    pub max_connections: u32,
 }
 
 impl Default for DirectoryServerConfig {
@@ -39,6 +48,9 @@ impl Default for DirectoryServerConfig {
             hmac_key: None,
             streaming_timeout_secs: 60,
             url_lifetime_secs: 3600,
+            header_timeout_secs: 20,
+            send_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
 }
@@ -73,6 +85,31 @@ impl DirectoryServerConfig {
         match self.streaming_timeout_secs {
             0 => Duration::from_secs(60),
             secs => Duration::from_secs(secs),
+        }
+    }
+
+    /// How long a request head may take; 0 means 20 s (nginx's `client_header_timeout` is
+    /// 60 s; a signed GET's head is a few hundred bytes).
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(match self.header_timeout_secs {
+            0 => 20,
+            secs => secs,
+        })
+    }
+
+    /// How long an answer may make no progress; 0 means 60 s (nginx's `send_timeout`).
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_secs(match self.send_timeout_secs {
+            0 => 60,
+            secs => secs,
+        })
+    }
+
+    /// Connections served at once; 0 means 1024.
+    pub fn max_connections(&self) -> usize {
+        match self.max_connections {
+            0 => 1024,
+            n => n as usize,
         }
     }
 

@@ -9,7 +9,7 @@
 use super::check::{Shared, Stop};
 use super::fast;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use std::io;
@@ -31,6 +31,16 @@ pub(crate) async fn accept_loop(
     // Every connection holds a receiver; `closed()` tells when the last one is gone.
     let (live, live_rx) = watch::channel(());
     loop {
+        // At `max_connections`, further clients wait in the listen queue: descriptors and
+        // memory stay bounded however many connections are opened and left idle.
+        let permit = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s != Stop::Running) => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let accepted = tokio::select! {
             biased;
             _ = stopped.wait_for(|s| *s != Stop::Running) => break,
@@ -61,7 +71,7 @@ pub(crate) async fn accept_loop(
         let alive = live_rx.clone();
         tokio::spawn(async move {
             serve_connection(stream, &shared, app, stopped).await;
-            drop(alive);
+            drop((alive, permit));
         });
     }
     drop(listener);
@@ -92,9 +102,16 @@ async fn serve_connection(
         read,
         position: 0,
         stream,
+        stall: shared.settings.send_timeout,
+        stalled: None,
     });
-    // What `axum::serve` does for each connection.
-    let builder = auto::Builder::new(TokioExecutor::new());
+    // What `axum::serve` does for each connection, plus a deadline for every request head
+    // (hyper starts it whenever it waits for one, so it also ends idle keep-alives).
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.settings.header_timeout);
     let mut connection =
         std::pin::pin!(builder.serve_connection_with_upgrades(io, TowerToHyperService::new(app)));
     let mut stopping = false;
@@ -115,11 +132,33 @@ async fn serve_connection(
 }
 
 /// A connection whose first bytes were already read by the fast path: they are read again
-/// first, then the socket.
+/// first, then the socket. A write that finds no room for `stall` fails with `TimedOut`,
+/// so an answer to a client that stopped reading (a large listing, a file over HTTP/1.0)
+/// ends instead of holding the connection for ever; `tail` streams have their own limit.
 struct Replayed {
     read: Vec<u8>,
     position: usize,
     stream: TcpStream,
+    stall: Duration,
+    /// Running while writes wait for room; reset by any progress.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Replayed {
+    /// What a write that found no room answers: still pending, or timed out.
+    fn waiting(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let stall = self.stall;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client read nothing for send_timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 impl AsyncRead for Replayed {
@@ -150,7 +189,14 @@ impl AsyncWrite for Replayed {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => this.waiting(cx),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
     }
 
     fn poll_write_vectored(
@@ -158,7 +204,14 @@ impl AsyncWrite for Replayed {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.waiting(cx),
+            done => {
+                this.stalled = None;
+                done
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -195,6 +248,8 @@ mod tests {
             read: b"hello".to_vec(),
             position: 0,
             stream,
+            stall: Duration::from_secs(5),
+            stalled: None,
         };
         let mut small = [0u8; 3];
         replayed.read_exact(&mut small).await.expect("read");

@@ -22,14 +22,16 @@
 
 use super::check::{Kind, Params, Shared, Stop, check};
 use super::content::{self, Range, content_type};
+use rustix::net::SendFlags;
 use std::fs::File;
 use std::io;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// The longest request head read here; a longer one is hyper's (it takes up to ~400 KiB).
 const MAX_HEAD: usize = 16 * 1024;
@@ -59,6 +61,10 @@ pub(crate) async fn serve(
     stopped: &mut watch::Receiver<Stop>,
 ) -> End {
     let mut input: Vec<u8> = Vec::with_capacity(READ_SIZE);
+    let settings = &shared.settings;
+    // The whole head must be here by then: counted from when the connection opened or the
+    // last answer went, so a client that trickles bytes cannot push it back.
+    let mut head_deadline = Instant::now() + settings.header_timeout;
     loop {
         // Pipelined requests are already here: answer them before reading again.
         if !input.is_empty() {
@@ -68,7 +74,7 @@ pub(crate) async fn serve(
                 Next::Reply(reply, consumed) => {
                     input.drain(..consumed);
                     let close = reply.closes();
-                    if let Err(e) = reply.send(stream).await {
+                    if let Err(e) = reply.send(stream, settings.send_timeout).await {
                         tracing::debug!("directory server connection ended: {e}");
                         return End::Closed;
                     }
@@ -78,6 +84,7 @@ pub(crate) async fn serve(
                         let _ = stream.shutdown().await;
                         return End::Closed;
                     }
+                    head_deadline = Instant::now() + settings.header_timeout;
                     continue;
                 }
             }
@@ -92,6 +99,10 @@ pub(crate) async fn serve(
             biased;
             read = stream.read_buf(&mut input) => read,
             _ = stopped.wait_for(|s| *s != Stop::Running), if idle => return End::Closed,
+            () = tokio::time::sleep_until(head_deadline) => {
+                tracing::debug!(idle, "directory server: no complete request head in time");
+                return End::Closed;
+            }
         };
         match read {
             Ok(0) if input.is_empty() => return End::Closed,
@@ -344,9 +355,12 @@ impl Reply {
         }
     }
 
-    async fn send(self, stream: &mut TcpStream) -> io::Result<()> {
+    /// Sends the answer; `stall` is how long any one wait for room in the socket may last.
+    async fn send(self, stream: &mut TcpStream, stall: Duration) -> io::Result<()> {
         match self {
-            Reply::Buffer { bytes, .. } => stream.write_all(&bytes).await,
+            Reply::Buffer { bytes, .. } => {
+                send_all(stream, &bytes, SendFlags::empty(), stall).await
+            }
             Reply::Sendfile {
                 head,
                 file,
@@ -356,8 +370,9 @@ impl Reply {
             } => {
                 let stream: &TcpStream = stream;
                 // MSG_MORE keeps the head back until the body's first bytes join it.
-                send_all(stream, &head, rustix::net::SendFlags::MORE).await?;
-                send_body(stream, &file, offset, length, Transfer::Sendfile).await
+                send_all(stream, &head, SendFlags::MORE, stall).await?;
+                let how = Transfer::Sendfile;
+                send_body(stream, &file, offset, length, how, stall).await
             }
         }
     }
@@ -372,21 +387,33 @@ enum Transfer {
     ReadWrite,
 }
 
-/// Writes all of `bytes`, waiting for room in the socket.
+/// Writes all of `bytes`, waiting for room in the socket at most `stall` each time.
 async fn send_all(
     stream: &TcpStream,
     bytes: &[u8],
-    flags: rustix::net::SendFlags,
+    flags: SendFlags,
+    stall: Duration,
 ) -> io::Result<()> {
     let mut sent = 0;
     while sent < bytes.len() {
-        sent += stream
-            .async_io(Interest::WRITABLE, || {
-                rustix::net::send(stream, &bytes[sent..], flags).map_err(io::Error::from)
-            })
-            .await?;
+        let write = stream.async_io(Interest::WRITABLE, || {
+            rustix::net::send(stream, &bytes[sent..], flags).map_err(io::Error::from)
+        });
+        sent += within(stall, write).await?;
     }
     Ok(())
+}
+
+/// `io`, or a `TimedOut` error once it has waited `stall`: a client that stops reading
+/// holds its connection (and a file descriptor) that long, not for ever.
+async fn within<T>(stall: Duration, io: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    match tokio::time::timeout(stall, io).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client read nothing for send_timeout",
+        )),
+    }
 }
 
 /// Sends exactly `length` bytes of `file` from `offset`, or fails: never more, whatever the
@@ -398,6 +425,7 @@ async fn send_body(
     mut offset: u64,
     length: u64,
     mut how: Transfer,
+    stall: Duration,
 ) -> io::Result<()> {
     let mut left = length;
     let mut buffer = Vec::new();
@@ -406,12 +434,11 @@ async fn send_body(
         let sent = match how {
             // `count` caps what is sent at the length promised, however the file grows.
             Transfer::Sendfile => {
-                let sent = stream
-                    .async_io(Interest::WRITABLE, || {
-                        rustix::fs::sendfile(stream, file, Some(&mut offset), chunk)
-                            .map_err(io::Error::from)
-                    })
-                    .await;
+                let write = stream.async_io(Interest::WRITABLE, || {
+                    rustix::fs::sendfile(stream, file, Some(&mut offset), chunk)
+                        .map_err(io::Error::from)
+                });
+                let sent = within(stall, write).await;
                 match sent {
                     Ok(sent) => sent,
                     // Nothing was sent by the failed call; the rest goes the slow way.
@@ -426,7 +453,7 @@ async fn send_body(
             Transfer::ReadWrite => {
                 buffer.resize(chunk.min(COPY_CHUNK), 0);
                 let read = file.read_at(&mut buffer, offset)?;
-                send_all(stream, &buffer[..read], rustix::net::SendFlags::empty()).await?;
+                send_all(stream, &buffer[..read], SendFlags::empty(), stall).await?;
                 offset += read as u64;
                 read
             }
@@ -697,7 +724,10 @@ mod tests {
             got
         });
         let (stream, _) = listener.accept().await.expect("accept");
-        let ok = send_body(&stream, file, offset, length, how).await.is_ok();
+        let stall = Duration::from_secs(5);
+        let ok = send_body(&stream, file, offset, length, how, stall)
+            .await
+            .is_ok();
         drop(stream);
         (reader.await.expect("reader"), ok)
     }

@@ -17,7 +17,7 @@ fn target(url: &str) -> &str {
 }
 
 /// `GET` (or another method) for a signed URL, HTTP/1.1, with `more` header lines.
-fn request(method: &str, url: &str, more: &str) -> Vec<u8> {
+pub(super) fn request(method: &str, url: &str, more: &str) -> Vec<u8> {
     format!(
         "{method} {} HTTP/1.1\r\nHost: files.test\r\n{more}\r\n",
         target(url)
@@ -26,7 +26,7 @@ fn request(method: &str, url: &str, more: &str) -> Vec<u8> {
 }
 
 /// A connection; with `receive_buffer`, a small socket receive buffer makes a reader slow.
-async fn connect(addr: SocketAddr, receive_buffer: Option<u32>) -> BufReader<TcpStream> {
+pub(super) async fn connect(addr: SocketAddr, receive_buffer: Option<u32>) -> BufReader<TcpStream> {
     let socket = TcpSocket::new_v4().expect("socket");
     if let Some(size) = receive_buffer {
         socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
@@ -67,7 +67,7 @@ impl Answer {
     }
 }
 
-async fn read_head(connection: &mut BufReader<TcpStream>) -> Vec<String> {
+pub(super) async fn read_head(connection: &mut BufReader<TcpStream>) -> Vec<String> {
     let mut head = Vec::new();
     loop {
         let mut line = String::new();
