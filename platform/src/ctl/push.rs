@@ -3,6 +3,7 @@
 //! stages, and the instances followed until they run.
 
 use super::{Ctl, CtlError, filter, package::package};
+use crate::blobs::BlobRef;
 use crate::desired::{AppSpec, AppState, StagingState, StagingStatus};
 use dea_protocol::InstanceState;
 use futures_util::StreamExt;
@@ -105,7 +106,8 @@ pub async fn push(ctl: &Ctl, options: &PushOptions, out: &mut dyn Write) -> Resu
         }
     };
     writeln!(out, "Staging {}...", spec.name)?;
-    let staged = follow_staging(ctl, &spec.name, &task_id, options.timeout, out).await?;
+    let package = spec.package.clone();
+    let staged = follow_staging(ctl, &spec.name, &package, &task_id, options.timeout, out).await?;
     let staged_at = began.elapsed();
     writeln!(
         out,
@@ -253,6 +255,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Progress<R> {
 async fn follow_staging(
     ctl: &Ctl,
     name: &str,
+    package: &Option<BlobRef>,
     task_id: &str,
     limit: Duration,
     out: &mut dyn Write,
@@ -278,15 +281,25 @@ async fn follow_staging(
         }
         let spec = ctl.spec(name).await?;
         let Some(staging) = spec.staging.clone().filter(|s| s.task_id == task_id) else {
-            // Taken over by a controller that restaged it with a new task: follow that one.
+            // Another task for the package this push uploaded: a controller that took over
+            // restaged it. Follow that one; it may even have finished between two polls.
+            // Another package means another push replaced this one.
+            let ours = spec.package.as_ref() == package.as_ref();
             match spec.staging.as_ref() {
-                Some(s) if matches!(s.state, StagingState::Pending | StagingState::Running) => {
+                Some(s)
+                    if ours && matches!(s.state, StagingState::Pending | StagingState::Running) =>
+                {
                     if let Some(task) = streaming.take() {
                         task.abort();
                     }
-                    return Box::pin(follow_staging(ctl, name, &s.task_id.clone(), limit, out))
-                        .await;
+                    let task = s.task_id.clone();
+                    return Box::pin(follow_staging(ctl, name, package, &task, limit, out)).await;
                 }
+                Some(s) if ours && s.state == StagingState::Succeeded => break Ok(spec),
+                Some(StagingStatus {
+                    state: StagingState::Failed(reason),
+                    ..
+                }) if ours => break Err(CtlError::StagingFailed(reason.clone())),
                 _ => break Err(CtlError::StagingFailed("the app was pushed again".into())),
             }
         };
