@@ -9,6 +9,13 @@ use dea::config::Config;
 /// follow the DEA's signals: TERM/INT/QUIT shut down, USR1 says goodbye, USR2 evacuates.
 pub async fn run(config: Config, buildpacks: BuildpackSet) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Handlers first: a TERM that comes right after READY (systemd, a test) must find them,
+    // or its default action kills the agent without the shutdown below.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
     let node = dea::node::Node::start(config, buildpacks).await?;
     if let Some((server, links)) = &node.directory {
         println!(
@@ -21,11 +28,6 @@ pub async fn run(config: Config, buildpacks: BuildpackSet) -> Result<()> {
     println!("DEA {} serving", agent.id());
     // Subscribed: systemd (`Type=notify`) may start what is ordered after the agent.
     super::notify::tell(&format!("READY=1\nSTATUS=DEA {} serving", agent.id()));
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut quit = signal(SignalKind::quit())?;
-    let mut usr1 = signal(SignalKind::user_defined1())?;
-    let mut usr2 = signal(SignalKind::user_defined2())?;
     loop {
         tokio::select! {
             _ = term.recv() => break,
