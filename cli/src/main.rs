@@ -116,6 +116,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(base) = &cli.base_dir {
         config.base_dir = base.clone();
     }
+    cli::stage::source_date_epoch_from_env(&mut config);
     cli_paths::absolute_config_paths(&mut config)?;
     Ok(config)
 }

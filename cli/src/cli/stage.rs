@@ -91,3 +91,23 @@ pub async fn run(config: Config, buildpacks: BuildpackSet, args: StageArgs) -> R
     }
     Ok(())
 }
+
+/// `SOURCE_DATE_EPOCH` (the reproducible-builds convention: seconds since 1970) from the
+/// environment into `staging.source_date_epoch`, which it overrides as `DEA_BASE_DIR`
+/// overrides `base_dir`. A value that is not a number is said and ignored: droplets are
+/// then dated as the configuration says, still reproducibly.
+pub fn source_date_epoch_from_env(config: &mut Config) {
+    let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH") else {
+        return;
+    };
+    let text = value.to_string_lossy();
+    if text.trim().is_empty() {
+        return;
+    }
+    match text.trim().parse::<u64>() {
+        Ok(epoch) => config.staging.source_date_epoch = Some(epoch),
+        Err(_) => tracing::warn!(
+            "SOURCE_DATE_EPOCH={text:?} is not a number of seconds since 1970; ignored"
+        ),
+    }
+}

@@ -7,7 +7,10 @@ pub mod pack;
 pub mod staging_info;
 pub mod unpack;
 
-pub use pack::{PackError, PackLimits, PackedDroplet, pack_tree, pack_tree_limited};
+pub use pack::{
+    DEFAULT_EPOCH, PackError, PackLimits, PackOptions, PackedDroplet, Stamp, pack_tree,
+    pack_tree_limited, pack_tree_with,
+};
 pub use staging_info::StagingInfo;
 pub use unpack::{
     UnpackError, UnpackLimits, UnpackStats, unpack_into, unpack_source, unpack_stripped,

@@ -238,6 +238,11 @@ impl Stager {
             ("STACK".into(), stack.to_string()),
             ("CF_STACK".into(), stack.to_string()),
         ];
+        if let droplet::Stamp::Reproducible { mtime, .. } = droplet::Stamp::for_config(&self.config)
+        {
+            // The droplet's date, for the tools that honour it (compilers, pip, tar...).
+            env.push(("SOURCE_DATE_EPOCH".into(), mtime.to_string()));
+        }
         env.extend(request.env.iter().cloned());
         let ctx = Arc::new(StagingContext {
             workspace: workspace.to_path_buf(),
@@ -385,9 +390,14 @@ impl Stager {
         let level = self.config.staging.droplet_compression_level;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let limits = self.pack_limits(deadline);
-        let droplet =
-            blocking(move || droplet::pack_tree_limited(&tree, &output, level, threads, limits))
-                .await??;
+        let stamp = droplet::Stamp::for_config(&self.config);
+        let options = droplet::PackOptions {
+            level,
+            threads,
+            limits,
+            stamp,
+        };
+        let droplet = blocking(move || droplet::pack_tree_with(&tree, &output, &options)).await??;
         log.step(&format!("Uploading droplet ({})", human_size(droplet.size)));
         Ok(Staged {
             droplet,
