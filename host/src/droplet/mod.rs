@@ -2,11 +2,13 @@
 //! `logs/staging_task.log`, `tmp/`, `staging_info.yml`), and the safe unpacking of the
 //! untrusted sources they are made from.
 
+pub mod diff;
 mod gzip;
 pub mod pack;
 pub mod staging_info;
 pub mod unpack;
 
+pub use diff::{DiffError, DiffLimits, Difference, DropletDiff, diff_droplets, droplet_digests};
 pub use pack::{
     DEFAULT_EPOCH, PackError, PackLimits, PackOptions, PackedDroplet, Stamp, pack_tree,
     pack_tree_limited, pack_tree_with,
