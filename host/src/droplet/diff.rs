@@ -205,6 +205,23 @@ pub fn droplet_digests(path: &Path) -> Result<(String, String), DiffError> {
     Ok((hex::encode(sha1.finalize()), hex::encode(sha256.finalize())))
 }
 
+/// The time a droplet's first entry (its root, `./`) is dated: for a reproducible droplet,
+/// the `SOURCE_DATE_EPOCH` it was staged with, which a rebuild must use again. `None` when
+/// the droplet has no entry or its header no time.
+pub fn droplet_epoch(path: &Path) -> Result<Option<u64>, DiffError> {
+    let read_err = |source| DiffError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(read_err)?;
+    let mut archive = tar::Archive::new(MultiGzDecoder::new(BufReader::new(file)));
+    let mut entries = archive.entries().map_err(read_err)?;
+    match entries.next() {
+        Some(entry) => Ok(entry.map_err(read_err)?.header().mtime().ok()),
+        None => Ok(None),
+    }
+}
+
 /// A droplet's entries, by name, and their order.
 struct Listing {
     entries: BTreeMap<Vec<u8>, Summary>,

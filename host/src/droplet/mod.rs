@@ -8,7 +8,9 @@ pub mod pack;
 pub mod staging_info;
 pub mod unpack;
 
-pub use diff::{DiffError, DiffLimits, Difference, DropletDiff, diff_droplets, droplet_digests};
+pub use diff::{
+    DiffError, DiffLimits, Difference, DropletDiff, diff_droplets, droplet_digests, droplet_epoch,
+};
 pub use pack::{
     DEFAULT_EPOCH, PackError, PackLimits, PackOptions, PackedDroplet, Stamp, pack_tree,
     pack_tree_limited, pack_tree_with,
