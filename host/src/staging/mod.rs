@@ -238,11 +238,6 @@ impl Stager {
             ("STACK".into(), stack.to_string()),
             ("CF_STACK".into(), stack.to_string()),
         ];
-        if let droplet::Stamp::Reproducible { mtime, .. } = droplet::Stamp::for_config(&self.config)
-        {
-            // The droplet's date, for the tools that honour it (compilers, pip, tar...).
-            env.push(("SOURCE_DATE_EPOCH".into(), mtime.to_string()));
-        }
         env.extend(request.env.iter().cloned());
         let ctx = Arc::new(StagingContext {
             workspace: workspace.to_path_buf(),
