@@ -29,8 +29,11 @@ pub fn absolute_cli_paths(cli: &mut Cli) -> Result<()> {
     }
     match &mut cli.command {
         Command::Stage(args) => {
-            let cache = args.cache.iter_mut();
-            for path in [&mut args.app, &mut args.output].into_iter().chain(cache) {
+            let more = args.output.iter_mut().chain(args.verify.iter_mut());
+            for path in std::iter::once(&mut args.app)
+                .chain(more)
+                .chain(args.cache.iter_mut())
+            {
                 absolute_in_place(path)?;
             }
         }

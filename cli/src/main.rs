@@ -44,6 +44,8 @@ enum Command {
         /// The wasm settings, as JSON.
         limits: String,
     },
+    /// Compare two droplets entry by entry (exit 0: the same, 1: they differ, 2: trouble).
+    Diff(cli::diff::DiffArgs),
     /// Run a droplet (a path or an http(s) URL) as one instance in the foreground; Ctrl-C stops it.
     Run(cli::run::RunArgs),
     /// Be a DEA: take staging and start/stop requests from a Cloud Foundry controller over
@@ -116,6 +118,7 @@ fn load_config(cli: &Cli) -> Result<Config> {
     if let Some(base) = &cli.base_dir {
         config.base_dir = base.clone();
     }
+    cli::stage::source_date_epoch_from_env(&mut config);
     cli_paths::absolute_config_paths(&mut config)?;
     Ok(config)
 }
@@ -160,6 +163,10 @@ async fn main() -> Result<()> {
         // Colour codes only for a terminal: logs that land in files or build output stay plain.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // Needs neither configuration nor buildpacks.
+    if let Command::Diff(args) = &cli.command {
+        cli::diff::run(args);
+    }
     cli_paths::absolute_cli_paths(&mut cli)?;
     let config = load_config(&cli)?;
     // Needs no buildpacks: answered before they are read.
@@ -211,7 +218,7 @@ async fn main() -> Result<()> {
             }
             cli::serve::run(config, buildpacks).await?;
         }
-        Command::Files { .. } | Command::CompileComponent { .. } => {}
+        Command::Files { .. } | Command::CompileComponent { .. } | Command::Diff(_) => {}
         Command::Buildpacks { .. } => cli::buildpacks::list(&config, &buildpacks, only_dirs)?,
         Command::Run(args) => cli::run::run(&config, args).await?,
         Command::Detect { app, env } => {

@@ -261,6 +261,12 @@ pub struct StagingConfig {
     /// `task_streaming_log_url`, so a client following the log sees its end even when the
     /// staging took less time than the client needed to connect.
     pub log_retention_secs: u64,
+    /// Byte-identical droplets from equal inputs: every entry owned by the instances' user
+    /// (`instances.uid`/`gid`) and dated `source_date_epoch`. Off: the build's owners and times.
+    pub reproducible: bool,
+    /// Seconds since 1970 that every droplet entry is dated; `dea` takes `SOURCE_DATE_EPOCH`
+    /// from its environment when this is unset, else 1980-01-01.
+    pub source_date_epoch: Option<u64>,
 }
 
 /// Limits and caches for wasm buildpacks. Serialized too: a compile in a child process
@@ -365,6 +371,8 @@ impl Default for StagingConfig {
             max_staging_duration_secs: 900,
             droplet_compression_level: 6,
             log_retention_secs: 5,
+            reproducible: true,
+            source_date_epoch: None,
         }
     }
 }

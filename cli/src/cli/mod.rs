@@ -1,11 +1,12 @@
 //! The command line, one module per command (wired in by `main.rs`): `serve`, `run`,
-//! `stage`, `files`, `stack`, `buildpack` (guest tooling), installed-buildpack management
-//! (`dea buildpacks ...`), the default buildpacks built into the binary, and telling systemd
+//! `stage`, `diff`, `files`, `stack`, `buildpack` (guest tooling), installed-buildpack
+//! management (`dea buildpacks ...`), the default buildpacks built into the binary, and telling systemd
 //! when `dea serve` is ready; and the platform's `controller`, `router` and `ctl`.
 
 pub mod buildpack;
 pub mod buildpacks;
 pub mod defaults;
+pub mod diff;
 pub mod files;
 pub mod notify;
 pub mod platform;

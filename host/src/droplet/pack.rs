@@ -6,8 +6,16 @@
 //! its descriptor into the block being filled (one `fstat` per file, reads as large as the
 //! block allows). The output is written to a temporary file beside the destination and
 //! renamed into place only when complete and synced, so no reader ever sees half a droplet.
+//!
+//! Droplets are reproducible ([`Stamp::Reproducible`]): entries are sorted by name, each is
+//! owned by the user instances run as and dated one fixed time, and the gzip members carry
+//! no time or host (libdeflate writes MTIME 0 and OS 255) and are cut at fixed offsets of
+//! the tar stream, whatever the number of threads. Equal trees then give byte-identical
+//! droplets, which is what lets a site rebuild and check what it runs (`dea diff`,
+//! `dea stage --verify`).
 
 use super::gzip::ParallelGz;
+use crate::config::Config;
 use crate::tenant_fs::{Flow, Kind, Meta, TenantDir, TenantFsError, WalkLimits};
 use std::fs;
 use std::io::{self, Write};
@@ -57,8 +65,52 @@ impl Default for PackLimits {
     }
 }
 
+/// 1980-01-01T00:00:00Z, the date of droplet entries when no `SOURCE_DATE_EPOCH` is given.
+/// Not 0: zip cannot say a time before 1980 (Python's `zipfile` refuses such files, so an
+/// app that zips its own files would fail), and some tools take a zero time for "unknown".
+/// Python's wheels and Debian's `strip-nondeterminism` use the same date for that reason.
+pub const DEFAULT_EPOCH: u64 = 315_532_800;
+
+/// What a droplet's entries say about their owner and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stamp {
+    /// As the file system has them: the staging's user (root for wasm buildpacks, the
+    /// classic containers' user for classic ones) and the time each file was written.
+    AsBuilt,
+    /// Every entry owned by `uid:gid` and dated `mtime` (seconds since 1970), so that equal
+    /// trees give byte-identical droplets whoever staged them and when.
+    Reproducible { mtime: u64, uid: u32, gid: u32 },
+}
+
+impl Stamp {
+    /// The stamp `config` asks droplets for: owned by the user instances run as (who gets
+    /// the whole home at start anyway), dated `staging.source_date_epoch` or
+    /// [`DEFAULT_EPOCH`].
+    pub fn for_config(config: &Config) -> Stamp {
+        if !config.staging.reproducible {
+            return Stamp::AsBuilt;
+        }
+        Stamp::Reproducible {
+            mtime: config.staging.source_date_epoch.unwrap_or(DEFAULT_EPOCH),
+            uid: config.instances.uid,
+            gid: config.instances.gid,
+        }
+    }
+}
+
+/// How to pack a droplet.
+#[derive(Debug, Clone, Copy)]
+pub struct PackOptions {
+    /// gzip level, 0 (stored) to 9.
+    pub level: u32,
+    /// Compression workers; the droplet's bytes do not depend on it.
+    pub threads: usize,
+    pub limits: PackLimits,
+    pub stamp: Stamp,
+}
+
 /// Packs the contents of `tree` into `dest` (entries named `./...`), compressing with `level`
-/// on `threads` workers, within the default [`PackLimits`].
+/// on `threads` workers, within the default [`PackLimits`], entries as built.
 pub fn pack_tree(
     tree: &Path,
     dest: &Path,
@@ -75,6 +127,21 @@ pub fn pack_tree_limited(
     level: u32,
     threads: usize,
     limits: PackLimits,
+) -> Result<PackedDroplet, PackError> {
+    let options = PackOptions {
+        level,
+        threads,
+        limits,
+        stamp: Stamp::AsBuilt,
+    };
+    pack_tree_with(tree, dest, &options)
+}
+
+/// Packs the contents of `tree` into `dest` as `options` say.
+pub fn pack_tree_with(
+    tree: &Path,
+    dest: &Path,
+    options: &PackOptions,
 ) -> Result<PackedDroplet, PackError> {
     let write_err = |source| PackError::Write {
         path: dest.to_path_buf(),
@@ -94,9 +161,10 @@ pub fn pack_tree_limited(
         .map_err(write_err)?;
     let output = temp.as_file().try_clone().map_err(write_err)?;
 
-    let mut gz = ParallelGz::new(output, level, threads.max(1));
-    let walk_result = append_root(&mut gz, &root)
-        .and_then(|()| append_tree(&mut gz, &root, limits))
+    let mut gz = ParallelGz::new(output, options.level, options.threads.max(1));
+    let stamp = options.stamp;
+    let walk_result = append_root(&mut gz, &root, stamp)
+        .and_then(|()| append_tree(&mut gz, &root, options.limits, stamp))
         .and_then(|()| {
             // The end of the archive: two zero records, as `tar` writes it.
             gz.write_all(&[0u8; 1024]).map_err(write_err)
@@ -117,27 +185,33 @@ pub fn pack_tree_limited(
     })
 }
 
-/// A tar header carrying `meta`'s mode, owner and time (what `HeaderMode::Complete` keeps).
-fn header_for(meta: &Meta, kind: tar::EntryType, size: u64) -> tar::Header {
+/// A tar header carrying `meta`'s mode, and its owner and time or those of `stamp`. The
+/// owner's names stay empty: GNU tar extracting as root would otherwise map a name to
+/// whatever id it has on the extracting host, and the agent unpacks by id anyway.
+fn header_for(meta: &Meta, kind: tar::EntryType, size: u64, stamp: Stamp) -> tar::Header {
+    let (uid, gid, mtime) = match stamp {
+        Stamp::AsBuilt => (meta.uid, meta.gid, meta.mtime),
+        Stamp::Reproducible { mtime, uid, gid } => (uid, gid, mtime),
+    };
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(kind);
     header.set_mode(meta.mode);
-    header.set_uid(u64::from(meta.uid));
-    header.set_gid(u64::from(meta.gid));
-    header.set_mtime(meta.mtime);
+    header.set_uid(u64::from(uid));
+    header.set_gid(u64::from(gid));
+    header.set_mtime(mtime);
     header.set_size(size);
     header
 }
 
 /// The `./` entry `tar czf droplet.tgz .` starts with.
-fn append_root(gz: &mut ParallelGz, root: &TenantDir) -> Result<(), PackError> {
+fn append_root(gz: &mut ParallelGz, root: &TenantDir, stamp: Stamp) -> Result<(), PackError> {
     let read_err = |source| PackError::Read {
         path: root.path().to_path_buf(),
         source,
     };
     let stat = rustix::fs::fstat(root.as_fd()).map_err(|e| read_err(e.into()))?;
     let meta = Meta::of(&stat);
-    let header = header_for(&meta, tar::EntryType::Directory, 0);
+    let header = header_for(&meta, tar::EntryType::Directory, 0, stamp);
     append_header(gz, header, b"./", None).map_err(read_err)
 }
 
@@ -145,7 +219,12 @@ fn append_root(gz: &mut ParallelGz, root: &TenantDir) -> Result<(), PackError> {
 /// give equal droplets. The walk is iterative and capped (see [`PackLimits`]); files are
 /// opened through their directory's descriptor, never through a link, and what is packed
 /// is what that descriptor's `fstat` says (kind, size, mode, owner, time).
-fn append_tree(gz: &mut ParallelGz, root: &TenantDir, limits: PackLimits) -> Result<(), PackError> {
+fn append_tree(
+    gz: &mut ParallelGz,
+    root: &TenantDir,
+    limits: PackLimits,
+    stamp: Stamp,
+) -> Result<(), PackError> {
     let mut total = 0u64;
     let mut name = Vec::with_capacity(256);
     root.walk(limits.walk, true, |entry| {
@@ -161,7 +240,7 @@ fn append_tree(gz: &mut ParallelGz, root: &TenantDir, limits: PackLimits) -> Res
         match entry.meta.kind {
             Kind::Dir => {
                 name.push(b'/');
-                let header = header_for(&entry.meta, tar::EntryType::Directory, 0);
+                let header = header_for(&entry.meta, tar::EntryType::Directory, 0, stamp);
                 append_header(gz, header, &name, None).map_err(read_err)?;
             }
             Kind::File => {
@@ -172,14 +251,14 @@ fn append_tree(gz: &mut ParallelGz, root: &TenantDir, limits: PackLimits) -> Res
                         limit_mb: limits.max_bytes >> 20,
                     });
                 }
-                let header = header_for(&meta, tar::EntryType::Regular, meta.size);
+                let header = header_for(&meta, tar::EntryType::Regular, meta.size, stamp);
                 append_header(gz, header, &name, None).map_err(read_err)?;
                 gz.fill_from(&mut file, meta.size).map_err(read_err)?;
                 pad(gz, meta.size).map_err(read_err)?;
             }
             Kind::Symlink => {
                 let target = entry.read_link()?;
-                let header = header_for(&entry.meta, tar::EntryType::Symlink, 0);
+                let header = header_for(&entry.meta, tar::EntryType::Symlink, 0, stamp);
                 append_header(gz, header, &name, Some(target.as_os_str().as_bytes()))
                     .map_err(read_err)?;
             }
@@ -357,6 +436,101 @@ mod tests {
             .expect("tar runs");
         assert!(status.success(), "GNU tar reads the droplet");
         assert_eq!(listing(&out), listing(&tree));
+    }
+
+    /// Writes the same small app into `tree`, every entry dated `mtime` and owned by `uid`
+    /// (as root; otherwise the owner stays the caller's).
+    fn app_tree(tree: &Path, mtime: u64, uid: u32) {
+        let (text, noise) = contents();
+        fs::create_dir_all(tree.join("app/lib")).expect("dirs");
+        fs::write(tree.join("app/lib/text.js"), &text).expect("text");
+        fs::write(tree.join("app/noise.bin"), &noise).expect("noise");
+        fs::write(tree.join("app/run"), b"#!/bin/sh\n").expect("run");
+        fs::set_permissions(tree.join("app/run"), fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        symlink("lib/text.js", tree.join("app/main.js")).expect("link");
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime);
+        for path in [
+            "app/lib/text.js",
+            "app/noise.bin",
+            "app/run",
+            "app/lib",
+            "app",
+            ".",
+        ] {
+            let file = fs::File::open(tree.join(path)).expect("open");
+            file.set_modified(time).expect("set mtime");
+        }
+        if rustix::process::geteuid().is_root() {
+            for path in [
+                "app/lib/text.js",
+                "app/noise.bin",
+                "app/run",
+                "app/lib",
+                "app",
+            ] {
+                std::os::unix::fs::lchown(tree.join(path), Some(uid), Some(uid)).expect("chown");
+            }
+        }
+    }
+
+    #[test]
+    fn equal_trees_give_identical_droplets_whatever_their_times_owners_and_threads() {
+        let base = tempfile::tempdir().expect("tempdir");
+        let stamp = Stamp::Reproducible {
+            mtime: 1_700_000_000,
+            uid: 2000,
+            gid: 2001,
+        };
+        let pack = |tree: &Path, threads: usize, stamp: Stamp| {
+            let options = PackOptions {
+                level: 6,
+                threads,
+                limits: PackLimits::default(),
+                stamp,
+            };
+            let dest = base.path().join(format!("{threads}-{}.tgz", rand_name()));
+            pack_tree_with(tree, &dest, &options).expect("packs")
+        };
+        let (one, two) = (base.path().join("one"), base.path().join("two"));
+        app_tree(&one, 1_000_000_000, 0);
+        app_tree(&two, 1_600_000_000, 2000);
+
+        let first = pack(&one, 1, stamp);
+        for (tree, threads) in [(&one, 4), (&two, 1), (&two, 3)] {
+            let other = pack(tree, threads, stamp);
+            assert_eq!(other.sha256, first.sha256, "{threads} threads");
+            assert_eq!(other.sha1, first.sha1, "{threads} threads");
+        }
+        // As built, the trees' own times tell them apart.
+        let one_built = pack(&one, 2, Stamp::AsBuilt);
+        assert_ne!(one_built.sha256, pack(&two, 2, Stamp::AsBuilt).sha256);
+
+        let bytes = fs::read(&first.path).expect("droplet");
+        // Every gzip member says no time: bytes 4..8 of its header are zero.
+        assert_eq!(&bytes[..4], &[0x1f, 0x8b, 8, 0]);
+        assert_eq!(&bytes[4..8], &[0, 0, 0, 0]);
+        let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(bytes.as_slice()));
+        let mut modes = BTreeMap::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let header = entry.header();
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            assert_eq!(header.mtime().expect("mtime"), 1_700_000_000, "{name}");
+            assert_eq!(header.uid().expect("uid"), 2000, "{name}");
+            assert_eq!(header.gid().expect("gid"), 2001, "{name}");
+            modes.insert(name, header.mode().expect("mode") & 0o7777);
+        }
+        // Modes are the tree's: they matter to the app.
+        assert_eq!(modes.get("./app/run"), Some(&0o755));
+        assert_eq!(modes.get("./app/lib/text.js"), Some(&0o644));
+    }
+
+    /// A name no other droplet of the test has.
+    fn rand_name() -> String {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed).to_string()
     }
 
     #[test]

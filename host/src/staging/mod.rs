@@ -385,9 +385,14 @@ impl Stager {
         let level = self.config.staging.droplet_compression_level;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let limits = self.pack_limits(deadline);
-        let droplet =
-            blocking(move || droplet::pack_tree_limited(&tree, &output, level, threads, limits))
-                .await??;
+        let stamp = droplet::Stamp::for_config(&self.config);
+        let options = droplet::PackOptions {
+            level,
+            threads,
+            limits,
+            stamp,
+        };
+        let droplet = blocking(move || droplet::pack_tree_with(&tree, &output, &options)).await??;
         log.step(&format!("Uploading droplet ({})", human_size(droplet.size)));
         Ok(Staged {
             droplet,
