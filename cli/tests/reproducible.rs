@@ -281,3 +281,39 @@ fn stage_offline_verify_rebuilds_from_the_cache_names_what_it_lacks_and_shows_th
         both(&out)
     );
 }
+
+/// The common case: the built-in example staged with the default buildpacks, which each
+/// state directory installs for itself, gives the same droplet on two fresh state
+/// directories (nothing of the host's layout, such as the buildpack's path, goes in).
+#[test]
+fn the_example_staged_on_two_fresh_state_directories_is_the_same_droplet() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut droplets = Vec::new();
+    for round in 0..2 {
+        let droplet = base.path().join(format!("example-{round}.tgz"));
+        let state = base.path().join(format!("state-{round}"));
+        let out = dea(
+            &state,
+            &[
+                "stage",
+                "examples/static-site",
+                "-o",
+                &droplet.display().to_string(),
+            ],
+            &[],
+        );
+        assert!(out.status.success(), "{}", both(&out));
+        droplets.push(droplet);
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_dea"))
+        .arg("diff")
+        .args(&droplets)
+        .output()
+        .expect("dea diff");
+    assert!(out.status.success(), "the droplets differ: {}", both(&out));
+    let bytes: Vec<Vec<u8>> = droplets
+        .iter()
+        .map(|d| std::fs::read(d).expect("droplet"))
+        .collect();
+    assert!(bytes[0] == bytes[1], "same entries, different bytes");
+}

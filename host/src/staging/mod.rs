@@ -540,7 +540,9 @@ fn staging_info(
     Ok(StagingInfo {
         detected_buildpack: detected.to_string(),
         start_command,
-        buildpack_path: buildpack.dir.display().to_string(),
+        // Where the DEA's staging container had it (`/tmp/buildpacks/<name>`), not where it
+        // lies on this host: the droplet must not depend on the agent's state directory.
+        buildpack_path: format!("/tmp/buildpacks/{}", buildpack.id),
         buildpack_key: buildpack.id.clone(),
         effective_procfile: processes,
         config_vars: release.config_vars.iter().cloned().collect(),
