@@ -248,6 +248,7 @@ async fn main() -> Result<()> {
                         buildpack: bp.id,
                         declared: bp.fetch_allow,
                         any_request: false,
+                        record: None,
                     }
                 }
                 None => FetchGrant::default(),

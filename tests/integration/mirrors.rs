@@ -138,6 +138,7 @@ async fn start_proxy(
             buildpack: "classic".into(),
             declared: Vec::new(),
             any_request: true,
+            record: None,
         },
         log: quiet_log(),
     };

@@ -1,6 +1,7 @@
 //! `staging_info.yml`: what the DEA reads back from a droplet to start it (reference:
 //! dea_ng.md §3.4 step 6, §3.8).
 
+use crate::sbom::Dependencies;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -20,4 +21,8 @@ pub struct StagingInfo {
     /// Run-time variables the buildpack asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_vars: BTreeMap<String, String>,
+    /// What went into the droplet (the facts of `sbom.cdx.json`), for Cloud Foundry's
+    /// tools; absent in droplets staged before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Dependencies>,
 }
