@@ -15,6 +15,7 @@
 
 pub mod cyclonedx;
 pub mod digest;
+pub mod read;
 
 use crate::fetch::{FetchRecord, PinSource};
 use serde::{Deserialize, Serialize};
