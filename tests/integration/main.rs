@@ -16,5 +16,6 @@ mod hostile_archives;
 mod hostile_buildpacks;
 mod instances;
 mod mirrors;
+mod sbom;
 mod stacks;
 mod staging;
