@@ -6,7 +6,7 @@ use anyhow::Result;
 use dea::config::Config;
 use dea::fetch::{FetchGrant, FetchRecorder, FetchService, Recording};
 
-/// Fetches `urls` for `grant` and prints one YAML line per URL, to go under `fetch.pins:`.
+/// Fetches `urls` for `grant` and prints them as `fetch.pins` YAML, one line per URL.
 pub async fn run(config: &Config, urls: &[String], grant: FetchGrant) -> Result<()> {
     // Pinning is how an unpinned URL gets its pin: the policy cannot apply to it here.
     let mut fetch = config.fetch.clone();
@@ -22,14 +22,16 @@ pub async fn run(config: &Config, urls: &[String], grant: FetchGrant) -> Result<
         }),
         ..grant
     };
-    println!("# under fetch.pins in the agent's config:");
     for url in urls {
         service.fetch(url, None, &grant).await?;
     }
+    // A snippet that loads as it is; its last lines are what goes under an existing
+    // `fetch.pins`.
+    println!("fetch:\n  pins:");
     for record in recorder.records() {
         // JSON strings are YAML strings: a URL with `#` or `: ` in it stays one key.
         println!(
-            "  {}: {}  # {} bytes from {}",
+            "    {}: {}  # {} bytes from {}",
             serde_json::to_string(&record.url_asked)?,
             record.sha256,
             record.size,
