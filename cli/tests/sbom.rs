@@ -50,7 +50,9 @@ fn tgz(path: &Path, files: &[(&str, &[u8])]) {
         header.set_size(content.len() as u64);
         header.set_mode(0o644);
         header.set_cksum();
-        builder.append_data(&mut header, name, *content).expect("append");
+        builder
+            .append_data(&mut header, name, *content)
+            .expect("append");
     }
     builder.into_inner().expect("tar").finish().expect("gzip");
 }
@@ -117,7 +119,10 @@ fn sbom_prints_the_buildpacks_and_downloads_of_a_droplet() {
     let made = base.path().join("made.tgz");
     tgz(
         &made,
-        &[("./app/big", &vec![0u8; 100_000]), ("./sbom.cdx.json", &json)],
+        &[
+            ("./app/big", &vec![0u8; 100_000]),
+            ("./sbom.cdx.json", &json),
+        ],
     );
     let out = dea(base.path(), &["sbom", &made.display().to_string()]);
     let stdout = text(&out.stdout);
