@@ -75,3 +75,62 @@ pub fn from_droplet(path: &Path) -> Result<Bom, ReadError> {
         path: path.to_path_buf(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn droplet(entries: &[(&str, tar::EntryType, &[u8])]) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().expect("temp");
+        let gz = flate2::write::GzEncoder::new(
+            file.reopen().expect("reopen"),
+            flate2::Compression::fast(),
+        );
+        let mut builder = tar::Builder::new(gz);
+        for (name, kind, content) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_size(content.len() as u64);
+            header.set_mode(0o644);
+            if *kind == tar::EntryType::Symlink {
+                header.set_size(0);
+                header.set_link_name("/etc/passwd").expect("link");
+                header.set_cksum();
+                builder
+                    .append_data(&mut header, name, &[][..])
+                    .expect("append");
+                continue;
+            }
+            header.set_cksum();
+            builder
+                .append_data(&mut header, name, *content)
+                .expect("append");
+        }
+        builder.into_inner().expect("tar").finish().expect("gzip");
+        file
+    }
+
+    #[test]
+    fn only_a_top_level_regular_file_is_read_and_only_so_much() {
+        use tar::EntryType::{Regular, Symlink};
+        let bom = br#"{"bomFormat":"CycloneDX","specVersion":"1.5","version":1,
+            "metadata":{"tools":{"components":[]},"component":{"type":"application","name":"app"}}}"#;
+        let elsewhere = droplet(&[
+            ("./sbom.cdx.json", Symlink, b""),
+            ("./app/sbom.cdx.json", Regular, bom),
+        ]);
+        assert!(matches!(
+            from_droplet(elsewhere.path()),
+            Err(ReadError::Missing { .. })
+        ));
+        let found = droplet(&[("./app/x", Regular, b"x"), ("sbom.cdx.json", Regular, bom)]);
+        let read = from_droplet(found.path()).expect("read");
+        assert_eq!(read.spec_version, "1.5");
+        let huge = vec![b' '; (MAX_SBOM_BYTES + 2) as usize];
+        let large = droplet(&[("./sbom.cdx.json", Regular, &huge)]);
+        assert!(matches!(
+            from_droplet(large.path()),
+            Err(ReadError::TooLarge { .. })
+        ));
+    }
+}
