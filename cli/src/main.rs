@@ -74,11 +74,17 @@ enum Command {
     Buildpack(cli::buildpack::BuildpackCommand),
     /// Show how the fetch service resolves a URL: mirror rule, URL used, allowed or not.
     Fetch {
-        url: String,
+        #[arg(required = true, value_name = "URL")]
+        urls: Vec<String>,
         /// Resolve as this buildpack would (its manifest's declared downloads count).
         #[arg(long)]
         buildpack: Option<String>,
+        /// Download each URL and print the `fetch.pins` lines that pin it.
+        #[arg(long)]
+        pin: bool,
     },
+    /// Print a droplet's bill of materials: its buildpacks and downloads, with digests.
+    Sbom { droplet: PathBuf },
     /// Instance and staging files served by the agent's directory server.
     Files {
         #[command(subcommand)]
@@ -173,6 +179,9 @@ async fn main() -> Result<()> {
     if let Command::Files { command } = &cli.command {
         return cli::files::run(&config, command);
     }
+    if let Command::Sbom { droplet } = &cli.command {
+        return cli::sbom::run(droplet);
+    }
     // The platform's commands read `platform:` from the same file and need no buildpacks.
     match cli.command {
         Command::Controller => {
@@ -218,7 +227,10 @@ async fn main() -> Result<()> {
             }
             cli::serve::run(config, buildpacks).await?;
         }
-        Command::Files { .. } | Command::CompileComponent { .. } | Command::Diff(_) => {}
+        Command::Files { .. }
+        | Command::CompileComponent { .. }
+        | Command::Diff(_)
+        | Command::Sbom { .. } => {}
         Command::Buildpacks { .. } => cli::buildpacks::list(&config, &buildpacks, only_dirs)?,
         Command::Run(args) => cli::run::run(&config, args).await?,
         Command::Detect { app, env } => {
@@ -245,7 +257,11 @@ async fn main() -> Result<()> {
         | Command::Controller
         | Command::Router { .. }
         | Command::Ctl { .. } => {}
-        Command::Fetch { url, buildpack } => {
+        Command::Fetch {
+            urls,
+            buildpack,
+            pin,
+        } => {
             let service = FetchService::new(config.fetch.clone(), config.fetch_cache_dir())?;
             let grant = match buildpack {
                 Some(name) => {
@@ -255,11 +271,18 @@ async fn main() -> Result<()> {
                         buildpack: bp.id,
                         declared: bp.fetch_allow,
                         any_request: false,
+                        record: None,
                     }
                 }
                 None => FetchGrant::default(),
             };
-            let resolution = service.resolve(&url, &grant);
+            if pin {
+                return cli::pin::run(&config, &urls, grant).await;
+            }
+            let [url] = urls.as_slice() else {
+                anyhow::bail!("dea fetch explains one URL at a time (--pin takes several)");
+            };
+            let resolution = service.resolve(url, &grant);
             println!("asked for: {}", resolution.url);
             match &resolution.rule {
                 Some(rule) => println!("rule:      {} -> {}", rule.from, rule.to),

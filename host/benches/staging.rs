@@ -490,6 +490,7 @@ fn fetch_benchmark(scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
         buildpack: "bench".into(),
         declared: vec!["https://upstream.example/".into()],
         any_request: false,
+        record: None,
     };
     let config = FetchConfig {
         mirrors: vec![MirrorRule {

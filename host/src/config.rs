@@ -309,6 +309,10 @@ pub struct FetchConfig {
     /// Expected SHA-256 per URL (as asked for, before rewriting), for downloads whose
     /// buildpack pins nothing itself (classic buildpacks through the proxy).
     pub pins: std::collections::BTreeMap<String, String>,
+    /// Refuse every download without a pinned SHA-256 (its buildpack's or `pins`), so that
+    /// what a staging downloads is exactly what was reviewed. `dea fetch --pin URL` prints
+    /// the `pins` lines to add.
+    pub require_pins: bool,
     /// Serve from the cache only; never open a connection.
     pub offline: bool,
     /// Largest single download, in MiB.
@@ -400,6 +404,7 @@ impl Default for FetchConfig {
             allow: Vec::new(),
             allow_buildpack_declared: true,
             pins: Default::default(),
+            require_pins: false,
             offline: false,
             max_download_mb: 2048,
             timeout_secs: 300,

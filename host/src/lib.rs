@@ -41,6 +41,7 @@ pub mod node;
 pub mod phase;
 pub mod private_dir;
 pub mod proxy;
+pub mod sbom;
 pub mod stack;
 pub mod staging;
 pub mod tenant_fs;

@@ -276,6 +276,54 @@ pub struct StagingCompletionReply {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_info: Option<ErrorInfo>,
+    /// dea's extension (no DEA field changes meaning): what went into the droplet and which
+    /// downloads the cache answered. Absent when the staging failed, or from another DEA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dea_bill_of_materials: Option<BillOfMaterials>,
+}
+
+/// `dea_bill_of_materials` of a completion reply: the droplet's `sbom.cdx.json` facts, plus
+/// what only the staging run knows (whether each download was a cache hit).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BillOfMaterials {
+    /// SHA-256 of the app source: of its bytes as received (`digest_of: file`), or of its
+    /// tree (`tree`, dea's `dea-tree-v1`).
+    pub app_sha256: String,
+    pub app_digest_of: String,
+    pub stack: String,
+    pub buildpacks: Vec<BuildpackUsed>,
+    /// Every download of the run, in a stable order; a URL fetched twice appears twice.
+    pub downloads: Vec<DownloadRecord>,
+    pub pins_required: bool,
+    pub fully_pinned: bool,
+}
+
+/// A buildpack of [`BillOfMaterials`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildpackUsed {
+    pub id: String,
+    pub version: String,
+    /// `wasm` or `classic`.
+    pub kind: String,
+    pub sha256: String,
+    /// `file` (the wasm component) or `tree` (a classic buildpack's directory).
+    pub digest_of: String,
+}
+
+/// A download of [`BillOfMaterials`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadRecord {
+    pub url_asked: String,
+    pub url_used: String,
+    pub sha256: String,
+    pub size: u64,
+    pub buildpack: String,
+    pub phase: String,
+    pub cache_hit: bool,
+    pub pinned: bool,
+    /// `buildpack` or `fetch.pins`; absent when not pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_by: Option<String>,
 }
 
 /// `dea.advertise` (§2.2).
@@ -569,6 +617,7 @@ mod tests {
                 kind: "BuildpackCompileFailed".into(),
                 message: "Buildpack compilation step failed".into(),
             }),
+            dea_bill_of_materials: None,
         };
         let json = serde_json::to_value(&reply).expect("serializes");
         assert_eq!(json["error_info"]["type"], "BuildpackCompileFailed");
@@ -580,6 +629,15 @@ mod tests {
         };
         let json = serde_json::to_value(&ok).expect("serializes");
         assert!(json.get("error").is_none() && json.get("error_info").is_none());
+        assert!(
+            json.get("dea_bill_of_materials").is_none(),
+            "no extension key unless there is one to give"
+        );
+        let parsed: StagingCompletionReply = serde_json::from_value(json).expect("parses");
+        assert_eq!(
+            parsed.dea_bill_of_materials, None,
+            "another DEA's reply parses"
+        );
 
         let exited = DropletExited {
             cc_partition: "default".into(),

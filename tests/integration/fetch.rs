@@ -10,6 +10,7 @@ fn grant() -> FetchGrant {
         buildpack: "test".into(),
         declared: vec!["https://upstream.example/".into()],
         any_request: false,
+        record: None,
     }
 }
 
@@ -133,6 +134,7 @@ fn classic() -> FetchGrant {
         buildpack: "classic".into(),
         declared: Vec::new(),
         any_request: true,
+        record: None,
     }
 }
 
@@ -141,6 +143,7 @@ fn grant_declaring(declared: &[&str]) -> FetchGrant {
         buildpack: "wasm".into(),
         declared: declared.iter().map(|s| s.to_string()).collect(),
         any_request: false,
+        record: None,
     }
 }
 

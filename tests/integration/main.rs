@@ -17,5 +17,6 @@ mod hostile_buildpacks;
 mod instances;
 mod mirrors;
 mod reproducible;
+mod sbom;
 mod stacks;
 mod staging;

@@ -24,7 +24,7 @@ async fn curl_and_wget_download_https_upstream_urls_from_the_mirror() {
     let mut req = request(&app, &out);
     req.env = vec![("URL".into(), upstream_url.clone())];
     let (result, log) = stage(&stager, req).await;
-    result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
     for from in ["from-curl", "from-wget"] {
         assert!(
             droplet_file(&out, &format!("./app/{from}/tool/bin/tool")).is_some(),
@@ -42,7 +42,8 @@ async fn curl_and_wget_download_https_upstream_urls_from_the_mirror() {
         )),
         "{log}"
     );
-    assert!(log.contains("cache hit"), "{log}");
+    let cached: Vec<bool> = staged.fetches.iter().map(|f| f.cached).collect();
+    assert_eq!(cached, [false, true], "{:?}", staged.fetches);
 
     // A second staging is served from the cache: the mirror's counter does not move.
     let mut req = request(&app, &base.path().join("dl2.tgz"));
@@ -99,16 +100,10 @@ async fn wasm_fetch_of_an_https_upstream_comes_from_the_mirror() {
     for round in 0..2 {
         let out = base.path().join(format!("n{round}.tgz"));
         let (result, log) = stage(&stager, request(&app, &out)).await;
-        result.unwrap_or_else(|e| panic!("{e}\n{log}"));
+        let staged = result.unwrap_or_else(|e| panic!("{e}\n{log}"));
         assert!(droplet_file(&out, "./app/.node/bin/node").is_some());
-        assert!(
-            log.contains(if round == 0 {
-                "cache miss"
-            } else {
-                "cache hit"
-            }),
-            "{log}"
-        );
+        assert_eq!(staged.fetches.len(), 1, "{:?}", staged.fetches);
+        assert_eq!(staged.fetches[0].cached, round == 1, "{:?}", staged.fetches);
     }
     assert_eq!(upstream.hits(), 0);
     assert_eq!(mirror.hits("/mirror/x.tgz"), 1);
@@ -138,6 +133,7 @@ async fn start_proxy(
             buildpack: "classic".into(),
             declared: Vec::new(),
             any_request: true,
+            record: None,
         },
         log: quiet_log(),
     };

@@ -118,6 +118,20 @@ pub async fn run(mut config: Config, buildpacks: BuildpackSet, args: StageArgs) 
             if let Some(command) = &staged.info.start_command {
                 println!("Start:     {command}");
             }
+            // Whether the cache answered is a fact of this run, not of the droplet (whose
+            // bill of materials lists the downloads themselves): said here only.
+            for fetch in &staged.fetches {
+                println!(
+                    "Fetched:   {} ({}, {} bytes)",
+                    fetch.url_asked,
+                    if fetch.cached {
+                        "cache hit"
+                    } else {
+                        "downloaded"
+                    },
+                    fetch.size
+                );
+            }
         }
         Err(error) => {
             eprint!("{}", dea::staging::failure_line(&error));

@@ -1,6 +1,7 @@
 //! `staging_info.yml`: what the DEA reads back from a droplet to start it (reference:
 //! dea_ng.md §3.4 step 6, §3.8).
 
+use crate::sbom::Dependencies;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -11,7 +12,8 @@ pub struct StagingInfo {
     pub detected_buildpack: String,
     /// The command the `web` process runs.
     pub start_command: Option<String>,
-    /// Where the buildpack came from (its directory on this host).
+    /// Where the buildpack was in the staging container, `/tmp/buildpacks/<id>` as in the
+    /// DEA (not its directory on this host, which would make droplets differ by host).
     pub buildpack_path: String,
     /// The buildpack's id, for `buildpack_key` in the staging reply.
     pub buildpack_key: String,
@@ -20,4 +22,8 @@ pub struct StagingInfo {
     /// Run-time variables the buildpack asked for.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config_vars: BTreeMap<String, String>,
+    /// What went into the droplet (the facts of `sbom.cdx.json`), for Cloud Foundry's
+    /// tools; absent in droplets staged before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<Dependencies>,
 }

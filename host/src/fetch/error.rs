@@ -34,6 +34,13 @@ pub enum FetchError {
         #[source]
         reason: Box<Denial>,
     },
+    /// `fetch.require_pins` is on and nothing pins this URL's digest.
+    #[error(
+        "download of {url} refused: fetch.require_pins is on and no SHA-256 is pinned for it; \
+         pin it in the buildpack's manifest, or add it under fetch.pins \
+         (`dea fetch --pin {url}` prints the line)"
+    )]
+    Unpinned { url: String },
     #[error("{url} is not in the download cache and the fetch service is offline")]
     Offline { url: String },
     #[error(

@@ -15,11 +15,13 @@
 
 mod error;
 mod policy;
+mod record;
 mod transfer;
 pub(crate) mod url_rules;
 
 pub use error::{Denial, FetchError, NetworkFailure, Unreachable};
 pub use policy::{ConfigReason, HopRefused, Refusal};
+pub use record::{FetchRecord, FetchRecorder, PinSource, Recording};
 pub use url_rules::{
     Encoded, HostError, PathError, PrefixError, RewriteError, RuleError, UrlRefused,
 };
@@ -57,6 +59,9 @@ pub struct FetchGrant {
     /// Classic buildpacks declare nothing and may ask for any URL; what they get is still
     /// decided by the mirror rules and the allowlist alone.
     pub any_request: bool,
+    /// Where a staging writes down what this grant fetched (`None`: nowhere, as for
+    /// `dea fetch`).
+    pub record: Option<Recording>,
 }
 
 /// A completed fetch: the verified content in the cache.
@@ -67,22 +72,22 @@ pub struct Fetched {
     pub sha256: String,
     pub size: u64,
     pub cached: bool,
+    /// What `sha256` was verified against, if anything.
+    pub pinned: Option<PinSource>,
 }
 
 impl Fetched {
-    /// The staging-log line for this fetch of `asked`: URL asked for, URL used, cache hit or
-    /// miss, bytes.
+    /// The staging-log line for this fetch of `asked`: URL asked for, URL used, bytes and
+    /// digest. Not whether the cache answered: the log ships inside the droplet, which must
+    /// come out the same whether the bytes were downloaded or already here (the run's
+    /// reports say that instead).
     pub fn log_line(&self, asked: &str) -> String {
         format!(
-            "fetch {} -> {} ({}, {} bytes)",
+            "fetch {} -> {} ({} bytes, sha256 {})",
             sanitize(asked),
             self.url_used,
-            if self.cached {
-                "cache hit"
-            } else {
-                "cache miss"
-            },
-            self.size
+            self.size,
+            self.sha256
         )
     }
 }
@@ -154,13 +159,48 @@ impl FetchService {
         }
     }
 
-    /// Fetches `url` for `grant`, verifying `expected_sha256` when given.
+    /// Fetches `url` for `grant`, verifying `expected_sha256` when given (else the
+    /// operator's pin, if any), and writes it down where the grant says.
     pub async fn fetch(
         &self,
         url: &str,
         expected_sha256: Option<&str>,
         grant: &FetchGrant,
     ) -> Result<Fetched, FetchError> {
+        let (asked, fetched) = self.fetch_unrecorded(url, expected_sha256, grant).await?;
+        // The agent's log carries what the droplet may not: whether the cache answered.
+        tracing::info!(
+            buildpack = %grant.buildpack,
+            url = %asked,
+            url_used = %fetched.url_used,
+            sha256 = %fetched.sha256,
+            size = fetched.size,
+            cache_hit = fetched.cached,
+            pinned = fetched.pinned.map_or("no", PinSource::as_str),
+            "fetched"
+        );
+        if let Some(recording) = &grant.record {
+            recording.to.push(FetchRecord {
+                url_asked: asked,
+                url_used: fetched.url_used.clone(),
+                sha256: fetched.sha256.clone(),
+                size: fetched.size,
+                buildpack: grant.buildpack.clone(),
+                phase: recording.phase.to_string(),
+                cached: fetched.cached,
+                pinned: fetched.pinned,
+            });
+        }
+        Ok(fetched)
+    }
+
+    /// The fetch itself; with the URL as asked for, normalised.
+    async fn fetch_unrecorded(
+        &self,
+        url: &str,
+        expected_sha256: Option<&str>,
+        grant: &FetchGrant,
+    ) -> Result<(String, Fetched), FetchError> {
         let shown = sanitize(url);
         let requested = url_rules::parse_requested(url).map_err(|reason| FetchError::BadUrl {
             url: shown.clone(),
@@ -186,15 +226,24 @@ impl FetchService {
                 reason: Box::new(reason),
             });
         }
-        let expected = expected_sha256
-            .or_else(|| self.rules.pin(&requested))
-            .map(|s| s.trim().to_ascii_lowercase());
+        let (expected, pinned) = match (expected_sha256, self.rules.pin(&requested)) {
+            (Some(digest), _) => (Some(digest), Some(PinSource::Buildpack)),
+            (None, Some(digest)) => (Some(digest), Some(PinSource::Operator)),
+            (None, None) => (None, None),
+        };
+        let expected = expected.map(|s| s.trim().to_ascii_lowercase());
+        if self.config.require_pins && expected.is_none() {
+            return Err(FetchError::Unpinned {
+                url: requested.to_string(),
+            });
+        }
+        let asked = requested.to_string();
 
         // One transfer per URL at a time; later callers find it in the cache.
         let gate = self.gate(&url_used);
         let _guard = gate.lock().await;
         if let Some(hit) = self.cache_lookup(&url_used, expected.as_deref())? {
-            return Ok(hit);
+            return Ok((asked, Fetched { pinned, ..hit }));
         }
         if self.config.offline {
             return Err(FetchError::Offline { url: shown });
@@ -228,13 +277,17 @@ impl FetchService {
         let (blobs, max_bytes) = (self.cache_dir.join("blobs"), self.config.max_cache_mb << 20);
         let keep = blob.clone();
         tokio::task::spawn_blocking(move || evict_oldest(&blobs, max_bytes, &keep));
-        Ok(Fetched {
-            url_used,
-            blob,
-            sha256,
-            size,
-            cached: false,
-        })
+        Ok((
+            asked,
+            Fetched {
+                url_used,
+                blob,
+                sha256,
+                size,
+                cached: false,
+                pinned,
+            },
+        ))
     }
 
     fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -298,6 +351,7 @@ impl FetchService {
                     sha256: digest,
                     size: meta.len(),
                     cached: true,
+                    pinned: None,
                 }))
             }
             _ => Ok(None),

@@ -269,6 +269,7 @@ mod tests {
             buildpack: "bp".into(),
             declared: declared.iter().map(|s| s.to_string()).collect(),
             any_request: false,
+            record: None,
         }
     }
 

@@ -142,6 +142,7 @@ impl Agent {
                 procfile: Some(outcome.procfile.clone()),
                 error: None,
                 error_info: None,
+                dea_bill_of_materials: Some(outcome.bill_of_materials.clone()),
             },
             Err(failure) => StagingCompletionReply {
                 task_id: task_id.clone(),
@@ -153,6 +154,7 @@ impl Agent {
                 procfile: None,
                 error: Some(failure.error.clone()),
                 error_info: failure.info.clone(),
+                dea_bill_of_materials: None,
             },
         };
         self.publish(reply.to_string(), &completion).await;
@@ -275,6 +277,7 @@ impl Agent {
             procfile: None,
             error: Some(error.to_string()),
             error_info: None,
+            dea_bill_of_materials: None,
         };
         self.publish(reply.to_string(), &completion).await;
     }

@@ -167,6 +167,8 @@ pub struct StagingContext {
     pub app_is_copy: bool,
     /// When the staging's time is up: walks of tenant trees give up then.
     pub deadline: Instant,
+    /// What this staging's buildpacks downloaded (for its bill of materials).
+    pub fetches: crate::fetch::FetchRecorder,
 }
 
 /// A buildpack's place in the order of one staging.

@@ -156,7 +156,8 @@ async fn handle(
             let status = match &error {
                 FetchError::NotDeclared { .. }
                 | FetchError::Denied { .. }
-                | FetchError::Offline { .. } => StatusCode::FORBIDDEN,
+                | FetchError::Offline { .. }
+                | FetchError::Unpinned { .. } => StatusCode::FORBIDDEN,
                 FetchError::Status { status, .. } => {
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY)
                 }

@@ -8,6 +8,7 @@
 //! see goes to the staging log, which ships inside the droplet; a failure is its last line.
 //! The workspace is removed whatever happens.
 
+mod bom;
 mod detect;
 mod error;
 pub mod procfile;
@@ -22,10 +23,11 @@ use crate::buildpack::wasm::WasmRuntime;
 use crate::buildpack::{Buildpack, BuildpackKind, BuildpackSet};
 use crate::config::Config;
 use crate::droplet::{self, PackedDroplet, StagingInfo, UnpackLimits};
-use crate::fetch::FetchService;
+use crate::fetch::{FetchRecord, FetchRecorder, FetchService};
 use crate::phase::{
     Detection, Phase, PhaseError, PhaseOutput, PhaseRunner, Position, ReleaseInfo, StagingContext,
 };
+use crate::sbom::Dependencies;
 use crate::tenant_fs::{self, Links, TenantDir, WalkLimits};
 use crate::units::human_size;
 use std::collections::BTreeMap;
@@ -83,6 +85,11 @@ pub struct Staged {
     pub droplet: PackedDroplet,
     pub info: StagingInfo,
     pub detected_version: Option<String>,
+    /// What went into the droplet (also in it, as `sbom.cdx.json` and in `staging_info.yml`).
+    pub dependencies: Dependencies,
+    /// Every download of this run, in a stable order, with whether the cache answered: a
+    /// fact of the run for its reports, not of the droplet.
+    pub fetches: Vec<FetchRecord>,
 }
 
 /// Stages apps. One per agent; share it behind an `Arc`.
@@ -218,11 +225,18 @@ impl Stager {
         let limits = self.unpack_limits();
         let source = request.source.clone();
         let unpack_into = app.to_path_buf();
-        let stats = tokio::task::spawn_blocking(move || {
-            droplet::unpack_source(&source, &unpack_into, limits)
+        let walk = self.walk_limits(deadline);
+        let (stats, app_source) = tokio::task::spawn_blocking(move || {
+            let stats = droplet::unpack_source(&source, &unpack_into, limits)?;
+            let app_source = bom::app_source(&source, walk);
+            Ok::<_, StagingError>((stats, app_source))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
+        let app_source = app_source.map_err(|source| StagingError::TenantFile {
+            what: "digesting the app source",
+            source,
+        })?;
         log.step(&format!(
             "Downloaded app package ({}, {} files)",
             human_size(stats.bytes),
@@ -250,6 +264,7 @@ impl Stager {
             stack_rootfs: self.stack_rootfs(stack),
             app_is_copy: true,
             deadline,
+            fetches: FetchRecorder::default(),
         });
         let installed: Vec<Buildpack>;
         let candidates: &[Buildpack] = match &request.candidates {
@@ -366,13 +381,45 @@ impl Stager {
             what: "reading the app's Procfile",
             source,
         })?;
-        let info = staging_info(
+        let used = chosen.clone();
+        let walk = self.walk_limits(deadline);
+        let buildpacks = blocking(move || {
+            used.iter()
+                .map(|bp| bom::buildpack(bp, walk))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await?
+        .map_err(|source| StagingError::TenantFile {
+            what: "digesting the buildpacks",
+            source,
+        })?;
+        let fetches = ctx.fetches.records();
+        let dependencies = Dependencies::new(
+            app_source,
+            stack,
+            buildpacks,
+            &fetches,
+            self.config.fetch.require_pins,
+        );
+        bom::write(staged, &dependencies)?;
+        log.step(&format!(
+            "Bill of materials: {} buildpack(s), {} download(s){}",
+            dependencies.buildpacks.len(),
+            dependencies.downloads.len(),
+            if dependencies.fully_pinned {
+                ", all pinned"
+            } else {
+                ""
+            }
+        ));
+        let mut info = staging_info(
             procfile.as_deref(),
             &final_buildpack,
             &detection_name,
             &release,
             request.start_command.as_deref(),
         )?;
+        info.dependencies = Some(dependencies.clone());
         let yaml = serde_yaml_ng::to_string(&info).map_err(std::io::Error::other)?;
         std::fs::write(staged.join("staging_info.yml"), yaml)?;
         match &info.start_command {
@@ -398,6 +445,8 @@ impl Stager {
             droplet,
             info,
             detected_version,
+            dependencies,
+            fetches,
         })
     }
 
@@ -460,6 +509,7 @@ impl Stager {
             app_is_copy: false,
             deadline: Instant::now()
                 + Duration::from_secs(self.config.staging.max_staging_duration_secs),
+            fetches: FetchRecorder::default(),
         });
         let result = self.detect(&ctx, &installed).await;
         if let Some(scratch) = scratch {
@@ -546,5 +596,6 @@ fn staging_info(
         buildpack_key: buildpack.id.clone(),
         effective_procfile: processes,
         config_vars: release.config_vars.iter().cloned().collect(),
+        dependencies: None,
     })
 }

@@ -61,6 +61,8 @@ pub struct RemoteOutcome {
     pub droplet: PathBuf,
     pub start_command: Option<String>,
     pub procfile: BTreeMap<String, String>,
+    /// For the completion reply's `dea_bill_of_materials`.
+    pub bill_of_materials: dea_protocol::BillOfMaterials,
 }
 
 /// Why a remote staging failed. The `Display` text is the reply's `error` as the DEA words
@@ -253,6 +255,7 @@ impl RemoteStager {
             droplet,
             start_command: staged.info.start_command.clone(),
             procfile: staged.info.effective_procfile.clone(),
+            bill_of_materials: staged.dependencies.to_wire(&staged.fetches),
         })
     }
 

@@ -57,11 +57,11 @@ impl Buildpack for Node {
             "/app/.node",
             dependency.strip_components as u32,
         )?;
+        // Not whether the host's cache answered: the log ships in the droplet, which must
+        // be the same either way.
         log::detail(&format!(
-            "installed {} bytes from {}{}",
-            fetched.size,
-            fetched.url_used,
-            if fetched.cached { " (cached)" } else { "" }
+            "installed {} bytes from {}",
+            fetched.size, fetched.url_used
         ));
 
         profile_d::write(

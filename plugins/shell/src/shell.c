@@ -114,8 +114,10 @@ static bool fetch_line(char *line, int number, buildpack_error_t *err) {
   }
   char used[600];
   char text[1024];
-  snprintf(text, sizeof text, "%s: %llu bytes from %s%s", path, (unsigned long long)result.size,
-           c_string(&result.url_used, used, sizeof used), result.cached ? " (cached)" : "");
+  /* Not whether the host's cache answered: the log ships in the droplet, which must be the
+     same either way. */
+  snprintf(text, sizeof text, "%s: %llu bytes from %s", path, (unsigned long long)result.size,
+           c_string(&result.url_used, used, sizeof used));
   say(DEA_BUILDPACK_HOST_LOG_KIND_DETAIL, text);
   dea_buildpack_host_fetch_result_free(&result);
   return true;

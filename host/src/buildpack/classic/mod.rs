@@ -19,7 +19,7 @@
 pub mod runner;
 
 use crate::container::{BindMount, ContainerError, ContainerExit, ContainerSpec, OutputSink, Runc};
-use crate::fetch::{FetchGrant, FetchService};
+use crate::fetch::{FetchGrant, FetchRecorder, FetchService, Recording};
 use crate::netns::NetNamespace;
 use crate::phase::StagingLog;
 use crate::phase::{Detection, PhaseError, PhaseOutput, ReleaseInfo};
@@ -125,6 +125,8 @@ pub struct ScriptRun<'a> {
     pub stack: &'a str,
     pub app_env: &'a [(String, String)],
     pub log: &'a StagingLog,
+    /// Where the staging writes down what the scripts download.
+    pub fetches: &'a FetchRecorder,
     /// The stack's root filesystem (`None`: the runtime's default).
     pub rootfs: Option<&'a Path>,
 }
@@ -221,6 +223,10 @@ impl ScriptRun<'_> {
                 buildpack: self.buildpack_id.to_string(),
                 declared: Vec::new(),
                 any_request: true,
+                record: Some(Recording {
+                    to: self.fetches.clone(),
+                    phase: self.script.name(),
+                }),
             },
             log: self.log.clone(),
         };

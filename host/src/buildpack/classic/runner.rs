@@ -251,6 +251,7 @@ impl PhaseRunner for ClassicRunner {
                 rootfs: ctx.stack_rootfs.as_deref(),
                 app_env: &ctx.env,
                 log: &ctx.log,
+                fetches: &ctx.fetches,
             };
             let mut output = run.run().await?;
             // Classic detect with empty stdout is named after the buildpack.

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::buildpack::Buildpack;
 use crate::droplet::UnpackLimits;
-use crate::fetch::{FetchGrant, FetchService};
+use crate::fetch::{FetchGrant, FetchService, Recording};
 use crate::phase::{Phase, PhaseError, PhaseFuture, PhaseRunner, Position, StagingContext};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -168,6 +168,10 @@ impl PhaseRunner for WasmRunner {
                         buildpack: self.buildpack.id.clone(),
                         declared: self.buildpack.fetch_allow.clone(),
                         any_request: false,
+                        record: Some(Recording {
+                            to: ctx.fetches.clone(),
+                            phase: Phase::Compile.name(),
+                        }),
                     };
                     (self.fetch.clone(), grant)
                 }),

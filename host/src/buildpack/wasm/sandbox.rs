@@ -458,9 +458,11 @@ fn to_guest_error(error: crate::fetch::FetchError) -> FetchError {
     use crate::fetch::FetchError as E;
     let message = error.to_string();
     match error {
-        E::NotDeclared { .. } | E::Denied { .. } | E::Offline { .. } | E::BadUrl { .. } => {
-            FetchError::Denied(message)
-        }
+        E::NotDeclared { .. }
+        | E::Denied { .. }
+        | E::Offline { .. }
+        | E::BadUrl { .. }
+        | E::Unpinned { .. } => FetchError::Denied(message),
         E::ChecksumMismatch { .. } => FetchError::ChecksumMismatch(message),
         E::Status { .. } => FetchError::NotFound(message),
         E::TooLarge { .. } => FetchError::TooLarge(message),
