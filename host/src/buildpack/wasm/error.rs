@@ -1,7 +1,7 @@
 //! Why a wasm buildpack could not be loaded, or one of its phases could not start. Each
 //! keeps the error underneath as its source; the texts read as they always have.
 
-use super::sandbox::SandboxError;
+use super::mounts::SandboxError;
 use crate::tenant_fs::TenantFsError;
 use std::io;
 use std::path::PathBuf;

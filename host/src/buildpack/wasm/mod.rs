@@ -24,13 +24,14 @@ mod limiter;
 mod loading;
 mod mounts;
 mod output;
+mod preopens;
 pub mod runner;
 mod sandbox;
 
 pub use error::{LoadError, StartError};
-pub use mounts::{ReadOnlyDir, SharedApp};
+pub use mounts::{ReadOnlyDir, SandboxError, SharedApp};
 pub use output::{LogOutput, OutputBudget, OutputExceeded};
-pub use sandbox::{OpenedDirs, PhaseDirs, SandboxError, SandboxSpec};
+pub use sandbox::{OpenedDirs, PhaseDirs, SandboxSpec};
 
 use crate::config::WasmConfig;
 use limiter::GrowRefused;
@@ -154,7 +155,7 @@ impl WasmRuntime {
             |state| state,
         )
         .map_err(LoadError::Engine)?;
-        mounts::add_to_linker(&mut linker).map_err(LoadError::Engine)?;
+        preopens::add_to_linker(&mut linker).map_err(LoadError::Engine)?;
         std::fs::create_dir_all(&cache_dir).map_err(|source| LoadError::Cache {
             path: cache_dir.clone(),
             source,

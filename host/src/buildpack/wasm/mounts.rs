@@ -5,17 +5,22 @@
 //! an open directory handle ([`ReadOnlyDir`]) that many phases can share: a staging's app is
 //! opened once and mounted in every buildpack's detect. The guest gets the mounts through
 //! `wasi:filesystem/preopens`, which the runtime's linker answers from the phase's own list
-//! ([`add_to_linker`]), so the `WasiCtx` holds no directory at all: a guest sees exactly the
+//! ([`super::preopens::add_to_linker`]), so the `WasiCtx` holds no directory at all: a guest sees exactly the
 //! mounts its phase was given, with the permissions each was given, and nothing else.
 
-use super::sandbox::{SandboxError, SandboxState};
 use parking_lot::Mutex;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use wasmtime::component::{HasData, Linker, Resource, ResourceTable};
-use wasmtime_wasi::filesystem::{Descriptor, Dir};
-use wasmtime_wasi::p2::bindings::filesystem::preopens;
+use wasmtime_wasi::filesystem::Dir;
 use wasmtime_wasi::{FsPerms, OpenMode};
+
+/// Why a phase's sandbox could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("sandbox directory {}: {source}", path.display())]
+    Dir { path: PathBuf, source: io::Error },
+}
 
 /// A directory opened once, mounted read-only in as many phases as want it. Cloning shares
 /// the handle: each guest gets a descriptor of its own in its own resource table, and a
@@ -105,39 +110,4 @@ impl SharedApp {
             }
         }
     }
-}
-
-/// A phase's mounts as the guest's `wasi:filesystem/preopens` sees them.
-pub(super) struct Preopens<'a> {
-    mounts: &'a [(Dir, &'static str)],
-    table: &'a mut ResourceTable,
-}
-
-impl preopens::Host for Preopens<'_> {
-    fn get_directories(&mut self) -> wasmtime::Result<Vec<(Resource<Descriptor>, String)>> {
-        let mut dirs = Vec::with_capacity(self.mounts.len());
-        for (dir, guest) in self.mounts {
-            let descriptor = self.table.push(Descriptor::Dir(dir.clone()))?;
-            dirs.push((descriptor, (*guest).to_string()));
-        }
-        Ok(dirs)
-    }
-}
-
-struct HasPreopens;
-
-impl HasData for HasPreopens {
-    type Data<'a> = Preopens<'a>;
-}
-
-/// Answers `wasi:filesystem/preopens` from each phase's own mounts, in place of the
-/// `WasiCtx`'s (which is left empty). Call after the WASI interfaces are added.
-pub(super) fn add_to_linker(linker: &mut Linker<SandboxState>) -> wasmtime::Result<()> {
-    linker.allow_shadowing(true);
-    let added = preopens::add_to_linker::<SandboxState, HasPreopens>(linker, |state| {
-        let (mounts, table) = state.mounts_and_table();
-        Preopens { mounts, table }
-    });
-    linker.allow_shadowing(false);
-    added
 }

@@ -9,7 +9,7 @@
 use super::Phase;
 use super::bindings::dea::buildpack::host::{self, FetchError, FetchRequest, FetchResult, LogKind};
 use super::limiter::PhaseLimiter;
-use super::mounts::{ReadOnlyDir, open_dir};
+use super::mounts::{ReadOnlyDir, SandboxError, open_dir};
 use super::output::{LogOutput, OutputBudget};
 use crate::config::WasmConfig;
 use crate::fetch::{FetchGrant, FetchService};
@@ -53,13 +53,6 @@ pub struct SandboxSpec {
     pub fetch: Option<(Arc<FetchService>, FetchGrant)>,
     /// Caps for archives the host unpacks for the buildpack.
     pub unpack_limits: crate::droplet::UnpackLimits,
-}
-
-/// Why a phase's sandbox could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
-    #[error("sandbox directory {}: {source}", path.display())]
-    Dir { path: PathBuf, source: io::Error },
 }
 
 /// Why a host call may not write at a guest path (`fetch`'s destination, `make-executable`).
@@ -232,7 +225,7 @@ impl SandboxState {
     }
 
     /// The phase's mounts and the table their descriptors go into, for
-    /// [`super::mounts`]'s `wasi:filesystem/preopens`.
+    /// [`super::preopens`]' `wasi:filesystem/preopens`.
     pub(super) fn mounts_and_table(&mut self) -> (&[(Dir, &'static str)], &mut ResourceTable) {
         (&self.mounts, &mut self.table)
     }
