@@ -110,7 +110,13 @@ impl Runners {
         for buildpack in buildpacks {
             if let BuildpackKind::Wasm { component } = &buildpack.kind {
                 match self.wasm.load(component) {
-                    Ok(_) => loaded += 1,
+                    Ok(_) => {
+                        loaded += 1;
+                        // Its directory too, as a detect keeps it: what the agent holds
+                        // open is then fixed once it has started, not by which detects a
+                        // staging happened to begin before its match was known.
+                        let _ = self.wasm.loaded_in(component, &buildpack.dir);
+                    }
                     Err(e) => tracing::warn!(buildpack = %buildpack.id, "preloading: {e}"),
                 }
             }
