@@ -26,3 +26,17 @@ pub fn rss_mb(pid: &str) -> f64 {
         })
         .map_or(0.0, |kb| kb / 1024.0)
 }
+
+/// Anonymous memory of process `pid` in MB (its heap, stacks and private copies: what the
+/// process costs beyond the file pages it shares with the page cache), 0 when it is gone.
+pub fn anon_mb(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Anonymous:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
