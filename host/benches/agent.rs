@@ -289,10 +289,10 @@ async fn serve_memory(
                 .lines()
                 .map_while(Result::ok)
             {
-                if line.contains("preloaded wasm buildpacks") {
-                    if let Some(tx) = tx.take() {
-                        let _ = tx.send(());
-                    }
+                if line.contains("preloaded wasm buildpacks")
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
                 }
             }
         });
