@@ -213,3 +213,59 @@ fn a_component_that_does_not_compile_is_not_installed() {
     assert!(store.order().expect("order").unwrap_or_default().is_empty());
     assert_eq!(runtime.compilations(), 0);
 }
+
+/// A classic buildpack in `dir/<id>` whose scripts are `detect` (the rest trivial).
+fn classic_script(dir: &Path, id: &str, detect: &str) -> Buildpack {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join(id).join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    for (name, body) in [
+        ("detect", detect),
+        ("compile", "exit 0"),
+        (
+            "release",
+            "printf -- '---\\ndefault_process_types:\\n  web: sleep 1\\n'",
+        ),
+    ] {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    Buildpack::load(&dir.join(id)).expect("classic buildpack loads")
+}
+
+/// Detects run at once, but their output reaches the staging log (which ships in the
+/// droplet) in the candidates' order: the first candidate's, written a second after the
+/// second's, still comes first; a later candidate's, written before either, is left out (it
+/// had no part in the answer). Written as it came, the log would differ from run to run.
+#[tokio::test]
+async fn detect_output_reaches_the_log_in_candidate_order() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let bps = tempfile::tempdir().expect("tempdir");
+    let stager = stager(
+        test_config(base.path()),
+        vec![
+            classic_script(
+                bps.path(),
+                "slow-no",
+                "sleep 1; echo 'slow-no looked' >&2; exit 1",
+            ),
+            classic_script(
+                bps.path(),
+                "quick-yes",
+                "echo 'quick-yes looked' >&2; echo quick",
+            ),
+            classic_script(bps.path(), "late", "echo 'late looked' >&2; echo late"),
+        ],
+    );
+    let app = tempfile::tempdir().expect("tempdir");
+    write_app(app.path(), &[("index.html", "hi")]);
+    let out = tempfile::tempdir().expect("tempdir");
+    let (staged, log) = stage(&stager, request(app.path(), &out.path().join("d.tgz"))).await;
+    let staged = staged.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    assert_eq!(staged.info.buildpack_key, "quick-yes");
+    let slow = log.find("slow-no looked").expect(&log);
+    let quick = log.find("quick-yes looked").expect(&log);
+    assert!(slow < quick, "not in candidate order:\n{log}");
+    assert!(!log.contains("late looked"), "{log}");
+}

@@ -18,6 +18,8 @@ pub struct StagingLog {
 
 struct Inner {
     file: Option<File>,
+    /// What a held log keeps until [`StagingLog::release_into`].
+    held: Option<Vec<u8>>,
     watcher: Option<LogWatcher>,
     /// Bytes written so far and the most that will be.
     written: u64,
@@ -44,6 +46,7 @@ impl StagingLog {
         Ok(StagingLog {
             inner: Arc::new(Mutex::new(Inner {
                 file: Some(file),
+                held: None,
                 watcher,
                 written: 0,
                 limit,
@@ -56,10 +59,37 @@ impl StagingLog {
         StagingLog {
             inner: Arc::new(Mutex::new(Inner {
                 file: None,
+                held: None,
                 watcher,
                 written: 0,
                 limit: u64::MAX,
             })),
+        }
+    }
+
+    /// A log that keeps what is written (at most `limit` bytes) until it is released into
+    /// another: one candidate's detect output, which goes into the staging's log in the
+    /// order of the candidates, whichever detect ran first.
+    pub fn held(limit: u64) -> StagingLog {
+        StagingLog {
+            inner: Arc::new(Mutex::new(Inner {
+                file: None,
+                held: Some(Vec::new()),
+                watcher: None,
+                written: 0,
+                limit,
+            })),
+        }
+    }
+
+    /// Writes what this held log kept into `target`, and forgets it.
+    pub fn release_into(&self, target: &StagingLog) {
+        let kept = match self.inner.lock() {
+            Ok(mut inner) => inner.held.as_mut().map(std::mem::take),
+            Err(_) => None,
+        };
+        if let Some(kept) = kept.filter(|k| !k.is_empty()) {
+            target.write_raw(&kept);
         }
     }
 
@@ -89,6 +119,9 @@ impl StagingLog {
             inner.written += bytes.len() as u64;
             bytes
         };
+        if let Some(held) = inner.held.as_mut() {
+            held.extend_from_slice(bytes);
+        }
         if let Some(file) = inner.file.as_mut() {
             // A full disk must not kill the staging; the watcher still sees the output.
             let _ = file.write_all(bytes);

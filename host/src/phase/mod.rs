@@ -169,6 +169,58 @@ pub struct StagingContext {
     pub deadline: Instant,
     /// What this staging's buildpacks downloaded (for its bill of materials).
     pub fetches: crate::fetch::FetchRecorder,
+    /// While candidates detect: one held log per candidate, so that their output reaches
+    /// the staging log (which ships in the droplet) in candidate order, not in the order
+    /// concurrent detects happened to write. Empty otherwise.
+    pub detect_logs: DetectLogs,
+}
+
+/// The held logs of one detection (see [`StagingContext::detect_logs`]).
+#[derive(Default, Clone)]
+pub struct DetectLogs(Arc<std::sync::Mutex<Vec<StagingLog>>>);
+
+impl DetectLogs {
+    /// Holds the output of `candidates` detects from now on, each up to `limit` bytes.
+    pub fn hold(&self, candidates: usize, limit: u64) {
+        if let Ok(mut logs) = self.0.lock() {
+            *logs = (0..candidates).map(|_| StagingLog::held(limit)).collect();
+        }
+    }
+
+    /// Where the detect of candidate `index` writes: its held log, else `log`.
+    pub fn for_candidate(&self, index: usize, log: &StagingLog) -> StagingLog {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|logs| logs.get(index).cloned())
+            .unwrap_or_else(|| log.clone())
+    }
+
+    /// Writes candidate `index`'s output into `log`.
+    pub fn release(&self, index: usize, log: &StagingLog) {
+        let held = self.0.lock().ok().and_then(|logs| logs.get(index).cloned());
+        if let Some(held) = held {
+            held.release_into(log);
+        }
+    }
+
+    /// Stops holding; output of detects not released is dropped (they lost, or never
+    /// mattered to the answer).
+    pub fn end(&self) {
+        if let Ok(mut logs) = self.0.lock() {
+            logs.clear();
+        }
+    }
+}
+
+impl StagingContext {
+    /// The log a phase of the buildpack at `at` writes to.
+    pub fn log_for(&self, phase: Phase, at: Position) -> StagingLog {
+        match phase {
+            Phase::Detect => self.detect_logs.for_candidate(at.index, &self.log),
+            Phase::Compile | Phase::Release => self.log.clone(),
+        }
+    }
 }
 
 /// A buildpack's place in the order of one staging.

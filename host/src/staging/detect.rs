@@ -5,7 +5,7 @@ use super::{DetectResult, Stager, StagingError, StagingLog};
 use crate::buildpack::Buildpack;
 use crate::buildpack::wasm::runner::DetectTurn;
 use crate::phase::{
-    Detection, Phase, PhaseError, PhaseOutput, PhaseRunner, Position, StagingContext,
+    DetectLogs, Detection, Phase, PhaseError, PhaseOutput, PhaseRunner, Position, StagingContext,
 };
 use futures_util::FutureExt;
 use parking_lot::Mutex;
@@ -41,6 +41,7 @@ impl Stager {
     ) -> Result<(Buildpack, Detection), StagingError> {
         let (progress, turn) = DetectTurn::channel();
         let (handed_over, mut handed) = mpsc::unbounded_channel();
+        ctx.detect_logs.hold(candidates.len(), DETECT_LOG_LIMIT);
         let work = Arc::new(Detecting {
             runners: self.runners.detect_runners(candidates, turn),
             ctx: ctx.clone(),
@@ -115,9 +116,15 @@ impl Stager {
             drop(run);
         }
         let verdicts = std::mem::replace(&mut *work.verdicts.lock(), Verdicts::new(0));
-        verdicts.choose(candidates, &ctx.log)
+        let chosen = verdicts.choose(candidates, &ctx.log, &ctx.detect_logs);
+        ctx.detect_logs.end();
+        chosen
     }
 }
+
+/// Most output one candidate's detect may leave in the staging log. Detect's own output
+/// limits apply first; this bounds what is held in memory until the answer is known.
+const DETECT_LOG_LIMIT: u64 = 64 << 10;
 
 /// Candidates from which a second thread joins in: with fewer, the hop to it costs more
 /// than it saves (a wasm detect takes some 10 µs, waking a thread about as much).
@@ -230,12 +237,16 @@ impl Verdicts {
     }
 
     /// The first match in order, unless a candidate ahead of it failed (or never answered).
+    /// The first match in order; what candidates up to it wrote goes into the staging's
+    /// log, in their order.
     fn choose(
         self,
         candidates: &[Buildpack],
         log: &StagingLog,
+        held: &DetectLogs,
     ) -> Result<(Buildpack, Detection), StagingError> {
-        for (buildpack, result) in candidates.iter().zip(self.results) {
+        for (index, (buildpack, result)) in candidates.iter().zip(self.results).enumerate() {
+            held.release(index, log);
             match result {
                 Some(Ok(PhaseOutput::Detect(Some(detection)))) => {
                     return Ok((buildpack.clone(), detection));
@@ -317,7 +328,11 @@ mod tests {
         verdicts.record(1, yes("b"));
         assert!(verdicts.decided());
         let (buildpack, detection) = verdicts
-            .choose(&candidates(4), &StagingLog::detached(None))
+            .choose(
+                &candidates(4),
+                &StagingLog::detached(None),
+                &DetectLogs::default(),
+            )
             .expect("a match");
         assert_eq!(
             (buildpack.id.as_str(), detection.name.as_str()),
@@ -334,7 +349,11 @@ mod tests {
         verdicts.record(0, no());
         assert!(verdicts.decided());
         let error = verdicts
-            .choose(&candidates(3), &StagingLog::detached(None))
+            .choose(
+                &candidates(3),
+                &StagingLog::detached(None),
+                &DetectLogs::default(),
+            )
             .expect_err("the failure");
         assert!(
             matches!(&error, StagingError::DetectFailed { buildpack, .. } if buildpack == "bp1"),
@@ -350,7 +369,11 @@ mod tests {
         verdicts.record(0, no());
         assert!(verdicts.decided());
         assert!(matches!(
-            verdicts.choose(&candidates(2), &StagingLog::detached(None)),
+            verdicts.choose(
+                &candidates(2),
+                &StagingLog::detached(None),
+                &DetectLogs::default()
+            ),
             Err(StagingError::NoAppDetected)
         ));
     }
@@ -361,7 +384,11 @@ mod tests {
         let mut verdicts = Verdicts::new(2);
         verdicts.record(1, yes("b"));
         let error = verdicts
-            .choose(&candidates(2), &StagingLog::detached(None))
+            .choose(
+                &candidates(2),
+                &StagingLog::detached(None),
+                &DetectLogs::default(),
+            )
             .expect_err("bp0 did not run");
         assert!(
             matches!(&error, StagingError::DetectFailed { buildpack, .. } if buildpack == "bp0"),

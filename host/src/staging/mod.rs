@@ -265,6 +265,7 @@ impl Stager {
             app_is_copy: true,
             deadline,
             fetches: FetchRecorder::default(),
+            detect_logs: Default::default(),
         });
         let installed: Vec<Buildpack>;
         let candidates: &[Buildpack] = match &request.candidates {
@@ -510,6 +511,7 @@ impl Stager {
             deadline: Instant::now()
                 + Duration::from_secs(self.config.staging.max_staging_duration_secs),
             fetches: FetchRecorder::default(),
+            detect_logs: Default::default(),
         });
         let result = self.detect(&ctx, &installed).await;
         if let Some(scratch) = scratch {

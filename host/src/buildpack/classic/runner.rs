@@ -238,6 +238,7 @@ impl PhaseRunner for ClassicRunner {
                 ca: ca.clone(),
                 ca_file: ctx.workspace.join("proxy-ca.pem"),
             });
+            let log = ctx.log_for(phase, at);
             let run = ScriptRun {
                 proxy: proxy.as_ref(),
                 buildpack_id: &self.buildpack.id,
@@ -250,7 +251,7 @@ impl PhaseRunner for ClassicRunner {
                 stack: &ctx.stack,
                 rootfs: ctx.stack_rootfs.as_deref(),
                 app_env: &ctx.env,
-                log: &ctx.log,
+                log: &log,
                 fetches: &ctx.fetches,
             };
             let mut output = run.run().await?;

@@ -160,7 +160,7 @@ impl PhaseRunner for WasmRunner {
                     buildpack: self.buildpack.dir.clone(),
                 },
                 env,
-                log: ctx.log.clone(),
+                log: ctx.log_for(phase, at),
                 unpack_limits: self.unpack_limits,
                 // Downloads are for compile only: the sandbox of another phase has no fetch.
                 fetch: (phase == Phase::Compile).then(|| {
