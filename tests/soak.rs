@@ -100,8 +100,15 @@ impl Census {
                 .filter(|e| e.file_name().to_string_lossy().starts_with("dh"))
                 .count()
         });
-        let mounts =
-            std::fs::read_to_string("/proc/self/mountinfo").map_or(0, |text| text.lines().count());
+        // Mounts of this agent only (its workspaces, bundles and network namespaces): other
+        // processes on the machine mount and unmount too.
+        let base_text = base.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_or(0, |text| {
+            text.lines()
+                .filter_map(|line| line.split(' ').nth(4))
+                .filter(|point| point.starts_with(&base_text) || point.starts_with("/run/netns"))
+                .count()
+        });
         let cgroups = std::fs::read_dir("/sys/fs/cgroup").map_or(0, |controllers| {
             controllers
                 .filter_map(Result::ok)
