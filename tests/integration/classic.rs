@@ -522,3 +522,35 @@ async fn a_classic_compile_that_rewrites_the_app_is_packed_as_it_left_it() {
     // The source is untouched.
     assert_eq!(tree_listing(&app), before);
 }
+
+/// A build script's stdout and stderr reach the staging log (which ships in the droplet) in
+/// the order it wrote them: read from two pipes, lines written alternately to both came out
+/// grouped in whatever order the two readers ran, and the droplet differed between runs.
+#[tokio::test]
+async fn a_compile_s_stdout_and_stderr_keep_their_order_in_the_log() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let bps = tempfile::tempdir().expect("tempdir");
+    let compile =
+        "i=0; while [ $i -lt 300 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i+1)); done";
+    let stager = stager(
+        test_config(base.path()),
+        vec![super::detect::classic_scripts(
+            bps.path(),
+            "both-streams",
+            "echo both",
+            compile,
+        )],
+    );
+    let app = base.path().join("app");
+    write_app(&app, &[("index.html", "hi")]);
+    let (staged, log) = stage(&stager, request(&app, &base.path().join("d.tgz"))).await;
+    staged.unwrap_or_else(|e| panic!("{e}\n{log}"));
+    let written: Vec<String> = (0..300)
+        .flat_map(|i| [format!("out {i}"), format!("err {i}")])
+        .collect();
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|line| line.starts_with("out ") || line.starts_with("err "))
+        .collect();
+    assert_eq!(logged, written, "the log:\n{log}");
+}

@@ -216,12 +216,17 @@ fn a_component_that_does_not_compile_is_not_installed() {
 
 /// A classic buildpack in `dir/<id>` whose scripts are `detect` (the rest trivial).
 fn classic_script(dir: &Path, id: &str, detect: &str) -> Buildpack {
+    classic_scripts(dir, id, detect, "exit 0")
+}
+
+/// [`classic_script`] with `compile` too.
+pub(super) fn classic_scripts(dir: &Path, id: &str, detect: &str, compile: &str) -> Buildpack {
     use std::os::unix::fs::PermissionsExt;
     let bin = dir.join(id).join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
     for (name, body) in [
         ("detect", detect),
-        ("compile", "exit 0"),
+        ("compile", compile),
         (
             "release",
             "printf -- '---\\ndefault_process_types:\\n  web: sleep 1\\n'",

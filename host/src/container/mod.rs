@@ -109,6 +109,20 @@ impl Signal {
 /// What a container's output is passed to, chunk by chunk, as it is written.
 pub type OutputSink = std::sync::Arc<dyn Fn(&[u8]) + Send + Sync>;
 
+/// Where a run's stdout and stderr go.
+pub enum Output {
+    /// Apart: stdout is kept (up to its cap) for the caller to parse, as a detect's name or a
+    /// release's YAML; each stream is passed to its sink as it arrives.
+    Apart {
+        stdout: Option<OutputSink>,
+        stderr: Option<OutputSink>,
+    },
+    /// One pipe for both, so the sink sees the lines in the order the process wrote them (a
+    /// build's log, which ships in the droplet: read from two pipes, the order of lines
+    /// written to both would change from run to run). Kept as `stdout`.
+    Together(OutputSink),
+}
+
 /// Runs containers with `runc`.
 #[derive(Debug, Clone)]
 pub struct Runc {
@@ -306,13 +320,12 @@ impl Runc {
         Ok(rootfs)
     }
 
-    /// Runs `spec` to completion (or its timeout), passing stdout to `on_stdout` and stderr to
-    /// `on_stderr` as they arrive. The container and its bundle are removed afterwards.
+    /// Runs `spec` to completion (or its timeout), passing its output as `output` says as it
+    /// arrives. The container and its bundle are removed afterwards.
     pub async fn run(
         &self,
         spec: &ContainerSpec,
-        on_stdout: Option<OutputSink>,
-        on_stderr: Option<OutputSink>,
+        output: Output,
     ) -> Result<ContainerExit, ContainerError> {
         let bundle =
             std::path::absolute(self.bundles_dir.join(&spec.id)).map_err(ContainerError::Bundle)?;
@@ -326,9 +339,7 @@ impl Runc {
             bundle: bundle.clone(),
             armed: true,
         };
-        let result = self
-            .run_in_bundle(&bundle, spec, on_stdout, on_stderr)
-            .await;
+        let result = self.run_in_bundle(&bundle, spec, output).await;
         guard.armed = false;
         self.delete(&spec.id).await;
         let _ = std::fs::remove_dir_all(&bundle);
@@ -339,13 +350,30 @@ impl Runc {
         &self,
         bundle: &Path,
         spec: &ContainerSpec,
-        on_stdout: Option<OutputSink>,
-        on_stderr: Option<OutputSink>,
+        output: Output,
     ) -> Result<ContainerExit, ContainerError> {
         let rootfs = self.prepare_rootfs(bundle, spec)?;
         let host_stack = self.stack_rootfs(spec).is_none();
         oci::runtime_spec(spec, &rootfs, host_stack)?.save(bundle.join("config.json"))?;
 
+        let start_error = |e: std::io::Error| ContainerError::Start {
+            id: spec.id.clone(),
+            message: format!("output pipe: {e}"),
+        };
+        let (out, err, together, on_stdout, on_stderr) = match output {
+            Output::Apart { stdout, stderr } => {
+                (Stdio::piped(), Stdio::piped(), None, stdout, stderr)
+            }
+            Output::Together(sink) => {
+                let (reader, writer) = std::io::pipe().map_err(start_error)?;
+                let second = writer.try_clone().map_err(start_error)?;
+                let reader = tokio::net::unix::pipe::Receiver::from_owned_fd(reader.into())
+                    .map_err(start_error)?;
+                (writer.into(), second.into(), Some(reader), Some(sink), None)
+            }
+        };
+        // The command (and with it this process's copies of a shared pipe's write end) is
+        // gone once spawned, so the reader sees the end when the container's copies close.
         let mut child = tokio::process::Command::new(&self.binary)
             .env_remove("NOTIFY_SOCKET") // as in `spawn`: runc would wait for READY=1
             .arg("--root")
@@ -355,18 +383,25 @@ impl Runc {
             .arg(bundle)
             .arg(&spec.id)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out)
+            .stderr(err)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| ContainerError::Runtime {
                 path: self.binary.clone(),
                 source,
             })?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let out_task = tokio::spawn(pump(stdout, on_stdout, STDOUT_KEEP));
-        let err_task = tokio::spawn(pump(stderr, on_stderr, 64 * 1024));
+        let merged = together.is_some();
+        let (out_task, err_task) = match together {
+            Some(reader) => (
+                tokio::spawn(pump(Some(reader), on_stdout, STDOUT_KEEP)),
+                tokio::spawn(async { Vec::new() }),
+            ),
+            None => (
+                tokio::spawn(pump(child.stdout.take(), on_stdout, STDOUT_KEEP)),
+                tokio::spawn(pump(child.stderr.take(), on_stderr, 64 * 1024)),
+            ),
+        };
         let status = match tokio::time::timeout(spec.timeout, child.wait()).await {
             Ok(status) => status.map_err(|e| ContainerError::Start {
                 id: spec.id.clone(),
@@ -387,7 +422,7 @@ impl Runc {
         let code = status.code().unwrap_or(137);
         // runc itself failing (bad bundle, no cgroup) prints to stderr and exits 1 before
         // the process starts; the container's own failures keep their exit codes.
-        let stderr_text = String::from_utf8_lossy(&stderr);
+        let stderr_text = String::from_utf8_lossy(if merged { &stdout } else { &stderr });
         if code != 0 && stderr_text.contains("runc run failed") {
             return Err(ContainerError::Start {
                 id: spec.id.clone(),

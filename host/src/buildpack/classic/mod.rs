@@ -18,7 +18,9 @@
 
 pub mod runner;
 
-use crate::container::{BindMount, ContainerError, ContainerExit, ContainerSpec, OutputSink, Runc};
+use crate::container::{
+    BindMount, ContainerError, ContainerExit, ContainerSpec, Output, OutputSink, Runc,
+};
 use crate::fetch::{FetchGrant, FetchRecorder, FetchService, Recording};
 use crate::netns::NetNamespace;
 use crate::phase::StagingLog;
@@ -190,17 +192,21 @@ impl ScriptRun<'_> {
                 )),
             }
         }
-        // Detect's stdout is the detected name, so only its stderr is shown; the other
-        // scripts' output streams into the staging log as it is written.
+        // Detect's stdout is the detected name and release's is YAML, so only their stderr
+        // is shown; the build scripts' output streams into the staging log as it is
+        // written, both streams through one pipe so their lines keep their order.
         let log = self.log.clone();
         let to_log: OutputSink = Arc::new(move |bytes: &[u8]| log.write_raw(bytes));
-        let on_stdout = match self.script {
-            Script::Detect | Script::Release => None,
-            _ => Some(to_log.clone()),
+        let output = match self.script {
+            Script::Detect | Script::Release => Output::Apart {
+                stdout: None,
+                stderr: Some(to_log),
+            },
+            _ => Output::Together(to_log),
         };
         let exit = self
             .runc
-            .run(&spec, on_stdout, Some(to_log))
+            .run(&spec, output)
             .await
             .map_err(|e| container_error(phase, e));
         if let Some(task) = proxy_task {
@@ -380,12 +386,16 @@ impl ScriptRun<'_> {
                 "/tmp/profile.d".into(),
             ],
         };
-        // Build scripts first source the `export` files earlier buildpacks left.
+        // Build scripts first source the `export` files earlier buildpacks left, and write
+        // stderr where stdout goes: runc copies a container's two streams through pipes of
+        // its own, each with its own copier, so lines written to both would reach the log
+        // (and the droplet) in a different order each run.
         let args = if writable {
             let mut wrapped = vec![
                 "/bin/sh".to_string(),
                 "-c".to_string(),
-                "for f in /tmp/exports/*; do [ -f \"$f\" ] && . \"$f\"; done; exec \"$@\"".into(),
+                "for f in /tmp/exports/*; do [ -f \"$f\" ] && . \"$f\"; done; exec \"$@\" 2>&1"
+                    .into(),
                 "dea-export-loader".to_string(),
             ];
             wrapped.extend(args);
