@@ -162,6 +162,12 @@ async fn a_classic_download_through_the_proxy_is_in_the_bill_of_materials() {
     assert!(!download.pinned && !deps.fully_pinned);
     assert_eq!(staged.fetches.len(), 2, "{:?}", staged.fetches);
     assert_eq!(staging_info_dependencies(&out), deps);
+    // The proxy's lines come after the script's own output, whenever the downloads ended:
+    // the log ships in the droplet, so where they land must not depend on timing.
+    let done = log.find("       done").expect(&log);
+    let fetched: Vec<usize> = log.match_indices("fetch https://").map(|(i, _)| i).collect();
+    assert_eq!(fetched.len(), 2, "{log}");
+    assert!(fetched.iter().all(|at| *at > done), "{log}");
 }
 
 #[tokio::test]

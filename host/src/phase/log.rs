@@ -82,6 +82,21 @@ impl StagingLog {
         }
     }
 
+    /// [`Self::release_into`], its lines sorted: for lines whose order is only the order
+    /// in which concurrent work finished.
+    pub fn release_sorted_into(&self, target: &StagingLog) {
+        let kept = match self.inner.lock() {
+            Ok(mut inner) => inner.held.as_mut().map(std::mem::take),
+            Err(_) => None,
+        };
+        let Some(kept) = kept.filter(|k| !k.is_empty()) else {
+            return;
+        };
+        let mut lines: Vec<&[u8]> = kept.split_inclusive(|b| *b == b'\n').collect();
+        lines.sort();
+        target.write_raw(&lines.concat());
+    }
+
     /// Writes what this held log kept into `target`, and forgets it.
     pub fn release_into(&self, target: &StagingLog) {
         let kept = match self.inner.lock() {

@@ -109,6 +109,9 @@ pub struct ProxyAccess {
 
 /// Where the proxy listens inside the container.
 const PROXY_ADDR: &str = "127.0.0.1:3128";
+/// Most the proxy may say in one script's run (a line per download; a build with thousands
+/// of downloads is cut here, the rest is in the bill of materials).
+const PROXY_LOG_LIMIT: u64 = 1 << 20;
 /// The stack's CA bundle, replaced by the proxy's CA inside the container.
 const STACK_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
@@ -175,13 +178,18 @@ impl ScriptRun<'_> {
         // and the proxy task live exactly as long as this run.
         let mut _namespace = None;
         let mut proxy_task = None;
+        // What the proxy says (a line per download) is held until the script ends, then
+        // written in sorted order: written as downloads finished, its lines landed among
+        // the script's own output wherever the two streams happened to meet, and the log
+        // ships in the droplet.
+        let proxy_log = StagingLog::held(PROXY_LOG_LIMIT);
         if let Some(proxy) = self.proxy.filter(|_| {
             matches!(
                 self.script,
                 Script::Compile | Script::Supply | Script::Finalize
             )
         }) {
-            match self.start_proxy(proxy) {
+            match self.start_proxy(proxy, proxy_log.clone()) {
                 Ok((namespace, task)) => {
                     self.add_proxy_settings(&mut spec, proxy, &namespace);
                     _namespace = Some(namespace);
@@ -212,12 +220,14 @@ impl ScriptRun<'_> {
         if let Some(task) = proxy_task {
             task.abort();
         }
+        proxy_log.release_sorted_into(self.log);
         self.interpret(exit?)
     }
 
     fn start_proxy(
         &self,
         proxy: &ProxyAccess,
+        log: StagingLog,
     ) -> Result<(NetNamespace, tokio::task::JoinHandle<()>), String> {
         let namespace = NetNamespace::create().map_err(|e| e.to_string())?;
         let listener = namespace.bind(PROXY_ADDR).map_err(|e| e.to_string())?;
@@ -234,7 +244,7 @@ impl ScriptRun<'_> {
                     phase: self.script.name(),
                 }),
             },
-            log: self.log.clone(),
+            log,
         };
         Ok((namespace, tokio::spawn(crate::proxy::serve(listener, ctx))))
     }
