@@ -165,7 +165,10 @@ async fn a_classic_download_through_the_proxy_is_in_the_bill_of_materials() {
     // The proxy's lines come after the script's own output, whenever the downloads ended:
     // the log ships in the droplet, so where they land must not depend on timing.
     let done = log.find("       done").expect(&log);
-    let fetched: Vec<usize> = log.match_indices("fetch https://").map(|(i, _)| i).collect();
+    let fetched: Vec<usize> = log
+        .match_indices("fetch https://")
+        .map(|(i, _)| i)
+        .collect();
     assert_eq!(fetched.len(), 2, "{log}");
     assert!(fetched.iter().all(|at| *at > done), "{log}");
 }
