@@ -9,11 +9,15 @@ use super::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Long enough that nothing here is closed before it should be, short enough for a test.
-const HEAD_SECS: u64 = 1;
+const HEAD_SECS: u64 = 2;
 
 async fn short_fixture(max_connections: u32) -> Fixture {
+    fixture_with_head(max_connections, HEAD_SECS).await
+}
+
+async fn fixture_with_head(max_connections: u32, header_timeout_secs: u64) -> Fixture {
     fixture_with(DirectoryServerConfig {
-        header_timeout_secs: HEAD_SECS,
+        header_timeout_secs,
         send_timeout_secs: 1,
         max_connections,
         ..DirectoryServerConfig::default()
@@ -131,7 +135,9 @@ async fn an_answer_nobody_reads_ends_on_either_path() {
 
 #[tokio::test]
 async fn connections_beyond_the_limit_wait_until_one_is_free() {
-    let f = short_fixture(2).await;
+    // A header timeout well beyond the half second this test takes to show the third
+    // connection waiting (with one second, a loaded machine freed the places first).
+    let f = fixture_with_head(2, 6).await;
     // Two connections take both places and send nothing.
     let mut holders = Vec::new();
     for _ in 0..2 {
