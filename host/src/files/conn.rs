@@ -31,16 +31,6 @@ pub(crate) async fn accept_loop(
     // Every connection holds a receiver; `closed()` tells when the last one is gone.
     let (live, live_rx) = watch::channel(());
     loop {
-        // At `max_connections`, further clients wait in the listen queue: descriptors and
-        // memory stay bounded however many connections are opened and left idle.
-        let permit = tokio::select! {
-            biased;
-            _ = stopped.wait_for(|s| *s != Stop::Running) => break,
-            permit = shared.connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let accepted = tokio::select! {
             biased;
             _ = stopped.wait_for(|s| *s != Stop::Running) => break,
@@ -59,6 +49,19 @@ pub(crate) async fn accept_loop(
                 }
                 continue;
             }
+        };
+        // At `max_connections`, this worker holds the connection it just accepted, unread,
+        // and accepts no other until a place is free: the rest wait in the listen queue, so
+        // descriptors and memory stay bounded (at most one extra per worker) however many
+        // connections are opened and left idle. The place is taken after the accept, so a
+        // worker waiting for clients never holds one that another worker's clients need.
+        let permit = tokio::select! {
+            biased;
+            _ = stopped.wait_for(|s| *s != Stop::Running) => break,
+            permit = shared.connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
         };
         // Heads and small bodies are single writes that should leave at once; large bodies
         // hold their head back with MSG_MORE themselves.
