@@ -99,6 +99,10 @@ pub struct InstanceConfig {
     pub health_check_interval_secs: u64,
     /// Seconds between measurements of a running instance's disk use against its limit.
     pub disk_check_interval_secs: u64,
+    /// Unpack each droplet once per host and make instances' homes overlays over it (the
+    /// app's writes go to a layer of its own). Where overlayfs cannot be used, homes are
+    /// unpacked per instance, as with `false`.
+    pub layered_homes: bool,
 }
 
 /// One egress rule, as Cloud Foundry's application security groups write them.
@@ -144,6 +148,7 @@ impl Default for InstanceConfig {
             egress_rules: Vec::new(),
             health_check_interval_secs: 10,
             disk_check_interval_secs: 5,
+            layered_homes: true,
         }
     }
 }

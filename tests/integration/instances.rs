@@ -8,7 +8,7 @@ use dea_tests::*;
 use std::path::Path;
 use std::time::Duration;
 
-fn settings(base: &Path) -> InstanceSettings {
+pub(crate) fn settings(base: &Path) -> InstanceSettings {
     let mut settings = InstanceSettings::from_config(&test_config(base));
     settings.pids_limit = 256;
     settings.stop_grace = Duration::from_secs(3);
@@ -22,7 +22,7 @@ fn settings(base: &Path) -> InstanceSettings {
     settings
 }
 
-fn runc(base: &Path) -> Runc {
+pub(crate) fn runc(base: &Path) -> Runc {
     Runc {
         binary: "runc".into(),
         state_dir: base.join("runc"),
@@ -31,11 +31,11 @@ fn runc(base: &Path) -> Runc {
     }
 }
 
-fn manager(base: &Path) -> std::sync::Arc<InstanceManager> {
+pub(crate) fn manager(base: &Path) -> std::sync::Arc<InstanceManager> {
     InstanceManager::new(settings(base), runc(base)).expect("instance manager")
 }
 
-fn start_request(droplet: &Path) -> StartRequest {
+pub(crate) fn start_request(droplet: &Path) -> StartRequest {
     StartRequest {
         droplet: droplet.display().to_string(),
         sha1: None,
@@ -53,7 +53,7 @@ fn start_request(droplet: &Path) -> StartRequest {
     }
 }
 
-async fn http_get(port: u16, path: &str) -> String {
+pub(crate) async fn http_get(port: u16, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -70,7 +70,7 @@ async fn http_get(port: u16, path: &str) -> String {
     response
 }
 
-async fn staged_example(base: &Path) -> std::path::PathBuf {
+pub(crate) async fn staged_example(base: &Path) -> std::path::PathBuf {
     let stager = stager(test_config(&base.join("staging")), default_buildpacks());
     let out = base.join("example.tgz");
     let (result, log) = stage(
@@ -84,15 +84,15 @@ async fn staged_example(base: &Path) -> std::path::PathBuf {
 
 /// What most tests here start from: a state directory (cleaned up after), the example
 /// staged into a droplet, and an instance manager.
-struct Fixture {
-    base: tempfile::TempDir,
-    _cleanup: Cleanup,
-    droplet: std::path::PathBuf,
-    manager: std::sync::Arc<InstanceManager>,
+pub(crate) struct Fixture {
+    pub base: tempfile::TempDir,
+    pub _cleanup: Cleanup,
+    pub droplet: std::path::PathBuf,
+    pub manager: std::sync::Arc<InstanceManager>,
 }
 
 impl Fixture {
-    async fn new() -> Fixture {
+    pub(crate) async fn new() -> Fixture {
         let base = tempfile::tempdir().expect("tempdir");
         let cleanup = Cleanup(base.path().join("dea"));
         let droplet = staged_example(base.path()).await;
@@ -181,7 +181,7 @@ async fn stage_run_get_crash_and_stop() {
 
 /// A finished instance holds nothing on the host any more: no home (only the crash logs
 /// under `crashes/`), no network namespace, no interface.
-fn assert_released(info: &dea::instance::InstanceInfo) {
+pub(crate) fn assert_released(info: &dea::instance::InstanceInfo) {
     assert!(!info.dir.exists(), "{} left behind", info.dir.display());
     assert!(
         !Path::new("/var/run/netns").join(&info.netns).exists(),

@@ -15,6 +15,7 @@ mod guests;
 mod hostile_archives;
 mod hostile_buildpacks;
 mod instances;
+mod layered_homes;
 mod mirrors;
 mod reproducible;
 mod sbom;

@@ -29,44 +29,103 @@ impl PreparedHome {
     /// Checks and prepares the home at `home` (unpacked from the droplet, nothing running in
     /// it yet) and hands it to the app's user.
     pub(super) fn new(home: &Path, uid: u32, gid: u32) -> Result<PreparedHome, InstanceError> {
-        // Named as the app sees it in errors (which reach the controller and the user).
-        let dir = TenantDir::open(home)?.labeled("/home/vcap");
-        // `app` is bind-mounted read-write at /app and `logs` receives the output: a droplet
-        // whose `./app` or `./logs` is a link (to another instance's app, to /etc...) would
-        // make runc or the agent follow it as root. They must be real directories.
-        for name in ["app", "tmp", "logs"] {
-            dir.ensure_dir(Path::new(name)).map_err(|e| match e {
-                TenantFsError::Link { .. } | TenantFsError::WrongKind { .. } => {
-                    InstanceError::Setup(format!(
-                        "the droplet's ./{name} must be a directory, not a link or a file"
-                    ))
-                }
-                e => e.into(),
-            })?;
-        }
-        let staged_command = dir
-            .read_string(
-                Path::new("staging_info.yml"),
-                Links::Beneath,
-                MAX_STAGING_INFO,
-            )?
-            .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
-            .and_then(|v| v["start_command"].as_str().map(str::to_string));
-        dir.remove_file("exit_status")?;
-        let logs = dir.open_dir(Path::new("logs"), Links::Refuse)?;
-        let stdout = logs.create_file("stdout.log", 0o644)?;
-        let stderr = logs.create_file("stderr.log", 0o644)?;
-        let limits = WalkLimits {
-            max_entries: 2_000_000,
-            ..WalkLimits::default()
-        };
-        dir.chown_tree(uid, gid, limits)?;
+        let dir = open_home(home)?;
+        let staged_command = check_tree(&dir)?;
+        let (stdout, stderr) = open_logs(&dir)?;
+        dir.chown_tree(uid, gid, chown_limits())?;
         Ok(PreparedHome {
             staged_command,
             stdout,
             stderr,
         })
     }
+
+    /// Prepares a home layered over a droplet's shared tree, which [`prepare_tree`] checked
+    /// and handed to the app's user when it was unpacked: only what this instance adds (its
+    /// log files) is new. Nothing else is touched, since a change to a shared file would
+    /// copy it up into the instance's own layer.
+    pub(super) fn layered(
+        home: &Path,
+        staged_command: Option<String>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<PreparedHome, InstanceError> {
+        let dir = open_home(home)?;
+        let (stdout, stderr) = open_logs(&dir)?;
+        for file in [&stdout, &stderr] {
+            rustix::fs::fchown(
+                file,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| InstanceError::Setup(format!("handing the logs to the app: {e}")))?;
+        }
+        Ok(PreparedHome {
+            staged_command,
+            stdout,
+            stderr,
+        })
+    }
+}
+
+/// Checks a droplet's freshly unpacked tree (to be shared by the instances that layer
+/// their homes over it) and hands it to the app's user; returns its staged start command.
+pub(super) fn prepare_tree(
+    tree: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<Option<String>, InstanceError> {
+    let dir = open_home(tree)?;
+    let staged_command = check_tree(&dir)?;
+    dir.remove_file("exit_status")?;
+    dir.chown_tree(uid, gid, chown_limits())?;
+    Ok(staged_command)
+}
+
+fn open_home(home: &Path) -> Result<TenantDir, InstanceError> {
+    // Named as the app sees it in errors (which reach the controller and the user).
+    Ok(TenantDir::open(home)?.labeled("/home/vcap"))
+}
+
+fn chown_limits() -> WalkLimits {
+    WalkLimits {
+        max_entries: 2_000_000,
+        ..WalkLimits::default()
+    }
+}
+
+/// The directories the agent relies on are real ones; returns `staging_info.yml`'s
+/// `start_command`.
+fn check_tree(dir: &TenantDir) -> Result<Option<String>, InstanceError> {
+    // `app` is bind-mounted read-write at /app and `logs` receives the output: a droplet
+    // whose `./app` or `./logs` is a link (to another instance's app, to /etc...) would
+    // make runc or the agent follow it as root. They must be real directories.
+    for name in ["app", "tmp", "logs"] {
+        dir.ensure_dir(Path::new(name)).map_err(|e| match e {
+            TenantFsError::Link { .. } | TenantFsError::WrongKind { .. } => InstanceError::Setup(
+                format!("the droplet's ./{name} must be a directory, not a link or a file"),
+            ),
+            e => e.into(),
+        })?;
+    }
+    Ok(dir
+        .read_string(
+            Path::new("staging_info.yml"),
+            Links::Beneath,
+            MAX_STAGING_INFO,
+        )?
+        .and_then(|text| serde_yaml_ng::from_str::<serde_yaml_ng::Value>(&text).ok())
+        .and_then(|v| v["start_command"].as_str().map(str::to_string)))
+}
+
+/// Clears a droplet's stale `exit_status` and opens `logs/stdout.log` and `logs/stderr.log`
+/// for the container's output.
+fn open_logs(dir: &TenantDir) -> Result<(File, File), InstanceError> {
+    dir.remove_file("exit_status")?;
+    let logs = dir.open_dir(Path::new("logs"), Links::Refuse)?;
+    let stdout = logs.create_file("stdout.log", 0o644)?;
+    let stderr = logs.create_file("stderr.log", 0o644)?;
+    Ok((stdout, stderr))
 }
 
 /// Copies the regular files of `home/logs` into `target` (an empty directory of the

@@ -26,6 +26,7 @@
 //! | `usage.rs` | [`Usage`]: memory, CPU and disk of a running instance |
 //! | `snapshot.rs` | the registry on disk, and recovery after a restart |
 //! | `ids.rs` | instance ids in the DEA's shape |
+//! | `layers.rs` | droplets unpacked once per host, shared as the lower layer of homes |
 //! | `home.rs`, `disk.rs`, `network.rs`, `droplet_store.rs` | the instance's files, disk use, network and droplets |
 
 pub mod droplet_store;
@@ -36,6 +37,7 @@ mod crashes;
 pub mod disk;
 mod home;
 mod ids;
+mod layers;
 mod monitor;
 pub mod network;
 mod settings;
@@ -292,6 +294,8 @@ pub struct InstanceManager {
     /// Instance networking, shared with the blocking pool.
     network: Arc<Network>,
     droplets: DropletStore,
+    /// Unpacked droplets that homes are layered over.
+    layers: layers::Layers,
     /// Instances by id. Reads (lookups, listings, capacity) share it; registering,
     /// unregistering and reserving capacity take it for writing, which keeps concurrent
     /// reservations from both fitting.
@@ -320,11 +324,13 @@ impl InstanceManager {
             settings.base_dir.join("droplets"),
             settings.max_droplet_mb << 20,
         );
+        let layers = layers::Layers::new(&settings.base_dir, settings.layered_homes);
         Ok(Arc::new(InstanceManager {
             settings,
             runc,
             network: Arc::new(network),
             droplets,
+            layers,
             instances: RwLock::new(HashMap::new()),
             staging: Mutex::new(StagingReservations::default()),
             events: tokio::sync::broadcast::channel(4096).0,

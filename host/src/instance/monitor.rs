@@ -173,7 +173,7 @@ impl InstanceManager {
     /// Frees what a finished instance held on the host: its DNAT element and interface, its
     /// network namespace, and its directory (crash logs were copied out before).
     pub(super) async fn release(
-        &self,
+        self: &Arc<Self>,
         handle: &Handle,
         network: Option<Attached>,
         namespace: Option<NetNamespace>,
@@ -184,7 +184,31 @@ impl InstanceManager {
         }
         drop(namespace);
         let dir = handle.info.lock().dir.clone();
+        let layered = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || super::layers::unmount_home(&layered)).await;
         crate::tenant_fs::remove_tree_off_thread(dir).await;
+        self.evict_unused_layers().await;
+    }
+
+    /// Removes the unpacked droplets that no instance holding resources uses (past the few
+    /// kept for later starts). The instances are counted once eviction has its lock, so a
+    /// start that has named its droplet is always counted.
+    async fn evict_unused_layers(self: &Arc<Self>) {
+        let manager = self.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            manager.layers.evict(|| {
+                manager
+                    .instances
+                    .read()
+                    .values()
+                    .filter_map(|handle| {
+                        let info = handle.info.lock();
+                        info.holds_resources().then(|| info.droplet_sha1.clone())
+                    })
+                    .collect()
+            })
+        })
+        .await;
     }
 }
 

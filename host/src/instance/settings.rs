@@ -15,6 +15,8 @@ pub struct InstanceSettings {
     pub pids_limit: i64,
     pub stop_grace: Duration,
     pub max_droplet_mb: u64,
+    /// Homes are overlays over a droplet unpacked once ([`super::layers`]).
+    pub layered_homes: bool,
     /// Memory this host offers to instances, in MiB, and how far it may be overcommitted.
     pub memory_capacity_mb: u64,
     pub memory_overcommit_factor: f64,
@@ -57,6 +59,7 @@ impl InstanceSettings {
             pids_limit: instances.pids_limit,
             stop_grace: Duration::from_secs(instances.stop_grace_secs),
             max_droplet_mb: instances.max_droplet_mb,
+            layered_homes: instances.layered_homes,
             memory_capacity_mb: instances.memory_capacity_mb.unwrap_or(machine_mb),
             memory_overcommit_factor: instances.memory_overcommit_factor,
             disk_capacity_mb: instances.disk_capacity_mb,

@@ -4,6 +4,7 @@
 //! with the start script; its monitor takes it from there.
 
 use super::home::PreparedHome;
+use super::layers::LayerError;
 use super::monitor::{Process, Running, Watch};
 use super::network::CONTAINER_PORT;
 use super::{
@@ -89,7 +90,7 @@ impl InstanceManager {
 
     /// Droplet, directories, network and container: everything up to a running process.
     async fn prepare(
-        &self,
+        self: &Arc<Self>,
         handle: &Arc<Handle>,
         request: &StartRequest,
     ) -> Result<Running, InstanceError> {
@@ -109,7 +110,10 @@ impl InstanceManager {
         record("droplet", timer);
         let timer = std::time::Instant::now();
         let (dir, netns_name, instance_id) = {
-            let info = handle.info.lock();
+            let mut info = handle.info.lock();
+            // Named before the home is made: an eviction of unused droplet trees counts
+            // this instance's from now on.
+            info.droplet_sha1 = sha1.clone();
             (
                 info.dir.clone(),
                 info.netns.clone(),
@@ -122,14 +126,14 @@ impl InstanceManager {
             max_files: 1_000_000,
             max_depth: self.settings.max_dir_depth,
         };
-        let (uid, gid) = (self.settings.uid, self.settings.gid);
-        let (from, to) = (droplet_path.clone(), home.clone());
+        let owner = (self.settings.uid, self.settings.gid);
         // The droplet is a tenant's archive: unpacked safely, then every path the agent
         // itself uses in it is opened beneath the home, never through a link. The network
         // namespace is made meanwhile: neither needs the other.
-        let unpack = tokio::task::spawn_blocking(move || -> Result<PreparedHome, InstanceError> {
-            droplet::unpack_source(&from, &to, limits)?;
-            PreparedHome::new(&to, uid, gid)
+        let manager = self.clone();
+        let (from, sha1_of) = (droplet_path.clone(), sha1.clone());
+        let unpack = tokio::task::spawn_blocking(move || {
+            manager.make_home(&sha1_of, &from, &dir, limits, owner)
         });
         let name = netns_name.clone();
         let netns = tokio::task::spawn_blocking(move || {
@@ -156,7 +160,6 @@ impl InstanceManager {
             .map_err(|e| setup(&e))?;
         {
             let mut info = handle.info.lock();
-            info.droplet_sha1 = sha1;
             info.host_port = host_port;
             info.start_command = Some(command.clone());
         }
@@ -202,5 +205,34 @@ impl InstanceManager {
             network,
             port,
         })
+    }
+
+    /// The instance's home at `dir/home`: layered over the droplet's shared tree where
+    /// overlayfs allows, else unpacked from the droplet. Blocking.
+    fn make_home(
+        &self,
+        sha1: &str,
+        droplet: &std::path::Path,
+        dir: &std::path::Path,
+        limits: UnpackLimits,
+        (uid, gid): (u32, u32),
+    ) -> Result<PreparedHome, InstanceError> {
+        let home = dir.join("home");
+        if self.layers.usable() {
+            match self
+                .layers
+                .mount_home(sha1, droplet, dir, limits, (uid, gid))
+            {
+                Ok(tree) => return PreparedHome::layered(&home, tree.staged_command, uid, gid),
+                Err(LayerError::Droplet(e)) => return Err(e),
+                Err(e) => {
+                    self.layers.give_up(&e);
+                    // What the attempt left (the empty home) is reused; the rest goes with
+                    // the instance's directory.
+                }
+            }
+        }
+        droplet::unpack_source(droplet, &home, limits)?;
+        PreparedHome::new(&home, uid, gid)
     }
 }
