@@ -138,3 +138,54 @@ async fn with_layering_off_each_home_is_unpacked_in_place() {
     let stopped = manager.stop(&info.instance_id).await.expect("stop");
     assert_released(&stopped);
 }
+
+/// An overlay mounted by the test; unmounted when dropped.
+struct Overlay(PathBuf);
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A state directory on a filesystem that cannot be an overlay's upper layer (an overlay
+/// itself, as in a container): homes are unpacked in place, and instances run as ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_overlayfs_cannot_be_used_homes_are_unpacked_in_place() {
+    let base = tempfile::tempdir().expect("tempdir");
+    let droplet = crate::instances::staged_example(base.path()).await;
+    let layer = |name: &str| {
+        let dir = base.path().join(name);
+        std::fs::create_dir_all(&dir).expect("dir");
+        dir
+    };
+    let (lower, upper, work, merged) = (layer("l"), layer("u"), layer("w"), layer("m"));
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        ))
+        .arg(&merged)
+        .status()
+        .expect("mount");
+    assert!(mounted.success());
+    let _overlay = Overlay(merged.clone());
+    let state = merged.join("dea");
+    let _cleanup = dea_tests::controller::ContainerCleanup(state.clone());
+    let manager = crate::instances::manager(&state);
+    for _ in 0..2 {
+        let info = manager.start(start_request(&droplet)).await.expect("start");
+        assert_eq!(info.state, InstanceState::Running, "{info:?}");
+        let response = http_get(info.host_port, "/").await;
+        assert!(response.contains("Hello from a dea droplet"), "{response}");
+        assert_eq!(mounts_under(&info.dir), Vec::<PathBuf>::new());
+        let stopped = manager.stop(&info.instance_id).await.expect("stop");
+        assert_released(&stopped);
+    }
+}

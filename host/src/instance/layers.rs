@@ -77,6 +77,9 @@ pub(super) enum LayerError {
         #[source]
         source: std::io::Error,
     },
+    /// No SHA-1 to name the droplet's tree by: this home is unpacked in place.
+    #[error("droplet {0:?} has no SHA-1 to share it by")]
+    Unkeyed(String),
     /// A path overlayfs' option string cannot carry (`,`, `:` or `\` in `base_dir`).
     #[error("overlay home: {0} cannot be named in overlayfs options")]
     Unnameable(PathBuf),
@@ -120,6 +123,10 @@ impl Layers {
         limits: UnpackLimits,
         owner: (u32, u32),
     ) -> Result<Tree, LayerError> {
+        // The tree's name: only ever a digest the droplet store checked.
+        if sha1.len() != 40 || !sha1.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(LayerError::Unkeyed(sha1.to_string()));
+        }
         let _starting = self.evicting.read();
         let tree = self.tree(sha1, droplet, limits, owner)?;
         let home = instance_dir.join("home");
@@ -181,9 +188,6 @@ impl Layers {
         limits: UnpackLimits,
         owner: (u32, u32),
     ) -> Result<Tree, LayerError> {
-        if sha1.len() != 40 || !sha1.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(InstanceError::Setup(format!("droplet SHA-1 {sha1:?} is not one")).into());
-        }
         let gate = self
             .unpacking
             .lock()

@@ -225,11 +225,15 @@ impl InstanceManager {
             {
                 Ok(tree) => return PreparedHome::layered(&home, tree.staged_command, uid, gid),
                 Err(LayerError::Droplet(e)) => return Err(e),
-                Err(e) => {
+                // What the attempt left (an empty home) is unpacked into; the rest goes
+                // with the instance's directory.
+                Err(e @ (LayerError::Mount { .. } | LayerError::Unnameable(_))) => {
                     self.layers.give_up(&e);
-                    // What the attempt left (the empty home) is reused; the rest goes with
-                    // the instance's directory.
                 }
+                Err(e @ LayerError::Io { .. }) => {
+                    tracing::warn!("unpacking this instance's droplet in place: {e}");
+                }
+                Err(LayerError::Unkeyed(_)) => {}
             }
         }
         droplet::unpack_source(droplet, &home, limits)?;
