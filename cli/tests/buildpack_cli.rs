@@ -4,15 +4,11 @@
 //! run the project's own test (which checks the component and stages its sample app);
 //! `check` on a component built for another world; `componentize` on a component.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
+use common::{both, root};
+use std::path::Path;
+use std::process::{Command, Output};
 
 fn dea(base: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dea"))
@@ -21,14 +17,6 @@ fn dea(base: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("dea runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// Scaffolds `name` in `lang`, then runs its `test.sh` as its author would.
@@ -41,7 +29,7 @@ fn scaffold_builds_and_passes_its_own_test(lang: &str) {
         base.path(),
         &["buildpack", "new", &name, "--lang", lang, "--dir", &dir_arg],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", both(&out));
     assert!(dir.join("buildpack.toml").is_file());
     assert!(dir.join("test/app/hello.txt").is_file());
 
@@ -57,7 +45,7 @@ fn scaffold_builds_and_passes_its_own_test(lang: &str) {
         )
         .output()
         .expect("test.sh runs");
-    let log = text(&test);
+    let log = both(&test);
     assert!(test.status.success(), "{log}");
     assert!(
         log.contains("world:   implements dea:buildpack/buildpack@0.1.0"),
@@ -92,9 +80,9 @@ fn new_refuses_bad_names_and_non_empty_directories() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("invalid buildpack name \"Bad_Name\""),
+        both(&out).contains("invalid buildpack name \"Bad_Name\""),
         "{}",
-        text(&out)
+        both(&out)
     );
     let dir = base.path().join("taken");
     std::fs::create_dir_all(&dir).expect("mkdir");
@@ -114,9 +102,9 @@ fn new_refuses_bad_names_and_non_empty_directories() {
     );
     assert!(!out.status.success());
     assert!(
-        text(&out).contains("exists and is not empty"),
+        both(&out).contains("exists and is not empty"),
         "{}",
-        text(&out)
+        both(&out)
     );
 }
 
@@ -129,7 +117,7 @@ fn check_rejects_a_component_of_another_world_and_names_the_differences() {
         base.path(),
         &["buildpack", "check", &wrong.display().to_string()],
     );
-    let log = text(&out);
+    let log = both(&out);
     assert!(!out.status.success(), "{log}");
     assert!(log.contains("problem: missing export `release`"), "{log}");
     assert!(
@@ -147,7 +135,7 @@ fn check_rejects_a_component_of_another_world_and_names_the_differences() {
         base.path(),
         &["buildpack", "check", &shell.display().to_string()],
     );
-    let log = text(&out);
+    let log = both(&out);
     assert!(out.status.success(), "{log}");
     assert!(log.contains("link:    ok (compiled"), "{log}");
 
@@ -164,5 +152,5 @@ fn check_rejects_a_component_of_another_world_and_names_the_differences() {
         ],
     );
     assert!(!out.status.success());
-    assert!(text(&out).contains("already a component"), "{}", text(&out));
+    assert!(both(&out).contains("already a component"), "{}", both(&out));
 }

@@ -2,18 +2,14 @@
 //! stage with a classic buildpack, fail clearly, explain a fetch, run a droplet in the
 //! foreground and stop it with a signal.
 
+mod common;
+
+use common::{root, text};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn dea(base: &Path, args: &[&str]) -> Output {
     let buildpacks = root().join("target/buildpacks");
@@ -28,10 +24,6 @@ fn dea(base: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("dea runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 #[test]

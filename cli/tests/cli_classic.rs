@@ -1,15 +1,11 @@
 //! `dea` with classic buildpacks as a user runs it: paths relative to where they stand, a
 //! buildpack directory holding a broken buildpack, and a failure said once (on stderr).
 
+mod common;
+
+use common::{root, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// `dea ARGS` run from `cwd`, with its state under `cwd/state` (given relatively, too).
 fn dea_in(cwd: &Path, args: &[&str]) -> Output {
@@ -22,10 +18,6 @@ fn dea_in(cwd: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("dea runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// stdout and stderr, for messages; each checked free of terminal colour codes.

@@ -3,16 +3,12 @@
 //! what is not a component with wasmtime's reason (and writes nothing a parent could take
 //! for code), and a broken component is not installed.
 
+mod common;
+
+use common::{both, root};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn dea(base: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_dea"))
@@ -22,14 +18,6 @@ fn dea(base: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("dea runs")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `dea compile-component LIMITS` with `input` on stdin.
@@ -63,7 +51,7 @@ fn an_added_buildpack_is_compiled_by_a_child_into_the_cache() {
         base.path(),
         &["buildpacks", "add", &marker().display().to_string()],
     );
-    let said = text(&out);
+    let said = both(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("compiled in a child process"), "{said}");
     let cache = base.path().join("state/wasm-cache");
@@ -91,7 +79,7 @@ fn an_added_buildpack_is_compiled_by_a_child_into_the_cache() {
     std::fs::create_dir_all(&app).expect("app dir");
     std::fs::write(app.join("marker"), "").expect("marker");
     let out = dea(base.path(), &["detect", &app.display().to_string()]);
-    let said = text(&out);
+    let said = both(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("marker"), "{said}");
     let recompiled = said
@@ -104,7 +92,7 @@ fn an_added_buildpack_is_compiled_by_a_child_into_the_cache() {
 fn the_compiler_process_turns_a_component_into_code_and_refuses_anything_else() {
     let component = std::fs::read(marker().join("buildpack.wasm")).expect("component");
     let out = compile_component(&component);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", both(&out));
     assert_eq!(&out.stdout[..4], b"\x7fELF");
 
     // Not wasm at all, a core module cut short, bad limits: a failure with the reason, and
@@ -121,7 +109,7 @@ fn the_compiler_process_turns_a_component_into_code_and_refuses_anything_else() 
         .output()
         .expect("dea runs");
     assert!(!out.status.success());
-    assert!(text(&out).contains("no_such_limit"), "{}", text(&out));
+    assert!(both(&out).contains("no_such_limit"), "{}", both(&out));
 }
 
 #[test]
@@ -144,7 +132,7 @@ fn a_broken_component_is_refused_with_the_reason_and_not_installed() {
         base.path(),
         &["buildpacks", "add", &broken.display().to_string()],
     );
-    let said = text(&out);
+    let said = both(&out);
     assert!(!out.status.success(), "{said}");
     assert!(
         said.contains("broken cannot be installed") && said.contains("end-of-file"),
@@ -152,8 +140,8 @@ fn a_broken_component_is_refused_with_the_reason_and_not_installed() {
     );
     let listed = dea(base.path(), &["buildpacks"]);
     assert!(
-        !text(&listed).contains("broken"),
+        !both(&listed).contains("broken"),
         "not installed: {}",
-        text(&listed)
+        both(&listed)
     );
 }

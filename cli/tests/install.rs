@@ -4,28 +4,16 @@
 //! example app stages. Also: the XDG defaults of a user who is not root, and `dea serve`
 //! telling systemd it is ready.
 
+mod common;
+
+use common::{both, root};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 /// `dea --config dea.yml ARGS` run in `dir`, the config named relative to it, with none of
 /// the environment a developer's shell might add.
@@ -43,14 +31,14 @@ fn dea_in(dir: &Path, args: &[&str]) -> Output {
 
 fn ok(dir: &Path, args: &[&str]) -> String {
     let out = dea_in(dir, args);
-    assert!(out.status.success(), "dea {args:?}:\n{}", text(&out));
-    text(&out)
+    assert!(out.status.success(), "dea {args:?}:\n{}", both(&out));
+    both(&out)
 }
 
 /// The `dea buildpacks` listing as (id, version, kind, path) rows.
 fn listing(dir: &Path) -> Vec<(String, String, String, String)> {
     let out = dea_in(dir, &["buildpacks"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", both(&out));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .skip(1)
@@ -161,12 +149,12 @@ fn installed_dea_manages_buildpacks_and_stages_from_any_directory() {
     assert!(
         out.status.success(),
         "a dea built without its default buildpacks? run scripts/build-plugins, then build again\n{}",
-        text(&out)
+        both(&out)
     );
     assert!(
-        text(&out).contains("Installed the default buildpacks into"),
+        both(&out).contains("Installed the default buildpacks into"),
         "{}",
-        text(&out)
+        both(&out)
     );
     let store = home.join("state/buildpacks");
     let rows = listing(home);
@@ -210,9 +198,9 @@ fn installed_dea_manages_buildpacks_and_stages_from_any_directory() {
     );
     let again = dea_in(home, &["buildpacks", "add", "hello"]);
     assert!(
-        !again.status.success() && text(&again).contains("already installed"),
+        !again.status.success() && both(&again).contains("already installed"),
         "{}",
-        text(&again)
+        both(&again)
     );
 
     ok(home, &["buildpacks", "move", "hello", "--position", "1"]);
@@ -249,9 +237,9 @@ fn installed_dea_manages_buildpacks_and_stages_from_any_directory() {
     assert!(store.join("hello-archive/bin/detect").is_file());
     let huge = dea_in(home, &["buildpacks", "add", &format!("{base}/bp/huge.tgz")]);
     assert!(
-        !huge.status.success() && text(&huge).contains("larger than 1 MiB"),
+        !huge.status.success() && both(&huge).contains("larger than 1 MiB"),
         "{}",
-        text(&huge)
+        both(&huge)
     );
     ok(home, &["buildpacks", "remove", "hello-archive"]);
     let order = std::fs::read_to_string(store.join("order.json")).expect("order file");
@@ -311,7 +299,7 @@ fn a_user_gets_xdg_state_and_config_directories() {
             .current_dir("/")
             .output()
             .expect("setpriv (util-linux) runs");
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", both(&out));
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     // No config file: state in $XDG_STATE_HOME/dea.

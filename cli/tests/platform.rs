@@ -9,26 +9,15 @@
 //! an app that exits at once is restarted with back-off and shows in `dea ctl events`; and
 //! bad pushes are refused with clear errors.
 
+mod common;
+
+use common::{free_port, root};
 #[path = "../../platform/tests/support/jetstream.rs"]
 mod jetstream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A child process; SIGTERM then SIGKILL when dropped, so agents stop their instances.
 struct Proc {

@@ -3,19 +3,15 @@
 //! droplet from the download cache alone, names a download the cache lacks, and shows the
 //! diff when the rebuild is not the droplet.
 
+mod common;
+
+use common::{root, text};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 /// Runs `dea` from the workspace root with `state` as its base directory, `envs` set.
 fn dea(state: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
@@ -28,10 +24,6 @@ fn dea(state: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
         .args(args)
         .output()
         .expect("dea runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn both(out: &Output) -> String {

@@ -1,18 +1,14 @@
 //! `dea sbom DROPLET` and `dea fetch --pin URL...` as an operator uses them.
 
+mod common;
+
+use common::{root, text};
 use dea::sbom::cyclonedx::Bom;
 use dea::sbom::{AppSource, BuildpackUsed, Dependencies, DigestOf, Download};
 use sha2::Digest;
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 fn dea(base: &Path, args: &[&str]) -> Output {
     assert!(
@@ -28,10 +24,6 @@ fn dea(base: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("dea runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -2,25 +2,14 @@
 //! apps keep serving while the agent is killed and restarted (the kernel, not the agent,
 //! carries their traffic), and shutdown is bounded even when NATS is gone.
 
+mod common;
+
+use common::{free_port, root};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
 
 /// A child process killed (SIGKILL) and reaped when dropped.
 struct Reaped(Child);
