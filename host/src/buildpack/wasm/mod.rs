@@ -27,11 +27,13 @@ mod output;
 mod preopens;
 pub mod runner;
 mod sandbox;
+mod timing;
 
 pub use error::{LoadError, StartError};
 pub use mounts::{ReadOnlyDir, SandboxError, SharedApp};
 pub use output::{LogOutput, OutputBudget, OutputExceeded};
 pub use sandbox::{OpenedDirs, PhaseDirs, SandboxSpec};
+pub use timing::DetectSplit;
 
 use crate::config::WasmConfig;
 use limiter::GrowRefused;
@@ -241,25 +243,9 @@ impl WasmRuntime {
             ),
         };
         let budget = OutputBudget::new(self.limits.output_limit_bytes);
-        let state = SandboxState::new(phase, spec, opened, &self.limits, budget.clone(), cpu_limit)
+        let mut store = self
+            .sandbox_store(phase, spec, opened, budget.clone(), cpu_limit)
             .map_err(|e| start_error(phase_name, StartError::Sandbox(e)))?;
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut ctx| {
-            let state = ctx.data_mut();
-            state.cpu_ticks += 1;
-            if state.cpu_ticks > state.cpu_tick_limit {
-                state.cpu_exceeded = true;
-                return Ok(UpdateDeadline::Interrupt);
-            }
-            // Yield at every tick so a busy guest cannot starve other tasks, and so the
-            // wall-clock timeout below can cancel it.
-            Ok(UpdateDeadline::YieldCustom(
-                1,
-                Box::pin(tokio::task::yield_now()),
-            ))
-        });
 
         let unfinished = Unfinished {
             abandoned: &self.abandoned,
@@ -292,6 +278,41 @@ impl WasmRuntime {
                 cpu_limit,
             )),
         }
+    }
+
+    /// A phase's store: its sandbox, ready to instantiate in.
+    fn sandbox_store(
+        &self,
+        phase: Phase,
+        spec: SandboxSpec,
+        opened: OpenedDirs,
+        budget: Arc<OutputBudget>,
+        cpu_limit: Duration,
+    ) -> Result<Store<SandboxState>, SandboxError> {
+        let state = SandboxState::new(phase, spec, opened, &self.limits, budget, cpu_limit)?;
+        Ok(self.store_for(state))
+    }
+
+    /// The store around a phase's sandbox: its memory limiter and CPU budget.
+    fn store_for(&self, state: SandboxState) -> Store<SandboxState> {
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks += 1;
+            if state.cpu_ticks > state.cpu_tick_limit {
+                state.cpu_exceeded = true;
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Yield at every tick so a busy guest cannot starve other tasks, and so the
+            // phase's wall-clock timeout can cancel it.
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
+        store
     }
 }
 
