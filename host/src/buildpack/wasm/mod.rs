@@ -27,6 +27,7 @@ mod output;
 mod preopens;
 pub mod runner;
 mod sandbox;
+mod stat;
 mod timing;
 
 pub use error::{LoadError, StartError};
@@ -158,6 +159,7 @@ impl WasmRuntime {
         )
         .map_err(LoadError::Engine)?;
         preopens::add_to_linker(&mut linker).map_err(LoadError::Engine)?;
+        stat::add_to_linker(&mut linker).map_err(LoadError::Engine)?;
         std::fs::create_dir_all(&cache_dir).map_err(|source| LoadError::Cache {
             path: cache_dir.clone(),
             source,
