@@ -72,6 +72,8 @@ fn is_one_name(path: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use wasmtime::component::ResourceTable;
+    use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
     #[test]
     fn only_a_plain_name_takes_the_short_way() {
@@ -80,6 +82,101 @@ mod tests {
         }
         for path in ["", ".", "..", "a/b", "a/", "/a", "../a", "a\0b"] {
             assert!(!is_one_name(path), "{path:?}");
+        }
+    }
+
+    struct Holder {
+        wasi: WasiCtx,
+        table: ResourceTable,
+    }
+
+    impl WasiView for Holder {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+
+    /// What the guest is told, in a comparable form.
+    fn told(view: &mut WasiFilesystemCtxView<'_>, stat: Result<DescriptorStat, FsError>) -> String {
+        match stat {
+            Ok(stat) => format!("{stat:?}"),
+            Err(e) => format!(
+                "{:?}",
+                types::Host::convert_error_code(view, e).expect("code")
+            ),
+        }
+    }
+
+    /// Every kind of entry, followed or not, reads exactly as wasmtime-wasi's own `stat-at`
+    /// reads it: files and directories (the short way), links in the mount and out of it,
+    /// dangling links, missing names, and paths of more than one name (the long way).
+    #[test]
+    fn stat_at_answers_as_wasmtime_wasi_does() {
+        let scratch = tempfile::tempdir().expect("tempdir");
+        let outside = scratch.path().join("outside");
+        let mount = scratch.path().join("mount");
+        std::fs::create_dir_all(mount.join("dir")).expect("dir");
+        std::fs::write(&outside, "secret").expect("outside");
+        std::fs::write(mount.join("file"), "12345").expect("file");
+        std::fs::write(mount.join("dir/inner"), "1").expect("inner");
+        let link = |to: &std::path::Path, name: &str| {
+            std::os::unix::fs::symlink(to, mount.join(name)).expect("link")
+        };
+        link(std::path::Path::new("file"), "to-file");
+        link(std::path::Path::new("dir"), "to-dir");
+        link(&outside, "to-outside");
+        link(std::path::Path::new("../outside"), "up-and-out");
+        link(std::path::Path::new("missing"), "dangling");
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for inline in [true, false] {
+            let mut holder = Holder {
+                wasi: WasiCtxBuilder::new().build(),
+                table: ResourceTable::new(),
+            };
+            let dir =
+                super::super::mounts::open_dir(&mount, FsPerms::ReadOnly, inline).expect("mount");
+            let fd = holder.table.push(Descriptor::Dir(dir)).expect("push");
+            let mut view = holder.filesystem();
+            for path in [
+                "file",
+                "dir",
+                "to-file",
+                "to-dir",
+                "to-outside",
+                "up-and-out",
+                "dangling",
+                "missing",
+                "dir/inner",
+                "to-dir/inner",
+                ".",
+                "..",
+                "",
+                "file/",
+            ] {
+                for flags in [PathFlags::SYMLINK_FOLLOW, PathFlags::empty()] {
+                    let ours = runtime.block_on(stat_at(
+                        &mut view,
+                        Resource::new_borrow(fd.rep()),
+                        flags,
+                        path.to_string(),
+                    ));
+                    let ours = told(&mut view, ours);
+                    let theirs = runtime.block_on(view.stat_at(
+                        Resource::new_borrow(fd.rep()),
+                        flags,
+                        path.to_string(),
+                    ));
+                    let theirs = told(&mut view, theirs);
+                    assert_eq!(ours, theirs, "{path:?} {flags:?}");
+                }
+            }
         }
     }
 }
