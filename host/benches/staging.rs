@@ -165,53 +165,66 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
     // buildpack (its guest stats the marker and hashes its metadata) and one that says no
     // (one stat), with the app and buildpack directories opened once, as a staging does.
     let runtime_wasm = WasmRuntime::new(config_wasm.clone(), scratch.join("wasm-cache-2"))?;
-    let per_call =
-        |bp: &dea::buildpack::Buildpack| -> Result<Duration, Box<dyn std::error::Error>> {
-            use dea::buildpack::wasm::{OpenedDirs, Phase, PhaseDirs, ReadOnlyDir, SandboxSpec};
-            let dea::buildpack::BuildpackKind::Wasm { component } = &bp.kind else {
-                return Err("expected a wasm buildpack".into());
-            };
-            let loaded = runtime_wasm.load(component)?;
-            let spec = SandboxSpec {
-                dirs: PhaseDirs {
-                    app: app.clone(),
-                    cache: app.clone(),
-                    buildpack: bp.dir.clone(),
-                    tmp: app.clone(),
-                },
-                env: bp.env.clone(),
-                log: dea::staging::StagingLog::detached(None),
-                fetch: None,
-                unpack_limits: dea::droplet::UnpackLimits {
-                    max_bytes: 1 << 20,
-                    max_files: 10,
-                    max_depth: 256,
-                },
-            };
-            let opened = OpenedDirs {
-                app: Some(ReadOnlyDir::open(&app)?),
-                buildpack: Some(ReadOnlyDir::open(&bp.dir)?),
-            };
-            let calls = 1000;
-            let total = median(5, || {
-                runtime.block_on(async {
-                    for _ in 0..calls {
-                        let (spec, opened) = (spec.clone(), opened.clone());
-                        runtime_wasm
-                            .run_opened(&loaded, Phase::Detect, spec, opened)
-                            .await?;
-                    }
-                    Ok::<(), dea::buildpack::wasm::PhaseError>(())
-                })?;
-                Ok(())
-            })?;
-            Ok(total / calls)
+    // `DEA_BENCH_CALLS` sets the calls per timing (1000), more for a profile of the call.
+    let calls: u32 = std::env::var("DEA_BENCH_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    type Timed = (Duration, dea::buildpack::wasm::DetectSplit);
+    let per_call = |bp: &dea::buildpack::Buildpack| -> Result<Timed, Box<dyn std::error::Error>> {
+        use dea::buildpack::wasm::{OpenedDirs, Phase, PhaseDirs, ReadOnlyDir, SandboxSpec};
+        let dea::buildpack::BuildpackKind::Wasm { component } = &bp.kind else {
+            return Err("expected a wasm buildpack".into());
         };
+        let loaded = runtime_wasm.load(component)?;
+        let spec = SandboxSpec {
+            dirs: PhaseDirs {
+                app: app.clone(),
+                cache: app.clone(),
+                buildpack: bp.dir.clone(),
+                tmp: app.clone(),
+            },
+            env: bp.env.clone(),
+            log: dea::staging::StagingLog::detached(None),
+            fetch: None,
+            unpack_limits: dea::droplet::UnpackLimits {
+                max_bytes: 1 << 20,
+                max_files: 10,
+                max_depth: 256,
+            },
+        };
+        let opened = OpenedDirs {
+            app: Some(ReadOnlyDir::open(&app)?),
+            buildpack: Some(ReadOnlyDir::open(&bp.dir)?),
+        };
+        let total = median(5, || {
+            runtime.block_on(async {
+                for _ in 0..calls {
+                    let (spec, opened) = (spec.clone(), opened.clone());
+                    runtime_wasm
+                        .run_opened(&loaded, Phase::Detect, spec, opened)
+                        .await?;
+                }
+                Ok::<(), dea::buildpack::wasm::PhaseError>(())
+            })?;
+            Ok(())
+        })?;
+        // The same calls again, each step timed on its own: the run of median total out of
+        // five, as above (without `run_opened`'s slot permit and timeout).
+        let mut splits = Vec::with_capacity(5);
+        for _ in 0..5 {
+            splits
+                .push(runtime.block_on(runtime_wasm.time_detect(&loaded, &spec, &opened, calls))?);
+        }
+        splits.sort_by_key(|split| split.total());
+        let split = splits[splits.len() / 2];
+        Ok((total / calls, split))
+    };
     let mut buildpacks = stager.buildpacks().iter();
     let refusing = buildpacks.next().cloned().ok_or("no buildpacks")?;
     let matching = buildpacks.last().cloned().ok_or("no buildpacks")?;
-    let single_match = per_call(&matching)?;
-    let single_no = per_call(&refusing)?;
+    let (single_match, split_match) = per_call(&matching)?;
+    let (single_no, split_no) = per_call(&refusing)?;
 
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     let n = BUILDPACKS as u32;
@@ -221,6 +234,18 @@ fn detect_benchmark(root: &Path, scratch: &Path) -> Result<(), Box<dyn std::erro
         us(single_match),
         us(single_no)
     );
+    for (what, split) in [("matching", split_match), ("not", split_no)] {
+        println!(
+            "      split, {what:<8} (us): sandbox {:.2}, store {:.2}, instantiate {:.2}, \
+             call {:.2}, teardown {:.2}; sum {:.2}",
+            us(split.sandbox),
+            us(split.store),
+            us(split.instantiate),
+            us(split.call),
+            us(split.teardown),
+            us(split.total())
+        );
+    }
     println!(
         "    wasm components (dea detect):  {:>10.3} ms  ({:.1} us per buildpack)",
         ms(wasm_time),

@@ -138,6 +138,9 @@ pub struct SandboxState {
     pub(super) cpu_exceeded: bool,
     /// Caps for archives unpacked by `fetch`.
     unpack_limits: crate::droplet::UnpackLimits,
+    /// The last `lstat` of a `metadata-hash-at`, for the `stat-at` that follows it (see
+    /// [`super::stat`]).
+    pub(super) last_lstat: Option<super::stat::Lstat>,
 }
 
 impl SandboxState {
@@ -221,7 +224,14 @@ impl SandboxState {
             cpu_tick_limit: ticks,
             cpu_exceeded: false,
             unpack_limits: spec.unpack_limits,
+            last_lstat: None,
         })
+    }
+
+    /// Whether every mount of the phase is read-only, and its file calls run on the calling
+    /// thread (detect and release).
+    pub(super) fn read_only(&self) -> bool {
+        self.phase != Phase::Compile
     }
 
     /// The phase's mounts and the table their descriptors go into, for
