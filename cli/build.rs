@@ -68,6 +68,38 @@ fn main() {
             "cargo:warning=no default buildpacks embedded: run scripts/build-plugins before building dea (or add buildpacks later with `dea buildpacks add`)"
         );
     }
+    pack_relative_relocations();
+}
+
+/// Links `dea` with its relative relocations packed (`DT_RELR`). `dea` is a position-
+/// independent executable with about 80 000 of them: as 24-byte `RELA` entries, 1.8 MB
+/// of the file that the dynamic loader reads at every start, and that stayed resident for
+/// the agent's life (in its RSS, as file pages). Packed, they take a few kilobytes. The
+/// loader must know the format (glibc 2.36, Debian 12), so the flag is only given when the
+/// build machine's glibc has it (the binary then says it needs it, and an older glibc
+/// refuses it at start rather than misreading it).
+fn pack_relative_relocations() {
+    let target = std::env::var("TARGET").unwrap_or_default();
+    if !(target.ends_with("-linux-gnu") && std::env::var("HOST").ok() == Some(target.clone())) {
+        return;
+    }
+    let arch = target.split('-').next().unwrap_or_default();
+    let candidates = [
+        format!("/lib/{arch}-linux-gnu/libc.so.6"),
+        format!("/usr/lib/{arch}-linux-gnu/libc.so.6"),
+        "/lib64/libc.so.6".into(),
+        "/usr/lib64/libc.so.6".into(),
+    ];
+    let supported = candidates
+        .iter()
+        .find_map(|path| std::fs::read(path).ok())
+        .is_some_and(|libc| {
+            libc.windows(b"GLIBC_ABI_DT_RELR".len())
+                .any(|w| w == b"GLIBC_ABI_DT_RELR")
+        });
+    if supported {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }
 
 /// Tells cargo to build again when the directory changes. A path that does not exist would

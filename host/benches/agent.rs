@@ -9,6 +9,9 @@
 //!
 //! Run with `cargo bench -p dea --bench agent` after `scripts/build-plugins`, as root with
 //! runc and nats-server installed. Exits non-zero only if a setup step fails.
+//! `DEA_BENCH_MEMORY_ONLY=1` runs section (c) alone (minutes less when working on memory);
+//! `DEA_BENCH_HOLD_SECS=N` keeps the measured `dea serve` running N seconds after each
+//! figure, so its /proc/PID/smaps or allocator can be looked at.
 
 use dea::buildpack::BuildpackSet;
 use dea::config::Config;
@@ -66,6 +69,18 @@ async fn run() -> Result<(), BoxError> {
         return Err("target/buildpacks is empty: run scripts/build-plugins".into());
     }
     config.directory_server.enabled = false;
+    if std::env::var_os("DEA_BENCH_MEMORY_ONLY").is_some() {
+        // (c) needs a droplet: one in-process staging makes it.
+        let stager = dea::staging::Stager::from_config(config, buildpacks)?;
+        let output = scratch.path().join("direct.tgz");
+        stager
+            .stage(StagingRequest::new(
+                scratch.path().join("app.zip"),
+                output.clone(),
+            ))
+            .await?;
+        return serve_memory(&root, scratch.path(), nats.port, std::fs::read(output)?).await;
+    }
     let node = dea::node::Node::start(config, buildpacks).await?;
     let (agent, stager) = (node.agent.clone(), node.stager.clone());
     let client = async_nats::connect(format!("nats://127.0.0.1:{}", nats.port)).await?;
@@ -313,6 +328,7 @@ async fn serve_memory(
         let _ = tokio::time::timeout(Duration::from_secs(300), preloaded).await;
         let idle = settled_rss(pid).await;
         let idle_anon = support::anon_mb(&pid.to_string());
+        hold(pid, "idle").await;
         let mut registers = client.subscribe("router.register").await?;
         client.flush().await?;
         for index in 0..50 {
@@ -330,6 +346,7 @@ async fn serve_memory(
         wait_registrations(&mut registers, "mem", 50).await?;
         let busy = settled_rss(pid).await;
         let busy_anon = support::anon_mb(&pid.to_string());
+        hold(pid, "50 running").await;
         println!("(c) a `dea serve` process (directory server on), RSS (of it anonymous):");
         println!("    idle:                 {idle:>6.1} MB ({idle_anon:.1} MB) (target <= 30 MB)");
         println!("    with 50 RUNNING:      {busy:>6.1} MB ({busy_anon:.1} MB) (target <= 40 MB)");
@@ -344,6 +361,17 @@ async fn serve_memory(
         .status();
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     result
+}
+
+/// Waits `DEA_BENCH_HOLD_SECS` (when set), saying which process is held and in which state.
+async fn hold(pid: u32, state: &str) {
+    let secs = std::env::var("DEA_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    if let Some(secs) = secs {
+        eprintln!("(c) holding `dea serve` pid {pid} ({state}) for {secs} s");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
 }
 
 /// `pid`'s RSS once fifteen samples a second apart stay within 0.5 MB (at most three

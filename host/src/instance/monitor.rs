@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
+mod disk_checks;
+
 /// Consecutive failed reachability checks after which a running instance is crashed.
 const UNREACHABLE_CHECKS: u32 = 3;
 
@@ -148,21 +150,19 @@ impl InstanceManager {
     async fn disk_problem(&self, home: &Path, container_id: &str, limit_mb: u64) -> Option<String> {
         let (dir, container_id) = (home.to_path_buf(), container_id.to_string());
         let (max_files, max_depth) = (self.settings.max_files, self.settings.max_dir_depth);
-        let used = tokio::task::spawn_blocking(move || {
-            disk::usage(&dir, &container_id, max_files, max_depth)
-        })
-        .await;
+        let used =
+            disk_checks::run(move || disk::usage(&dir, &container_id, max_files, max_depth)).await;
         match used {
-            Ok(Ok(usage)) if usage.bytes > limit_mb << 20 => Some(format!(
+            Some(Ok(usage)) if usage.bytes > limit_mb << 20 => Some(format!(
                 "app instance exceeded its disk limit of {limit_mb} MiB"
             )),
-            Ok(Err(disk::DiskError::TooManyFiles { limit })) => Some(format!(
+            Some(Err(disk::DiskError::TooManyFiles { limit })) => Some(format!(
                 "app instance exceeded its limit of {limit} files and directories"
             )),
-            Ok(Err(disk::DiskError::TooDeep { limit })) => Some(format!(
+            Some(Err(disk::DiskError::TooDeep { limit })) => Some(format!(
                 "app instance nests directories deeper than its limit of {limit}"
             )),
-            Ok(Err(e)) => {
+            Some(Err(e)) => {
                 tracing::warn!("measuring an instance's disk: {e}");
                 None
             }
@@ -344,6 +344,9 @@ impl Monitor {
             )
         };
         let mut disk_check = tokio::time::interval(self.manager.settings.disk_check_interval);
+        // Checks queue on one thread (see `disk_checks`): one that waited long is not
+        // followed by a burst of catch-up checks.
+        disk_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reach_check = tokio::time::interval(self.manager.settings.health_check_interval);
         reach_check.tick().await;
         let mut failures = 0u32;

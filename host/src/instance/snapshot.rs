@@ -19,13 +19,19 @@ struct Snapshot {
     instances: Vec<InstanceInfo>,
 }
 
+/// [`Snapshot`] as it is written: borrowed, as every state change saves the whole registry
+/// and a copy of each instance per save was only garbage for the allocator.
+#[derive(Serialize)]
+struct SnapshotRef<'a> {
+    instances: Vec<&'a InstanceInfo>,
+}
+
 /// The registry as saved: STOPPED instances are gone from it, as in the DEA.
 fn encode(instances: &[InstanceInfo]) -> Vec<u8> {
-    let snapshot = Snapshot {
+    let snapshot = SnapshotRef {
         instances: instances
             .iter()
             .filter(|info| info.state != InstanceState::Stopped)
-            .cloned()
             .collect(),
     };
     // Plain data (strings, numbers, maps with string keys) always serialises.
