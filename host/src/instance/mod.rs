@@ -302,8 +302,10 @@ pub struct InstanceManager {
     instances: RwLock<HashMap<String, Arc<Handle>>>,
     /// Staging tasks' reservations, by task id.
     staging: Mutex<StagingReservations>,
-    /// Every state change, for the NATS agent (routes, heartbeats, `droplet.exited`).
-    events: tokio::sync::broadcast::Sender<InstanceInfo>,
+    /// Every state change, for the NATS agent (routes, heartbeats, `droplet.exited`). Deep
+    /// enough for a burst of hundreds of starts; its slots hold pointers, since a channel
+    /// allocates and keeps every slot (4096 `InstanceInfo`s were 2 MiB of an idle agent).
+    events: tokio::sync::broadcast::Sender<Arc<InstanceInfo>>,
 }
 
 impl InstanceManager {
@@ -338,7 +340,7 @@ impl InstanceManager {
     }
 
     /// State changes from now on: the instance's info just after each change.
-    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<InstanceInfo> {
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<InstanceInfo>> {
         self.events.subscribe()
     }
 
@@ -358,7 +360,7 @@ impl InstanceManager {
             info.clone()
         };
         self.save_snapshot();
-        let _ = self.events.send(info);
+        let _ = self.events.send(Arc::new(info));
     }
 
     pub fn get(&self, id: &str) -> Option<InstanceInfo> {

@@ -151,23 +151,23 @@ impl Agent {
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 };
-                self.on_instance_change(info).await;
+                self.on_instance_change(&info).await;
             }
         });
     }
 
-    pub(super) async fn on_instance_change(&self, info: InstanceInfo) {
+    pub(super) async fn on_instance_change(&self, info: &InstanceInfo) {
         match info.state {
             InstanceState::Running => {
                 if !info.application_uris.is_empty() {
-                    let message = self.registration(&info, info.application_uris.clone());
+                    let message = self.registration(info, info.application_uris.clone());
                     self.publish("router.register", &message).await;
                 }
                 self.heartbeat().await;
             }
             InstanceState::Stopping | InstanceState::Crashed => {
                 if !info.application_uris.is_empty() {
-                    let message = self.registration(&info, info.application_uris.clone());
+                    let message = self.registration(info, info.application_uris.clone());
                     self.publish("router.unregister", &message).await;
                 }
                 if info.state == InstanceState::Crashed {
