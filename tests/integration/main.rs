@@ -18,6 +18,7 @@ mod instances;
 mod layered_homes;
 mod mirrors;
 mod reproducible;
+mod restarts;
 mod sbom;
 mod stacks;
 mod staging;

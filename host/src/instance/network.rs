@@ -106,7 +106,7 @@ impl Attached {
 /// nobody else can bind the port, and a connection that somehow escaped the DNAT is refused
 /// rather than left hanging.
 #[derive(Debug)]
-pub struct PortReservation(#[allow(dead_code)] socket2::Socket);
+pub struct PortReservation(#[allow(dead_code)] Option<socket2::Socket>);
 
 /// One agent's view of instance networking.
 #[derive(Debug)]
@@ -312,7 +312,21 @@ add rule ip {t} forward oifname @ifaces drop
                 message: "the instance's interface is gone".into(),
             });
         }
-        let reservation = bind_port(self.settings.publish_address, attached.host_port)?;
+        // Another process may have bound the port while no agent held it: the instance's
+        // traffic still reaches it through its DNAT element, so it keeps running (killing
+        // a healthy app over a listener nobody is sent traffic for would be worse), and
+        // only the reservation is missing.
+        let reservation = match bind_port(self.settings.publish_address, attached.host_port) {
+            Ok(reservation) => reservation,
+            Err(e) => {
+                tracing::warn!(
+                    "instance port {} is bound by another process; re-attached without \
+                     holding it: {e}",
+                    attached.host_port
+                );
+                PortReservation(None)
+            }
+        };
         let t = &self.settings.table;
         let mut script = format!("add element ip {t} ifaces {{ \"{}\" }}\n", attached.host_if);
         script.push_str(&self.publish_element("add", attached));
@@ -361,13 +375,19 @@ add rule ip {t} forward oifname @ifaces drop
 
     /// Holds `requested` (or, for 0, the first free port of the range) on the publish
     /// address until the instance's rules take over.
-    pub fn reserve_port(&self, requested: u16) -> Result<(PortReservation, u16), NetworkError> {
+    pub fn reserve_port(
+        &self,
+        requested: u16,
+        published: &std::collections::HashSet<u16>,
+    ) -> Result<(PortReservation, u16), NetworkError> {
         let address = self.settings.publish_address;
         if requested != 0 {
             return bind_port(address, requested).map(|r| (r, requested));
         }
         let (first, last) = self.settings.port_range;
-        for port in first..=last {
+        // Ports of this agent's instances are skipped even when they could be bound: one
+        // re-attached without its reservation still owns its DNAT element.
+        for port in (first..=last).filter(|port| !published.contains(port)) {
             if let Ok(reservation) = bind_port(address, port) {
                 return Ok((reservation, port));
             }
@@ -393,7 +413,7 @@ fn bind_port(address: Ipv4Addr, port: u16) -> Result<PortReservation, NetworkErr
         socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).map_err(taken)?;
     let address = std::net::SocketAddr::from((address, port));
     socket.bind(&address.into()).map_err(taken)?;
-    Ok(PortReservation(socket))
+    Ok(PortReservation(Some(socket)))
 }
 
 /// The nftables match for one egress rule, built only from parsed values (the rule's text

@@ -156,7 +156,7 @@ impl InstanceManager {
         // than the network's, and the app must not run before its network is there.
         let (reservation, host_port) = self
             .network
-            .reserve_port(request.host_port)
+            .reserve_port(request.host_port, &self.published_ports())
             .map_err(|e| setup(&e))?;
         {
             let mut info = handle.info.lock();
@@ -238,5 +238,17 @@ impl InstanceManager {
         }
         droplet::unpack_source(droplet, &home, limits)?;
         PreparedHome::new(&home, uid, gid)
+    }
+
+    /// Host ports of the instances that hold resources.
+    fn published_ports(&self) -> std::collections::HashSet<u16> {
+        self.instances
+            .read()
+            .values()
+            .filter_map(|handle| {
+                let info = handle.info.lock();
+                (info.holds_resources() && info.host_port != 0).then_some(info.host_port)
+            })
+            .collect()
     }
 }
