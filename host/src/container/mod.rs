@@ -31,8 +31,6 @@ pub enum ContainerError {
     },
     #[error("writing the container bundle: {0}")]
     Bundle(#[source] std::io::Error),
-    #[error("passing the start gate to the container: {0}")]
-    Gate(#[source] command_fds::FdMappingCollision),
     #[error("writing the container bundle: {0}")]
     Spec(#[from] oci_spec::OciSpecError),
     #[error("container {id} did not finish within {limit:?} and was killed")]
@@ -189,10 +187,12 @@ impl Runc {
 
     /// Starts `spec` and returns at once; stdout and stderr go to the given files.
     ///
-    /// `gate`, when given, becomes descriptor 3 of the container's first process
-    /// (`--preserve-fds 1`): the read end of a pipe it waits on, so the container's slow
-    /// setup (tens of milliseconds in runc) overlaps the agent's own work before the app
-    /// may run.
+    /// `gate`, when given, becomes the standard input of the container's first process
+    /// (runc passes its own standard streams through): the read end of a pipe it waits on,
+    /// so the container's slow setup (tens of milliseconds in runc) overlaps the agent's
+    /// own work before the app may run. Standard input rather than an extra descriptor:
+    /// that would need a hook between fork and exec, and so a full `fork` of the agent
+    /// (milliseconds for a process this size) instead of `posix_spawn`.
     pub async fn spawn(
         &self,
         spec: &ContainerSpec,
@@ -216,21 +216,11 @@ impl Runc {
             .arg("--root")
             .arg(&self.state_dir)
             .arg("run");
-        if let Some(gate) = gate {
-            use command_fds::{CommandFdExt, FdMapping};
-            command.arg("--preserve-fds").arg("1");
-            command
-                .fd_mappings(vec![FdMapping {
-                    parent_fd: gate,
-                    child_fd: 3,
-                }])
-                .map_err(ContainerError::Gate)?;
-        }
         let child = command
             .arg("--bundle")
             .arg(&bundle)
             .arg(&spec.id)
-            .stdin(Stdio::null())
+            .stdin(gate.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .spawn()

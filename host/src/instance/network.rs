@@ -259,12 +259,37 @@ add rule ip {t} forward oifname @ifaces drop
         if attached.egress {
             inside.push(format!("route add default via {}", attached.host_ip));
         }
-        ip_batch(Some(netns), &inside)?;
+        // The namespace's side and the host's rules do not depend on each other: the two
+        // processes run at once (each is milliseconds of a start).
+        let configured = std::thread::scope(|scope| {
+            let inside = scope.spawn(|| ip_batch(Some(netns), &inside));
+            let rules = self
+                .rules_for(attached, app_egress)
+                .and_then(|script| nft(&script));
+            let inside = inside.join().unwrap_or_else(|_| {
+                Err(NetworkError::Command {
+                    command: format!("ip -n {netns} -batch -"),
+                    message: "thread panicked".into(),
+                })
+            });
+            rules.and(inside)
+        });
+        configured?;
         if attached.egress {
             // Egress leaves through the host: it must forward (for these rules only; the
             // forward chain drops everything else from an instance).
             let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", "1");
         }
+        Ok(())
+    }
+
+    /// The nftables script that publishes an attached instance and applies its egress.
+    fn rules_for(
+        &self,
+        attached: &Attached,
+        app_egress: &[EgressRule],
+    ) -> Result<String, NetworkError> {
+        let host_if = &attached.host_if;
         let t = &self.settings.table;
         // The interface joins this agent's set first: every rule of this table matches it by
         // that set, so other agents' tables (on the same host) never judge its traffic.
@@ -285,7 +310,7 @@ add rule ip {t} forward oifname @ifaces drop
                 "add element ip {t} egress {{ \"{host_if}\" : jump {chain} }}\n"
             ));
         }
-        nft(&script)
+        Ok(script)
     }
 
     fn publish_element(&self, verb: &str, attached: &Attached) -> String {
@@ -494,13 +519,15 @@ fn nft_match(rule: &EgressRule) -> Result<String, NetworkError> {
 
 /// IPv4 addresses configured on this host's interfaces.
 fn host_addresses() -> Result<HashSet<Ipv4Addr>, NetworkError> {
-    let output = run("ip", &["-4", "-o", "addr", "show"])?;
-    Ok(output
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            words.find(|w| *w == "inet")?;
-            words.next()?.split('/').next()?.parse().ok()
+    // getifaddrs(3) (one netlink dump), not `ip -4 addr show`: a process per start.
+    let addresses = nix::ifaddrs::getifaddrs().map_err(|e| NetworkError::Command {
+        command: "getifaddrs".into(),
+        message: e.to_string(),
+    })?;
+    Ok(addresses
+        .filter_map(|interface| {
+            let address = interface.address?;
+            address.as_sockaddr_in().map(|inet| inet.ip())
         })
         .collect())
 }

@@ -73,12 +73,12 @@ pub(super) fn container_spec(
         ("LANG".into(), "C.UTF-8".into()),
     ];
     env.extend(request.env.iter().cloned());
-    // Wait at the start gate (descriptor 3: the agent says `go` once the instance's
+    // Wait at the start gate (standard input: the agent says `go` once the instance's
     // network is in place, and a dead agent's EOF means stop), then source .profile.d
     // (after the app's own variables, so scripts can default them), then run the start
     // command as a child: this shell is PID 1 of the container, which the kernel shields
     // from signals it does not handle, so it forwards TERM itself.
-    let script = "read -r gate <&3; exec 3<&-; [ \"$gate\" = go ] || exit 125; \
+    let script = "read -r gate; exec </dev/null; [ \"$gate\" = go ] || exit 125; \
         umask 077; unset GEM_PATH; \
         if [ -d app/.profile.d ]; then for i in app/.profile.d/*.sh; do [ -r \"$i\" ] && . \"$i\"; done; unset i; fi; \
         [ -r app/.profile ] && . app/.profile; \

@@ -151,9 +151,8 @@ impl InstanceManager {
         record("extract", timer);
         let timer = std::time::Instant::now();
 
-        // The port first (the app's environment names it), then the container, which
-        // waits at its gate while the network is wired: runc's own setup takes longer
-        // than the network's, and the app must not run before its network is there.
+        // The port first (the app's environment names it), then the network and the
+        // container at once; the container waits at its gate until the network is there.
         let (reservation, host_port) = self
             .network
             .reserve_port(request.host_port, &self.published_ports())
@@ -168,20 +167,32 @@ impl InstanceManager {
             spec::container_spec(&self.settings, &info, request, &home, &namespace, &command);
         // Saved before the container exists, so a restarted agent always knows of it.
         self.save_snapshot();
+        // The network is wired while runc sets the container up: it needs only the
+        // namespace, and the gate keeps the app from running before both are done.
+        let (manager, egress) = (self.network.clone(), request.egress.clone());
+        let attach = tokio::task::spawn_blocking(move || {
+            manager.attach(&netns_name, &instance_id, (reservation, host_port), &egress)
+        });
         let (gate_in, gate_out) =
             rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).map_err(|e| setup(&e))?;
-        let container = self
+        let container = match self
             .runc
             .spawn(&spec, prepared.stdout, prepared.stderr, Some(gate_in))
             .await
-            .map_err(|e| setup(&e))?;
-        let (manager, egress) = (self.network.clone(), request.egress.clone());
-        let attached = tokio::task::spawn_blocking(move || {
-            manager.attach(&netns_name, &instance_id, (reservation, host_port), &egress)
-        })
-        .await
-        .map_err(|e| setup(&e))
-        .and_then(|r| r.map_err(|e| setup(&e)));
+        {
+            Ok(container) => container,
+            Err(e) => {
+                if let Ok(Ok((network, _port))) = attach.await {
+                    let manager = self.network.clone();
+                    let _ = tokio::task::spawn_blocking(move || manager.detach(&network)).await;
+                }
+                return Err(setup(&e));
+            }
+        };
+        let attached = attach
+            .await
+            .map_err(|e| setup(&e))
+            .and_then(|r| r.map_err(|e| setup(&e)));
         let (network, port) = match attached {
             Ok(attached) => attached,
             Err(e) => {
