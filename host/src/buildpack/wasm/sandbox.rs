@@ -140,7 +140,17 @@ pub struct SandboxState {
     unpack_limits: crate::droplet::UnpackLimits,
     /// The last `lstat` of a `metadata-hash-at`, for the `stat-at` that follows it (see
     /// [`super::stat`]).
-    pub(super) last_lstat: Option<super::stat::Lstat>,
+    pub(super) last_lstat: Option<Lstat>,
+}
+
+/// The last `lstat` `metadata-hash-at` made of a name under a read-only directory, for the
+/// `stat-at` of that name which follows it (kept here, with the rest of a phase's state;
+/// [`super::stat`] makes and reads it). Holding the directory's handle keeps it from being
+/// closed and its address reused by another while this is kept.
+pub(super) struct Lstat {
+    pub(super) dir: std::sync::Arc<std::fs::File>,
+    pub(super) name: String,
+    pub(super) stat: rustix::fs::Statx,
 }
 
 impl SandboxState {

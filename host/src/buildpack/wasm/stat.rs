@@ -17,7 +17,7 @@
 //! error other than a missing name, any compile) goes the way it always did, and the answers
 //! are wasmtime-wasi's, value for value (see the tests).
 
-use super::sandbox::SandboxState;
+use super::sandbox::{Lstat, SandboxState};
 use rustix::fs::{AtFlags, FileType, Statx, StatxFlags, StatxTimestamp};
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource};
@@ -31,15 +31,6 @@ use wasmtime_wasi::p2::bindings::filesystem::types::{
 
 /// The interface both belong to, as wasmtime-wasi's linker names it.
 const INTERFACE: &str = "wasi:filesystem/types@0.2.12";
-
-/// The last `lstat` `metadata-hash-at` made of a name under a read-only directory, for the
-/// `stat-at` of that name which follows it. Holding the directory's handle keeps it from
-/// being closed and its address reused by another while this is kept.
-pub(super) struct Lstat {
-    dir: Arc<std::fs::File>,
-    name: String,
-    stat: Statx,
-}
 
 /// What these calls need of a phase's state: its WASI view, its last `lstat`, and whether
 /// it may take the short way (detect and release: read-only mounts, file calls on the
