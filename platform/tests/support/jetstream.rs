@@ -85,6 +85,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// `n` distinct free ports: all held at once while they are picked, so no two are the same
+/// (one at a time, the kernel may hand a just-released port out again).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    held.iter()
+        .map(|listener| listener.local_addr().expect("bound").port())
+        .collect()
+}
+
 /// Spawns nats-server with `args`, its log in `log`.
 fn spawn(args: &[String], log: &Path) -> Child {
     let log = std::fs::File::create(log).expect("server log file");
@@ -104,7 +115,9 @@ fn kill(child: &mut Option<Child>) {
     }
 }
 
-async fn wait_listening(port: u16) {
+/// Waits for `port` to accept; on failure the panic shows the server's log at `log` (a port
+/// taken by another process in between shows there as a bind error).
+async fn wait_listening(port: u16, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
@@ -115,7 +128,8 @@ async fn wait_listening(port: u16) {
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("nats-server did not listen on {port}");
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("nats-server did not listen on {port}; its log:\n{log}");
 }
 
 /// Waits until JetStream answers account requests through `url`: on a cluster that means a
@@ -194,7 +208,7 @@ impl NatsServer {
         ]
         .map(String::from);
         self.child = Some(spawn(&args, &self.dir.path().join("server.log")));
-        wait_listening(self.port).await;
+        wait_listening(self.port, &self.dir.path().join("server.log")).await;
         wait_jetstream(&self.url()).await;
     }
 }
@@ -222,11 +236,12 @@ pub struct Cluster {
 impl Cluster {
     pub async fn start(size: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let ports = free_ports(size * 2);
         let nodes = (0..size)
             .map(|i| Node {
                 name: format!("n{i}"),
-                port: free_port(),
-                cluster_port: free_port(),
+                port: ports[2 * i],
+                cluster_port: ports[2 * i + 1],
                 child: None,
             })
             .collect();
@@ -235,7 +250,8 @@ impl Cluster {
             cluster.start_node(i);
         }
         for node in &cluster.nodes {
-            wait_listening(node.port).await;
+            let log = cluster.dir.path().join(format!("{}.log", node.name));
+            wait_listening(node.port, &log).await;
         }
         wait_jetstream(&cluster.urls()[0]).await;
         cluster
