@@ -128,8 +128,14 @@ const CLONE_NAMESPACE_FLAGS: &[u64] = &[
 
 /// The `personality` values Docker allows: PER_LINUX, PER_LINUX32, UNAME26, PER_LINUX32 |
 /// UNAME26, and the query (0xffffffff). Others switch on poorly tested execution domains or
-/// weaken the process (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, MMAP_PAGE_ZERO). Sorted.
+/// weaken the process (READ_IMPLIES_EXEC, ADDR_NO_RANDOMIZE, MMAP_PAGE_ZERO). The filter
+/// states them as [`PERSONALITY_BITS_ALLOWED`]; the tests hold the two to each other.
+#[cfg(test)]
 const PERSONALITIES_ALLOWED: &[u64] = &[0x0, 0x8, 0x2_0000, 0x2_0008, 0xffff_ffff];
+
+/// The same set, as the filter states it: any combination of these bits (PER_LINUX32 and
+/// UNAME26), or every bit (the query).
+const PERSONALITY_BITS_ALLOWED: u32 = 0x2_0008;
 
 /// The default seccomp profile of every container.
 pub fn default_profile() -> Result<LinuxSeccomp, OciSpecError> {
@@ -190,7 +196,9 @@ fn clone_rules() -> Result<Vec<LinuxSyscall>, OciSpecError> {
 }
 
 /// `personality` fails unless its argument is one of [`PERSONALITIES_ALLOWED`]: one rule for
-/// values above 32 bits, and one per aligned block of the 32-bit values in between.
+/// values above 32 bits, and [`transition_rules`] for the 32-bit ones. Every rule costs
+/// runc's libseccomp time at each container start (a previous form, one rule per aligned
+/// block of the gaps, took 83).
 fn personality_rules() -> Result<Vec<LinuxSyscall>, OciSpecError> {
     let mut rules = vec![
         LinuxSyscallBuilder::default()
@@ -206,7 +214,7 @@ fn personality_rules() -> Result<Vec<LinuxSyscall>, OciSpecError> {
             ])
             .build()?,
     ];
-    for (mask, value) in blocks_except(PERSONALITIES_ALLOWED) {
+    for (mask, value) in transition_rules(32, PERSONALITY_BITS_ALLOWED) {
         rules.push(masked_eq_rule("personality", mask, value)?);
     }
     Ok(rules)
@@ -229,33 +237,30 @@ fn masked_eq_rule(name: &str, mask: u64, value: u64) -> Result<LinuxSyscall, Oci
         .build()
 }
 
-/// `(mask, value)` pairs whose matches (`x & mask == value`) are exactly the 32-bit values
-/// not in `allowed` (sorted, each below 2^32): every gap between allowed values split into
-/// aligned power-of-two blocks, as a route table splits an address range into prefixes.
-/// The masks keep their upper 32 bits set, so on 64-bit ABIs a block only matches values
-/// below 2^32; on 32-bit ABIs libseccomp compares the low half only, which is all there is.
-fn blocks_except(allowed: &[u64]) -> Vec<(u64, u64)> {
-    const END: u64 = 1 << 32;
-    let mut blocks = Vec::new();
-    let mut next = 0u64;
-    for &keep in allowed.iter().chain(std::iter::once(&END)) {
-        let mut low = next;
-        while low < keep {
-            // The largest block that starts aligned at `low` and stays below `keep`.
-            let mut size = if low == 0 {
-                END
+/// `(mask, value)` pairs whose matches (`x & mask == value`, OR-ed) among `width`-bit values
+/// are exactly those that are neither a combination of the `allowed` bits nor all ones.
+/// `allowed` bits must not be neighbours (bit `width - 1` neighbours bit 0).
+///
+/// Why: a value outside that set has some other bit set and, not being all ones, some bit
+/// clear. From a set bit outside `allowed`, walk up (wrapping) to the first clear bit `j`:
+/// bit `j - 1` is set. If it is outside `allowed`, the rule "bit `j - 1` set, bit `j` clear"
+/// matches; if it is allowed, the walk passed bit `j - 2` (set, and not allowed since allowed
+/// bits are not neighbours), and "bits `j - 2` and `j - 1` set, bit `j` clear" matches. And
+/// no rule matches an allowed value: each needs a bit outside `allowed` set and a bit clear.
+/// One rule per bit, where covering the gaps with aligned blocks took 83.
+fn transition_rules(width: u32, allowed: u32) -> Vec<(u64, u64)> {
+    let bit = |i: u32| 1u64 << (i % width);
+    let is_allowed = |i: u32| allowed & (1 << (i % width)) != 0;
+    (0..width)
+        .map(|i| {
+            if is_allowed(i) {
+                let below = i + width - 1;
+                (bit(below) | bit(i) | bit(i + 1), bit(below) | bit(i))
             } else {
-                1u64 << low.trailing_zeros().min(32)
-            };
-            while low + size > keep {
-                size >>= 1;
+                (bit(i) | bit(i + 1), bit(i))
             }
-            blocks.push((!(size - 1), low));
-            low += size;
-        }
-        next = keep.saturating_add(1);
-    }
-    blocks
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -345,17 +350,44 @@ mod tests {
         }
     }
 
+    /// Every 16-bit value, with allowed bits as sparse as the real ones: the rules match
+    /// exactly the values that are neither a combination of them nor all ones.
     #[test]
-    fn blocks_cover_every_gap_once() {
-        let blocks = blocks_except(&[0, 8, 0xffff_ffff]);
-        let covers = |x: u64| blocks.iter().filter(|(m, v)| x & m == *v).count();
-        for x in [0u64, 8, 0xffff_ffff] {
-            assert_eq!(covers(x), 0, "{x:#x}");
+    fn transition_rules_deny_exactly_the_rest_of_16_bit_values() {
+        for allowed in [0u32, 0x1, 0x8, 0x208, 0x4208, 0x5555] {
+            let rules = transition_rules(16, allowed);
+            for x in 0u64..=0xffff {
+                let permitted = x & !u64::from(allowed) == 0 || x == 0xffff;
+                let denied = rules.iter().any(|(m, v)| x & m == *v);
+                assert_eq!(denied, !permitted, "allowed {allowed:#x}, value {x:#x}");
+            }
         }
-        for x in [1u64, 2, 7, 9, 15, 16, 0x1234_5678, 0xffff_fffe] {
-            assert_eq!(covers(x), 1, "{x:#x}");
+    }
+
+    /// The real width and bits: every value with at most two bits set or clear, every
+    /// combination of the allowed bits, and a spread of others.
+    #[test]
+    fn transition_rules_deny_exactly_the_rest_of_32_bit_values() {
+        let rules = transition_rules(32, PERSONALITY_BITS_ALLOWED);
+        assert_eq!(rules.len(), 32);
+        let mut values = vec![0u64, 0xffff_ffff];
+        for i in 0..32 {
+            for j in 0..32 {
+                let two = (1u64 << i) | (1u64 << j);
+                values.extend([two, 0xffff_ffff & !two]);
+            }
         }
-        // Every block is aligned: its value has no bit outside its mask.
-        assert!(blocks.iter().all(|(m, v)| v & !m == 0));
+        let mut x = 0x9e37_79b9u64;
+        for _ in 0..200_000 {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            values.push(x >> 32);
+        }
+        for x in values {
+            let permitted = PERSONALITIES_ALLOWED.contains(&x);
+            let denied = rules.iter().any(|(m, v)| x & m == *v);
+            assert_eq!(denied, !permitted, "{x:#x}");
+        }
     }
 }
