@@ -168,6 +168,8 @@ fn run() -> Result<(), BoxError> {
         })
     };
     stop_all(infos);
+    // The agent's nftables table goes with its last instance, as when `dea serve` stops.
+    runtime.block_on(manager.release_network_if_idle());
     let bare_started = Instant::now();
     for _ in 0..50 {
         bare_start(&bare_home, &bare_tmp)?;
