@@ -72,6 +72,11 @@ async fn instances_share_a_droplet_tree_that_no_app_can_change() {
     let shared = std::fs::read_to_string(tree.join("app/index.html")).expect("shared tree");
     assert!(shared.contains("Hello from a dea droplet"), "{shared}");
     assert!(tree.join("staging_info.yml").is_file());
+    let layers = std::fs::metadata(state.join("layers")).expect("layers");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&layers.permissions()) & 0o777,
+        0o700
+    );
     assert!(!tree.join("app/index.html.lnk").exists());
 
     // A third instance of the droplet, started meanwhile, serves the droplet as staged.

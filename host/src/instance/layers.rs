@@ -228,7 +228,9 @@ impl Layers {
                 staged_command: decode_command(&command),
             });
         }
-        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        // Root's alone: the trees hold tenants' code, and apps reach theirs only through their
+        // overlay (whose lower layer is not looked up through this path).
+        crate::private_dir::ensure(&self.dir).map_err(io(&self.dir))?;
         let scratch_name = std::ffi::OsString::from(format!(".unpacking-{sha1}"));
         let scratch = self.dir.join(&scratch_name);
         let _ = crate::tenant_fs::remove_tree(&self.dir, &scratch_name);
